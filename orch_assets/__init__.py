@@ -1,0 +1,1 @@
+"""Dagster assets, one folder per concern, in the order data flows."""

@@ -1,0 +1,1 @@
+"""Landing zone -> change log -> current-state CRM tables."""

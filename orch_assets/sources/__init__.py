@@ -1,0 +1,1 @@
+"""Sources write CRM changes into the landing zone, and nowhere else."""

@@ -1,0 +1,175 @@
+"""The `revorch` command: the operations that are not Dagster's own.
+
+    revorch quickstart            simulate a CRM, run the main job, print the funnel
+    revorch simulate [--live]     write simulated CRM changes into the landing zone
+    revorch import FILE           put a file of change events into the landing zone
+    revorch ingest                run the main job (ingest waiting batches, refresh assets)
+    revorch report funnel         print the funnel summary
+    revorch ui                    start the Dagster UI (dagster dev) on this project
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import duckdb
+
+from revorch import settings
+from revorch.instance import ensure_dagster_home
+from revorch.landing import LandingZone
+from revorch.reports.funnel import funnel_summary
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revorch", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    quick = commands.add_parser("quickstart", help="simulate a CRM, run the main job, summarise")
+    _simulation_options(quick)
+    quick.set_defaults(handler=_quickstart)
+
+    sim = commands.add_parser("simulate", help="write simulated CRM changes to the landing zone")
+    _simulation_options(sim)
+    sim.add_argument("--malformed", type=float, default=0.0, help="share of malformed lines")
+    sim.add_argument("--duplicates", type=float, default=0.0, help="share of re-sent events")
+    sim.add_argument("--live", action="store_true", help="after the history, keep streaming")
+    sim.add_argument("--interval", type=float, default=2.0, help="seconds between live batches")
+    sim.add_argument("--events-per-batch", type=int, default=200)
+    sim.add_argument("--max-batches", type=int, default=None, help="stop after N live batches")
+    sim.set_defaults(handler=_simulate)
+
+    imp = commands.add_parser("import", help="put a file of change events into the landing zone")
+    imp.add_argument("file", type=Path, help="newline-delimited JSON, one event per line")
+    imp.add_argument("--source", default="import", help="source name recorded with the batch")
+    imp.set_defaults(handler=_import)
+
+    ingest = commands.add_parser("ingest", help="run the main job once")
+    ingest.set_defaults(handler=_ingest)
+
+    report = commands.add_parser("report", help="print a report")
+    report.add_argument("name", choices=["funnel"])
+    report.set_defaults(handler=_report)
+
+    ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev)")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(handler=_ui)
+    return parser
+
+
+def _simulation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--contacts", type=int, default=5_000, help="contacts to simulate")
+    parser.add_argument("--seed", type=int, default=42, help="same seed, same events")
+
+
+def _zone() -> LandingZone:
+    return LandingZone(settings.landing_path()).ensure()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from revorch.simulator import SimulationConfig, simulate_history, stream_live
+
+    config = SimulationConfig(
+        contacts=args.contacts,
+        seed=args.seed,
+        malformed_share=args.malformed,
+        duplicate_share=args.duplicates,
+    )
+    zone = _zone()
+    summary = simulate_history(zone, config)
+    print(f"Wrote {summary.events:,} events in {summary.batches} batches to {zone.incoming_dir}")
+    if args.live:
+        print(f"Streaming a batch every {args.interval}s (Ctrl-C to stop)...")
+        try:
+            for path in stream_live(
+                zone,
+                config,
+                events_per_batch=args.events_per_batch,
+                interval_seconds=args.interval,
+                max_batches=args.max_batches,
+            ):
+                print(f"  landed {path.name}", flush=True)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"revorch import: no such file: {args.file}", file=sys.stderr)
+        return 2
+    zone = _zone()
+    with zone.open_batch(args.source) as tmp:
+        shutil.copyfile(args.file, tmp)
+    print(f"Landed {args.file} as a batch in {zone.incoming_dir}; run `revorch ingest` to load it")
+    return 0
+
+
+def _run_main_job() -> bool:
+    import dagster as dg
+
+    ensure_dagster_home()
+    from revorch.definitions import defs
+
+    with dg.DagsterInstance.get() as instance:
+        result = defs.get_job_def("revorch_main").execute_in_process(instance=instance)
+    return result.success
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    ok = _run_main_job()
+    print(_report_text() if ok else "The main job failed; see the run in the Dagster UI.")
+    return 0 if ok else 1
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from revorch.simulator import SimulationConfig, simulate_history
+
+    zone = _zone()
+    summary = simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=args.seed))
+    print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
+    if not _run_main_job():
+        print("The main job failed; see the run in the Dagster UI.", file=sys.stderr)
+        return 1
+    print()
+    print(_report_text())
+    print()
+    print(f"DuckDB state store: {settings.database_path()}")
+    print(f"  query it:          duckdb -readonly {settings.database_path()}")
+    print("Dagster UI:          .venv/bin/revorch ui   then open http://127.0.0.1:3000")
+    return 0
+
+
+def _report_text() -> str:
+    with duckdb.connect(str(settings.database_path()), read_only=True) as conn:
+        return funnel_summary(conn)
+
+
+def _report(args: argparse.Namespace) -> int:
+    print(_report_text())
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    ensure_dagster_home()
+    os.environ.setdefault("REVORCH_HOME", str(settings.revorch_home()))
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port)]
+    print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
+    os.chdir(REPO_ROOT)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

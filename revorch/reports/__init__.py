@@ -1,0 +1,1 @@
+"""Reports printed by the `revorch` command."""

@@ -1,0 +1,26 @@
+"""Where Revorch keeps its files, from the environment, with local defaults.
+
+``REVORCH_HOME`` (default ``./.revorch``) holds the DuckDB file, the landing zone and the
+Dagster instance; ``REVORCH_DB`` and ``REVORCH_LANDING`` override the first two.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def revorch_home() -> Path:
+    return Path(os.environ.get("REVORCH_HOME", ".revorch")).resolve()
+
+
+def database_path() -> Path:
+    return Path(os.environ.get("REVORCH_DB", revorch_home() / "revorch.duckdb")).resolve()
+
+
+def landing_path() -> Path:
+    return Path(os.environ.get("REVORCH_LANDING", revorch_home() / "landing")).resolve()
+
+
+def dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME", revorch_home() / "dagster")).resolve()

@@ -1,0 +1,1 @@
+"""Sensors: the edges where the outside world starts runs."""

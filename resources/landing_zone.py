@@ -1,7 +1,5 @@
 """The landing zone as a Dagster resource."""
 
-from __future__ import annotations
-
 import dagster as dg
 from pydantic import Field
 

@@ -1,11 +1,11 @@
 """The `revorch` command: the operations that are not Dagster's own.
 
-    revorch quickstart            simulate a CRM, run the main job, print the funnel
-    revorch simulate [--live]     write simulated CRM changes into the landing zone
-    revorch import FILE           put a file of change events into the landing zone
-    revorch ingest                run the main job (ingest waiting batches, refresh assets)
-    revorch report funnel         print the funnel summary
-    revorch ui                    start the Dagster UI (dagster dev) on this project
+revorch quickstart            simulate a CRM, run the main job, print the funnel
+revorch simulate [--live]     write simulated CRM changes into the landing zone
+revorch import FILE           put a file of change events into the landing zone
+revorch ingest                run the main job (ingest waiting batches, refresh assets)
+revorch report funnel         print the funnel summary
+revorch ui                    start the Dagster UI (dagster dev) on this project
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """Start ingestion when batches land."""
 
-from __future__ import annotations
-
 import hashlib
 
 import dagster as dg

@@ -1,7 +1,5 @@
 """Ingestion: landing-zone batches -> change log -> current-state CRM tables."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from orch_assets.ingestion.change_log import ingest_pending

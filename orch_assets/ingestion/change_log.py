@@ -103,8 +103,10 @@ def ingest_pending(
         )
         totals = conn.execute(
             """
-            SELECT count(*), count(*) FILTER (WHERE outcome = 'loaded'),
-                   count(*) FILTER (WHERE outcome = 'duplicate'), count(*) FILTER (WHERE outcome = 'quarantined')
+            SELECT count(*),
+                   count(*) FILTER (WHERE outcome = 'loaded'),
+                   count(*) FILTER (WHERE outcome = 'duplicate'),
+                   count(*) FILTER (WHERE outcome = 'quarantined')
             FROM classified
             """
         ).fetchone()
@@ -177,12 +179,20 @@ def _read_line_by_line(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
         rows["line_no"].append(number)
         rows["raw"].append(text)
         rows["early_reason"].append(reason)
-    frame = pl.DataFrame(
-        rows,
-        schema={"batch_id": pl.String, "line_no": pl.Int64, "raw": pl.String,
-                "early_reason": pl.String},
+    conn.register(
+        "lines_read_by_python",
+        pl.DataFrame(
+            rows,
+            schema={
+                "batch_id": pl.String,
+                "line_no": pl.Int64,
+                "raw": pl.String,
+                "early_reason": pl.String,
+            },
+        ),
     )
-    conn.execute("INSERT INTO raw_lines SELECT * FROM frame")
+    conn.execute("INSERT INTO raw_lines SELECT * FROM lines_read_by_python")
+    conn.unregister("lines_read_by_python")
 
 
 def _parse_sql(columns: dict[str, dict[str, str]]) -> str:
@@ -192,8 +202,7 @@ def _parse_sql(columns: dict[str, dict[str, str]]) -> str:
     type_checks = "\n".join(
         f"WHEN '{object_type}' THEN concat_ws(',', "
         + ", ".join(
-            f"CASE WHEN typed.{c} IS NOT NULL AND TRY_CAST(typed.{c} AS {t}) IS NULL "
-            f"THEN '{c}' END"
+            f"CASE WHEN {_cannot_hold(f'typed.{c}', t)} THEN '{c}' END"
             for c, t in cols.items()
             if t != "VARCHAR"
         )
@@ -218,7 +227,8 @@ def _parse_sql(columns: dict[str, dict[str, str]]) -> str:
     ), fields AS (
         SELECT batch_id, line_no, raw, early_reason, oversized, types,
                e.event_id, e.object_type, e.object_id, coalesce(e.op, 'upsert') AS op,
-               TRY_CAST(e.occurred_at AS TIMESTAMPTZ) AS occurred_at, e.occurred_at AS occurred_text,
+               TRY_CAST(e.occurred_at AS TIMESTAMPTZ) AS occurred_at,
+               e.occurred_at AS occurred_text,
                coalesce(e.source, split_part(batch_id, '-', 1)) AS source,
                coalesce(e.properties, '{{}}'::JSON) AS properties,
                json_transform(coalesce(e.properties, '{{}}'::JSON), '{typed_struct}') AS typed
@@ -258,6 +268,15 @@ def _parse_sql(columns: dict[str, dict[str, str]]) -> str:
            END AS detail
     FROM checked
     """
+
+
+def _cannot_hold(value: str, data_type: str) -> str:
+    """SQL that is true when a present value cannot be stored in a column of this type."""
+    refused = f"({value} IS NOT NULL AND TRY_CAST({value} AS {data_type}) IS NULL)"
+    if data_type in ("BIGINT", "INTEGER"):
+        # DuckDB would round "3.5" to 4; a count with a fraction is an error, not a count.
+        refused += f" OR TRY_CAST({value} AS DOUBLE) <> TRY_CAST({value} AS {data_type})"
+    return refused
 
 
 # A valid event is loaded the first time its id is seen; a malformed line is quarantined the

@@ -79,9 +79,7 @@ def refresh_current_state(
                     FIELD_SQL.format(column=c, data_type=t) for c, t in columns.items()
                 ),
             )
-            rebuilt[table] = conn.execute(
-                f"INSERT INTO {table} BY NAME {sql}"
-            ).fetchone()[0]
+            rebuilt[table] = conn.execute(f"INSERT INTO {table} BY NAME {sql}").fetchone()[0]
         conn.execute(
             "INSERT OR REPLACE INTO state_watermarks VALUES (?, ?, now())", [WATERMARK, upto]
         )

@@ -1,7 +1,5 @@
 """The embedded CRM simulator as a Dagster job, so the UI can generate data too."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from resources import LandingZoneResource

@@ -80,94 +80,100 @@ def ingest_pending(
     if not files:
         return IngestResult(None, 0, 0, 0, 0, 0)
 
-    # Staging reads files into a temporary table, outside the transaction: a file DuckDB
-    # cannot parse aborts only its own statement and is then read line by line.
-    _stage_raw_lines(conn, files)
-    conn.execute("BEGIN TRANSACTION")
     try:
-        load_id = conn.execute(
-            "SELECT coalesce(max(load_id), 0) + 1 FROM landing_batches"
-        ).fetchone()[0]
-        conn.execute(_parse_sql(property_columns(conn)), [max_event_bytes])
-        conn.execute(CLASSIFY_SQL)
-        conn.execute(APPEND_CHANGES_SQL, [load_id])
-        conn.execute(APPEND_QUARANTINE_SQL, [load_id])
-        conn.execute(
-            RECORD_BATCHES_SQL,
-            [
-                [batch_id_of(f) for f in files],
-                [f.stat().st_size for f in files],
-                load_id,
-                run_id,
-            ],
-        )
-        totals = conn.execute(
-            """
-            SELECT count(*),
-                   count(*) FILTER (WHERE outcome = 'loaded'),
-                   count(*) FILTER (WHERE outcome = 'duplicate'),
-                   count(*) FILTER (WHERE outcome = 'quarantined')
-            FROM classified
-            """
-        ).fetchone()
-        reasons = dict(
+        # Parsing builds a temporary table outside the transaction: a file DuckDB cannot
+        # read aborts only that statement, and the files are then read one by one.
+        _parse(conn, files, max_event_bytes)
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            load_id = conn.execute(
+                "SELECT coalesce(max(load_id), 0) + 1 FROM landing_batches"
+            ).fetchone()[0]
+            conn.execute(FIND_DUPLICATES_SQL)
+            conn.execute(APPEND_CHANGES_SQL, [load_id])
+            conn.execute(APPEND_QUARANTINE_SQL, [load_id])
             conn.execute(
-                "SELECT reason, count(*) FROM classified WHERE outcome = 'quarantined' "
-                "GROUP BY reason ORDER BY reason"
-            ).fetchall()
-        )
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
+                RECORD_BATCHES_SQL,
+                {
+                    "batch_ids": [batch_id_of(f) for f in files],
+                    "file_bytes": [f.stat().st_size for f in files],
+                    "load_id": load_id,
+                    "run_id": run_id,
+                },
+            )
+            received, loaded, duplicates, quarantined = conn.execute(
+                "SELECT sum(received), sum(loaded), sum(duplicates), sum(quarantined) "
+                "FROM landing_batches WHERE load_id = ?",
+                [load_id],
+            ).fetchone()
+            reasons = dict(
+                conn.execute(
+                    "SELECT reason, count(*) FROM quarantine WHERE load_id = ? "
+                    "GROUP BY reason ORDER BY reason",
+                    [load_id],
+                ).fetchall()
+            )
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
     finally:
-        for temp in ("raw_lines", "parsed", "classified"):
+        for temp in ("raw_lines", "parsed", "duplicates"):
             conn.execute(f"DROP TABLE IF EXISTS {temp}")
 
     archived = [zone.archive(f) for f in files]
-    received, loaded, duplicates, quarantined = totals
     return IngestResult(
         load_id, len(files), received, loaded, duplicates, quarantined, reasons, archived
     )
 
 
-def _stage_raw_lines(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
-    """Every non-blank line as text; files DuckDB cannot read as UTF-8 go line by line."""
-    conn.execute(
-        "CREATE OR REPLACE TEMP TABLE raw_lines "
-        "(batch_id VARCHAR, line_no BIGINT, raw VARCHAR, early_reason VARCHAR)"
-    )
+def _parse(conn: duckdb.DuckDBPyConnection, files: list[Path], max_event_bytes: int) -> None:
+    """Parse every non-blank line of the files into the temporary table ``parsed``."""
+    columns = property_columns(conn)
     try:
-        _read_with_duckdb(conn, [str(f) for f in files])
+        conn.execute(
+            _parse_sql(columns, READ_LINES_SQL),
+            {
+                "paths": [str(f) for f in files],
+                "delimiter": _NO_DELIMITER,
+                "max_event_bytes": max_event_bytes,
+            },
+        )
         return
     except duckdb.Error:
-        conn.execute("DELETE FROM raw_lines")
+        pass
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE raw_lines "
+        "(batch_id VARCHAR, raw VARCHAR, early_reason VARCHAR)"
+    )
     for f in files:
         try:
-            _read_with_duckdb(conn, [str(f)])
+            conn.execute(
+                f"INSERT INTO raw_lines {READ_LINES_SQL}",
+                {"paths": [str(f)], "delimiter": _NO_DELIMITER},
+            )
         except duckdb.Error:
             _read_line_by_line(conn, f)
-
-
-# Longer lines make DuckDB's reader fail; the file is then read line by line in Python.
-def _read_with_duckdb(conn: duckdb.DuckDBPyConnection, paths: list[str]) -> None:
     conn.execute(
-        """
-        INSERT INTO raw_lines
-        SELECT parse_filename(filename, true) AS batch_id,
-               row_number() OVER (PARTITION BY filename) AS line_no,
-               raw, NULL
-        FROM read_csv(?, columns = {'raw': 'VARCHAR'}, header = false, delim = ?,
-                      quote = '', escape = '', filename = true, max_line_size = 16777216)
-        WHERE trim(raw) <> ''
-        """,
-        [paths, _NO_DELIMITER],
+        _parse_sql(columns, "SELECT * FROM raw_lines"), {"max_event_bytes": max_event_bytes}
     )
+
+
+# Each line of a batch as one text column. Lines longer than max_line_size, or files that are
+# not UTF-8, make DuckDB's reader fail; such files are then read line by line in Python.
+READ_LINES_SQL = """
+SELECT parse_filename(filename, true) AS batch_id,
+       raw,
+       NULL::VARCHAR AS early_reason
+FROM read_csv($paths, columns = {'raw': 'VARCHAR'}, header = false, delim = $delimiter,
+              quote = '', escape = '', filename = true, max_line_size = 16777216)
+WHERE trim(raw) <> ''
+"""
 
 
 def _read_line_by_line(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
-    rows: dict[str, list] = {"batch_id": [], "line_no": [], "raw": [], "early_reason": []}
-    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+    rows: dict[str, list] = {"batch_id": [], "raw": [], "early_reason": []}
+    for line in path.read_bytes().split(b"\n"):
         line = line.rstrip(b"\r")
         if not line.strip():
             continue
@@ -176,27 +182,32 @@ def _read_line_by_line(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
         except UnicodeDecodeError:
             text, reason = line.decode("utf-8", errors="backslashreplace"), "invalid_utf8"
         rows["batch_id"].append(batch_id_of(path))
-        rows["line_no"].append(number)
         rows["raw"].append(text)
         rows["early_reason"].append(reason)
-    conn.register(
-        "lines_read_by_python",
-        pl.DataFrame(
-            rows,
-            schema={
-                "batch_id": pl.String,
-                "line_no": pl.Int64,
-                "raw": pl.String,
-                "early_reason": pl.String,
-            },
-        ),
-    )
+    schema = {
+        "batch_id": pl.String,
+        "raw": pl.String,
+        "early_reason": pl.String,
+    }
+    conn.register("lines_read_by_python", pl.DataFrame(rows, schema=schema))
     conn.execute("INSERT INTO raw_lines SELECT * FROM lines_read_by_python")
     conn.unregister("lines_read_by_python")
 
 
-def _parse_sql(columns: dict[str, dict[str, str]]) -> str:
-    """Parse each line once and name the first thing wrong with it (NULL when valid)."""
+def _cannot_hold(value: str, data_type: str) -> str:
+    """SQL that is true when a present value cannot be stored in a column of this type."""
+    refused = f"({value} IS NOT NULL AND TRY_CAST({value} AS {data_type}) IS NULL)"
+    if data_type in ("BIGINT", "INTEGER"):
+        # DuckDB would round "3.5" to 4; a count with a fraction is an error, not a count.
+        refused += f" OR TRY_CAST({value} AS DOUBLE) <> TRY_CAST({value} AS {data_type})"
+    return refused
+
+
+def _parse_sql(columns: dict[str, dict[str, str]], lines: str) -> str:
+    """Parse each line once and name the first thing wrong with it (NULL when valid).
+
+    ``lines`` is the query yielding (batch_id, raw, early_reason), in file order.
+    """
     typed = sorted({c for cols in columns.values() for c, t in cols.items() if t != "VARCHAR"})
     typed_struct = "{" + ",".join(f'"{c}":"VARCHAR"' for c in typed) + "}"
     type_checks = "\n".join(
@@ -210,121 +221,124 @@ def _parse_sql(columns: dict[str, dict[str, str]]) -> str:
         for object_type, cols in columns.items()
         if any(t != "VARCHAR" for t in cols.values())
     )
+    object_types = ", ".join(f"'{t}'" for t in sorted(columns))
     return f"""
     CREATE OR REPLACE TEMP TABLE parsed AS
     WITH lines AS (
-        SELECT batch_id, line_no, raw, early_reason,
-               strlen(raw) > $1 AS oversized,
-               TRY(json_type(raw, ['$', '$.event_id', '$.object_id', '$.properties'])) AS types
-        FROM raw_lines
-    ), envelopes AS (
-        SELECT *,
-               CASE WHEN types[1] = 'OBJECT' AND NOT oversized THEN json_transform(raw,
-                   '{{"event_id":"VARCHAR","object_type":"VARCHAR","object_id":"VARCHAR",
+        SELECT batch_id, raw, early_reason,
+               strlen(raw) > $max_event_bytes AS oversized,
+               CASE WHEN strlen(raw) <= $max_event_bytes THEN TRY(json_transform(raw,
+                   '{{"event_id":"JSON","object_type":"VARCHAR","object_id":"JSON",
                      "op":"VARCHAR","occurred_at":"VARCHAR","source":"VARCHAR",
-                     "properties":"JSON"}}') END AS e
-        FROM lines
+                     "properties":"JSON"}}')) END AS e
+        FROM ({lines})
     ), fields AS (
-        SELECT batch_id, line_no, raw, early_reason, oversized, types,
-               e.event_id, e.object_type, e.object_id, coalesce(e.op, 'upsert') AS op,
+        SELECT batch_id, raw, early_reason, oversized,
+               e IS NULL AS unreadable,
+               starts_with(raw, '{{') OR starts_with(ltrim(raw), '{{') AS is_object,
+               json_type(e.event_id) AS event_id_type, e.event_id ->> '$' AS event_id,
+               json_type(e.object_id) AS object_id_type, e.object_id ->> '$' AS object_id,
+               e.object_type, coalesce(e.op, 'upsert') AS op,
                TRY_CAST(e.occurred_at AS TIMESTAMPTZ) AS occurred_at,
                e.occurred_at AS occurred_text,
                coalesce(e.source, split_part(batch_id, '-', 1)) AS source,
-               coalesce(e.properties, '{{}}'::JSON) AS properties,
-               json_transform(coalesce(e.properties, '{{}}'::JSON), '{typed_struct}') AS typed
-        FROM envelopes
+               json_type(e.properties) AS properties_type,
+               coalesce(e.properties, '{{}}'::JSON) AS properties
+        FROM lines
     ), checked AS (
         SELECT *,
-               CASE object_type {type_checks} END AS wrong_fields
-        FROM fields
+               CASE WHEN properties_type = 'OBJECT' THEN
+                   CASE object_type {type_checks} END
+               END AS wrong_fields
+        FROM (SELECT *, json_transform(properties, '{typed_struct}') AS typed FROM fields)
+    ), judged AS (
+        SELECT *,
+               CASE
+                   WHEN early_reason IS NOT NULL THEN early_reason
+                   WHEN oversized THEN 'oversized'
+                   WHEN unreadable THEN 'invalid_json'
+                   WHEN NOT is_object THEN 'not_an_object'
+                   WHEN coalesce(event_id_type, 'NULL') NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+                        OR event_id = '' THEN 'missing_event_id'
+                   WHEN coalesce(object_id_type, 'NULL') NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
+                        OR object_id = '' THEN 'missing_object_id'
+                   WHEN object_type IS NULL OR object_type NOT IN ({object_types})
+                        THEN 'unknown_object_type'
+                   WHEN op NOT IN ('upsert', 'delete') THEN 'invalid_op'
+                   WHEN occurred_at IS NULL THEN 'invalid_occurred_at'
+                   WHEN occurred_at < TIMESTAMPTZ '1990-01-01'
+                        OR occurred_at > now() + INTERVAL 1 DAY THEN 'occurred_at_out_of_range'
+                   WHEN coalesce(properties_type, 'OBJECT') <> 'OBJECT' OR wrong_fields <> ''
+                        THEN 'wrong_type'
+               END AS reason
+        FROM checked
     )
-    SELECT batch_id, line_no, raw, event_id, object_type, object_id, op, occurred_at,
-           source, properties,
+    SELECT batch_id, event_id, object_type, object_id, op, occurred_at, source,
+           properties, reason,
            CASE
-               WHEN early_reason IS NOT NULL THEN early_reason
-               WHEN oversized THEN 'oversized'
-               WHEN types IS NULL THEN 'invalid_json'
-               WHEN types[1] <> 'OBJECT' THEN 'not_an_object'
-               WHEN coalesce(types[2], 'NULL') NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
-                    OR event_id = '' THEN 'missing_event_id'
-               WHEN coalesce(types[3], 'NULL') NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT')
-                    OR object_id = '' THEN 'missing_object_id'
-               WHEN object_type IS NULL
-                    OR object_type NOT IN (SELECT object_type FROM object_types)
-                    THEN 'unknown_object_type'
-               WHEN op NOT IN ('upsert', 'delete') THEN 'invalid_op'
-               WHEN occurred_at IS NULL THEN 'invalid_occurred_at'
-               WHEN occurred_at < TIMESTAMPTZ '1990-01-01' OR occurred_at > now() + INTERVAL 1 DAY
-                    THEN 'occurred_at_out_of_range'
-               WHEN coalesce(types[4], 'OBJECT') <> 'OBJECT' OR wrong_fields <> ''
-                    THEN 'wrong_type'
-           END AS reason,
-           CASE
-               WHEN oversized THEN 'line of ' || strlen(raw) || ' bytes, limit ' || $1
-               WHEN occurred_at IS NULL OR occurred_at < TIMESTAMPTZ '1990-01-01'
-                    OR occurred_at > now() + INTERVAL 1 DAY THEN 'occurred_at: ' || occurred_text
-               WHEN coalesce(types[4], 'OBJECT') <> 'OBJECT' THEN 'properties is ' || types[4]
-               WHEN wrong_fields <> '' THEN 'fields: ' || wrong_fields
-           END AS detail
-    FROM checked
+               WHEN reason = 'oversized'
+                   THEN 'line of ' || strlen(raw) || ' bytes, limit ' || $max_event_bytes
+               WHEN reason IN ('invalid_occurred_at', 'occurred_at_out_of_range')
+                   THEN 'occurred_at: ' || coalesce(occurred_text, 'missing')
+               WHEN reason = 'wrong_type' AND coalesce(properties_type, 'OBJECT') <> 'OBJECT'
+                   THEN 'properties is ' || properties_type
+               WHEN reason = 'wrong_type' THEN 'fields: ' || wrong_fields
+           END AS detail,
+           CASE WHEN reason IS NOT NULL THEN raw END AS raw,
+           CASE WHEN reason IS NULL THEN event_id ELSE md5(raw) END AS identity
+    FROM judged
     """
 
 
-def _cannot_hold(value: str, data_type: str) -> str:
-    """SQL that is true when a present value cannot be stored in a column of this type."""
-    refused = f"({value} IS NOT NULL AND TRY_CAST({value} AS {data_type}) IS NULL)"
-    if data_type in ("BIGINT", "INTEGER"):
-        # DuckDB would round "3.5" to 4; a count with a fraction is an error, not a count.
-        refused += f" OR TRY_CAST({value} AS DOUBLE) <> TRY_CAST({value} AS {data_type})"
-    return refused
-
-
 # A valid event is loaded the first time its id is seen; a malformed line is quarantined the
-# first time its exact text is seen. Every later sighting is a duplicate.
-CLASSIFY_SQL = """
-CREATE OR REPLACE TEMP TABLE classified AS
-WITH keyed AS (
-    SELECT *,
-           CASE WHEN reason IS NULL THEN 'e:' || event_id ELSE 'q:' || md5(raw) END AS identity
-    FROM parsed
-), ranked AS (
-    SELECT *,
-           row_number() OVER (PARTITION BY identity ORDER BY batch_id, line_no) AS sighting
-    FROM keyed
+# first time its exact text is seen. Every later sighting is a duplicate. Repeats are rare,
+# so the window runs only over identities that occur more than once in this load.
+FIND_DUPLICATES_SQL = """
+CREATE OR REPLACE TEMP TABLE duplicates AS
+WITH repeated AS (
+    SELECT reason IS NULL AS valid, identity FROM parsed GROUP BY ALL HAVING count(*) > 1
 )
-SELECT r.*,
-       CASE
-           WHEN sighting > 1 THEN 'duplicate'
-           WHEN reason IS NULL AND event_id IN (SELECT event_id FROM change_log) THEN 'duplicate'
-           WHEN reason IS NOT NULL AND substr(identity, 3) IN (SELECT raw_md5 FROM quarantine)
-               THEN 'duplicate'
-           WHEN reason IS NULL THEN 'loaded'
-           ELSE 'quarantined'
-       END AS outcome
-FROM ranked AS r
+SELECT rowid AS row FROM parsed
+WHERE (reason IS NULL, identity) IN (SELECT (valid, identity) FROM repeated)
+QUALIFY row_number() OVER (PARTITION BY reason IS NULL, identity ORDER BY batch_id, rowid) > 1
+UNION
+SELECT rowid FROM parsed
+WHERE reason IS NULL AND identity IN (SELECT event_id FROM change_log)
+UNION
+SELECT rowid FROM parsed
+WHERE reason IS NOT NULL AND identity IN (SELECT raw_md5 FROM quarantine)
 """
 
 APPEND_CHANGES_SQL = """
 INSERT INTO change_log
 SELECT event_id, $1, batch_id, source, object_type, object_id, op, occurred_at, now(), properties
-FROM classified WHERE outcome = 'loaded'
+FROM parsed
+WHERE reason IS NULL AND rowid NOT IN (SELECT row FROM duplicates)
 """
 
 APPEND_QUARANTINE_SQL = """
 INSERT INTO quarantine
-SELECT substr(identity, 3), $1, batch_id, event_id, reason, detail, raw, now()
-FROM classified WHERE outcome = 'quarantined'
+SELECT identity, $1, batch_id, event_id, reason, detail, raw, now()
+FROM parsed
+WHERE reason IS NOT NULL AND rowid NOT IN (SELECT row FROM duplicates)
 """
 
 RECORD_BATCHES_SQL = """
 INSERT INTO landing_batches
-SELECT f.batch_id, f.file_bytes, $3,
-       count(c.batch_id),
-       count(*) FILTER (WHERE c.outcome = 'loaded'),
-       count(*) FILTER (WHERE c.outcome = 'duplicate'),
-       count(*) FILTER (WHERE c.outcome = 'quarantined'),
-       now(), $4
-FROM (SELECT unnest($1) AS batch_id, unnest($2) AS file_bytes) AS f
-LEFT JOIN classified AS c USING (batch_id)
+WITH outcomes AS (
+    SELECT batch_id,
+           CASE WHEN rowid IN (SELECT row FROM duplicates) THEN 'duplicate'
+                WHEN reason IS NULL THEN 'loaded'
+                ELSE 'quarantined' END AS outcome
+    FROM parsed
+)
+SELECT f.batch_id, f.file_bytes, $load_id,
+       count(o.batch_id),
+       count(*) FILTER (WHERE o.outcome = 'loaded'),
+       count(*) FILTER (WHERE o.outcome = 'duplicate'),
+       count(*) FILTER (WHERE o.outcome = 'quarantined'),
+       now(), $run_id
+FROM (SELECT unnest($batch_ids) AS batch_id, unnest($file_bytes) AS file_bytes) AS f
+LEFT JOIN outcomes AS o USING (batch_id)
 GROUP BY f.batch_id, f.file_bytes
 """

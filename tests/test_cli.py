@@ -1,0 +1,64 @@
+"""The `revorch` command, run as a user runs it, in a fresh directory."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+
+def _revorch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "revorch.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_quickstart_fills_the_state_store_and_prints_the_funnel(tmp_path):
+    done = _revorch("quickstart", "--contacts", "1000", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    database = tmp_path / ".revorch" / "revorch.duckdb"
+    assert "Funnel" in done.stdout
+    assert str(database) in done.stdout
+    assert "revorch ui" in done.stdout
+    with duckdb.connect(str(database), read_only=True) as conn:
+        for table in ("owners", "companies", "contacts", "deals", "activities", "tickets"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0, table
+        received, loaded = conn.execute(
+            "SELECT sum(received), sum(loaded) FROM landing_batches"
+        ).fetchone()
+    assert received == loaded > 0
+    # The run is in the project's Dagster instance, so the UI shows it.
+    assert (tmp_path / ".revorch" / "dagster" / "dagster.yaml").exists()
+    assert any((tmp_path / ".revorch" / "dagster").rglob("*.db"))
+
+    # Running it again lands the same seeded events: all duplicates, the same funnel.
+    again = _revorch("quickstart", "--contacts", "1000", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    funnel = [line for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert funnel == [line for line in again.stdout.splitlines() if line.startswith("  ")]
+
+
+def test_import_lands_a_file_and_ingest_loads_it(tmp_path):
+    source = tmp_path / "changes.ndjson"
+    source.write_text(
+        '{"event_id":"imp-1","object_type":"company","object_id":"co-1",'
+        '"occurred_at":"2026-01-01T00:00:00Z","properties":{"name":"Acme"}}\n'
+        "not json\n"
+    )
+    assert _revorch("import", str(source), "--source", "import", cwd=tmp_path).returncode == 0
+    done = _revorch("ingest", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "2 lines received = 1 loaded + 0 duplicates + 1 quarantined" in done.stdout
+
+
+def test_import_of_a_missing_file_is_a_clear_error(tmp_path):
+    done = _revorch("import", "nope.ndjson", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "no such file" in done.stderr

@@ -1,0 +1,56 @@
+"""The definitions load, and the asset graph is the one we expect."""
+
+import dagster as dg
+
+from revorch.definitions import defs
+from sensors.landing_zone import landing_zone_sensor
+
+EXPECTED_ASSETS = {
+    "crm/change_log",
+    "crm/quarantine",
+    "crm/owners",
+    "crm/companies",
+    "crm/contacts",
+    "crm/deals",
+    "crm/activities",
+    "crm/tickets",
+    "crm/subscriptions",
+}
+
+
+def test_definitions_load_with_the_expected_assets_and_jobs():
+    repo = defs.get_repository_def()
+    keys = {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()}
+    assert keys == EXPECTED_ASSETS
+    assert {job.name for job in repo.get_all_jobs()} >= {"revorch_main", "simulate_crm"}
+
+
+def test_every_writing_asset_is_in_the_duckdb_writer_pool():
+    repo = defs.get_repository_def()
+    for assets_def in repo.asset_graph.assets_defs:
+        assert assets_def.op.pool == "duckdb_writer", assets_def.keys
+
+
+def test_the_landing_zone_sensor_starts_running():
+    sensor = defs.get_sensor_def("landing_zone_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_sensor_requests_one_run_per_set_of_waiting_batches(zone):
+    from resources import LandingZoneResource
+
+    sensor = landing_zone_sensor(defs.get_job_def("revorch_main"))
+    resources = {"landing_zone": LandingZoneResource(path=str(zone.root))}
+    with dg.instance_for_test() as instance:
+        empty = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(empty, dg.SkipReason)
+
+        zone.write_lines("test", ['{"event_id": "e-1"}'])
+        first = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        again = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(first, dg.RunRequest)
+        assert first.run_key == again.run_key
+
+        zone.write_lines("test", ['{"event_id": "e-2"}'])
+        second = sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert second.run_key != first.run_key

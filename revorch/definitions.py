@@ -18,6 +18,6 @@ revorch_main = dg.define_asset_job(
 defs = dg.Definitions(
     assets=[crm_change_log, crm_current_state],
     jobs=[revorch_main, simulate_crm],
-    sensors=[landing_zone_sensor(revorch_main)],
+    sensors=[landing_zone_sensor],
     resources=default_resources(),
 )

@@ -39,7 +39,7 @@ def test_the_landing_zone_sensor_starts_running():
 def test_sensor_requests_one_run_per_set_of_waiting_batches(zone):
     from resources import LandingZoneResource
 
-    sensor = landing_zone_sensor(defs.get_job_def("revorch_main"))
+    sensor = landing_zone_sensor
     resources = {"landing_zone": LandingZoneResource(path=str(zone.root))}
     with dg.instance_for_test() as instance:
         empty = sensor(dg.build_sensor_context(instance=instance, resources=resources))

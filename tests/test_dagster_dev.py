@@ -1,0 +1,93 @@
+"""`dagster dev` loads the project through workspace.yaml and shows its assets and sensor."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_definitions import EXPECTED_ASSETS
+
+REPO = Path(__file__).resolve().parent.parent
+
+QUERY = """
+{
+  assetNodes { assetKey { path } }
+  repositoriesOrError {
+    ... on RepositoryConnection { nodes { sensors { name sensorState { status } } } }
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["data"]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "REVORCH_HOME": str(tmp_path / "revorch"),
+    }
+    (tmp_path / "dagster").mkdir()
+    dagster = Path(sys.executable).with_name("dagster")
+    process = subprocess.Popen(
+        [str(dagster), "dev", "-w", "workspace.yaml", "-p", str(port), "-h", "127.0.0.1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so the webserver, daemon and code server stop together
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                data = _graphql(port, QUERY)
+                if data["assetNodes"]:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("dagster dev did not come up")
+            time.sleep(1)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_dagster_dev_shows_the_assets_and_a_running_sensor(dagster_dev):
+    data = _graphql(dagster_dev, QUERY)
+    keys = {"/".join(node["assetKey"]["path"]) for node in data["assetNodes"]}
+    assert keys == EXPECTED_ASSETS
+    sensors = {
+        sensor["name"]: sensor["sensorState"]["status"]
+        for repo in data["repositoriesOrError"]["nodes"]
+        for sensor in repo["sensors"]
+    }
+    assert sensors["landing_zone_sensor"] == "RUNNING"

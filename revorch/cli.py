@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="run the main job once")
     ingest.set_defaults(handler=_ingest)
 
+    sql = commands.add_parser("sql", help="run a read-only SQL query on the state store")
+    sql.add_argument(
+        "query", help='e.g. "SELECT lifecycle_stage, count(*) FROM contacts GROUP BY 1"'
+    )
+    sql.set_defaults(handler=_sql)
+
     report = commands.add_parser("report", help="print a report")
     report.add_argument("name", choices=["funnel"])
     report.set_defaults(handler=_report)
@@ -123,7 +129,11 @@ def _run_main_job() -> bool:
     from revorch.definitions import defs
 
     with dg.DagsterInstance.get() as instance:
-        result = defs.get_job_def("revorch_main").execute_in_process(instance=instance)
+        result = defs.get_job_def("revorch_main").execute_in_process(
+            instance=instance,
+            # The terminal gets warnings only; every event is still in the run's log in the UI.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
     return result.success
 
 
@@ -146,7 +156,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(_report_text())
     print()
     print(f"DuckDB state store: {settings.database_path()}")
-    print(f"  query it:          duckdb -readonly {settings.database_path()}")
+    print('  query it:          .venv/bin/revorch sql "SELECT * FROM contacts LIMIT 5"')
     print("Dagster UI:          .venv/bin/revorch ui   then open http://127.0.0.1:3000")
     return 0
 
@@ -154,6 +164,16 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _report_text() -> str:
     with duckdb.connect(str(settings.database_path()), read_only=True) as conn:
         return funnel_summary(conn)
+
+
+def _sql(args: argparse.Namespace) -> int:
+    with duckdb.connect(str(settings.database_path()), read_only=True) as conn:
+        try:
+            conn.sql(args.query).show(max_rows=100)
+        except duckdb.Error as error:
+            print(f"revorch sql: {error}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

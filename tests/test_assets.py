@@ -6,8 +6,8 @@ import json
 
 import dagster as dg
 import duckdb
-from conftest import event
 
+from conftest import event
 from orch_assets.ingestion.assets import (
     CHANGE_LOG,
     CURRENT_STATE_TABLES,

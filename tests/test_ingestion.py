@@ -4,10 +4,10 @@ import json
 import random
 
 import pytest
-from conftest import event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import event
 from orch_assets.ingestion.change_log import ingest_pending
 from orch_assets.ingestion.current_state import refresh_current_state
 from revorch.landing import LandingZone

@@ -1,0 +1,60 @@
+"""Simulation settings and the time window they describe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import numpy as np
+
+DAY = 86_400
+HOUR = 3_600
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What to simulate. The same config always produces the same event lines.
+
+    ``contacts`` sets the scale (companies, owners, deals and tickets follow from it);
+    ``start``/``end`` bound the history window (UTC dates, ``end`` excluded);
+    ``malformed_share`` of emitted lines are replaced by malformed ones and
+    ``duplicate_share`` of valid events are emitted again in a later batch; ``batch_size``
+    is the number of events per batch file and ``source`` the landing-zone source name.
+    """
+
+    contacts: int = 5_000
+    seed: int = 42
+    start: str = "2025-01-01"
+    end: str = "2026-11-01"
+    malformed_share: float = 0.0
+    duplicate_share: float = 0.0
+    batch_size: int = 50_000
+    source: str = "simulator"
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError("seed must be a non-negative integer")
+        if self.contacts < 1:
+            raise ValueError("contacts must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if not 0.0 <= self.malformed_share < 1.0:
+            raise ValueError("malformed_share must be in [0, 1)")
+        if not 0.0 <= self.duplicate_share <= 1.0:
+            raise ValueError("duplicate_share must be in [0, 1]")
+        if self.window[1] - self.window[0] < 30 * DAY:
+            raise ValueError("the history window must span at least 30 days")
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """Start and end of the history as epoch seconds."""
+        return _epoch(self.start), _epoch(self.end)
+
+    def rng(self, part: int) -> np.random.Generator:
+        """An independent, reproducible random stream for one part of the simulation."""
+        return np.random.default_rng([self.seed, part])
+
+
+def _epoch(day: str) -> int:
+    parsed = date.fromisoformat(day)
+    return int(datetime(parsed.year, parsed.month, parsed.day, tzinfo=UTC).timestamp())

@@ -1,0 +1,67 @@
+"""The simulator's output, malformed and duplicated, ingested: every line accounted for."""
+
+import polars as pl
+import pytest
+
+from orch_assets.ingestion.change_log import ingest_pending
+from orch_assets.ingestion.current_state import refresh_current_state
+from revorch.simulator import SimulationConfig, history_frame, simulate_history
+
+CONFIG = SimulationConfig(
+    contacts=2_000, seed=7, malformed_share=0.02, duplicate_share=0.05, batch_size=5_000
+)
+
+
+@pytest.fixture
+def ingested(conn, zone):
+    summary = simulate_history(zone, CONFIG)
+    result = ingest_pending(conn, zone)
+    refresh_current_state(conn)
+    return summary, result
+
+
+def test_every_simulated_line_is_loaded_counted_as_duplicate_or_quarantined(conn, ingested):
+    summary, result = ingested
+    assert result.received == summary.lines
+    assert result.loaded == summary.events
+    assert result.duplicates == summary.expected_duplicates
+    assert result.quarantined == summary.malformed
+    assert result.quarantine_reasons == summary.malformed_by_reason
+    assert len(summary.malformed_by_reason) == 11  # every malformed kind is exercised
+
+
+def test_simulated_crm_fills_every_table(conn, ingested):
+    for _object_type, table in conn.execute("SELECT * FROM object_types").fetchall():
+        rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        assert rows > 0, table
+    # Malformed lines replace some valid ones, so expect the contacts the valid lines name.
+    lines = history_frame(CONFIG)
+    expected = set(
+        lines.filter(pl.col("malformed").is_null() & (pl.col("object_type") == "contact"))[
+            "object_id"
+        ]
+    )
+    contacts = {row[0] for row in conn.execute("SELECT id FROM contacts").fetchall()}
+    assert contacts == expected
+    assert len(contacts) > 0.9 * CONFIG.contacts
+    orphans = conn.execute(
+        "SELECT count(*) FROM deals WHERE company_id NOT IN (SELECT id FROM companies)"
+    ).fetchone()[0]
+    assert orphans == 0
+
+
+def test_ingesting_the_same_simulation_again_changes_nothing(conn, zone, ingested):
+    before = {
+        t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall()
+        for t in ("contacts", "deals", "subscriptions")
+    }
+    summary = simulate_history(zone, CONFIG)
+    again = ingest_pending(conn, zone)
+    refresh_current_state(conn)
+    assert (again.loaded, again.quarantined) == (0, 0)
+    assert again.duplicates == summary.lines
+    after = {
+        t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall()
+        for t in ("contacts", "deals", "subscriptions")
+    }
+    assert after == before

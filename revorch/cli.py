@@ -156,18 +156,25 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(_report_text())
     print()
     print(f"DuckDB state store: {settings.database_path()}")
+    print(f"  analysts' copy:    {settings.published_path()} (refreshed after every run)")
     print('  query it:          .venv/bin/revorch sql "SELECT * FROM contacts LIMIT 5"')
     print("Dagster UI:          .venv/bin/revorch ui   then open http://127.0.0.1:3000")
     return 0
 
 
+def _analyst_database() -> Path:
+    """The published copy when there is one: it can be read while a run writes."""
+    published = settings.published_path()
+    return published if published.exists() else settings.database_path()
+
+
 def _report_text() -> str:
-    with duckdb.connect(str(settings.database_path()), read_only=True) as conn:
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
         return funnel_summary(conn)
 
 
 def _sql(args: argparse.Namespace) -> int:
-    with duckdb.connect(str(settings.database_path()), read_only=True) as conn:
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
         try:
             conn.sql(args.query).show(max_rows=100)
         except duckdb.Error as error:

@@ -1,22 +1,29 @@
 """Every Dagster definition of Revorch, assembled in one place."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
+from orch_assets.publish.assets import published_state_asset
 from orch_assets.sources.simulator import simulate_crm
 from resources import default_resources
 from sensors.landing_zone import landing_zone_sensor
+
+pipeline_assets = [crm_change_log, crm_current_state]
+published_state = published_state_asset(
+    deps=[key for assets_def in pipeline_assets for key in assets_def.keys]
+)
 
 revorch_main = dg.define_asset_job(
     "revorch_main",
     selection=dg.AssetSelection.all(),
     description="Ingest every waiting batch and bring every asset up to date.",
+    # One process for the whole run: steps share the DuckDB writer pool one at a time anyway,
+    # and a process per step would add seconds to every run.
+    executor_def=dg.in_process_executor,
 )
 
 defs = dg.Definitions(
-    assets=[crm_change_log, crm_current_state],
+    assets=[*pipeline_assets, published_state],
     jobs=[revorch_main, simulate_crm],
     sensors=[landing_zone_sensor],
     resources=default_resources(),

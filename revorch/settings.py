@@ -24,3 +24,15 @@ def landing_path() -> Path:
 
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME", revorch_home() / "dagster")).resolve()
+
+
+def published_path() -> Path:
+    """The read-only copy of the state store that analysts open (refreshed after each run)."""
+    return Path(
+        os.environ.get("REVORCH_PUBLISHED_DB", revorch_home() / "published" / "revorch.duckdb")
+    ).resolve()
+
+
+def lifecycle_config_path() -> Path:
+    default = Path(__file__).resolve().parent.parent / "config" / "lifecycle.yaml"
+    return Path(os.environ.get("REVORCH_LIFECYCLE_CONFIG", default)).resolve()

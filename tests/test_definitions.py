@@ -15,6 +15,7 @@ EXPECTED_ASSETS = {
     "crm/activities",
     "crm/tickets",
     "crm/subscriptions",
+    "analytics/published_state",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from resources.landing_zone import LandingZoneResource
+from resources.lifecycle_config import LifecycleConfigResource
 from resources.state_store import StateStore
 from revorch import settings
 
@@ -13,7 +14,8 @@ def default_resources() -> dict[str, object]:
     return {
         "state_store": StateStore(database=str(settings.database_path())),
         "landing_zone": LandingZoneResource(path=str(settings.landing_path())),
+        "lifecycle": LifecycleConfigResource(path=str(settings.lifecycle_config_path())),
     }
 
 
-__all__ = ["LandingZoneResource", "StateStore", "default_resources"]
+__all__ = ["LandingZoneResource", "LifecycleConfigResource", "StateStore", "default_resources"]

@@ -129,7 +129,7 @@ def _run_main_job() -> bool:
     from revorch.definitions import defs
 
     with dg.DagsterInstance.get() as instance:
-        result = defs.get_job_def("revorch_main").execute_in_process(
+        result = defs.resolve_job_def("revorch_main").execute_in_process(
             instance=instance,
             # The terminal gets warnings only; every event is still in the run's log in the UI.
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},

@@ -2,13 +2,15 @@
 
 import dagster as dg
 
+from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
 from orch_assets.publish.assets import published_state_asset
 from orch_assets.sources.simulator import simulate_crm
+from orch_assets.stages.assets import stage_assets
 from resources import default_resources
 from sensors.landing_zone import landing_zone_sensor
 
-pipeline_assets = [crm_change_log, crm_current_state]
+pipeline_assets = [crm_change_log, crm_current_state, *stage_assets, *handoff_assets]
 published_state = published_state_asset(
     deps=[key for assets_def in pipeline_assets for key in assets_def.keys]
 )

@@ -81,7 +81,9 @@ def refresh_current_state(
             )
             rebuilt[table] = conn.execute(f"INSERT INTO {table} BY NAME {sql}").fetchone()[0]
         conn.execute(
-            "INSERT OR REPLACE INTO state_watermarks VALUES (?, ?, now())", [WATERMARK, upto]
+            "INSERT OR REPLACE INTO state_watermarks (name, load_id, updated_at) "
+            "VALUES (?, ?, now())",
+            [WATERMARK, upto],
         )
         conn.execute("DROP TABLE touched")
         conn.execute("COMMIT")

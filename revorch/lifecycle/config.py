@@ -24,6 +24,7 @@ class Rule(_Strict):
 class StateMachine(_Strict):
     stages: list[str]
     transitions: dict[str, list[str]]
+    rules: dict[str, Rule]
 
     @model_validator(mode="after")
     def _moves_name_known_stages(self) -> StateMachine:
@@ -32,6 +33,10 @@ class StateMachine(_Strict):
             for stage in [source, *targets]:
                 if stage not in known:
                     raise ValueError(f"transition {source} -> {targets}: unknown stage {stage!r}")
+        for name, rule in self.rules.items():
+            for stage in [rule.to, *rule.from_]:
+                if stage not in known:
+                    raise ValueError(f"rule {name} names unknown stage {stage!r}")
         return self
 
     def allows(self, source: str, target: str) -> bool:
@@ -41,15 +46,10 @@ class StateMachine(_Strict):
 class ContactLifecycle(StateMachine):
     crm_lifecycle_stages: dict[str, str]
     disqualifying_lead_statuses: list[str]
-    rules: dict[str, Rule]
 
     @model_validator(mode="after")
-    def _rules_name_known_stages(self) -> ContactLifecycle:
+    def _crm_stages_are_known(self) -> ContactLifecycle:
         known = {NEW, *self.stages}
-        for name, rule in self.rules.items():
-            for stage in [rule.to, *rule.from_]:
-                if stage not in known:
-                    raise ValueError(f"rule {name} names unknown stage {stage!r}")
         for crm_value, stage in self.crm_lifecycle_stages.items():
             if stage not in known:
                 raise ValueError(f"crm lifecycle stage {crm_value} maps to unknown stage {stage!r}")

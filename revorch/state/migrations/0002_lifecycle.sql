@@ -55,3 +55,18 @@ CREATE TABLE stages.onboarding (
     tasks          JSON NOT NULL,       -- [{"task": ..., "due_at": ...}, ...]
     activated_at   TIMESTAMPTZ          -- when seat use first reached the activation level
 );
+
+-- The data clock each derived table last ran at, for rules that fire when time passes.
+ALTER TABLE state_watermarks ADD COLUMN as_of TIMESTAMPTZ;
+
+-- "Now" for the lifecycle: the newest change received, so a replayed history answers alike.
+CREATE MACRO data_clock() AS (SELECT max(occurred_at) FROM change_log);
+
+-- Contacts currently in one lifecycle stage, with who put them there and since when.
+CREATE MACRO contacts_in_stage(stage_name) AS TABLE
+SELECT s.entity_id AS contact_id, c.first_name, c.last_name, c.email, c.company_id, c.owner_id,
+       c.lead_source, s.entered_at, date_diff('day', s.entered_at, data_clock()) AS days_in_stage,
+       s.decided_by, s.rule, s.reason
+FROM stages.entity_stages AS s
+JOIN contacts AS c ON c.id = s.entity_id
+WHERE s.entity_type = 'contact' AND s.stage = stage_name;

@@ -1,0 +1,238 @@
+"""The revenue lifecycle as assets: lead -> MQL -> SQL -> opportunity -> customer ->
+onboarding -> adoption/health -> renewal -> expansion.
+
+Two assets run the state machines (contacts, accounts) incrementally; every stage asset
+after them is a view or a small table over their result, with its SQL in a file beside this
+module.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
+from orch_assets.sql_files import run_sql_file
+from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
+from resources import LifecycleConfigResource, StateStore
+from revorch.lifecycle.config import LifecycleConfig
+
+SQL_DIR = Path(__file__).parent
+EAGER = dg.AutomationCondition.eager()
+
+
+def crm(table: str) -> dg.AssetKey:
+    return dg.AssetKey(["crm", table])
+
+
+CONTACT_LIFECYCLE = dg.AssetKey(["stages", "contact_lifecycle"])
+ACCOUNT_LIFECYCLE = dg.AssetKey(["stages", "account_lifecycle"])
+
+
+def _stage_counts(conn, entity_type: str) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT stage, count(*) FROM stages.entity_stages WHERE entity_type = ? GROUP BY stage",
+        [entity_type],
+    ).fetchall()
+    return {f"in_stage/{stage}": count for stage, count in rows}
+
+
+@dg.asset(
+    key=CONTACT_LIFECYCLE,
+    deps=[crm("contacts"), crm("deals"), crm("activities")],
+    group_name="lifecycle",
+    kinds={"duckdb"},
+    pool=DUCKDB_WRITER_POOL,
+    automation_condition=EAGER,
+)
+def contact_lifecycle(
+    context: dg.AssetExecutionContext, state_store: StateStore, lifecycle: LifecycleConfigResource
+):
+    """Each contact's stage (lead, mql, sql, opportunity, customer, disqualified), every move
+    it made and why, and the moves the state machine refused. Recomputes touched contacts."""
+    with state_store.get_connection() as conn:
+        refresh = refresh_contact_lifecycle(conn, lifecycle.load())
+        counts = _stage_counts(conn, "contact")
+    context.log.info(f"contacts recomputed: {refresh}")
+    return dg.MaterializeResult(
+        metadata={
+            "contacts_recomputed": refresh.entities,
+            "transitions_written": refresh.transitions,
+            "forbidden_moves": refresh.forbidden,
+            **counts,
+        }
+    )
+
+
+@dg.asset(
+    key=ACCOUNT_LIFECYCLE,
+    deps=[crm("subscriptions"), crm("companies")],
+    group_name="lifecycle",
+    kinds={"duckdb"},
+    pool=DUCKDB_WRITER_POOL,
+    automation_condition=EAGER,
+)
+def account_lifecycle(
+    context: dg.AssetExecutionContext, state_store: StateStore, lifecycle: LifecycleConfigResource
+):
+    """Each customer account's stage (onboarding, adoption, renewal, churned) and its moves.
+    Recomputes accounts whose subscriptions changed or whose time-based moves fell due."""
+    with state_store.get_connection() as conn:
+        refresh = refresh_account_lifecycle(conn, lifecycle.load())
+        counts = _stage_counts(conn, "company")
+    context.log.info(f"accounts recomputed: {refresh}")
+    return dg.MaterializeResult(
+        metadata={
+            "accounts_recomputed": refresh.entities,
+            "transitions_written": refresh.transitions,
+            "forbidden_moves": refresh.forbidden,
+            **counts,
+        }
+    )
+
+
+def sql_parameters(config: LifecycleConfig) -> dict[str, object]:
+    """Every threshold the stage and handoff SQL files may name, from the lifecycle config."""
+    handoffs, accounts = config.handoffs, config.accounts
+    return {
+        "owner_role": handoffs.onboarding.owner_role,
+        "task_names": [t.task for t in handoffs.onboarding.tasks],
+        "task_days": [t.due_days for t in handoffs.onboarding.tasks],
+        "activation_utilization": accounts.activation_utilization,
+        "renewal_window_days": accounts.renewal_window_days,
+        "lookback_days": handoffs.renewal_risk.lookback_days,
+        "usage_drop": handoffs.renewal_risk.usage_drop,
+        "angry_priorities": handoffs.renewal_risk.angry_ticket_priorities,
+        "angry_csat_at_most": handoffs.renewal_risk.angry_csat_at_most,
+        "angry_tickets": handoffs.renewal_risk.angry_tickets,
+        "expansion_utilization": handoffs.expansion.utilization,
+        "fresh_signal_days": handoffs.follow_up.fresh_signal_days,
+        "accelerated_days": handoffs.follow_up.cadence_days["accelerated"],
+        "buying_signals": config.engagement.buying_signals,
+        "sla_stages": list(handoffs.sla.first_touch_hours),
+        "sla_hours": list(handoffs.sla.first_touch_hours.values()),
+        "touch_activities": handoffs.sla.touch_activities,
+        "escalate_to_role": handoffs.sla.escalate_to_role,
+    }
+
+
+def sql_asset(
+    key: list[str],
+    *,
+    sql_files: list[Path],
+    relation: str,
+    deps: list[dg.AssetKey],
+    description: str,
+    group_name: str,
+    summary_sql: str | None = None,
+) -> dg.AssetsDefinition:
+    """An asset that runs its SQL files (views or tables) and reports rows and a summary."""
+
+    @dg.asset(
+        key=key,
+        deps=deps,
+        description=description,
+        group_name=group_name,
+        kinds={"duckdb"},
+        pool=DUCKDB_WRITER_POOL,
+        automation_condition=EAGER,
+    )
+    def _asset(state_store: StateStore, lifecycle: LifecycleConfigResource):
+        parameters = sql_parameters(lifecycle.load())
+        with state_store.get_connection() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            for path in sql_files:
+                run_sql_file(conn, path, parameters)
+            conn.execute("COMMIT")
+            metadata = {
+                "dagster/row_count": conn.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+            }
+            if summary_sql:
+                cursor = conn.execute(summary_sql.format(relation=relation))
+                names = [column[0] for column in cursor.description]
+                metadata |= {
+                    name: value
+                    for name, value in zip(names, cursor.fetchone(), strict=True)
+                    if value is not None
+                }
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _asset
+
+
+def stage_view(name: str, deps: list[dg.AssetKey], description: str, summary_sql=None):
+    return sql_asset(
+        ["stages", name],
+        sql_files=[SQL_DIR / f"{name}.sql"],
+        relation=f"stages.{name}",
+        deps=deps,
+        description=description,
+        group_name="stages",
+        summary_sql=summary_sql,
+    )
+
+
+leads = stage_view("leads", [CONTACT_LIFECYCLE, crm("contacts")], "Contacts in the lead stage.")
+mqls = stage_view(
+    "mqls", [CONTACT_LIFECYCLE, crm("contacts")], "Marketing-qualified leads (CRM or engagement)."
+)
+sqls = stage_view("sqls", [CONTACT_LIFECYCLE, crm("contacts")], "Sales-qualified leads.")
+opportunities = stage_view(
+    "opportunities",
+    [CONTACT_LIFECYCLE, crm("deals")],
+    "Open new-business deals with their contact's stage.",
+    "SELECT sum(amount) AS pipeline_value, median(days_open) AS median_days_open FROM {relation}",
+)
+customers = stage_view(
+    "customers",
+    [ACCOUNT_LIFECYCLE, crm("companies"), crm("subscriptions")],
+    "Customer accounts (not churned) with their active ARR.",
+    "SELECT sum(active_arr) AS active_arr FROM {relation}",
+)
+onboarding = sql_asset(
+    ["stages", "onboarding"],
+    sql_files=[
+        SQL_DIR / "onboarding_reset.sql",
+        SQL_DIR / "onboarding.sql",
+        SQL_DIR / "onboarding_progress.sql",
+    ],
+    relation="stages.onboarding_progress",
+    deps=[crm("deals"), crm("subscriptions"), crm("owners")],
+    description="Handoff: every won new-business deal starts onboarding by itself, with a CSM "
+    "and dated tasks; progress is activated, in_progress or overdue.",
+    group_name="stages",
+    summary_sql="SELECT count(*) FILTER (WHERE status = 'overdue') AS overdue, "
+    "count(*) FILTER (WHERE status = 'in_progress') AS in_progress FROM {relation}",
+)
+adoption_health = stage_view(
+    "adoption_health",
+    [crm("subscriptions"), crm("tickets"), ACCOUNT_LIFECYCLE],
+    "Health of every active subscription: seat use, its trend, angry tickets.",
+    "SELECT count(*) FILTER (WHERE health_band = 'at_risk') AS at_risk, "
+    "avg(health_score) AS mean_health_score FROM {relation}",
+)
+renewals = stage_view(
+    "renewals",
+    [dg.AssetKey(["stages", "adoption_health"])],
+    "Active subscriptions inside their renewal window, with their health.",
+    "SELECT sum(arr) AS arr_up_for_renewal, count(*) FILTER (WHERE at_risk) AS at_risk "
+    "FROM {relation}",
+)
+expansion = stage_view(
+    "expansion",
+    [dg.AssetKey(["stages", "adoption_health"]), crm("deals")],
+    "Accounts ready to grow: seats nearly all used, or an expansion deal open.",
+)
+
+stage_assets = [
+    contact_lifecycle,
+    account_lifecycle,
+    leads,
+    mqls,
+    sqls,
+    opportunities,
+    customers,
+    onboarding,
+    adoption_health,
+    renewals,
+    expansion,
+]

@@ -1,0 +1,201 @@
+"""Where every contact and account stands: the state machine run over their timelines.
+
+A refresh recomputes only the entities touched since its watermark (new changes to them, to
+their deals, activities or subscriptions, or a time-based move that fell due since the last
+refresh). For each of them it rebuilds the whole timeline from the change log, so the result
+never depends on how changes were batched: a full rebuild gives the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from revorch.lifecycle.config import LifecycleConfig
+from revorch.lifecycle.machine import FoldResult, fold
+
+SQL_DIR = Path(__file__).parent
+
+CONTACT_SCOPE_SQL = """
+SELECT object_id FROM change_log WHERE object_type = 'contact' AND load_id > $since
+UNION
+SELECT d.contact_id FROM change_log AS c JOIN deals AS d ON d.id = c.object_id
+WHERE c.object_type = 'deal' AND c.load_id > $since AND d.contact_id IS NOT NULL
+UNION
+SELECT a.contact_id FROM change_log AS c JOIN activities AS a ON a.id = c.object_id
+WHERE c.object_type = 'activity' AND c.load_id > $since AND a.contact_id IS NOT NULL
+"""
+
+ALL_CONTACTS_SQL = "SELECT DISTINCT object_id FROM change_log WHERE object_type = 'contact'"
+
+# Accounts whose subscriptions changed, or whose time-based moves fell due since last time.
+ACCOUNT_SCOPE_SQL = """
+SELECT s.company_id FROM change_log AS c JOIN subscriptions AS s ON s.id = c.object_id
+WHERE c.object_type = 'subscription' AND c.load_id > $since AND s.company_id IS NOT NULL
+UNION
+SELECT company_id FROM subscriptions
+WHERE company_id IS NOT NULL AND (
+    start_date::TIMESTAMPTZ BETWEEN $previous_as_of AND $as_of
+    OR start_date::TIMESTAMPTZ + to_days(CAST($onboarding_days AS INTEGER))
+       BETWEEN $previous_as_of AND $as_of
+    OR end_date::TIMESTAMPTZ - to_days(CAST($renewal_window_days AS INTEGER))
+       BETWEEN $previous_as_of AND $as_of)
+"""
+
+ALL_ACCOUNTS_SQL = "SELECT DISTINCT company_id FROM subscriptions WHERE company_id IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class LifecycleRefresh:
+    entities: int  # entities recomputed
+    transitions: int
+    forbidden: int
+    as_of: object
+
+
+def data_clock(conn: duckdb.DuckDBPyConnection):
+    """'Now' for the lifecycle: the newest change received (so a replay gives the same answer)."""
+    return conn.execute("SELECT max(occurred_at) FROM change_log").fetchone()[0]
+
+
+def refresh_contact_lifecycle(
+    conn: duckdb.DuckDBPyConnection, config: LifecycleConfig, *, full_rebuild: bool = False
+) -> LifecycleRefresh:
+    contacts, engagement = config.contacts, config.engagement
+    return _refresh(
+        conn,
+        entity_type="contact",
+        watermark="stages/contact_lifecycle",
+        scope_sql=ALL_CONTACTS_SQL if full_rebuild else CONTACT_SCOPE_SQL,
+        points_sql=(SQL_DIR / "contact_points.sql").read_text(),
+        parameters={
+            "crm_values": list(contacts.crm_lifecycle_stages),
+            "crm_stages": list(contacts.crm_lifecycle_stages.values()),
+            "disqualifying_statuses": contacts.disqualifying_lead_statuses,
+            "weight_names": list(engagement.weights),
+            "weights": list(engagement.weights.values()),
+            "window_days": engagement.window_days,
+            "mql_threshold": engagement.mql_threshold,
+            "buying_signals": engagement.buying_signals,
+        },
+        scope_parameters={},
+        machine=contacts,
+        full_rebuild=full_rebuild,
+    )
+
+
+def refresh_account_lifecycle(
+    conn: duckdb.DuckDBPyConnection, config: LifecycleConfig, *, full_rebuild: bool = False
+) -> LifecycleRefresh:
+    accounts = config.accounts
+    timing = {
+        "onboarding_days": accounts.onboarding_days,
+        "renewal_window_days": accounts.renewal_window_days,
+    }
+    return _refresh(
+        conn,
+        entity_type="company",
+        watermark="stages/account_lifecycle",
+        scope_sql=ALL_ACCOUNTS_SQL if full_rebuild else ACCOUNT_SCOPE_SQL,
+        points_sql=(SQL_DIR / "account_points.sql").read_text(),
+        parameters={**timing, "activation_utilization": accounts.activation_utilization},
+        scope_parameters={} if full_rebuild else timing,
+        machine=accounts,
+        full_rebuild=full_rebuild,
+        time_based=True,
+    )
+
+
+def _refresh(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    entity_type: str,
+    watermark: str,
+    scope_sql: str,
+    points_sql: str,
+    parameters: dict,
+    scope_parameters: dict,
+    machine,
+    full_rebuild: bool,
+    time_based: bool = False,
+) -> LifecycleRefresh:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        since, previous_as_of = _watermark(conn, watermark)
+        upto = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
+        as_of = data_clock(conn)
+        if full_rebuild:
+            scope_args = {}
+        else:
+            scope_args = {"since": since}
+            if time_based:
+                scope_args |= {
+                    **scope_parameters,
+                    "as_of": as_of,
+                    # Strictly after the previous clock: BETWEEN is inclusive on both ends.
+                    "previous_as_of": _just_after(previous_as_of),
+                }
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE scope AS SELECT * FROM ({scope_sql}) AS s(entity_id)",
+            scope_args,
+        )
+        entities = conn.execute("SELECT count(*) FROM scope").fetchone()[0]
+        result = None
+        if entities:
+            args = {**parameters, **({"as_of": as_of} if time_based else {})}
+            points = conn.execute(points_sql, args).pl()
+            result = fold(points, machine)
+        _replace(conn, entity_type, result)
+        conn.execute(
+            "INSERT OR REPLACE INTO state_watermarks (name, load_id, updated_at, as_of) "
+            "VALUES (?, ?, now(), ?)",
+            [watermark, upto, as_of],
+        )
+        conn.execute("DROP TABLE scope")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return LifecycleRefresh(
+        entities,
+        result.transitions.height if result else 0,
+        result.forbidden.height if result else 0,
+        as_of,
+    )
+
+
+def _replace(conn: duckdb.DuckDBPyConnection, entity_type: str, result: FoldResult | None) -> None:
+    for table in ("entity_stages", "stage_transitions", "forbidden_transitions"):
+        conn.execute(
+            f"DELETE FROM stages.{table} WHERE entity_type = ? "
+            "AND entity_id IN (SELECT entity_id FROM scope)",
+            [entity_type],
+        )
+    if result is None:
+        return
+    for table, frame in (
+        ("entity_stages", result.current),
+        ("stage_transitions", result.transitions),
+        ("forbidden_transitions", result.forbidden),
+    ):
+        conn.register("folded", frame)
+        conn.execute(
+            f"INSERT INTO stages.{table} BY NAME SELECT ? AS entity_type, * FROM folded",
+            [entity_type],
+        )
+        conn.unregister("folded")
+
+
+def _watermark(conn: duckdb.DuckDBPyConnection, name: str):
+    row = conn.execute(
+        "SELECT load_id, as_of FROM state_watermarks WHERE name = ?", [name]
+    ).fetchone()
+    return (row[0], row[1]) if row else (0, None)
+
+
+def _just_after(moment):
+    from datetime import timedelta
+
+    return None if moment is None else moment + timedelta(microseconds=1)

@@ -1,0 +1,332 @@
+"""The lifecycle on real changes: every transition rule, the forbidden path, each handoff,
+and a full rebuild equal to the incremental runs."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from conftest import event
+from orch_assets.ingestion.change_log import ingest_pending
+from orch_assets.ingestion.current_state import refresh_current_state
+from orch_assets.sql_files import run_sql_file
+from orch_assets.stages.assets import SQL_DIR as STAGES_SQL
+from orch_assets.stages.assets import sql_parameters
+from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
+from revorch.lifecycle.config import load_lifecycle_config
+from revorch.simulator import SimulationConfig, simulate_history
+
+HANDOFFS_SQL = STAGES_SQL.parent / "handoffs"
+CONFIG = load_lifecycle_config()
+T0 = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)  # early enough that day 400 is not in the future
+
+
+def at(days: float) -> str:
+    return (T0 + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Crm:
+    """Writes changes into the landing zone and runs everything up to the stages."""
+
+    def __init__(self, conn, zone):
+        self.conn, self.zone, self.events, self.n = conn, zone, [], 0
+
+    def change(self, object_type, object_id, day, **properties):
+        self.n += 1
+        self.events.append(event(f"t-{self.n}", object_type, object_id, at(day), **properties))
+
+    def activity(self, contact, day, kind, url=None, owner="own-ae"):
+        self.n += 1
+        self.change(
+            "activity",
+            f"a-{self.n}",
+            day,
+            contact_id=contact,
+            activity_type=kind,
+            activity_at=at(day),
+            url=url,
+            owner_id=owner,
+        )
+
+    def run(self):
+        self.zone.write_events("test", self.events)
+        self.events = []
+        assert ingest_pending(self.conn, self.zone).quarantined == 0
+        refresh_current_state(self.conn)
+        refresh_contact_lifecycle(self.conn, CONFIG)
+        refresh_account_lifecycle(self.conn, CONFIG)
+        parameters = sql_parameters(CONFIG)
+        for path in [
+            STAGES_SQL / "onboarding_reset.sql",
+            STAGES_SQL / "onboarding.sql",
+            STAGES_SQL / "onboarding_progress.sql",
+            STAGES_SQL / "adoption_health.sql",
+            HANDOFFS_SQL / "follow_up_cadence.sql",
+            HANDOFFS_SQL / "sla_escalations.sql",
+            HANDOFFS_SQL / "renewal_risk.sql",
+        ]:
+            run_sql_file(self.conn, path, parameters)
+
+    def stage(self, entity_id):
+        row = self.conn.execute(
+            "SELECT stage FROM stages.entity_stages WHERE entity_id = ?", [entity_id]
+        ).fetchone()
+        return row[0] if row else None
+
+    def moves(self, entity_id):
+        return self.conn.execute(
+            "SELECT from_stage, to_stage, rule, decided_by FROM stages.stage_transitions "
+            "WHERE entity_id = ? ORDER BY seq",
+            [entity_id],
+        ).fetchall()
+
+
+@pytest.fixture
+def crm(conn, zone):
+    crm = Crm(conn, zone)
+    crm.change("owner", "own-ae", 0, role="ae", team="east")
+    crm.change("owner", "own-mgr", 0, role="manager", team="east")
+    crm.change("owner", "own-csm", 0, role="csm", team="success")
+    return crm
+
+
+def test_crm_fields_move_contacts_and_name_a_human(crm):
+    crm.change("contact", "c-1", 0, lifecycle_stage="lead", owner_id="own-ae")
+    crm.change("contact", "c-1", 2, lifecycle_stage="marketingqualifiedlead")
+    crm.change("contact", "c-1", 5, lifecycle_stage="salesqualifiedlead")
+    crm.run()
+    assert crm.moves("c-1") == [
+        ("new", "lead", "contact_created", "rule"),
+        ("lead", "mql", "crm:lifecycle_stage", "human"),
+        ("mql", "sql", "crm:lifecycle_stage", "human"),
+    ]
+
+
+def test_engagement_qualifies_a_lead_only_within_its_window(crm):
+    crm.change("contact", "c-hot", 0)
+    crm.change("contact", "c-slow", 0)
+    for day, kind in [(1, "email_replied"), (3, "meeting"), (4, "form_fill")]:  # 8+15+10
+        crm.activity("c-hot", day, kind)
+    for day, kind in [(1, "email_replied"), (40, "meeting"), (80, "email_replied")]:
+        crm.activity("c-slow", day, kind)
+    crm.run()
+    assert crm.moves("c-hot")[-1] == ("lead", "mql", "engagement_mql", "rule")
+    assert crm.stage("c-slow") == "lead"
+
+
+def test_disqualified_contacts_are_recycled_by_buying_signals_after_the_wait(crm):
+    for contact in ("c-early", "c-late"):
+        crm.change("contact", contact, 0)
+        crm.change("contact", contact, 1, lead_status="unqualified")
+    crm.activity("c-early", 10, "email_replied")
+    crm.activity("c-late", 45, "web_visit", url="https://example.com/pricing")
+    crm.run()
+    assert crm.stage("c-early") == "disqualified"
+    assert crm.moves("c-late")[-2:] == [
+        ("lead", "disqualified", "crm:lead_status", "human"),
+        ("disqualified", "lead", "buying_signal_recycle", "rule"),
+    ]
+
+
+def test_deals_move_contacts_to_opportunity_customer_or_back_to_lead(crm):
+    for contact, outcome in (("c-won", "closedwon"), ("c-lost", "closedlost")):
+        crm.change("contact", contact, 0, lifecycle_stage="salesqualifiedlead")
+        deal = f"d-{contact}"
+        crm.change(
+            "deal",
+            deal,
+            3,
+            contact_id=contact,
+            deal_type="new_business",
+            stage="qualifiedtobuy",
+            amount=10_000,
+        )
+        crm.change("deal", deal, 30, stage=outcome, closed_at=at(30))
+    crm.run()
+    assert [m[2] for m in crm.moves("c-won")][-2:] == ["deal_created", "deal_won"]
+    assert crm.stage("c-won") == "customer"
+    assert [m[2] for m in crm.moves("c-lost")][-2:] == ["deal_created", "deal_lost_recycle"]
+    assert crm.stage("c-lost") == "lead"
+
+
+def test_a_forbidden_move_is_reported_and_never_applied(crm, conn):
+    crm.change("contact", "c-1", 0, lifecycle_stage="customer")
+    crm.change("contact", "c-1", 5, lifecycle_stage="lead")  # a customer cannot go back
+    crm.run()
+    assert crm.stage("c-1") == "customer"
+    forbidden = conn.execute(
+        "SELECT from_stage, to_stage, rule, decided_by, attempted_at FROM "
+        "stages.forbidden_transitions"
+    ).fetchall()
+    assert forbidden == [("customer", "lead", "crm:lifecycle_stage", "human", T0 + timedelta(5))]
+    assert ("customer", "lead") not in [(m[0], m[1]) for m in crm.moves("c-1")]
+
+
+def subscription(crm, sub, company, start_day, **properties):
+    start = (T0 + timedelta(days=start_day)).date()
+    end = (T0 + timedelta(days=start_day + 365)).date()
+    crm.change(
+        "subscription",
+        sub,
+        start_day,
+        company_id=company,
+        status="active",
+        start_date=str(start),
+        end_date=str(end),
+        seats=10,
+        seats_active=1,
+        arr=50_000,
+        **properties,
+    )
+
+
+def test_accounts_move_through_onboarding_adoption_renewal_and_churn(crm):
+    subscription(crm, "s-active", "co-active", 0)
+    crm.change("subscription", "s-active", 10, seats_active=6)  # activation at 50%
+    subscription(crm, "s-slow", "co-slow", 0)  # never activates: onboarding ends by time
+    subscription(crm, "s-renew", "co-renew", 0)
+    subscription(crm, "s-renew-2", "co-renew", 365, renewal_of="s-renew")
+    subscription(crm, "s-churn", "co-churn", 0)
+    crm.change("subscription", "s-churn", 365, status="churned")
+    crm.change("owner", "own-ae", 400, team="east")  # the data clock: day 400
+    crm.run()
+    assert [m[2] for m in crm.moves("co-active")] == [
+        "subscription_started",
+        "activated",
+        "renewal_window",
+    ]
+    assert [m[2] for m in crm.moves("co-slow")][:2] == [
+        "subscription_started",
+        "onboarding_period_over",
+    ]
+    assert [m[2] for m in crm.moves("co-renew")][-1] == "renewed"
+    assert crm.stage("co-renew") == "adoption"
+    assert crm.moves("co-churn")[-1] == ("renewal", "churned", "crm:subscription_status", "human")
+
+
+def test_time_based_moves_happen_when_time_passes_without_changes_to_the_account(crm):
+    subscription(crm, "s-1", "co-1", 0)
+    crm.change("owner", "own-ae", 20, team="east")
+    crm.run()
+    assert crm.stage("co-1") == "onboarding"
+    crm.change("owner", "own-ae", 60, team="east")  # only the clock moves
+    crm.run()
+    assert crm.moves("co-1")[-1][2] == "onboarding_period_over"
+
+
+def test_closed_won_starts_onboarding_with_an_owner_and_tasks(crm, conn):
+    crm.change("deal", "d-1", 0, company_id="co-1", deal_type="new_business", stage="contractsent")
+    crm.change("deal", "d-1", 2, stage="closedwon", closed_at=at(2))
+    crm.run()
+    owner, tasks, status = conn.execute(
+        "SELECT owner_id, tasks, status FROM stages.onboarding_progress WHERE deal_id = 'd-1'"
+    ).fetchone()
+    assert owner == "own-csm"
+    assert status == "in_progress"
+    assert [t["task"] for t in json.loads(tasks)] == [
+        t.task for t in CONFIG.handoffs.onboarding.tasks
+    ]
+
+
+def test_fresh_buying_signals_accelerate_follow_up(crm, conn):
+    crm.change("contact", "c-fresh", 0)
+    crm.change("contact", "c-stale", 0)
+    crm.activity("c-fresh", 29, "meeting")
+    crm.activity("c-stale", 5, "meeting")
+    crm.change("owner", "own-ae", 30, team="east")
+    crm.run()
+    rows = conn.execute("SELECT contact_id, cadence, signal FROM handoffs.follow_up_cadence")
+    assert rows.fetchall() == [("c-fresh", "accelerated", "meeting")]
+
+
+def test_an_mql_not_touched_within_its_sla_is_escalated_to_a_manager(crm, conn):
+    for contact in ("c-ignored", "c-touched"):
+        crm.change("contact", contact, 0, owner_id="own-ae")
+        crm.change("contact", contact, 1, lifecycle_stage="marketingqualifiedlead")
+    crm.activity("c-touched", 1.5, "call")
+    crm.change("owner", "own-ae", 10, team="east")
+    crm.run()
+    rows = dict(
+        (r[0], r[1:])
+        for r in conn.execute(
+            "SELECT contact_id, status, escalate_to FROM handoffs.sla_escalations"
+        ).fetchall()
+    )
+    assert rows == {"c-ignored": ("breached", "own-mgr"), "c-touched": ("met", None)}
+
+
+def test_falling_usage_or_angry_tickets_put_a_customer_on_the_renewal_risk_path(crm, conn):
+    for sub in ("s-falling", "s-angry", "s-fine"):
+        subscription(crm, sub, f"co-{sub}", 0)
+        crm.change("subscription", sub, 10, seats_active=10)
+    crm.change("subscription", "s-falling", 150, seats_active=6)
+    for n in range(2):
+        crm.change(
+            "ticket",
+            f"t-{n}",
+            140,
+            company_id="co-s-angry",
+            priority="urgent",
+            status="open",
+            created_at=at(140),
+        )
+    crm.change("owner", "own-ae", 160, team="east")
+    crm.run()
+    risks = dict(
+        conn.execute("SELECT subscription_id, reasons FROM handoffs.renewal_risk").fetchall()
+    )
+    assert set(risks) == {"s-falling", "s-angry"}
+    assert risks["s-falling"] == ["seat use fell 40.0% in 90 days"]
+    assert risks["s-angry"] == ["2 angry tickets in 90 days"]
+
+
+def lifecycle_state(conn):
+    return {
+        table: conn.execute(f"SELECT * FROM stages.{table} ORDER BY ALL").fetchall()
+        for table in ("entity_stages", "stage_transitions", "forbidden_transitions")
+    }
+
+
+def test_full_rebuild_gives_the_same_lifecycle_as_incremental_runs(conn, zone):
+    config = SimulationConfig(contacts=1_500, seed=11, batch_size=2_000, duplicate_share=0.02)
+    simulate_history(zone, config)
+    for _ in zone.pending():  # one batch per run, out of order inside as the simulator sends
+        ingest_pending(conn, zone, max_batches=1)
+        refresh_current_state(conn)
+        refresh_contact_lifecycle(conn, CONFIG)
+        refresh_account_lifecycle(conn, CONFIG)
+    incremental = lifecycle_state(conn)
+    assert len(incremental["stage_transitions"]) > 3_000
+
+    refresh_contact_lifecycle(conn, CONFIG, full_rebuild=True)
+    refresh_account_lifecycle(conn, CONFIG, full_rebuild=True)
+    assert lifecycle_state(conn) == incremental
+
+
+def test_the_whole_graph_materializes_on_a_simulated_crm(tmp_path, zone):
+    from revorch.definitions import pipeline_assets
+    from resources import LandingZoneResource, LifecycleConfigResource, StateStore
+
+    simulate_history(zone, SimulationConfig(contacts=1_000, seed=3))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            pipeline_assets,
+            resources={
+                "state_store": StateStore(database=str(tmp_path / "db.duckdb")),
+                "landing_zone": LandingZoneResource(path=str(zone.root)),
+                "lifecycle": LifecycleConfigResource(
+                    path=str(STAGES_SQL.parents[1] / "config" / "lifecycle.yaml")
+                ),
+            },
+            instance=instance,
+        )
+    assert result.success
+    metadata = {
+        "/".join(e.asset_key.path): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert metadata["stages/contact_lifecycle"]["contacts_recomputed"].value == 1_000
+    assert metadata["stages/mqls"]["dagster/row_count"].value > 0
+    assert metadata["stages/customers"]["active_arr"].value > 0
+    assert metadata["handoffs/sla_escalations"]["breached"].value >= 0

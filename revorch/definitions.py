@@ -5,12 +5,22 @@ import dagster as dg
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
 from orch_assets.publish.assets import published_state_asset
+from orch_assets.reports.assets import funnel_report
+from orch_assets.schedules import jobs as scheduled_jobs
+from orch_assets.schedules import schedules
 from orch_assets.sources.simulator import simulate_crm
 from orch_assets.stages.assets import stage_assets
 from resources import default_resources
 from sensors.landing_zone import landing_zone_sensor
 
-pipeline_assets = [crm_change_log, crm_current_state, *stage_assets, *handoff_assets]
+# Data flows one way: landing zone -> change log -> CRM state -> stages -> handoffs -> reports.
+pipeline_assets = [
+    crm_change_log,
+    crm_current_state,
+    *stage_assets,
+    *handoff_assets,
+    funnel_report,
+]
 published_state = published_state_asset(
     deps=[key for assets_def in pipeline_assets for key in assets_def.keys]
 )
@@ -24,9 +34,18 @@ revorch_main = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
+# Declarative automation: when an upstream asset is updated outside revorch_main (by hand in
+# the UI, or by a scheduled scan), the assets after it follow. RUNNING from the first start.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "revorch_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+
 defs = dg.Definitions(
     assets=[*pipeline_assets, published_state],
-    jobs=[revorch_main, simulate_crm],
-    sensors=[landing_zone_sensor],
+    jobs=[revorch_main, simulate_crm, *scheduled_jobs],
+    schedules=schedules,
+    sensors=[landing_zone_sensor, automation_sensor],
     resources=default_resources(),
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_definitions import EXPECTED_ASSETS
+from test_definitions import EXPECTED_ASSETS, SCHEDULES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,12 @@ QUERY = """
 {
   assetNodes { assetKey { path } }
   repositoriesOrError {
-    ... on RepositoryConnection { nodes { sensors { name sensorState { status } } } }
+    ... on RepositoryConnection {
+      nodes {
+        sensors { name sensorState { status } }
+        schedules { name scheduleState { status } }
+      }
+    }
   }
 }
 """
@@ -81,7 +86,7 @@ def dagster_dev(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_dagster_dev_shows_the_assets_and_a_running_sensor(dagster_dev):
+def test_dagster_dev_shows_the_assets_sensors_and_schedules(dagster_dev):
     data = _graphql(dagster_dev, QUERY)
     keys = {"/".join(node["assetKey"]["path"]) for node in data["assetNodes"]}
     assert keys == EXPECTED_ASSETS
@@ -90,4 +95,10 @@ def test_dagster_dev_shows_the_assets_and_a_running_sensor(dagster_dev):
         for repo in data["repositoriesOrError"]["nodes"]
         for sensor in repo["sensors"]
     }
-    assert sensors["landing_zone_sensor"] == "RUNNING"
+    assert sensors == {"landing_zone_sensor": "RUNNING", "revorch_automation": "RUNNING"}
+    schedules = {
+        schedule["name"]: schedule["scheduleState"]["status"]
+        for repo in data["repositoriesOrError"]["nodes"]
+        for schedule in repo["schedules"]
+    }
+    assert schedules == dict.fromkeys(SCHEDULES, "RUNNING")

@@ -29,8 +29,10 @@ EXPECTED_ASSETS = {
     "handoffs/follow_up_cadence",
     "handoffs/sla_escalations",
     "handoffs/renewal_risk",
+    "reports/funnel_report",
     "analytics/published_state",
 }
+SCHEDULES = {"renewal_risk_scan_schedule", "sla_check_schedule", "weekly_funnel_report_schedule"}
 
 
 def test_definitions_load_with_the_expected_assets_and_jobs():
@@ -46,9 +48,26 @@ def test_every_writing_asset_is_in_the_duckdb_writer_pool():
         assert assets_def.op.pool == "duckdb_writer", assets_def.keys
 
 
-def test_the_landing_zone_sensor_starts_running():
-    sensor = defs.get_sensor_def("landing_zone_sensor")
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+def test_sensors_automation_and_schedules_start_running():
+    repo = defs.get_repository_def()
+    sensors = {s.name: s.default_status for s in repo.sensor_defs}
+    assert sensors == {
+        "landing_zone_sensor": dg.DefaultSensorStatus.RUNNING,
+        "revorch_automation": dg.DefaultSensorStatus.RUNNING,
+    }
+    schedules = {s.name: s for s in repo.schedule_defs}
+    assert set(schedules) == SCHEDULES
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
+    assert schedules["sla_check_schedule"].cron_schedule == "0 * * * *"
+    assert schedules["renewal_risk_scan_schedule"].cron_schedule == "0 6 * * *"
+
+
+def test_every_asset_but_the_edges_follows_its_upstream_by_itself():
+    repo = defs.get_repository_def()
+    for assets_def in repo.asset_graph.assets_defs:
+        for key, condition in assets_def.automation_conditions_by_key.items():
+            if key.to_user_string().startswith(("stages/", "handoffs/", "metrics/", "analytics/")):
+                assert condition is not None, key
 
 
 def test_sensor_requests_one_run_per_set_of_waiting_batches(zone):

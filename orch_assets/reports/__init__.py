@@ -1,0 +1,1 @@
+"""Reports written for people: the weekly funnel report."""

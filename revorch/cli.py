@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="run the main job once")
     ingest.set_defaults(handler=_ingest)
 
+    rebuild = commands.add_parser(
+        "rebuild", help="run the main job, rebuilding state and stages from the whole change log"
+    )
+    rebuild.set_defaults(handler=_rebuild)
+
     sql = commands.add_parser("sql", help="run a read-only SQL query on the state store")
     sql.add_argument(
         "query", help='e.g. "SELECT lifecycle_stage, count(*) FROM contacts GROUP BY 1"'
@@ -122,17 +127,24 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_main_job() -> bool:
+FULL_REBUILD_STEPS = ("crm_current_state", "stages__contact_lifecycle", "stages__account_lifecycle")
+
+
+def _run_main_job(*, full_rebuild: bool = False) -> bool:
     import dagster as dg
 
     ensure_dagster_home()
     from revorch.definitions import defs
 
+    # The terminal gets warnings only; every event is still in the run's log in the UI.
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    if full_rebuild:
+        run_config["ops"] = {
+            step: {"config": {"full_rebuild": True}} for step in FULL_REBUILD_STEPS
+        }
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("revorch_main").execute_in_process(
-            instance=instance,
-            # The terminal gets warnings only; every event is still in the run's log in the UI.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            instance=instance, run_config=run_config
         )
     return result.success
 
@@ -140,6 +152,12 @@ def _run_main_job() -> bool:
 def _ingest(args: argparse.Namespace) -> int:
     ok = _run_main_job()
     print(_report_text() if ok else "The main job failed; see the run in the Dagster UI.")
+    return 0 if ok else 1
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    ok = _run_main_job(full_rebuild=True)
+    print(_report_text() if ok else "The rebuild failed; see the run in the Dagster UI.")
     return 0 if ok else 1
 
 

@@ -62,3 +62,20 @@ def test_import_of_a_missing_file_is_a_clear_error(tmp_path):
     done = _revorch("import", "nope.ndjson", cwd=tmp_path)
     assert done.returncode == 2
     assert "no such file" in done.stderr
+
+
+def test_rebuild_recomputes_everything_and_keeps_the_same_state(tmp_path):
+    assert _revorch("quickstart", "--contacts", "1000", cwd=tmp_path).returncode == 0
+    database = tmp_path / ".revorch" / "revorch.duckdb"
+    query = "SELECT * FROM stages.stage_transitions ORDER BY ALL"
+    with duckdb.connect(str(database), read_only=True) as conn:
+        before = conn.execute(query).fetchall()
+    done = _revorch("rebuild", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with duckdb.connect(str(database), read_only=True) as conn:
+        assert conn.execute(query).fetchall() == before
+        recomputed = conn.execute(
+            "SELECT count(*) FROM state_watermarks WHERE name LIKE 'stages/%'"
+        ).fetchone()[0]
+    assert recomputed == 2
+    assert len(before) > 1000

@@ -10,14 +10,12 @@ import pytest
 from conftest import event
 from orch_assets.ingestion.change_log import ingest_pending
 from orch_assets.ingestion.current_state import refresh_current_state
-from orch_assets.sql_files import run_sql_file
 from orch_assets.stages.assets import SQL_DIR as STAGES_SQL
-from orch_assets.stages.assets import sql_parameters
 from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
+from orch_assets.stages.refresh import refresh_all_stages
 from revorch.lifecycle.config import load_lifecycle_config
 from revorch.simulator import SimulationConfig, simulate_history
 
-HANDOFFS_SQL = STAGES_SQL.parent / "handoffs"
 CONFIG = load_lifecycle_config()
 T0 = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)  # early enough that day 400 is not in the future
 
@@ -54,19 +52,7 @@ class Crm:
         self.events = []
         assert ingest_pending(self.conn, self.zone).quarantined == 0
         refresh_current_state(self.conn)
-        refresh_contact_lifecycle(self.conn, CONFIG)
-        refresh_account_lifecycle(self.conn, CONFIG)
-        parameters = sql_parameters(CONFIG)
-        for path in [
-            STAGES_SQL / "onboarding_reset.sql",
-            STAGES_SQL / "onboarding.sql",
-            STAGES_SQL / "onboarding_progress.sql",
-            STAGES_SQL / "adoption_health.sql",
-            HANDOFFS_SQL / "follow_up_cadence.sql",
-            HANDOFFS_SQL / "sla_escalations.sql",
-            HANDOFFS_SQL / "renewal_risk.sql",
-        ]:
-            run_sql_file(self.conn, path, parameters)
+        refresh_all_stages(self.conn, CONFIG)
 
     def stage(self, entity_id):
         row = self.conn.execute(
@@ -305,8 +291,8 @@ def test_full_rebuild_gives_the_same_lifecycle_as_incremental_runs(conn, zone):
 
 
 def test_the_whole_graph_materializes_on_a_simulated_crm(tmp_path, zone):
-    from revorch.definitions import pipeline_assets
     from resources import LandingZoneResource, LifecycleConfigResource, StateStore
+    from revorch.definitions import pipeline_assets
 
     simulate_history(zone, SimulationConfig(contacts=1_000, seed=3))
     with dg.instance_for_test() as instance:

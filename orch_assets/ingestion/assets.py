@@ -82,6 +82,12 @@ def crm_change_log(
     )
 
 
+class RebuildConfig(dg.Config):
+    """Set full_rebuild to recompute from the whole change log instead of what changed."""
+
+    full_rebuild: bool = False
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -95,10 +101,12 @@ def crm_change_log(
     ],
     pool=DUCKDB_WRITER_POOL,
 )
-def crm_current_state(context: dg.AssetExecutionContext, state_store: StateStore):
+def crm_current_state(
+    context: dg.AssetExecutionContext, config: RebuildConfig, state_store: StateStore
+):
     """Rebuild the records touched since the last refresh, field by field, newest change first."""
     with state_store.get_connection() as conn:
-        rebuilt = refresh_current_state(conn)
+        rebuilt = refresh_current_state(conn, full_rebuild=config.full_rebuild)
         counts = {
             table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in CURRENT_STATE_TABLES

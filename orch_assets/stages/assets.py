@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
 from orch_assets.sql_files import run_sql_file
 from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
 from resources import LifecycleConfigResource, StateStore
@@ -45,12 +45,17 @@ def _stage_counts(conn, entity_type: str) -> dict[str, int]:
     automation_condition=EAGER,
 )
 def contact_lifecycle(
-    context: dg.AssetExecutionContext, state_store: StateStore, lifecycle: LifecycleConfigResource
+    context: dg.AssetExecutionContext,
+    config: RebuildConfig,
+    state_store: StateStore,
+    lifecycle: LifecycleConfigResource,
 ):
     """Each contact's stage (lead, mql, sql, opportunity, customer, disqualified), every move
     it made and why, and the moves the state machine refused. Recomputes touched contacts."""
     with state_store.get_connection() as conn:
-        refresh = refresh_contact_lifecycle(conn, lifecycle.load())
+        refresh = refresh_contact_lifecycle(
+            conn, lifecycle.load(), full_rebuild=config.full_rebuild
+        )
         counts = _stage_counts(conn, "contact")
     context.log.info(f"contacts recomputed: {refresh}")
     return dg.MaterializeResult(
@@ -72,12 +77,17 @@ def contact_lifecycle(
     automation_condition=EAGER,
 )
 def account_lifecycle(
-    context: dg.AssetExecutionContext, state_store: StateStore, lifecycle: LifecycleConfigResource
+    context: dg.AssetExecutionContext,
+    config: RebuildConfig,
+    state_store: StateStore,
+    lifecycle: LifecycleConfigResource,
 ):
     """Each customer account's stage (onboarding, adoption, renewal, churned) and its moves.
     Recomputes accounts whose subscriptions changed or whose time-based moves fell due."""
     with state_store.get_connection() as conn:
-        refresh = refresh_account_lifecycle(conn, lifecycle.load())
+        refresh = refresh_account_lifecycle(
+            conn, lifecycle.load(), full_rebuild=config.full_rebuild
+        )
         counts = _stage_counts(conn, "company")
     context.log.info(f"accounts recomputed: {refresh}")
     return dg.MaterializeResult(

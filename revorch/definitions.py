@@ -4,6 +4,7 @@ import dagster as dg
 
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
+from orch_assets.metrics.assets import metric_assets
 from orch_assets.publish.assets import published_state_asset
 from orch_assets.reports.assets import funnel_report
 from orch_assets.schedules import jobs as scheduled_jobs
@@ -13,12 +14,14 @@ from orch_assets.stages.assets import stage_assets
 from resources import default_resources
 from sensors.landing_zone import landing_zone_sensor
 
-# Data flows one way: landing zone -> change log -> CRM state -> stages -> handoffs -> reports.
+# Data flows one way: landing zone -> change log -> CRM state -> stages -> handoffs, metrics
+# and reports -> the analysts' published copy.
 pipeline_assets = [
     crm_change_log,
     crm_current_state,
     *stage_assets,
     *handoff_assets,
+    *metric_assets,
     funnel_report,
 ]
 published_state = published_state_asset(

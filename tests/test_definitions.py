@@ -29,6 +29,12 @@ EXPECTED_ASSETS = {
     "handoffs/follow_up_cadence",
     "handoffs/sla_escalations",
     "handoffs/renewal_risk",
+    "metrics/funnel_conversion",
+    "metrics/stage_velocity",
+    "metrics/win_rate",
+    "metrics/pipeline",
+    "metrics/sla_compliance",
+    "metrics/revenue_retention",
     "reports/funnel_report",
     "analytics/published_state",
 }

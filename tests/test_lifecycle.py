@@ -214,6 +214,16 @@ def test_closed_won_starts_onboarding_with_an_owner_and_tasks(crm, conn):
         t.task for t in CONFIG.handoffs.onboarding.tasks
     ]
 
+    # Seat use reaching the activation level ends onboarding, in a later run.
+    subscription(crm, "s-1", "co-1", 3, deal_id="d-1")
+    crm.change("subscription", "s-1", 8, seats_active=5)
+    crm.run()
+    status, activated_at = conn.execute(
+        "SELECT status, activated_at FROM stages.onboarding_progress WHERE deal_id = 'd-1'"
+    ).fetchone()
+    assert (status, activated_at) == ("activated", T0 + timedelta(days=8))
+    assert conn.execute("SELECT count(*) FROM stages.onboarding").fetchone()[0] == 1
+
 
 def test_fresh_buying_signals_accelerate_follow_up(crm, conn):
     crm.change("contact", "c-fresh", 0)

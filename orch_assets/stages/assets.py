@@ -201,7 +201,6 @@ customers = stage_view(
 onboarding = sql_asset(
     ["stages", "onboarding"],
     sql_files=[
-        SQL_DIR / "onboarding_reset.sql",
         SQL_DIR / "onboarding.sql",
         SQL_DIR / "onboarding_progress.sql",
     ],

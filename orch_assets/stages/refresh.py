@@ -17,7 +17,6 @@ HANDOFFS = STAGES.parent / "handoffs"
 
 SQL_FILES = [
     *(STAGES / f"{name}.sql" for name in ("leads", "mqls", "sqls", "opportunities", "customers")),
-    STAGES / "onboarding_reset.sql",
     STAGES / "onboarding.sql",
     STAGES / "onboarding_progress.sql",
     *(STAGES / f"{name}.sql" for name in ("adoption_health", "renewals", "expansion")),

@@ -1,0 +1,1 @@
+"""Agents: score and propose; they never act on the outside world themselves."""

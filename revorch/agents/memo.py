@@ -1,0 +1,30 @@
+"""Decision identity: the canonical hash of an input, and the memo key of a decision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+
+def canonical_json(record: dict) -> str:
+    """One text per input whatever the key order or float noise: what is hashed and stored."""
+    return json.dumps(_normalise(record), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def input_hash(record: dict) -> str:
+    return hashlib.sha256(canonical_json(record).encode()).hexdigest()
+
+
+def decision_id(agent: str, prompt_version: str, model: str, input_digest: str) -> str:
+    key = "\x1f".join((agent, prompt_version, model, input_digest))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _normalise(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    return value

@@ -35,6 +35,11 @@ funnel_report_job = _job(
     "The business metrics and the funnel report.",
     dg.AssetSelection.groups("metrics") | dg.AssetSelection.assets(["reports", "funnel_report"]),
 )
+retrain_offline_models = _job(
+    "retrain_offline_models",
+    "Retrain the offline tier's lead, deal and renewal models on the latest history.",
+    dg.AssetSelection.assets(["agents", "offline_models"]),
+)
 
 schedules = [
     dg.ScheduleDefinition(
@@ -55,5 +60,11 @@ schedules = [
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Weekly funnel report, Mondays at 07:00 UTC.",
     ),
+    dg.ScheduleDefinition(
+        job=retrain_offline_models,
+        cron_schedule="0 5 * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Daily retraining of the offline models at 05:00 UTC.",
+    ),
 ]
-jobs = [renewal_risk_scan, sla_check, funnel_report_job]
+jobs = [renewal_risk_scan, sla_check, funnel_report_job, retrain_offline_models]

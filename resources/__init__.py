@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+import dagster as dg
+
+from resources.agents import AgentsConfigResource, LlmResource
 from resources.landing_zone import LandingZoneResource
 from resources.lifecycle_config import LifecycleConfigResource
 from resources.state_store import StateStore
@@ -15,7 +20,20 @@ def default_resources() -> dict[str, object]:
         "state_store": StateStore(database=str(settings.database_path())),
         "landing_zone": LandingZoneResource(path=str(settings.landing_path())),
         "lifecycle": LifecycleConfigResource(path=str(settings.lifecycle_config_path())),
+        "agents": AgentsConfigResource(path=str(settings.agents_config_path())),
+        # No key and no URL: the agents run on the offline tier only.
+        "llm": LlmResource(
+            base_url=os.environ.get("REVORCH_LLM_BASE_URL") or None,
+            api_key=dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else None,
+        ),
     }
 
 
-__all__ = ["LandingZoneResource", "LifecycleConfigResource", "StateStore", "default_resources"]
+__all__ = [
+    "AgentsConfigResource",
+    "LandingZoneResource",
+    "LifecycleConfigResource",
+    "LlmResource",
+    "StateStore",
+    "default_resources",
+]

@@ -69,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     sql.set_defaults(handler=_sql)
 
+    backtest = commands.add_parser(
+        "backtest", help="train the lead scorer on the past, test it on a later period"
+    )
+    backtest.add_argument("--split", help="first day of the test period (YYYY-MM-DD)")
+    backtest.set_defaults(handler=_backtest)
+
+    replay = commands.add_parser("replay", help="replay a run's agent decisions from the record")
+    replay.add_argument("run_id")
+    replay.add_argument("--what-if", action="store_true", help="ask again and report changes")
+    replay.add_argument("--prompt-version", help="with --what-if: another prompt version")
+    replay.add_argument("--model", help="with --what-if: another model (needs an LLM endpoint)")
+    replay.set_defaults(handler=_replay)
+
     report = commands.add_parser("report", help="print a report")
     report.add_argument("name", choices=["funnel"])
     report.set_defaults(handler=_report)
@@ -173,6 +186,13 @@ def _quickstart(args: argparse.Namespace) -> int:
     print()
     print(_report_text())
     print()
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        decided = conn.execute(
+            "SELECT agent, tier, count(*), sum(cost_usd) FROM agents.decisions "
+            "GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    print("Agent decisions:   " + ", ".join(f"{a} {n:,} {t}" for a, t, n, _ in decided))
+    print()
     print(f"DuckDB state store: {settings.database_path()}")
     print(f"  analysts' copy:    {settings.published_path()} (refreshed after every run)")
     print('  query it:          .venv/bin/revorch sql "SELECT * FROM contacts LIMIT 5"')
@@ -198,6 +218,42 @@ def _sql(args: argparse.Namespace) -> int:
         except duckdb.Error as error:
             print(f"revorch sql: {error}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from revorch.agents.backtest import backtest_lead_scorer
+
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        print(backtest_lead_scorer(conn, split=args.split).to_text())
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from resources import default_resources
+    from revorch.agents.models import offline_tier
+    from revorch.agents.registry import agent_specs
+    from revorch.agents.replay import replay_run, what_if
+
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        specs = agent_specs(offline_tier(conn))
+        if not args.what_if:
+            print(replay_run(conn, args.run_id, specs).to_text())
+            return 0
+        resources = default_resources()
+        config = resources["agents"].load()
+        model = args.model or next(iter(config.agents.values())).model
+        llm = resources["llm"].client(config, model)
+        if llm is None and (args.model or args.prompt_version):
+            print(
+                "revorch replay: --what-if with another prompt or model needs an LLM "
+                "endpoint (OPENAI_API_KEY or REVORCH_LLM_BASE_URL)",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            what_if(conn, args.run_id, specs, prompt_version=args.prompt_version, llm=llm).to_text()
+        )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
 from orch_assets.metrics.assets import metric_assets
@@ -15,7 +16,7 @@ from resources import default_resources
 from sensors.landing_zone import landing_zone_sensor
 
 # Data flows one way: landing zone -> change log -> CRM state -> stages -> handoffs, metrics
-# and reports -> the analysts' published copy.
+# and reports -> agents (proposals) -> the analysts' published copy.
 pipeline_assets = [
     crm_change_log,
     crm_current_state,
@@ -23,6 +24,8 @@ pipeline_assets = [
     *handoff_assets,
     *metric_assets,
     funnel_report,
+    offline_models,
+    *agent_assets,
 ]
 published_state = published_state_asset(
     deps=[key for assets_def in pipeline_assets for key in assets_def.keys]
@@ -30,7 +33,8 @@ published_state = published_state_asset(
 
 revorch_main = dg.define_asset_job(
     "revorch_main",
-    selection=dg.AssetSelection.all(),
+    # Models are retrained daily (retrain_offline_models), not on every batch.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(OFFLINE_MODELS),
     description="Ingest every waiting batch and bring every asset up to date.",
     # One process for the whole run: steps share the DuckDB writer pool one at a time anyway,
     # and a process per step would add seconds to every run.

@@ -36,3 +36,8 @@ def published_path() -> Path:
 def lifecycle_config_path() -> Path:
     default = Path(__file__).resolve().parent.parent / "config" / "lifecycle.yaml"
     return Path(os.environ.get("REVORCH_LIFECYCLE_CONFIG", default)).resolve()
+
+
+def agents_config_path() -> Path:
+    default = Path(__file__).resolve().parent.parent / "config" / "agents.yaml"
+    return Path(os.environ.get("REVORCH_AGENTS_CONFIG", default)).resolve()

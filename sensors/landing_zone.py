@@ -9,7 +9,7 @@ from resources import LandingZoneResource
 
 @dg.sensor(
     job_name="revorch_main",
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests a run of revorch_main when batches wait in the landing zone.",
 )

@@ -36,9 +36,20 @@ EXPECTED_ASSETS = {
     "metrics/sla_compliance",
     "metrics/revenue_retention",
     "reports/funnel_report",
+    "agents/offline_models",
+    "agents/lead_qualification",
+    "agents/deal_risk",
+    "agents/ticket_triage",
+    "agents/renewal_risk",
+    "agents/onboarding_plan",
     "analytics/published_state",
 }
-SCHEDULES = {"renewal_risk_scan_schedule", "sla_check_schedule", "weekly_funnel_report_schedule"}
+SCHEDULES = {
+    "renewal_risk_scan_schedule",
+    "sla_check_schedule",
+    "weekly_funnel_report_schedule",
+    "retrain_offline_models_schedule",
+}
 
 
 def test_definitions_load_with_the_expected_assets_and_jobs():

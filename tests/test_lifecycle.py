@@ -10,7 +10,6 @@ import pytest
 from conftest import event
 from orch_assets.ingestion.change_log import ingest_pending
 from orch_assets.ingestion.current_state import refresh_current_state
-from orch_assets.stages.assets import SQL_DIR as STAGES_SQL
 from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
 from orch_assets.stages.refresh import refresh_all_stages
 from revorch.lifecycle.config import load_lifecycle_config
@@ -301,19 +300,18 @@ def test_full_rebuild_gives_the_same_lifecycle_as_incremental_runs(conn, zone):
 
 
 def test_the_whole_graph_materializes_on_a_simulated_crm(tmp_path, zone):
-    from resources import LandingZoneResource, LifecycleConfigResource, StateStore
+    from resources import LandingZoneResource, LlmResource, StateStore, default_resources
     from revorch.definitions import pipeline_assets
 
     simulate_history(zone, SimulationConfig(contacts=1_000, seed=3))
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             pipeline_assets,
-            resources={
+            resources=default_resources()
+            | {
                 "state_store": StateStore(database=str(tmp_path / "db.duckdb")),
                 "landing_zone": LandingZoneResource(path=str(zone.root)),
-                "lifecycle": LifecycleConfigResource(
-                    path=str(STAGES_SQL.parents[1] / "config" / "lifecycle.yaml")
-                ),
+                "llm": LlmResource(),
             },
             instance=instance,
         )

@@ -1,0 +1,1 @@
+"""Agents as assets: each decides for its stage's records and proposes a next action."""

@@ -1,0 +1,97 @@
+"""One asset per agent. Each reads its stage's records, decides for the new or changed ones
+(offline tier first, the LLM tier for the uncertain or valuable ones), and records every
+decision with its cost. Agents only propose: nothing here reaches a CRM or a customer."""
+
+import dagster as dg
+
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
+from resources import StateStore
+from resources.agents import AgentsConfigResource, LlmResource
+from revorch.agents.models import offline_tier, train_and_store
+from revorch.agents.registry import INPUTS, agent_specs
+from revorch.agents.runtime import run_agent
+
+UPSTREAM = {
+    "lead_qualification": [["stages", "leads"], ["stages", "mqls"], ["stages", "sqls"]],
+    "deal_risk": [["stages", "opportunities"]],
+    "ticket_triage": [["crm", "tickets"]],
+    "renewal_risk": [["stages", "renewals"]],
+    "onboarding_plan": [["stages", "onboarding"]],
+}
+
+DESCRIPTIONS = {
+    "lead_qualification": "Fit and intent of every open lead, with its next action.",
+    "deal_risk": "Loss risk of every open new-business deal, with its next action.",
+    "ticket_triage": "Intent, severity, churn signal and sentiment of every open ticket.",
+    "renewal_risk": "Churn risk of every subscription in its renewal window.",
+    "onboarding_plan": "An onboarding plan for every new customer still onboarding.",
+}
+
+
+OFFLINE_MODELS = dg.AssetKey(["agents", "offline_models"])
+# What the offline models learn from: every agent runs after it, so a model trained on demand
+# sees the whole history.
+HISTORY = [
+    dg.AssetKey(["stages", "contact_lifecycle"]),
+    dg.AssetKey(["stages", "account_lifecycle"]),
+    dg.AssetKey(["stages", "adoption_health"]),
+]
+
+
+@dg.asset(
+    key=OFFLINE_MODELS,
+    deps=HISTORY,
+    group_name="agents",
+    kinds={"duckdb", "sklearn"},
+    pool=DUCKDB_WRITER_POOL,
+)
+def offline_models(context: dg.AssetExecutionContext, state_store: StateStore):
+    """The offline tier's models (lead, deal, renewal), trained on the history in DuckDB and
+    kept by version. Retrained by the daily schedule; the agents use the newest."""
+    with state_store.get_connection() as conn:
+        tier = train_and_store(conn)
+    for agent, why in tier.untrained.items():
+        context.log.warning(f"{agent}: no model, rules decide ({why})")
+    return dg.MaterializeResult(
+        metadata={
+            agent: tier.model_version(agent)
+            for agent in ("lead_qualification", "deal_risk", "renewal_risk")
+        }
+    )
+
+
+def agent_asset(name: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["agents", name],
+        deps=[OFFLINE_MODELS, *HISTORY, *(dg.AssetKey(key) for key in UPSTREAM[name])],
+        description=DESCRIPTIONS[name],
+        group_name="agents",
+        kinds={"duckdb", "openai"},
+        pool=DUCKDB_WRITER_POOL,
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def _agent(
+        context: dg.AssetExecutionContext,
+        state_store: StateStore,
+        agents: AgentsConfigResource,
+        llm: LlmResource,
+    ):
+        config = agents.load()
+        with state_store.get_connection() as conn:
+            spec = agent_specs(offline_tier(conn))[name]
+            items = INPUTS[name](conn)
+            report = run_agent(
+                conn,
+                spec,
+                config,
+                items,
+                llm=llm.client(config, config.agents[name].model),
+                run_id=context.run_id,
+            )
+        context.log.info(f"{name}: {report.as_metadata()}")
+        return dg.MaterializeResult(metadata=report.as_metadata())
+
+    return _agent
+
+
+agent_assets = [agent_asset(name) for name in UPSTREAM]

@@ -1,0 +1,49 @@
+"""The agents' configuration and their LLM endpoint as Dagster resources."""
+
+import dagster as dg
+from pydantic import Field
+
+from revorch.agents.config import AgentsConfig, load_agents_config
+from revorch.agents.llm import LlmClient, LlmSettings
+
+
+class AgentsConfigResource(dg.ConfigurableResource):
+    """Prompt versions, models, routing rules, budgets and prices (config/agents.yaml)."""
+
+    path: str = Field(description="Path of the agents YAML file.")
+
+    def load(self) -> AgentsConfig:
+        return load_agents_config(self.path)
+
+
+class LlmResource(dg.ConfigurableResource):
+    """The LLM tier: OpenAI or any OpenAI-compatible endpoint (vLLM, Ollama, ...).
+
+    With neither ``api_key`` nor ``base_url`` set, there is no LLM tier and every decision is
+    taken offline. Set them from the environment: OPENAI_API_KEY, REVORCH_LLM_BASE_URL.
+    """
+
+    base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:11434/v1")
+    api_key: str | None = Field(default=None, description="Secret; from the environment only.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_key or self.base_url)
+
+    def client(self, config: AgentsConfig, model: str) -> LlmClient | None:
+        if not self.enabled:
+            return None
+        limits = config.limits
+        return LlmClient(
+            LlmSettings(
+                base_url=self.base_url,
+                # Local servers such as Ollama ignore the key, but the client needs one.
+                api_key=self.api_key or "no-key",
+                model=model,
+                timeout_seconds=limits.timeout_seconds,
+                max_retries=limits.max_retries,
+                requests_per_minute=limits.requests_per_minute,
+                tokens_per_minute=limits.tokens_per_minute,
+                max_concurrency=limits.max_concurrency,
+            )
+        )

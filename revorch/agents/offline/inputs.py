@@ -1,0 +1,364 @@
+"""What each agent is asked about: one row (a dict) per open item, read from DuckDB.
+
+Every row has ``id`` (the entity id) and its features, with keys in sorted order, floats
+rounded and times as ISO dates or timestamps, so the canonical JSON of a row only changes
+when the facts do (rows are hashed to memoize decisions). Nothing here depends on the
+wall clock: "now" is the data clock (``data_clock()``), or ``as_of`` when given.
+
+The lead features are computed "as of" a scoring time: firmographics as the CRM had them
+then, engagement only from activities recorded by then and inside the first
+``feature_days`` after the contact was created. Training (``LeadModel.train``) and scoring
+(``lead_inputs``) share the same query, so a model never sees a feature built differently
+from the one it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any
+
+import duckdb
+
+from revorch.lifecycle.config import LifecycleConfig, load_lifecycle_config
+
+FEATURE_DAYS = 14
+# Counted per contact in its first FEATURE_DAYS, before any deal exists.
+ENGAGEMENT_COUNTS = (
+    "emails_sent",
+    "emails_opened",
+    "emails_replied",
+    "web_visits",
+    "pricing_visits",
+    "form_fills",
+    "meetings",
+    "calls",
+)
+QUALIFIED_STAGES = ("sql", "opportunity", "customer")
+
+# `points` is a relation (contact_id, created_at, as_of): whom to describe, and when.
+LEAD_FEATURES_SQL = """
+WITH points AS ({points}),
+contact_facts AS (
+    SELECT p.contact_id,
+           arg_max(c.properties->>'company_id', (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.company_id')) AS company_id,
+           arg_max(c.properties->>'lead_source', (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.lead_source')) AS lead_source,
+           arg_max(c.properties->>'job_title', (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.job_title')) AS job_title
+    FROM points AS p
+    JOIN change_log AS c
+      ON c.object_type = 'contact' AND c.object_id = p.contact_id AND c.occurred_at <= p.as_of
+    GROUP BY p.contact_id
+),
+company_facts AS (
+    SELECT f.contact_id,
+           arg_max(c.properties->>'name', (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.name')) AS company_name,
+           arg_max(c.properties->>'industry', (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.industry')) AS industry,
+           arg_max(c.properties->>'tier', (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.tier')) AS tier,
+           arg_max(TRY_CAST(c.properties->>'employees' AS DOUBLE), (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.employees')) AS employees,
+           arg_max(TRY_CAST(c.properties->>'annual_revenue' AS DOUBLE),
+                   (c.occurred_at, c.event_id))
+               FILTER (WHERE json_exists(c.properties, '$.annual_revenue')) AS annual_revenue
+    FROM contact_facts AS f
+    JOIN points AS p USING (contact_id)
+    JOIN change_log AS c
+      ON c.object_type = 'company' AND c.object_id = f.company_id AND c.occurred_at <= p.as_of
+    GROUP BY f.contact_id
+),
+engagement AS (
+    SELECT p.contact_id,
+           count(*) FILTER (WHERE a.activity_type = 'email_sent') AS emails_sent,
+           count(*) FILTER (WHERE a.activity_type = 'email_opened') AS emails_opened,
+           count(*) FILTER (WHERE a.activity_type = 'email_replied') AS emails_replied,
+           count(*) FILTER (WHERE a.activity_type = 'web_visit') AS web_visits,
+           count(*) FILTER (WHERE a.activity_type = 'web_visit' AND a.url LIKE '%/pricing%')
+               AS pricing_visits,
+           count(*) FILTER (WHERE a.activity_type = 'form_fill') AS form_fills,
+           count(*) FILTER (WHERE a.activity_type = 'meeting') AS meetings,
+           count(*) FILTER (WHERE a.activity_type = 'call') AS calls
+    FROM points AS p
+    JOIN activities AS a ON a.contact_id = p.contact_id
+    -- Recorded by the scoring time, in the first feature_days, and not part of a deal.
+    WHERE NOT a._deleted AND a.deal_id IS NULL AND a._first_seen_at <= p.as_of
+      AND a.activity_at <= p.as_of AND a.activity_at >= p.created_at
+      AND a.activity_at < p.created_at + to_days(CAST($feature_days AS INTEGER))
+    GROUP BY p.contact_id
+),
+stage_then AS (
+    SELECT p.contact_id, arg_max(t.to_stage, t.seq) AS stage,
+           max(t.transitioned_at) AS stage_entered_at,
+           min(t.transitioned_at) FILTER (WHERE list_contains($qualified, t.to_stage))
+               AS qualified_at
+    FROM points AS p
+    JOIN stages.stage_transitions AS t
+      ON t.entity_type = 'contact' AND t.entity_id = p.contact_id
+     AND t.transitioned_at <= p.as_of
+    GROUP BY p.contact_id
+)
+SELECT p.contact_id AS id, p.created_at, p.as_of, f.company_id, f.lead_source, f.job_title,
+       co.company_name, co.industry, co.tier, co.employees, co.annual_revenue,
+       s.stage, s.stage_entered_at, s.qualified_at,
+       {engagement_columns}
+FROM points AS p
+LEFT JOIN contact_facts AS f USING (contact_id)
+LEFT JOIN company_facts AS co USING (contact_id)
+LEFT JOIN engagement AS e USING (contact_id)
+LEFT JOIN stage_then AS s USING (contact_id)
+ORDER BY p.contact_id
+"""
+
+OPEN_LEAD_POINTS = """
+    SELECT s.entity_id AS contact_id, coalesce(c.created_at, c._first_seen_at) AS created_at,
+           coalesce($as_of::TIMESTAMPTZ, data_clock()) AS as_of
+    FROM stages.entity_stages AS s
+    JOIN contacts AS c ON c.id = s.entity_id
+    WHERE s.entity_type = 'contact' AND s.stage IN ('lead', 'mql', 'sql') AND NOT c._deleted
+      AND ($ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], s.entity_id))
+"""
+
+# The newest activities a contact had by the scoring time: short context for the LLM tier.
+RECENT_ACTIVITY_SQL = """
+SELECT contact_id,
+       list(strftime(activity_at, '%Y-%m-%d') || ' ' || activity_type
+            || coalesce(' ' || url, '') || coalesce(': ' || subject, '')
+            ORDER BY activity_at DESC, id)[1:5] AS recent,
+       count(*) AS touches_total
+FROM activities
+WHERE NOT _deleted AND list_contains($ids, contact_id)
+  AND activity_at <= coalesce($as_of::TIMESTAMPTZ, data_clock())
+GROUP BY contact_id
+"""
+
+
+def lead_feature_rows(
+    conn: duckdb.DuckDBPyConnection,
+    points_sql: str,
+    parameters: dict[str, Any],
+    *,
+    feature_days: int = FEATURE_DAYS,
+) -> list[dict[str, Any]]:
+    """Lead features for every (contact_id, created_at, as_of) row ``points_sql`` returns."""
+    sql = LEAD_FEATURES_SQL.format(
+        points=points_sql,
+        engagement_columns=", ".join(f"coalesce(e.{c}, 0) AS {c}" for c in ENGAGEMENT_COUNTS),
+    )
+    parameters = {**parameters, "feature_days": feature_days, "qualified": list(QUALIFIED_STAGES)}
+    return _rows(conn.execute(sql, parameters))
+
+
+def lead_inputs(
+    conn: duckdb.DuckDBPyConnection,
+    contact_ids: list[str] | None = None,
+    *,
+    as_of: datetime | None = None,
+    feature_days: int = FEATURE_DAYS,
+) -> list[dict[str, Any]]:
+    """Open leads, MQLs and SQLs with firmographics, early engagement and short context.
+
+    Features are those known at ``as_of`` (default: the data clock). ``recent_activity``
+    lists the newest five activities (date, type, page or subject) for the LLM tier.
+    """
+    rows = lead_feature_rows(
+        conn, OPEN_LEAD_POINTS, {"ids": contact_ids, "as_of": as_of}, feature_days=feature_days
+    )
+    recent = {
+        r[0]: (r[1], r[2])
+        for r in conn.execute(
+            RECENT_ACTIVITY_SQL, {"ids": [r["id"] for r in rows], "as_of": as_of}
+        ).fetchall()
+    }
+    inputs = []
+    for row in rows:
+        activity, touches = recent.get(row["id"], ([], 0))
+        # The scoring time and the qualification time change with the clock, not the facts.
+        row.pop("as_of")
+        row.pop("qualified_at")
+        inputs.append(_stable({**row, "recent_activity": activity, "touches_total": touches}))
+    return inputs
+
+
+# `deals` is a relation with deal_id, company_id, contact_id and created_at (and any more
+# columns to pass through); the buyer's engagement is counted before the deal existed.
+DEAL_FEATURES_SQL = """
+WITH deals_in AS ({deals}),
+before_deal AS (
+    SELECT d.deal_id,
+           count(*) FILTER (WHERE a.activity_type IN ('email_replied', 'meeting', 'form_fill')
+                            OR (a.activity_type = 'web_visit' AND a.url LIKE '%/pricing%'))
+               AS intent_touches,
+           count(*) AS touches
+    FROM deals_in AS d
+    JOIN activities AS a ON a.contact_id = d.contact_id
+    WHERE NOT a._deleted AND a.deal_id IS NULL AND a.activity_at < d.created_at
+    GROUP BY d.deal_id
+)
+SELECT d.*, co.name AS company_name, co.industry, co.tier, co.employees,
+       c.lead_source, c.job_title,
+       coalesce(b.intent_touches, 0) AS intent_touches, coalesce(b.touches, 0) AS touches
+FROM deals_in AS d
+LEFT JOIN companies AS co ON co.id = d.company_id
+LEFT JOIN contacts AS c ON c.id = d.contact_id
+LEFT JOIN before_deal AS b USING (deal_id)
+ORDER BY d.deal_id
+"""
+
+OPEN_DEALS = """
+    SELECT o.deal_id, o.name, o.company_id, o.contact_id, o.owner_id, o.deal_stage, o.amount,
+           o.close_date, o.created_at, o.contact_stage,
+           (SELECT count(*) FROM activities AS a WHERE a.deal_id = o.deal_id AND NOT a._deleted)
+               AS deal_touches,
+           (SELECT max(a.activity_at) FROM activities AS a
+            WHERE a.deal_id = o.deal_id AND NOT a._deleted) AS last_touch_at
+    FROM stages.opportunities AS o
+    WHERE $ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], o.deal_id)
+"""
+
+
+def deal_feature_rows(
+    conn: duckdb.DuckDBPyConnection, deals_sql: str, parameters: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Deal features for every deal ``deals_sql`` returns (see ``DEAL_FEATURES_SQL``)."""
+    return _rows(conn.execute(DEAL_FEATURES_SQL.format(deals=deals_sql), parameters))
+
+
+def deal_inputs(
+    conn: duckdb.DuckDBPyConnection, deal_ids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Open new-business deals with the account's firmographics and the buyer's engagement.
+
+    ``close_date`` and ``last_touch_at`` let a scorer judge staleness against ``as_of``, the
+    first day of the data clock's week: a row changes at most weekly when nothing else
+    does, so a memoized decision is revisited weekly, not on every run.
+    """
+    rows = deal_feature_rows(conn, OPEN_DEALS, {"ids": deal_ids})
+    as_of = _clock_week(conn)
+    return [_stable({"id": row.pop("deal_id"), **row, "as_of": as_of}) for row in rows]
+
+
+TICKET_INPUTS_SQL = """
+WITH arr AS (
+    SELECT company_id, sum(arr) AS active_arr FROM subscriptions
+    WHERE status = 'active' AND NOT _deleted GROUP BY company_id
+)
+SELECT t.id, t.subject, t.body, t.category AS crm_category, t.priority, t.status,
+       t.created_at, t.company_id, t.contact_id, co.name AS company_name, co.tier,
+       coalesce(arr.active_arr, 0) AS active_arr
+FROM tickets AS t
+LEFT JOIN companies AS co ON co.id = t.company_id
+LEFT JOIN arr USING (company_id)
+WHERE NOT t._deleted AND coalesce(t.status, 'new') <> 'closed'
+  AND ($ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], t.id))
+ORDER BY t.id
+"""
+
+
+def ticket_inputs(
+    conn: duckdb.DuckDBPyConnection, ticket_ids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Open tickets with their subject, body and priority, and the account's active ARR."""
+    return [_stable(r) for r in _rows(conn.execute(TICKET_INPUTS_SQL, {"ids": ticket_ids}))]
+
+
+RENEWAL_INPUTS_SQL = """
+SELECT h.subscription_id AS id, h.company_id, co.name AS company_name, co.tier, h.plan,
+       h.arr, h.seats, h.seats_active, h.utilization, h.usage_change, h.open_tickets,
+       h.angry_tickets, h.health_score, h.health_band, h.end_date,
+       h.end_date <= (data_clock() + to_days(CAST($window AS INTEGER)))::DATE
+           AS in_renewal_window
+FROM stages.adoption_health AS h
+LEFT JOIN companies AS co ON co.id = h.company_id
+WHERE $ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], h.subscription_id)
+ORDER BY h.subscription_id
+"""
+
+
+def renewal_inputs(
+    conn: duckdb.DuckDBPyConnection,
+    subscription_ids: list[str] | None = None,
+    *,
+    config: LifecycleConfig | None = None,
+) -> list[dict[str, Any]]:
+    """Active subscriptions with seat use, its trend over the look-back and angry tickets
+    (``stages.adoption_health``), flagged ``in_renewal_window`` when close to their end."""
+    config = config or load_lifecycle_config()
+    parameters = {"ids": subscription_ids, "window": config.accounts.renewal_window_days}
+    return [_stable(r) for r in _rows(conn.execute(RENEWAL_INPUTS_SQL, parameters))]
+
+
+ONBOARDING_INPUTS_SQL = """
+WITH open_tickets AS (
+    SELECT company_id, count(*) AS open_tickets FROM tickets
+    WHERE NOT _deleted AND coalesce(status, 'new') <> 'closed' GROUP BY company_id
+)
+SELECT o.onboarding_id AS id, o.company_id, o.deal_id, o.owner_id, o.started_at, o.due_at,
+       o.status, o.tasks, co.name AS company_name, co.industry, co.tier, co.employees,
+       d.amount AS deal_amount, c.job_title AS champion_title,
+       s.plan, s.seats, s.seats_active, s.seats_active / nullif(s.seats, 0) AS utilization,
+       coalesce(t.open_tickets, 0) AS open_tickets
+FROM stages.onboarding_progress AS o
+LEFT JOIN companies AS co ON co.id = o.company_id
+LEFT JOIN deals AS d ON d.id = o.deal_id
+LEFT JOIN contacts AS c ON c.id = d.contact_id
+LEFT JOIN subscriptions AS s ON s.deal_id = o.deal_id AND NOT s._deleted
+LEFT JOIN open_tickets AS t ON t.company_id = o.company_id
+WHERE o.status <> 'activated'
+  AND ($ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], o.onboarding_id))
+QUALIFY row_number() OVER (PARTITION BY o.onboarding_id ORDER BY s.start_date, s.id) = 1
+ORDER BY o.onboarding_id
+"""
+
+
+def onboarding_inputs(
+    conn: duckdb.DuckDBPyConnection, onboarding_ids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Onboardings not activated yet, with their tasks, CSM, subscription and account facts.
+
+    ``days_since_start`` is counted to ``as_of``, the first day of the data clock's week (so a
+    row changes at most weekly when nothing else does).
+    """
+    rows = _rows(conn.execute(ONBOARDING_INPUTS_SQL, {"ids": onboarding_ids}))
+    as_of = _clock_week(conn)
+    for row in rows:
+        row["tasks"] = json.loads(row["tasks"]) if isinstance(row["tasks"], str) else row["tasks"]
+        started = row["started_at"]
+        days = (date.fromisoformat(as_of) - started.date()).days if as_of and started else 0
+        row["days_since_start"] = max(0, days)
+        row["as_of"] = as_of
+    return [_stable(r) for r in rows]
+
+
+def _rows(result: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+
+
+def _clock_week(conn: duckdb.DuckDBPyConnection) -> str | None:
+    monday = conn.execute("SELECT CAST(date_trunc('week', data_clock()) AS DATE)").fetchone()[0]
+    return monday.isoformat() if monday else None
+
+
+def _stable(row: dict[str, Any]) -> dict[str, Any]:
+    """Sorted keys, rounded floats, ISO times: a row whose facts did not change hashes alike."""
+    return {key: _stable_value(row[key]) for key in sorted(row)}
+
+
+def _stable_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_stable_value(v) for v in value]
+    if isinstance(value, dict):
+        return _stable(value)
+    if hasattr(value, "is_integer"):  # Decimal and numpy numbers
+        return round(float(value), 4)
+    return value

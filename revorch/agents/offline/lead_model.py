@@ -1,0 +1,278 @@
+"""The lead scorer: probability that a lead becomes sales-qualified, learnt from history.
+
+Each past contact is one example, described as it stood ``feature_days`` after its creation
+(its scoring time): firmographics as the CRM had them then, lead source, job title, stage,
+and its engagement so far. The label is whether it reached SQL (or later) within
+``horizon_days`` of creation, read from ``stages.stage_transitions``. Contacts already
+qualified at their scoring time are left out: there is nothing left to predict for them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+from sklearn.metrics import precision_recall_curve
+
+from revorch.agents.offline.inputs import (
+    ENGAGEMENT_COUNTS,
+    FEATURE_DAYS,
+    QUALIFIED_STAGES,
+    lead_feature_rows,
+)
+from revorch.agents.offline.logistic import FeatureSpec, LogisticModel, content_version
+
+INTENT_FEATURES = FeatureSpec(
+    log_numeric=("employees", "annual_revenue", *ENGAGEMENT_COUNTS),
+    categorical=("lead_source", "industry", "tier", "job_title", "stage"),
+)
+# The company alone, for the fit score: how much its firmographics raise the odds.
+FIT_FEATURES = FeatureSpec(log_numeric=("employees",), categorical=("industry", "tier"))
+
+TRAINING_POINTS = """
+    SELECT id AS contact_id, coalesce(created_at, _first_seen_at) AS created_at,
+           coalesce(created_at, _first_seen_at) + to_days(CAST($feature_days AS INTEGER)) AS as_of
+    FROM contacts
+    WHERE coalesce(created_at, _first_seen_at) >= coalesce($created_from::TIMESTAMPTZ,
+                                                           '-infinity'::TIMESTAMPTZ)
+      AND coalesce(created_at, _first_seen_at) < coalesce($created_before::TIMESTAMPTZ,
+                                                          'infinity'::TIMESTAMPTZ)
+      -- Only contacts whose whole horizon has been seen: their label is final.
+      AND coalesce(created_at, _first_seen_at) + to_days(CAST($horizon_days AS INTEGER))
+          <= data_clock()
+"""
+
+LABELS_SQL = """
+SELECT c.id AS contact_id,
+       count(t.entity_id) > 0 AS qualified
+FROM contacts AS c
+LEFT JOIN stages.stage_transitions AS t
+  ON t.entity_type = 'contact' AND t.entity_id = c.id AND list_contains($qualified, t.to_stage)
+ AND t.transitioned_at <= coalesce(c.created_at, c._first_seen_at)
+                          + to_days(CAST($horizon_days AS INTEGER))
+WHERE list_contains($ids, c.id)
+GROUP BY c.id
+"""
+
+
+def lead_examples(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    created_from: datetime | None = None,
+    created_before: datetime | None = None,
+    horizon_days: int = 90,
+    feature_days: int = FEATURE_DAYS,
+) -> pl.DataFrame:
+    """Past contacts created in [created_from, created_before) with complete labels: their
+    features at the scoring time and ``label`` (reached SQL within the horizon), by id."""
+    parameters = {
+        "created_from": created_from,
+        "created_before": created_before,
+        "horizon_days": horizon_days,
+    }
+    rows = lead_feature_rows(conn, TRAINING_POINTS, parameters, feature_days=feature_days)
+    rows = [r for r in rows if r["qualified_at"] is None]
+    labels = dict(
+        conn.execute(
+            LABELS_SQL,
+            {
+                "ids": [r["id"] for r in rows],
+                "qualified": list(QUALIFIED_STAGES),
+                "horizon_days": horizon_days,
+            },
+        ).fetchall()
+    )
+    for row in rows:
+        row["label"] = int(labels.get(row["id"], False))
+    return _frame(rows, [*_needed_keys(), "id", "label", "created_at"])
+
+
+class LeadModel:
+    """Probability that an open lead reaches SQL, and how well its company fits.
+
+    Train it on the history in DuckDB with :meth:`train`, score rows from ``lead_inputs``
+    with :meth:`predict` (or a polars frame with :meth:`predict_frame`), store it with
+    :meth:`to_json`. ``version`` names the exact model: a hash of its content.
+    """
+
+    def __init__(
+        self,
+        intent: LogisticModel,
+        fit: LogisticModel,
+        *,
+        threshold: float,
+        fit_quantiles: list[float],
+        intent_quantiles: list[float],
+        metadata: dict[str, Any],
+    ) -> None:
+        self.intent = intent
+        self.fit = fit
+        self.threshold = threshold
+        self.fit_quantiles = fit_quantiles
+        self.intent_quantiles = intent_quantiles
+        self.metadata = metadata
+        self.version = content_version("lead-logreg", self._content())
+
+    @classmethod
+    def train(
+        cls,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        created_before: datetime | None = None,
+        horizon_days: int = 90,
+        feature_days: int = FEATURE_DAYS,
+    ) -> LeadModel:
+        """Fit on contacts created before ``created_before`` (default: all) whose
+        ``horizon_days`` have passed on the data clock."""
+        examples = lead_examples(
+            conn,
+            created_before=created_before,
+            horizon_days=horizon_days,
+            feature_days=feature_days,
+        )
+        return cls.fit_examples(
+            examples,
+            horizon_days=horizon_days,
+            feature_days=feature_days,
+            created_before=created_before,
+        )
+
+    @classmethod
+    def fit_examples(
+        cls,
+        examples: pl.DataFrame,
+        *,
+        horizon_days: int,
+        feature_days: int,
+        created_before: datetime | None = None,
+    ) -> LeadModel:
+        """Fit on rows from :func:`lead_examples` (sorted by id, so the fit is repeatable)."""
+        examples = examples.sort("id")
+        if examples.height < 50:
+            raise ValueError(f"too few past contacts to learn from ({examples.height})")
+        labels = examples["label"].to_numpy()
+        intent = LogisticModel.fit(examples, labels, INTENT_FEATURES)
+        fit = LogisticModel.fit(examples, labels, FIT_FEATURES)
+        p = intent.predict_frame(examples)
+        precision, recall, cuts = precision_recall_curve(labels, p)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        # The cut with the best F1 separates "work it now" from "not yet".
+        threshold = float(cuts[int(np.argmax(f1[:-1]))])
+        quantile_points = np.linspace(0, 1, 101)
+        metadata = {
+            "horizon_days": horizon_days,
+            "feature_days": feature_days,
+            "created_before": created_before.isoformat() if created_before else None,
+            "examples": examples.height,
+            "base_rate": round(float(labels.mean()), 6),
+            "last_created_at": max(examples["created_at"]).isoformat(),
+        }
+        return cls(
+            intent,
+            fit,
+            threshold=round(threshold, 6),
+            fit_quantiles=_rounded(np.quantile(fit.predict_frame(examples), quantile_points)),
+            intent_quantiles=_rounded(np.quantile(p, quantile_points)),
+            metadata=metadata,
+        )
+
+    def predict(self, inputs: list[dict[str, Any]]) -> list[float]:
+        """Probability of reaching SQL within the horizon, for each ``lead_inputs`` row."""
+        return self.intent.predict_rows(inputs).tolist()
+
+    def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
+        """Like :meth:`predict`, for a polars frame with the input keys as columns."""
+        return self.intent.predict_frame(frame)
+
+    def fit_scores(self, inputs: list[dict[str, Any]]) -> list[float]:
+        """How well each lead's company fits, 0 to 1: the share of past leads whose
+        firmographics alone predicted lower odds."""
+        p = self.fit.predict_rows(inputs)
+        return (np.searchsorted(self.fit_quantiles, p, side="right") / 101).clip(0, 1).tolist()
+
+    def percentile(self, probability: float) -> float:
+        """Share of past leads scored below ``probability``, 0 to 1."""
+        return float(np.searchsorted(self.intent_quantiles, probability, side="right") / 101)
+
+    def reasons(self, item: dict[str, Any], limit: int = 4) -> list[str]:
+        """The features that moved this lead's odds most, in words."""
+        effects = self.intent.contributions(item)[:limit]
+        return [_describe(column, effect, item) for column, effect in effects]
+
+    def _content(self) -> dict[str, Any]:
+        return {
+            "kind": "lead",
+            "intent": self.intent.to_dict(),
+            "fit": self.fit.to_dict(),
+            "threshold": self.threshold,
+            "fit_quantiles": self.fit_quantiles,
+            "intent_quantiles": self.intent_quantiles,
+            "metadata": self.metadata,
+        }
+
+    def to_json(self) -> str:
+        """The whole model as JSON (with its version), for ``agents.models``."""
+        return json.dumps({"version": self.version, **self._content()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LeadModel:
+        """A model from :meth:`to_json`; refuses a document whose content was altered."""
+        data = json.loads(text)
+        model = cls(
+            LogisticModel.from_dict(data["intent"]),
+            LogisticModel.from_dict(data["fit"]),
+            threshold=data["threshold"],
+            fit_quantiles=data["fit_quantiles"],
+            intent_quantiles=data["intent_quantiles"],
+            metadata=data["metadata"],
+        )
+        if data.get("version") not in (None, model.version):
+            raise ValueError(f"model content does not match its version {data['version']}")
+        return model
+
+
+def _needed_keys() -> list[str]:
+    return sorted(
+        {
+            *INTENT_FEATURES.log_numeric,
+            *INTENT_FEATURES.categorical,
+            *FIT_FEATURES.log_numeric,
+            *FIT_FEATURES.categorical,
+        }
+    )
+
+
+def _frame(rows: list[dict[str, Any]], keys: list[str]) -> pl.DataFrame:
+    """Only the columns a model reads, one list per key: fast for a million rows."""
+    return pl.DataFrame({key: [row.get(key) for row in rows] for key in keys}, strict=False)
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(v), 8) for v in values]
+
+
+_COUNT_WORDS = {
+    "emails_sent": "emails sent",
+    "emails_opened": "emails opened",
+    "emails_replied": "email replies",
+    "web_visits": "web visits",
+    "pricing_visits": "pricing-page visits",
+    "form_fills": "form fills",
+    "meetings": "meetings",
+    "calls": "calls",
+}
+
+
+def _describe(column: str, effect: float, item: dict[str, Any]) -> str:
+    direction = "raises" if effect > 0 else "lowers"
+    if "=" in column:
+        name, value = column.split("=", 1)
+        return f"{name.replace('_', ' ')} {value} {direction} the odds"
+    value = item.get(column) or 0
+    if column in _COUNT_WORDS:
+        return f"{value:g} {_COUNT_WORDS[column]} early on {direction} the odds"
+    return f"{column.replace('_', ' ')} {value:g} {direction} the odds"

@@ -1,0 +1,249 @@
+"""Run one agent over its inputs: memo, offline tier, routing, budget, LLM tier, record.
+
+1. Every input is hashed; a decision already taken for the same (agent, prompt version, model,
+   input) is re-used, so an unchanged input is never sent again.
+2. The offline tier decides every new input (it is cheap and needs no network).
+3. The agent's ``llm_when`` rule picks the uncertain or high-value ones for the LLM tier, as
+   many as the run and day budgets allow at the worst-case price; the rest keep the offline
+   decision, marked with why (``budget_exhausted``).
+4. LLM calls run concurrently within the provider's limits. A call that fails (after retries)
+   or answers outside the schema keeps the offline decision, marked with the reason.
+5. Every new decision is written to ``agents.decisions`` and the money to ``agents.cost_ledger``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+from pydantic import BaseModel
+
+from revorch.agents import prompts
+from revorch.agents.config import AgentsConfig, AgentSettings
+from revorch.agents.llm import LlmClient, LlmRequest, LlmResult
+from revorch.agents.memo import canonical_json, decision_id, input_hash
+from revorch.agents.redact import redact
+
+MAX_COMPLETION_TOKENS = 400
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What an agent is: its name, output schema and offline decision."""
+
+    name: str
+    output_model: type[BaseModel]
+    offline: Callable[[dict], BaseModel]  # the offline tier's decision for one input
+    offline_version: str  # names the offline model in the memo key
+
+
+@dataclass
+class RunReport:
+    agent: str
+    inputs: int = 0
+    memo_hits: int = 0
+    decisions_by_tier: Counter = field(default_factory=Counter)
+    fallbacks: Counter = field(default_factory=Counter)
+    calls: int = 0
+    failed_calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, float | int]:
+        latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "inputs": self.inputs,
+            "memo_hits": self.memo_hits,
+            "decisions_offline": self.decisions_by_tier["offline"],
+            "decisions_llm": self.decisions_by_tier["llm"],
+            **{f"fallback/{reason}": n for reason, n in self.fallbacks.items()},
+            "llm_calls": self.calls,
+            "llm_failed_calls": self.failed_calls,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "latency_p50_ms": float(np.percentile(latencies, 50)),
+            "latency_p95_ms": float(np.percentile(latencies, 95)),
+        }
+
+
+def run_agent(
+    conn: duckdb.DuckDBPyConnection,
+    spec: AgentSpec,
+    config: AgentsConfig,
+    items: list[dict],
+    *,
+    llm: LlmClient | None,
+    run_id: str | None,
+    settings: AgentSettings | None = None,
+) -> RunReport:
+    """Decide every item (see the module docstring); return what it took."""
+    settings = settings or config.agents[spec.name]
+    report = RunReport(spec.name, inputs=len(items))
+    hashes = [input_hash(item) for item in items]
+    known = _memo(conn, spec, settings, sorted(set(hashes)))
+    report.memo_hits = sum(1 for h in hashes if h in known)
+
+    todo = [
+        (item, digest) for item, digest in zip(items, hashes, strict=True) if digest not in known
+    ]
+    todo = list({digest: (item, digest) for item, digest in todo}.values())  # same input once
+    offline = [spec.offline(item) for item, _ in todo]
+    wanted = [
+        i
+        for i, ((item, _), decision) in enumerate(zip(todo, offline, strict=True))
+        if llm is not None and settings.llm_when.wants_llm(decision.confidence, item)
+    ]
+    affordable = _within_budget(conn, spec, settings, config, [todo[i][0] for i in wanted])
+    asked = wanted[:affordable]
+    fallback = {i: "budget_exhausted" for i in wanted[affordable:]}
+
+    requests = [
+        LlmRequest(
+            key=str(i),
+            messages=prompts.messages(spec.name, settings.prompt_version, redact(todo[i][0])),
+            output_model=spec.output_model,
+            schema_name=spec.name,
+            max_tokens=MAX_COMPLETION_TOKENS,
+        )
+        for i in asked
+    ]
+    results = {int(r.key): r for r in llm.complete_many(requests)} if requests else {}
+    price = config.prices[settings.model]
+    rows = []
+    for i, ((item, digest), decision) in enumerate(zip(todo, offline, strict=True)):
+        result = results.get(i)
+        if result is not None:
+            report.calls += 1
+            report.prompt_tokens += result.prompt_tokens
+            report.cached_tokens += result.cached_tokens
+            report.completion_tokens += result.completion_tokens
+            report.latencies_ms.append(result.latency_seconds * 1000)
+            cost = price.cost(result.prompt_tokens, result.cached_tokens, result.completion_tokens)
+            report.cost_usd += cost
+            if result.output is None:
+                report.failed_calls += 1
+                fallback[i] = result.error_kind or "failed"
+        reason = fallback.get(i)
+        if reason:
+            report.fallbacks[reason] += 1
+        tier = "llm" if result is not None and result.output is not None else "offline"
+        report.decisions_by_tier[tier] += 1
+        rows.append(_row(spec, settings, item, digest, decision, result, reason, price, run_id))
+    _record(conn, spec, settings, rows, report, run_id)
+    return report
+
+
+def _memo(conn, spec: AgentSpec, settings: AgentSettings, hashes: list[str]) -> set[str]:
+    """Inputs already decided by this prompt version and model (LLM or offline). A decision
+    that fell back for want of budget or a failed call is not re-used: it is asked again."""
+    if not hashes:
+        return set()
+    rows = conn.execute(
+        """
+        SELECT DISTINCT input_hash FROM agents.decisions
+        WHERE agent = ? AND prompt_version = ? AND model IN (?, ?) AND fallback_reason IS NULL
+          AND input_hash IN (SELECT unnest(?))
+        """,
+        [spec.name, settings.prompt_version, settings.model, spec.offline_version, hashes],
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _within_budget(conn, spec, settings, config, items: list[dict]) -> int:
+    """How many of these items the LLM may see without the run or day budget being exceeded,
+    counting each call at its worst case: every prompt token fresh, two characters a token
+    (real tokenizers average about four), and the full completion."""
+    price = config.prices[settings.model]
+    spent_today = conn.execute(
+        "SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger WHERE agent = ? AND day = ?",
+        [spec.name, datetime.now(UTC).date()],
+    ).fetchone()[0]
+    room = min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
+    count, spent = 0, 0.0
+    for item in items:
+        messages = prompts.messages(spec.name, settings.prompt_version, item)
+        prompt_tokens = sum(len(m["content"]) for m in messages) // 2 + 16
+        worst = price.cost(prompt_tokens, 0, MAX_COMPLETION_TOKENS)
+        if spent + worst > room:
+            break
+        spent += worst
+        count += 1
+    return count
+
+
+def _row(spec, settings, item, digest, decision, result: LlmResult | None, reason, price, run_id):
+    answered = result is not None and result.output is not None
+    output = result.output if answered else decision
+    model = settings.model if answered else spec.offline_version
+    tokens = (
+        (result.prompt_tokens, result.cached_tokens, result.completion_tokens)
+        if result is not None
+        else (0, 0, 0)
+    )
+    return {
+        "decision_id": decision_id(spec.name, settings.prompt_version, model, digest),
+        "agent": spec.name,
+        "prompt_version": settings.prompt_version,
+        "model": model,
+        "input_hash": digest,
+        "entity_id": str(item["id"]),
+        "tier": "llm" if answered else "offline",
+        "fallback_reason": reason,
+        "input": canonical_json(item),
+        "prompt": json.dumps(prompts.messages(spec.name, settings.prompt_version, redact(item)))
+        if result is not None
+        else None,
+        "output": output.model_dump_json(),
+        "raw_output": result.raw_text if result is not None else None,
+        "prompt_tokens": tokens[0],
+        "cached_tokens": tokens[1],
+        "completion_tokens": tokens[2],
+        "cost_usd": price.cost(*tokens) if result is not None else 0.0,
+        "latency_ms": result.latency_seconds * 1000 if result is not None else 0.0,
+        "attempts": result.attempts if result is not None else 0,
+        "run_id": run_id,
+    }
+
+
+def _record(conn, spec, settings, rows, report: RunReport, run_id) -> None:
+    if not rows:
+        return
+    import polars as pl
+
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.register("new_decisions", pl.DataFrame(rows, infer_schema_length=None))
+        conn.execute(
+            "INSERT INTO agents.decisions BY NAME SELECT *, now() AS decided_at FROM new_decisions"
+        )
+        conn.unregister("new_decisions")
+        if report.calls:
+            conn.execute(
+                "INSERT INTO agents.cost_ledger "
+                "VALUES (?, ?, ?, current_date, ?, ?, ?, ?, ?, ?, now())",
+                [
+                    run_id,
+                    spec.name,
+                    settings.model,
+                    report.calls,
+                    report.failed_calls,
+                    report.prompt_tokens,
+                    report.cached_tokens,
+                    report.completion_tokens,
+                    report.cost_usd,
+                ],
+            )
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise

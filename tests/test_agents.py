@@ -1,0 +1,189 @@
+"""Agents end to end on a simulated CRM: offline by default, the LLM tier through the real
+openai client against a server on 127.0.0.1, the memo, budgets, faults and replay."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from fake_openai import FakeOpenAI, Fault
+from orch_assets.ingestion.change_log import ingest_pending
+from orch_assets.ingestion.current_state import refresh_current_state
+from orch_assets.stages.refresh import refresh_all_stages
+from resources.agents import LlmResource
+from revorch.agents.config import Budget, LlmWhen, load_agents_config
+from revorch.agents.models import offline_tier
+from revorch.agents.registry import INPUTS, agent_specs
+from revorch.agents.replay import replay_run, what_if
+from revorch.agents.runtime import run_agent
+from revorch.lifecycle.config import load_lifecycle_config
+from revorch.simulator import SimulationConfig, simulate_history
+
+CONFIG = load_agents_config()
+AGENT = "lead_qualification"
+
+
+@pytest.fixture
+def crm(conn, zone):
+    simulate_history(zone, SimulationConfig(contacts=1_500, seed=5))
+    ingest_pending(conn, zone)
+    refresh_current_state(conn)
+    refresh_all_stages(conn, load_lifecycle_config())
+    return conn
+
+
+def settings(**changes):
+    """The lead agent's settings, sending every lead to the LLM unless changed."""
+    every = LlmWhen(value_field="touches_total", value_at_least=0)
+    base = CONFIG.agents[AGENT].model_copy(update={"llm_when": every})
+    return base.model_copy(update=changes)
+
+
+def run(conn, items, *, llm=None, run_id="run-1", agent_settings=None):
+    spec = agent_specs(offline_tier(conn))[AGENT]
+    client = llm.client(CONFIG, CONFIG.agents[AGENT].model) if llm else None
+    return run_agent(conn, spec, CONFIG, items, llm=client, run_id=run_id, settings=agent_settings)
+
+
+def count(conn, sql="SELECT count(*) FROM agents.decisions"):
+    return conn.execute(sql).fetchone()[0]
+
+
+def test_offline_by_default_and_an_unchanged_input_is_never_decided_again(crm):
+    items = INPUTS[AGENT](crm)
+    first = run(crm, items)
+    assert first.decisions_by_tier["offline"] == len(items) > 100
+    assert first.cost_usd == 0 and first.calls == 0
+    second = run(crm, items, run_id="run-2")
+    assert second.memo_hits == len(items)
+    assert count(crm) == len(items)
+
+
+def test_the_llm_tier_answers_through_an_openai_compatible_url_and_rerun_makes_no_call(crm):
+    items = INPUTS[AGENT](crm)[:40]
+    with FakeOpenAI() as server:
+        llm = LlmResource(base_url=server.base_url, api_key="test-key")
+        report = run(crm, items, llm=llm, agent_settings=settings())
+        assert server.total_requests == report.calls == report.decisions_by_tier["llm"] == 40
+        assert report.prompt_tokens > 0 and report.cost_usd > 0
+        again = run(crm, items, llm=llm, run_id="run-2", agent_settings=settings())
+        assert server.total_requests == 40  # zero new calls
+        assert again.memo_hits == 40
+    stored = crm.execute(
+        "SELECT tier, model, prompt, prompt_tokens, cost_usd FROM agents.decisions LIMIT 1"
+    ).fetchone()
+    assert stored[0] == "llm" and stored[1] == CONFIG.agents[AGENT].model
+    assert "<record>" in stored[2] and stored[3] > 0 and stored[4] > 0
+    ledger = count(crm, "SELECT sum(cost_usd) FROM agents.cost_ledger")
+    assert ledger == pytest.approx(report.cost_usd)
+
+
+def test_prompts_leave_the_process_without_names_or_emails(crm):
+    items = INPUTS[AGENT](crm)[:10]
+    with FakeOpenAI() as server:
+        run(
+            crm,
+            items,
+            llm=LlmResource(base_url=server.base_url, api_key="k"),
+            agent_settings=settings(),
+        )
+        sent = json.dumps([r["body"] for r in server.received])
+    emails = [e for (e,) in crm.execute("SELECT email FROM contacts").fetchall() if e]
+    assert emails and not any(email in sent for email in emails)
+
+
+def test_the_budget_cap_holds_and_the_rest_falls_back_offline(crm):
+    items = INPUTS[AGENT](crm)[:60]
+    tiny = settings(budget=Budget(per_run_usd=0.002, per_day_usd=0.01))
+    with FakeOpenAI() as server:
+        llm = LlmResource(base_url=server.base_url, api_key="k")
+        first = run(crm, items[:30], llm=llm, agent_settings=tiny)
+        assert 0 < first.calls < 30
+        assert first.cost_usd <= 0.002
+        assert first.fallbacks["budget_exhausted"] == 30 - first.calls
+        # Spending elsewhere today used up the day budget: no call at all.
+        crm.execute(
+            "INSERT INTO agents.cost_ledger VALUES "
+            "('earlier', ?, 'gpt-4o-mini', current_date, 1, 0, 0, 0, 0, 0.01, now())",
+            [AGENT],
+        )
+        calls_before = server.total_requests
+        second = run(crm, items[30:], llm=llm, run_id="run-2", agent_settings=tiny)
+        assert server.total_requests == calls_before
+    assert second.calls == 0 and second.fallbacks["budget_exhausted"] == 30
+    assert count(crm) == 60  # every item decided, none lost
+
+
+def test_failed_or_invalid_answers_fall_back_and_are_marked(crm):
+    items = INPUTS[AGENT](crm)[:4]
+    with FakeOpenAI() as server:
+        server.plan(Fault.malformed_json(), Fault.schema_violation(), Fault.refusal())
+        report = run(
+            crm,
+            items,
+            llm=LlmResource(base_url=server.base_url, api_key="k"),
+            agent_settings=settings().model_copy(),
+        )
+    assert report.decisions_by_tier == {"llm": 1, "offline": 3}
+    reasons = dict(
+        crm.execute(
+            "SELECT fallback_reason, count(*) FROM agents.decisions "
+            "WHERE fallback_reason IS NOT NULL GROUP BY 1"
+        ).fetchall()
+    )
+    assert reasons == {"invalid_output": 2, "refusal": 1}
+
+
+def test_replay_reproduces_a_run_exactly_with_no_model_call(crm):
+    items = INPUTS[AGENT](crm)[:20]
+    with FakeOpenAI() as server:
+        llm = LlmResource(base_url=server.base_url, api_key="k")
+        run(crm, items, llm=llm, agent_settings=settings(llm_when=LlmWhen(confidence_below=0.5)))
+        calls = server.total_requests
+        specs = agent_specs(offline_tier(crm))
+        replay = replay_run(crm, "run-1", specs)
+        assert server.total_requests == calls
+    recorded = {
+        (agent, entity): json.loads(output)
+        for agent, entity, output in crm.execute(
+            "SELECT agent, entity_id, output FROM agents.decisions WHERE run_id = 'run-1'"
+        ).fetchall()
+    }
+    assert replay.decisions == replay.reproduced == 20
+    assert replay.outputs == recorded
+
+
+def test_what_if_reports_the_decisions_another_model_would_change(crm):
+    items = INPUTS[AGENT](crm)[:10]
+    run(crm, items)  # offline decisions
+    specs = agent_specs(offline_tier(crm))
+    with FakeOpenAI() as server:
+        llm = LlmResource(base_url=server.base_url, api_key="k").client(CONFIG, "gpt-4o-mini")
+        report = what_if(crm, "run-1", specs, prompt_version="v1", llm=llm)
+        assert server.total_requests == 10
+    # The server's minimal answers (score 0, first allowed action) differ from the model's.
+    assert report.decisions == 10 and 0 < len(report.changed) <= 10
+    assert count(crm) == 10  # nothing written
+
+
+def test_the_agent_assets_materialize_offline_with_cost_metadata(tmp_path, zone):
+    from resources import LandingZoneResource, StateStore, default_resources
+    from revorch.definitions import pipeline_assets
+
+    simulate_history(zone, SimulationConfig(contacts=1_000, seed=9))
+    resources = default_resources() | {
+        "state_store": StateStore(database=str(tmp_path / "db.duckdb")),
+        "landing_zone": LandingZoneResource(path=str(zone.root)),
+        "llm": LlmResource(),
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(pipeline_assets, resources=resources, instance=instance)
+    assert result.success
+    metadata = {
+        "/".join(e.asset_key.path): e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    lead = metadata["agents/lead_qualification"]
+    assert lead["decisions_offline"].value > 0
+    assert lead["llm_calls"].value == 0 and lead["cost_usd"].value == 0
+    assert "latency_p95_ms" in lead

@@ -1,0 +1,60 @@
+"""The lead-scorer backtest on a simulated CRM: it learns the signal, and it trains only on
+what was known at the split."""
+
+from datetime import timedelta
+
+import pytest
+
+from revorch.agents.backtest import backtest_lead_scorer
+from test_offline import build_simulated_crm
+
+
+@pytest.fixture(scope="module")
+def crm(tmp_path_factory):
+    conn = build_simulated_crm(tmp_path_factory.mktemp("crm"), contacts=4_000, seed=42)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def report(crm):
+    return backtest_lead_scorer(crm)
+
+
+def test_the_lead_scorer_learns_the_simulated_signal(report):
+    # Measured: AUC 0.836 and precision 39% (base rate 11%) at 4,000 contacts, seed 42.
+    assert report.auc > 0.75
+    assert report.precision_at_top_decile > 2.5 * report.base_rate_test
+    assert report.brier < report.brier_base_rate
+
+
+def test_training_stops_a_horizon_before_the_split(report):
+    assert report.train_created_before == report.split - timedelta(days=report.horizon_days)
+    assert report.n_train > 1_000 and report.n_test > 500
+    # About the last 30% of the contacts with final labels are kept for the test.
+    assert 0.2 < report.n_test / (report.n_train + report.n_test) < 0.45
+
+
+def test_the_calibration_table_covers_every_test_contact(report):
+    assert len(report.calibration) == 10
+    assert sum(b.count for b in report.calibration) == report.n_test
+    low, high = (
+        report.calibration[0],
+        max((b for b in report.calibration if b.count >= 20), key=lambda b: b.low),
+    )
+    assert low.observed_rate < 0.1 < high.observed_rate
+
+
+def test_an_explicit_split_and_a_readable_report(crm, report):
+    earlier = backtest_lead_scorer(crm, split="2026-01-01")
+    assert earlier.split.date().isoformat() == "2026-01-01"
+    assert earlier.n_test > report.n_test and earlier.n_train < report.n_train
+    text = report.to_text()
+    for words in (
+        "ROC AUC",
+        "precision at top decile",
+        "Brier",
+        "calibration",
+        report.model_version,
+    ):
+        assert words in text

@@ -1,0 +1,123 @@
+"""Agents benchmark: the memo on a second run, and offline scoring at 1M leads.
+
+    .venv/bin/python bench/agents.py                     # 20,000-contact CRM (about 1 minute)
+    .venv/bin/python bench/agents.py --contacts 5000
+
+1. Builds a simulated CRM (seed 42), starts the OpenAI-compatible test server on 127.0.0.1
+   (tests/fake_openai.py, 50 ms per answer), and runs the lead-qualification agent with the
+   shipped routing rule: the offline tier decides, the uncertain or high-value leads go to the
+   LLM tier.
+2. Changes 1% of the open leads (a new job title each, landed as a batch and ingested) and runs
+   the agent again: only changed inputs should be decided again.
+3. Scores 1,000,000 lead inputs with the offline lead model (the open leads repeated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
+
+import duckdb  # noqa: E402
+import polars as pl  # noqa: E402
+
+from fake_openai import FakeOpenAI  # noqa: E402
+from ingest import machine  # noqa: E402
+from orch_assets.ingestion.change_log import ingest_pending  # noqa: E402
+from orch_assets.ingestion.current_state import refresh_current_state  # noqa: E402
+from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
+from resources.agents import LlmResource  # noqa: E402
+from revorch.agents.config import load_agents_config  # noqa: E402
+from revorch.agents.models import offline_tier  # noqa: E402
+from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
+from revorch.agents.runtime import run_agent  # noqa: E402
+from revorch.landing import LandingZone  # noqa: E402
+from revorch.lifecycle.config import load_lifecycle_config  # noqa: E402
+from revorch.simulator import SimulationConfig, simulate_history  # noqa: E402
+from revorch.state.migrate import migrate  # noqa: E402
+
+AGENT = "lead_qualification"
+
+
+def refresh(conn, zone) -> None:
+    ingest_pending(conn, zone)
+    refresh_current_state(conn)
+    refresh_all_stages(conn, load_lifecycle_config())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contacts", type=int, default=20_000)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="revorch-agents-"))
+    zone = LandingZone(workdir / "landing").ensure()
+    conn = duckdb.connect(str(workdir / "revorch.duckdb"))
+    conn.execute("SET TimeZone = 'UTC'")
+    migrate(conn)
+    simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=42))
+    refresh(conn, zone)
+    config = load_agents_config()
+    spec = agent_specs(offline_tier(conn))[AGENT]
+
+    print(f"Machine: {machine()}\n")
+    print("| run | leads | memo hits | offline | LLM calls | cost USD | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    with FakeOpenAI(latency_seconds=0.05) as server:
+        llm = LlmResource(base_url=server.base_url, api_key="bench").client(
+            config, config.agents[AGENT].model
+        )
+        reports = []
+        for label in ("first run", "after 1% of leads changed"):
+            if reports:
+                leads = [item["id"] for item in INPUTS[AGENT](conn)]
+                changed = leads[::100]
+                zone.write_events(
+                    "bench",
+                    [
+                        {
+                            "event_id": f"bench-{lead}",
+                            "object_type": "contact",
+                            "object_id": lead,
+                            "occurred_at": "2026-10-31T23:59:00Z",
+                            "properties": {"job_title": "Head of Revenue Operations"},
+                        }
+                        for lead in changed
+                    ],
+                )
+                refresh(conn, zone)
+            items = INPUTS[AGENT](conn)
+            start = time.perf_counter()
+            report = run_agent(conn, spec, config, items, llm=llm, run_id=label)
+            seconds = time.perf_counter() - start
+            reports.append(report)
+            print(
+                f"| {label} | {len(items):,} | {report.memo_hits:,} "
+                f"| {report.decisions_by_tier['offline']:,} | {report.calls:,} "
+                f"| {report.cost_usd:.4f} | {seconds:.1f} |",
+                flush=True,
+            )
+    first, second = reports
+    print(f"\nSecond run's LLM calls: {second.calls / max(first.calls, 1):.1%} of the first run's.")
+
+    model = offline_tier(conn).lead_model
+    inputs = INPUTS[AGENT](conn)
+    rows = (inputs * (1_000_000 // len(inputs) + 1))[:1_000_000]
+    frame = pl.DataFrame(
+        {k: [r[k] for r in rows] for k in inputs[0] if k != "recent_activity"}, strict=False
+    )
+    start = time.perf_counter()
+    scores = model.predict_frame(frame)
+    seconds = time.perf_counter() - start
+    print(
+        f"\nOffline lead scoring: {len(scores):,} leads in {seconds:.2f} s "
+        f"({len(scores) / seconds:,.0f} leads/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -43,28 +43,16 @@ retrain_offline_models = _job(
 
 schedules = [
     dg.ScheduleDefinition(
-        job=renewal_risk_scan,
-        cron_schedule="0 6 * * *",
+        job=job,
+        cron_schedule=cron,
+        description=description,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Daily renewal-risk scan at 06:00 UTC.",
-    ),
-    dg.ScheduleDefinition(
-        job=sla_check,
-        cron_schedule="0 * * * *",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Hourly SLA check.",
-    ),
-    dg.ScheduleDefinition(
-        job=funnel_report_job,
-        cron_schedule="0 7 * * 1",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Weekly funnel report, Mondays at 07:00 UTC.",
-    ),
-    dg.ScheduleDefinition(
-        job=retrain_offline_models,
-        cron_schedule="0 5 * * *",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Daily retraining of the offline models at 05:00 UTC.",
-    ),
+    )
+    for job, cron, description in (
+        (renewal_risk_scan, "0 6 * * *", "Daily renewal-risk scan at 06:00 UTC."),
+        (sla_check, "0 * * * *", "Hourly SLA check."),
+        (funnel_report_job, "0 7 * * 1", "Weekly funnel report, Mondays at 07:00 UTC."),
+        (retrain_offline_models, "0 5 * * *", "Daily retraining of the offline models, 05:00 UTC."),
+    )
 ]
 jobs = [renewal_risk_scan, sla_check, funnel_report_job, retrain_offline_models]

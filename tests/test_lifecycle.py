@@ -320,7 +320,7 @@ def test_the_whole_graph_materializes_on_a_simulated_crm(tmp_path, zone):
         "/".join(e.asset_key.path): e.materialization.metadata
         for e in result.get_asset_materialization_events()
     }
-    assert metadata["stages/contact_lifecycle"]["contacts_recomputed"].value == 1_000
+    assert metadata["stages/contact_lifecycle"]["entities_recomputed"].value == 1_000
     assert metadata["stages/mqls"]["dagster/row_count"].value > 0
     assert metadata["stages/customers"]["active_arr"].value > 0
     assert metadata["handoffs/sla_escalations"]["breached"].value >= 0

@@ -36,68 +36,57 @@ def _stage_counts(conn, entity_type: str) -> dict[str, int]:
     return {f"in_stage/{stage}": count for stage, count in rows}
 
 
-@dg.asset(
-    key=CONTACT_LIFECYCLE,
+def lifecycle_asset(key, *, entity_type, refresh, deps, description) -> dg.AssetsDefinition:
+    """An asset that runs one state machine over the entities touched since its last run."""
+
+    @dg.asset(
+        key=key,
+        deps=deps,
+        description=description,
+        group_name="lifecycle",
+        kinds={"duckdb"},
+        pool=DUCKDB_WRITER_POOL,
+        automation_condition=EAGER,
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: RebuildConfig,
+        state_store: StateStore,
+        lifecycle: LifecycleConfigResource,
+    ):
+        with state_store.get_connection() as conn:
+            result = refresh(conn, lifecycle.load(), full_rebuild=config.full_rebuild)
+            counts = _stage_counts(conn, entity_type)
+        context.log.info(f"{entity_type} lifecycle: {result}")
+        return dg.MaterializeResult(
+            metadata={
+                "entities_recomputed": result.entities,
+                "transitions_written": result.transitions,
+                "forbidden_moves": result.forbidden,
+                **counts,
+            }
+        )
+
+    return _asset
+
+
+contact_lifecycle = lifecycle_asset(
+    CONTACT_LIFECYCLE,
+    entity_type="contact",
+    refresh=refresh_contact_lifecycle,
     deps=[crm("contacts"), crm("deals"), crm("activities")],
-    group_name="lifecycle",
-    kinds={"duckdb"},
-    pool=DUCKDB_WRITER_POOL,
-    automation_condition=EAGER,
+    description="Each contact's stage (lead, mql, sql, opportunity, customer, disqualified), "
+    "every move it made and why, and the moves the state machine refused. Recomputes the "
+    "contacts touched since the last run.",
 )
-def contact_lifecycle(
-    context: dg.AssetExecutionContext,
-    config: RebuildConfig,
-    state_store: StateStore,
-    lifecycle: LifecycleConfigResource,
-):
-    """Each contact's stage (lead, mql, sql, opportunity, customer, disqualified), every move
-    it made and why, and the moves the state machine refused. Recomputes touched contacts."""
-    with state_store.get_connection() as conn:
-        refresh = refresh_contact_lifecycle(
-            conn, lifecycle.load(), full_rebuild=config.full_rebuild
-        )
-        counts = _stage_counts(conn, "contact")
-    context.log.info(f"contacts recomputed: {refresh}")
-    return dg.MaterializeResult(
-        metadata={
-            "contacts_recomputed": refresh.entities,
-            "transitions_written": refresh.transitions,
-            "forbidden_moves": refresh.forbidden,
-            **counts,
-        }
-    )
-
-
-@dg.asset(
-    key=ACCOUNT_LIFECYCLE,
+account_lifecycle = lifecycle_asset(
+    ACCOUNT_LIFECYCLE,
+    entity_type="company",
+    refresh=refresh_account_lifecycle,
     deps=[crm("subscriptions"), crm("companies")],
-    group_name="lifecycle",
-    kinds={"duckdb"},
-    pool=DUCKDB_WRITER_POOL,
-    automation_condition=EAGER,
+    description="Each customer account's stage (onboarding, adoption, renewal, churned) and its "
+    "moves. Recomputes accounts whose subscriptions changed or whose time-based moves fell due.",
 )
-def account_lifecycle(
-    context: dg.AssetExecutionContext,
-    config: RebuildConfig,
-    state_store: StateStore,
-    lifecycle: LifecycleConfigResource,
-):
-    """Each customer account's stage (onboarding, adoption, renewal, churned) and its moves.
-    Recomputes accounts whose subscriptions changed or whose time-based moves fell due."""
-    with state_store.get_connection() as conn:
-        refresh = refresh_account_lifecycle(
-            conn, lifecycle.load(), full_rebuild=config.full_rebuild
-        )
-        counts = _stage_counts(conn, "company")
-    context.log.info(f"accounts recomputed: {refresh}")
-    return dg.MaterializeResult(
-        metadata={
-            "accounts_recomputed": refresh.entities,
-            "transitions_written": refresh.transitions,
-            "forbidden_moves": refresh.forbidden,
-            **counts,
-        }
-    )
 
 
 def sql_parameters(config: LifecycleConfig) -> dict[str, object]:

@@ -79,3 +79,34 @@ def test_rebuild_recomputes_everything_and_keeps_the_same_state(tmp_path):
         ).fetchone()[0]
     assert recomputed == 2
     assert len(before) > 1000
+
+
+def test_setting_an_llm_url_switches_the_agents_to_the_llm_tier(tmp_path):
+    from fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        env_run = subprocess.run(
+            [sys.executable, "-m", "revorch.cli", "quickstart", "--contacts", "1000"],
+            cwd=tmp_path,
+            env={
+                **{
+                    k: v
+                    for k, v in os.environ.items()
+                    if not k.startswith(("REVORCH_", "DAGSTER_"))
+                },
+                "REVORCH_LLM_BASE_URL": server.base_url,
+            },
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert env_run.returncode == 0, env_run.stderr
+        calls = server.total_requests
+    assert calls > 0
+    database = tmp_path / ".revorch" / "revorch.duckdb"
+    with duckdb.connect(str(database), read_only=True) as conn:
+        llm_decisions = conn.execute(
+            "SELECT count(*) FROM agents.decisions WHERE tier = 'llm'"
+        ).fetchone()[0]
+        ledger_calls = conn.execute("SELECT sum(calls) FROM agents.cost_ledger").fetchone()[0]
+    assert llm_decisions > 0 and ledger_calls == calls

@@ -6,7 +6,9 @@
 1. Builds a simulated CRM (seed 42), starts the OpenAI-compatible test server on 127.0.0.1
    (tests/fake_openai.py, 50 ms per answer), and runs the lead-qualification agent with the
    shipped routing rule: the offline tier decides, the uncertain or high-value leads go to the
-   LLM tier.
+   LLM tier. The budget is raised so that every routed lead is asked (a budget-capped run leaves
+   the rest to be asked next time, which would blur the comparison), and the request limit to
+   6,000 a minute (tokens 10M) so the run takes about a minute.
 2. Changes 1% of the open leads (a new job title each, landed as a batch and ingested) and runs
    the agent again: only changed inputs should be decided again.
 3. Scores 1,000,000 lead inputs with the offline lead model (the open leads repeated).
@@ -32,7 +34,7 @@ from orch_assets.ingestion.change_log import ingest_pending  # noqa: E402
 from orch_assets.ingestion.current_state import refresh_current_state  # noqa: E402
 from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
 from resources.agents import LlmResource  # noqa: E402
-from revorch.agents.config import load_agents_config  # noqa: E402
+from revorch.agents.config import Budget, load_agents_config  # noqa: E402
 from revorch.agents.models import offline_tier  # noqa: E402
 from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
 from revorch.agents.runtime import run_agent  # noqa: E402
@@ -61,12 +63,31 @@ def main() -> None:
     migrate(conn)
     simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=42))
     refresh(conn, zone)
-    config = load_agents_config()
+    shipped = load_agents_config()
+    config = shipped.model_copy(
+        update={
+            "limits": shipped.limits.model_copy(
+                update={
+                    "requests_per_minute": 6_000,
+                    "tokens_per_minute": 10_000_000,
+                    "max_concurrency": 32,
+                }
+            ),
+            "agents": {
+                name: agent.model_copy(
+                    update={"budget": Budget(per_run_usd=100.0, per_day_usd=100.0)}
+                )
+                for name, agent in shipped.agents.items()
+            },
+        }
+    )
     spec = agent_specs(offline_tier(conn))[AGENT]
 
     print(f"Machine: {machine()}\n")
-    print("| run | leads | memo hits | offline | LLM calls | cost USD | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| run | leads | memo hits | decided offline | LLM calls | fallbacks | cost USD | seconds |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with FakeOpenAI(latency_seconds=0.05) as server:
         llm = LlmResource(base_url=server.base_url, api_key="bench").client(
             config, config.agents[AGENT].model
@@ -98,6 +119,7 @@ def main() -> None:
             print(
                 f"| {label} | {len(items):,} | {report.memo_hits:,} "
                 f"| {report.decisions_by_tier['offline']:,} | {report.calls:,} "
+                f"| {sum(report.fallbacks.values()):,} "
                 f"| {report.cost_usd:.4f} | {seconds:.1f} |",
                 flush=True,
             )

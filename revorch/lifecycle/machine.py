@@ -109,32 +109,12 @@ def fold(points: pl.DataFrame, machine: StateMachine) -> FoldResult:
         entered[e[ok]] = at[rows[ok]]
 
     names = np.array(stages, dtype=object)
-    transitions = _rows(points, moved_rows, moved_from, names).sort("entity_id", "at", "step")
-    transitions = transitions.select(
-        "entity_id",
-        seq=pl.int_range(1, pl.len() + 1).over("entity_id").cast(pl.Int32),
-        from_stage="from_stage",
-        to_stage="proposed",
-        transitioned_at="at",
-        decided_by="decided_by",
-        rule="rule",
-        reason="reason",
-        event_id="event_id",
+    transitions = (
+        _rows(points, moved_rows, moved_from, names)
+        .with_columns(seq=pl.int_range(1, pl.len() + 1).over("entity_id").cast(pl.Int32))
+        .rename({"at": "transitioned_at"})
     )
-    forbidden = (
-        _rows(points, refused_rows, refused_from, names)
-        .sort("entity_id", "at", "step")
-        .select(
-            "entity_id",
-            from_stage="from_stage",
-            to_stage="proposed",
-            attempted_at="at",
-            decided_by="decided_by",
-            rule="rule",
-            reason="reason",
-            event_id="event_id",
-        )
-    )
+    forbidden = _rows(points, refused_rows, refused_from, names).rename({"at": "attempted_at"})
     latest = transitions.group_by("entity_id").agg(pl.all().sort_by("seq").last())
     current_stage = latest.select(
         "entity_id",
@@ -151,10 +131,12 @@ def fold(points: pl.DataFrame, machine: StateMachine) -> FoldResult:
 def _rows(
     points: pl.DataFrame, rows: list[np.ndarray], from_codes: list[np.ndarray], names: np.ndarray
 ) -> pl.DataFrame:
+    """The points at these rows as moves: from which stage, to which, in time order."""
     index = np.concatenate(rows) if rows else np.array([], dtype=np.int64)
     codes = np.concatenate(from_codes) if from_codes else np.array([], dtype=np.int64)
     return (
         points[index]
-        .select([*_DETAIL, "proposed", "step"])
         .with_columns(from_stage=pl.Series(names[codes].tolist(), dtype=pl.String))
+        .sort("entity_id", "at", "step")
+        .select(*_DETAIL, "from_stage", to_stage="proposed")
     )

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from revorch.agents import config as agents_config
+from revorch.lifecycle import config as lifecycle_config
+
 
 def revorch_home() -> Path:
     return Path(os.environ.get("REVORCH_HOME", ".revorch")).resolve()
@@ -34,10 +37,8 @@ def published_path() -> Path:
 
 
 def lifecycle_config_path() -> Path:
-    default = Path(__file__).resolve().parent.parent / "config" / "lifecycle.yaml"
-    return Path(os.environ.get("REVORCH_LIFECYCLE_CONFIG", default)).resolve()
+    return Path(os.environ.get("REVORCH_LIFECYCLE_CONFIG", lifecycle_config.DEFAULT_PATH)).resolve()
 
 
 def agents_config_path() -> Path:
-    default = Path(__file__).resolve().parent.parent / "config" / "agents.yaml"
-    return Path(os.environ.get("REVORCH_AGENTS_CONFIG", default)).resolve()
+    return Path(os.environ.get("REVORCH_AGENTS_CONFIG", agents_config.DEFAULT_PATH)).resolve()

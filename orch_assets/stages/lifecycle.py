@@ -9,6 +9,7 @@ never depends on how changes were batched: a full rebuild gives the same rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -196,6 +197,4 @@ def _watermark(conn: duckdb.DuckDBPyConnection, name: str):
 
 
 def _just_after(moment):
-    from datetime import timedelta
-
     return None if moment is None else moment + timedelta(microseconds=1)

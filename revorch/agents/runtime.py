@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import duckdb
 import numpy as np
+import polars as pl
 from pydantic import BaseModel
 
 from revorch.agents import prompts
@@ -218,8 +219,6 @@ def _row(spec, settings, item, digest, decision, result: LlmResult | None, reaso
 def _record(conn, spec, settings, rows, report: RunReport, run_id) -> None:
     if not rows:
         return
-    import polars as pl
-
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.register("new_decisions", pl.DataFrame(rows, infer_schema_length=None))

@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from resources.agents import AgentsConfigResource, LlmResource
+from resources.governance import DispatcherResource, GovernanceResource
 from resources.landing_zone import LandingZoneResource
 from resources.lifecycle_config import LifecycleConfigResource
 from resources.state_store import StateStore
@@ -26,11 +27,28 @@ def default_resources() -> dict[str, object]:
             base_url=os.environ.get("REVORCH_LLM_BASE_URL") or None,
             api_key=dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else None,
         ),
+        "governance": GovernanceResource(
+            policy_path=str(settings.policy_path()),
+            audit_anchor_path=str(settings.audit_anchor_path()),
+        ),
+        # No webhook URL: actions go to the outbox file.
+        "dispatcher": DispatcherResource(
+            outbox_path=str(settings.outbox_path()),
+            webhook_url=_from_env("REVORCH_WEBHOOK_URL"),
+            webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
+        ),
     }
+
+
+def _from_env(name: str) -> dg.EnvVar | None:
+    """A secret or endpoint read from the environment when the run starts, if it is set."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
 __all__ = [
     "AgentsConfigResource",
+    "DispatcherResource",
+    "GovernanceResource",
     "LandingZoneResource",
     "LifecycleConfigResource",
     "LlmResource",

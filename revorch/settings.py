@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from revorch.agents import config as agents_config
+from revorch.governance import policy
 from revorch.lifecycle import config as lifecycle_config
 
 
@@ -42,3 +43,21 @@ def lifecycle_config_path() -> Path:
 
 def agents_config_path() -> Path:
     return Path(os.environ.get("REVORCH_AGENTS_CONFIG", agents_config.DEFAULT_PATH)).resolve()
+
+
+def policy_path() -> Path:
+    return Path(os.environ.get("REVORCH_POLICY", policy.DEFAULT_PATH)).resolve()
+
+
+def audit_anchor_path() -> Path:
+    """Where the audit trail's head is appended after every commit, outside the database."""
+    return Path(
+        os.environ.get("REVORCH_AUDIT_ANCHOR", revorch_home() / "audit" / "anchors.jsonl")
+    ).resolve()
+
+
+def outbox_path() -> Path:
+    """The dispatcher's default target: one JSON line per action sent."""
+    return Path(
+        os.environ.get("REVORCH_OUTBOX", revorch_home() / "outbox" / "actions.jsonl")
+    ).resolve()

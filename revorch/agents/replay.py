@@ -17,7 +17,7 @@ import duckdb
 
 from revorch.agents import prompts
 from revorch.agents.llm import LlmClient, LlmRequest
-from revorch.agents.redact import redact
+from revorch.agents.redact import known_names, redact
 from revorch.agents.runtime import MAX_COMPLETION_TOKENS, AgentSpec
 
 
@@ -103,8 +103,10 @@ def what_if(
     rows = recorded(conn, run_id)
     summary = summary or _summary
     requests, answers = [], {}
-    for index, row in enumerate(rows):
-        spec, record = specs[row["agent"]], json.loads(row["input"])
+    records = [json.loads(row["input"]) for row in rows]
+    names = known_names(conn, records) if llm is not None else []
+    for index, (row, record) in enumerate(zip(rows, records, strict=True)):
+        spec = specs[row["agent"]]
         if llm is None:
             answers[index] = spec.offline(record).model_dump()
         else:
@@ -112,7 +114,7 @@ def what_if(
             requests.append(
                 LlmRequest(
                     key=str(index),
-                    messages=prompts.messages(row["agent"], version, redact(record)),
+                    messages=prompts.messages(row["agent"], version, redact(record, names[index])),
                     output_model=spec.output_model,
                     schema_name=row["agent"],
                     max_tokens=MAX_COMPLETION_TOKENS,

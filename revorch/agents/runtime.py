@@ -28,7 +28,7 @@ from revorch.agents import prompts
 from revorch.agents.config import AgentsConfig, AgentSettings
 from revorch.agents.llm import LlmClient, LlmRequest, LlmResult
 from revorch.agents.memo import canonical_json, decision_id, input_hash
-from revorch.agents.redact import redact
+from revorch.agents.redact import known_names, redact
 
 MAX_COMPLETION_TOKENS = 400
 
@@ -108,10 +108,12 @@ def run_agent(
     asked = wanted[:affordable]
     fallback = {i: "budget_exhausted" for i in wanted[affordable:]}
 
+    names = known_names(conn, [todo[i][0] for i in asked]) if asked else []
+    redacted = {i: redact(todo[i][0], known) for i, known in zip(asked, names, strict=True)}
     requests = [
         LlmRequest(
             key=str(i),
-            messages=prompts.messages(spec.name, settings.prompt_version, redact(todo[i][0])),
+            messages=prompts.messages(spec.name, settings.prompt_version, redacted[i]),
             output_model=spec.output_model,
             schema_name=spec.name,
             max_tokens=MAX_COMPLETION_TOKENS,
@@ -139,7 +141,20 @@ def run_agent(
             report.fallbacks[reason] += 1
         tier = "llm" if result is not None and result.output is not None else "offline"
         report.decisions_by_tier[tier] += 1
-        rows.append(_row(spec, settings, item, digest, decision, result, reason, price, run_id))
+        rows.append(
+            _row(
+                spec,
+                settings,
+                item,
+                digest,
+                decision,
+                result,
+                reason,
+                price,
+                run_id,
+                redacted.get(i),
+            )
+        )
     _record(conn, spec, settings, rows, report, run_id)
     return report
 
@@ -182,7 +197,18 @@ def _within_budget(conn, spec, settings, config, items: list[dict]) -> int:
     return count
 
 
-def _row(spec, settings, item, digest, decision, result: LlmResult | None, reason, price, run_id):
+def _row(
+    spec,
+    settings,
+    item,
+    digest,
+    decision,
+    result: LlmResult | None,
+    reason,
+    price,
+    run_id,
+    sent: dict | None,
+):
     answered = result is not None and result.output is not None
     output = result.output if answered else decision
     model = settings.model if answered else spec.offline_version
@@ -201,7 +227,7 @@ def _row(spec, settings, item, digest, decision, result: LlmResult | None, reaso
         "tier": "llm" if answered else "offline",
         "fallback_reason": reason,
         "input": canonical_json(item),
-        "prompt": json.dumps(prompts.messages(spec.name, settings.prompt_version, redact(item)))
+        "prompt": json.dumps(prompts.messages(spec.name, settings.prompt_version, sent))
         if result is not None
         else None,
         "output": output.model_dump_json(),

@@ -1,0 +1,73 @@
+-- What the agents recommend and the handoffs call for, as candidate actions, one row each.
+-- `dedup_key` names the proposal within its source and entity: an agent's recommendation
+-- for an entity, a handoff's occurrence. The same candidate seen again is the same action.
+WITH agent_candidates AS (
+    SELECT d.agent AS source, m.action_type, m.entity_type, d.entity_id,
+           d.output->>'next_action' AS dedup_key, d.decision_id,
+           d.input->>'company_id' AS company_id, d.tier,
+           TRY_CAST(d.output->>'confidence' AS DOUBLE) AS confidence,
+           TRY_CAST(coalesce(d.input->>'amount', d.input->>'arr', d.input->>'deal_amount',
+                             d.input->>'active_arr') AS DOUBLE) AS amount,
+           TRY_CAST(d.output->>'risk_score' AS DOUBLE) AS risk_score,
+           CAST(d.output AS VARCHAR) AS details,
+           coalesce(d.input->>'owner_id', contact.owner_id) AS owner_id
+    FROM agents.latest_decisions AS d
+    JOIN action_map AS m ON m.source = d.agent AND m.recommendation = (d.output->>'next_action')
+    LEFT JOIN contacts AS contact ON d.agent = 'lead_qualification' AND contact.id = d.entity_id
+),
+handoff_candidates AS (
+    SELECT 'handoff/follow_up_cadence' AS source, 'send_follow_up' AS action_type,
+           'contact' AS entity_type, f.contact_id AS entity_id,
+           CAST(f.signal_at AS VARCHAR) AS dedup_key, c.company_id, f.reason,
+           json_object('cadence', f.cadence, 'signal', f.signal,
+                       'next_touch_due_at', f.next_touch_due_at) AS details,
+           f.owner_id
+    FROM handoffs.follow_up_cadence AS f JOIN contacts AS c ON c.id = f.contact_id
+    UNION ALL
+    SELECT 'handoff/sla_escalations', 'notify_manager', 'contact', s.contact_id,
+           s.stage || ' ' || CAST(s.entered_at AS VARCHAR), c.company_id,
+           'first touch of ' || upper(s.stage) || ' missed its SLA (due '
+               || strftime(s.due_at, '%Y-%m-%d %H:%M') || ')',
+           json_object('stage', s.stage, 'due_at', s.due_at, 'owner_id', s.owner_id),
+           s.escalate_to
+    FROM handoffs.sla_escalations AS s JOIN contacts AS c ON c.id = s.contact_id
+    WHERE s.status = 'breached'
+    UNION ALL
+    SELECT 'handoff/renewal_risk', 'escalate_renewal_risk', 'subscription', r.subscription_id,
+           CAST(r.end_date AS VARCHAR), r.company_id, array_to_string(r.reasons, '; '),
+           json_object('end_date', r.end_date, 'days_to_renewal', r.days_to_renewal,
+                       'health_score', r.health_score, 'arr', r.arr),
+           r.owner_id
+    FROM handoffs.renewal_risk AS r
+    UNION ALL
+    SELECT 'handoff/onboarding', 'create_onboarding_tasks', 'onboarding', o.onboarding_id,
+           o.onboarding_id, o.company_id, 'won deal ' || o.deal_id || ' starts onboarding',
+           json_object('tasks', o.tasks, 'due_at', o.due_at), o.owner_id
+    FROM stages.onboarding AS o
+),
+candidates AS (
+    SELECT source, action_type, entity_type, entity_id, dedup_key, decision_id, company_id,
+           tier, confidence, amount, risk_score, NULL AS reason, details, owner_id
+    FROM agent_candidates
+    UNION ALL
+    SELECT source, action_type, entity_type, entity_id, dedup_key, NULL, company_id,
+           'rule', NULL, NULL, NULL, reason, CAST(details AS VARCHAR), owner_id
+    FROM handoff_candidates
+),
+customer_since AS (
+    SELECT company_id, min(start_date) AS since FROM subscriptions
+    WHERE NOT _deleted GROUP BY company_id
+)
+SELECT substr(sha256(concat_ws('|', c.source, c.entity_type, c.entity_id, c.dedup_key)), 1, 24)
+           AS action_id,
+       c.* REPLACE (coalesce(c.owner_id, co.owner_id) AS owner_id), co.tier AS account_tier,
+       date_diff('day', cs.since, CAST(data_clock() AS DATE)) AS customer_age_days
+FROM candidates AS c
+LEFT JOIN companies AS co ON co.id = c.company_id
+LEFT JOIN customer_since AS cs USING (company_id)
+WHERE NOT EXISTS (
+    SELECT 1 FROM governance.actions AS a
+    WHERE a.action_id = substr(sha256(concat_ws('|', c.source, c.entity_type, c.entity_id,
+                                                 c.dedup_key)), 1, 24)
+)
+ORDER BY action_id

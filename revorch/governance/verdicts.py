@@ -1,0 +1,101 @@
+"""The policy's verdict on every proposed action, recorded with the policy version.
+
+``allow`` makes an action ready to dispatch, ``approve`` puts it in the approval queue with
+a due time, ``forbid`` closes it: a forbidden action is never dispatched. The dispatcher
+judges every action again just before it sends it (``dispatch.py``), so a policy that
+changed since is the one that counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from revorch.governance.audit import AuditEvent, audited
+from revorch.governance.policy import Judgement, Policy
+from revorch.governance.status import update_actions
+
+STATUS_FOR = {"allow": "ready", "approve": "pending_approval", "forbid": "forbidden"}
+
+
+def record_policy_version(conn: duckdb.DuckDBPyConnection, policy: Policy) -> None:
+    """Keep the policy text behind a version the first time a verdict names it."""
+    conn.execute(
+        """
+        INSERT INTO governance.policy_versions
+        SELECT ?, ?, now(), ?
+        WHERE NOT EXISTS (SELECT 1 FROM governance.policy_versions WHERE policy_version = ?)
+        """,
+        [
+            policy.digest,
+            policy.version,
+            json.dumps(policy.model_dump(mode="json", by_alias=True)),
+            policy.digest,
+        ],
+    )
+
+
+def verdict_event(action: dict, judgement: Judgement, stage: str) -> AuditEvent:
+    return AuditEvent(
+        "verdict",
+        f"policy:{judgement.policy_version}",
+        {
+            "verdict": judgement.verdict,
+            "rules": list(judgement.rules),
+            "stage": stage,
+            "action_type": action["action_type"],
+        },
+        action_id=action["action_id"],
+        entity_type=action["entity_type"],
+        entity_id=action["entity_id"],
+        company_id=action["company_id"],
+    )
+
+
+def judge_proposed(
+    conn: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    *,
+    run_id: str | None,
+    anchor_path: Path | None,
+    now: datetime | None = None,
+) -> Counter:
+    """Judge every action still ``proposed``; return the count of each verdict."""
+    now = now or datetime.now(UTC)
+    due = now + timedelta(hours=policy.approvals.sla_hours)
+    verdicts: Counter = Counter()
+    with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+        record_policy_version(conn, policy)
+        cursor = conn.execute(
+            "SELECT action_id, action_type, source, entity_type, entity_id, company_id, "
+            "CAST(facts AS VARCHAR) AS facts FROM governance.actions "
+            "WHERE status = 'proposed' ORDER BY action_id"
+        )
+        names = [column[0] for column in cursor.description]
+        judged = []
+        for values in cursor.fetchall():
+            action = dict(zip(names, values, strict=True))
+            judgement = policy.judge(
+                action["action_type"], action["source"], json.loads(action["facts"])
+            )
+            verdicts[judgement.verdict] += 1
+            trail.append(verdict_event(action, judgement, "proposal"))
+            judged.append(
+                {
+                    "action_id": action["action_id"],
+                    "status": STATUS_FOR[judgement.verdict],
+                    "verdict": judgement.verdict,
+                    "policy_version": judgement.policy_version,
+                    "verdict_rules": list(judgement.rules),
+                    "approval_due_at": due if judgement.verdict == "approve" else None,
+                    "resolution": f"forbidden by {', '.join(judgement.rules)}"
+                    if judgement.verdict == "forbid"
+                    else None,
+                }
+            )
+        update_actions(conn, judged)
+    return verdicts

@@ -1,4 +1,5 @@
-"""Scheduled scans: what must be re-checked as time passes, even when nothing changes."""
+"""Jobs beside revorch_main: scheduled scans (what must be re-checked as time passes, even
+when nothing changes) and the approval workflow's jobs."""
 
 import dagster as dg
 
@@ -41,6 +42,27 @@ retrain_offline_models = _job(
     dg.AssetSelection.assets(["agents", "offline_models"]),
 )
 
+# The approval workflow. review_actions takes a person's verdict from the launchpad (config of
+# governance/approval_queue); dispatch_actions sends what is approved (the approvals sensor
+# starts it); the hourly check escalates approvals past their SLA.
+DISPATCH_STEPS = [["governance", "dispatched_actions"], ["governance", "audit_trail"]]
+review_actions = _job(
+    "review_actions",
+    "Approve or reject waiting actions: in the launchpad, set ops.governance__approval_queue."
+    "config (action_ids, decision approve|reject, reviewer, comment).",
+    dg.AssetSelection.assets(["governance", "approval_queue"]),
+)
+dispatch_actions = _job(
+    "dispatch_actions",
+    "Send every approved or allowed action that waits, after judging it again.",
+    dg.AssetSelection.assets(*DISPATCH_STEPS),
+)
+approval_sla_check = _job(
+    "approval_sla_check",
+    "Escalate approvals past their SLA, close expired ones, send the escalations.",
+    dg.AssetSelection.assets(["governance", "approval_queue"], *DISPATCH_STEPS),
+)
+
 schedules = [
     dg.ScheduleDefinition(
         job=job,
@@ -53,6 +75,15 @@ schedules = [
         (sla_check, "0 * * * *", "Hourly SLA check."),
         (funnel_report_job, "0 7 * * 1", "Weekly funnel report, Mondays at 07:00 UTC."),
         (retrain_offline_models, "0 5 * * *", "Daily retraining of the offline models, 05:00 UTC."),
+        (approval_sla_check, "30 * * * *", "Hourly approval SLA check."),
     )
 ]
-jobs = [renewal_risk_scan, sla_check, funnel_report_job, retrain_offline_models]
+jobs = [
+    renewal_risk_scan,
+    sla_check,
+    funnel_report_job,
+    retrain_offline_models,
+    review_actions,
+    dispatch_actions,
+    approval_sla_check,
+]

@@ -5,6 +5,11 @@ revorch simulate [--live]     write simulated CRM changes into the landing zone
 revorch import FILE           put a file of change events into the landing zone
 revorch ingest                run the main job (ingest waiting batches, refresh assets)
 revorch report funnel         print the funnel summary
+revorch approvals [list]      actions waiting for a person
+revorch approvals approve|reject ID... --by NAME [--comment TEXT]
+revorch dispatch              send approved and allowed actions now
+revorch audit verify          recompute the audit trail's hash chain against its anchors
+revorch history COMPANY_ID    every decision and action about one company, in order
 revorch ui                    start the Dagster UI (dagster dev) on this project
 """
 
@@ -86,6 +91,24 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("name", choices=["funnel"])
     report.set_defaults(handler=_report)
 
+    approvals = commands.add_parser("approvals", help="list, approve or reject waiting actions")
+    approvals.add_argument("verb", nargs="?", default="list", choices=["list", "approve", "reject"])
+    approvals.add_argument("action_ids", nargs="*", metavar="ACTION_ID")
+    approvals.add_argument("--by", default=os.environ.get("USER", ""), help="who decides")
+    approvals.add_argument("--comment", default="", help="why (required to reject)")
+    approvals.set_defaults(handler=_approvals)
+
+    dispatch = commands.add_parser("dispatch", help="send approved and allowed actions now")
+    dispatch.set_defaults(handler=_dispatch)
+
+    audit = commands.add_parser("audit", help="check the audit trail")
+    audit.add_argument("verb", choices=["verify"])
+    audit.set_defaults(handler=_audit)
+
+    history = commands.add_parser("history", help="every decision and action about a company")
+    history.add_argument("company_id")
+    history.set_defaults(handler=_history)
+
     ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev)")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=_ui)
@@ -144,22 +167,25 @@ FULL_REBUILD_STEPS = ("crm_current_state", "stages__contact_lifecycle", "stages_
 
 
 def _run_main_job(*, full_rebuild: bool = False) -> bool:
+    ops = {step: {"config": {"full_rebuild": True}} for step in FULL_REBUILD_STEPS}
+    return _run_job("revorch_main", ops if full_rebuild else {}).success
+
+
+def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
+    """Run one of Revorch's jobs in this process, recorded in the project's instance."""
     import dagster as dg
 
     ensure_dagster_home()
     from revorch.definitions import defs
 
     # The terminal gets warnings only; every event is still in the run's log in the UI.
-    run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    if full_rebuild:
-        run_config["ops"] = {
-            step: {"config": {"full_rebuild": True}} for step in FULL_REBUILD_STEPS
-        }
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if ops:
+        run_config["ops"] = ops
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("revorch_main").execute_in_process(
-            instance=instance, run_config=run_config
+        return defs.resolve_job_def(name).execute_in_process(
+            instance=instance, run_config=run_config, raise_on_error=False
         )
-    return result.success
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -191,7 +217,15 @@ def _quickstart(args: argparse.Namespace) -> int:
             "SELECT agent, tier, count(*), sum(cost_usd) FROM agents.decisions "
             "GROUP BY ALL ORDER BY ALL"
         ).fetchall()
+        actions = dict(
+            conn.execute("SELECT status, count(*) FROM governance.actions GROUP BY ALL").fetchall()
+        )
     print("Agent decisions:   " + ", ".join(f"{a} {n:,} {t}" for a, t, n, _ in decided))
+    print(
+        f"Actions:           {actions.get('sent', 0):,} sent to {settings.outbox_path()}, "
+        f"{actions.get('pending_approval', 0):,} wait for approval (revorch approvals), "
+        f"{actions.get('forbidden', 0):,} forbidden by the policy"
+    )
     print()
     print(f"DuckDB state store: {settings.database_path()}")
     print(f"  analysts' copy:    {settings.published_path()} (refreshed after every run)")
@@ -254,6 +288,111 @@ def _replay(args: argparse.Namespace) -> int:
         print(
             what_if(conn, args.run_id, specs, prompt_version=args.prompt_version, llm=llm).to_text()
         )
+    return 0
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    from revorch.governance.approvals import Review, ReviewError
+
+    if args.verb == "list":
+        with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+            waiting = conn.execute(
+                "SELECT action_id, action_type, entity_id, verdict_rules[-1], approval_due_at, "
+                "escalated_at IS NOT NULL FROM governance.approval_queue"
+            ).fetchall()
+        print(f"{len(waiting)} actions wait for approval.")
+        for action_id, action_type, entity_id, rule, due, escalated in waiting:
+            late = "  ESCALATED" if escalated else ""
+            print(
+                f"{action_id}  {action_type:<22} {entity_id:<12} due {due:%Y-%m-%d %H:%M}  "
+                f"{rule}{late}"
+            )
+        return 0
+    review = {
+        "action_ids": args.action_ids,
+        "decision": args.verb,
+        "reviewer": args.by,
+        "comment": args.comment,
+    }
+    try:
+        Review(**review).validate()
+    except ReviewError as error:
+        print(f"revorch approvals: {error}", file=sys.stderr)
+        return 2
+    # A review the state store refuses fails the run; its reason is printed below.
+    ops = {"governance__approval_queue": {"config": review}}
+    result = _run_job("review_actions", ops, log_level="CRITICAL")
+    if not result.success:
+        print(f"revorch approvals: {_failure(result)}", file=sys.stderr)
+        return 1
+    done = (
+        "approved; `revorch dispatch` (or the approvals sensor) sends them"
+        if (args.verb == "approve")
+        else "rejected; they will never be sent"
+    )
+    print(f"{len(set(args.action_ids))} actions {done}.")
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    result = _run_job("dispatch_actions", {})
+    if not result.success:
+        print(f"revorch dispatch: {_failure(result)}", file=sys.stderr)
+        return 1
+    [materialization] = [
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path == ["governance", "dispatched_actions"]
+    ]
+    outcomes = {
+        k: v.value for k, v in materialization.metadata.items() if k.startswith("dispatch/")
+    }
+    print(
+        ", ".join(f"{k.removeprefix('dispatch/')} {v}" for k, v in outcomes.items())
+        or "nothing due"
+    )
+    return 0
+
+
+def _failure(result) -> str:
+    """What made a run fail, in the words of the step that failed."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.user_failure_data:
+            return event.step_failure_data.user_failure_data.description
+        if event.is_step_failure:
+            return event.step_failure_data.error.message.strip()
+    return "the run failed; see it in the Dagster UI"
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from revorch.governance.audit import verify
+
+    # The working file, not the published copy: the anchors may be newer than the copy.
+    try:
+        conn = duckdb.connect(str(settings.database_path()), read_only=True)
+    except duckdb.IOException:
+        print("revorch audit: a run is writing the state store; try again", file=sys.stderr)
+        return 1
+    with conn:
+        report = verify(conn, settings.audit_anchor_path())
+    print(
+        f"{report.rows:,} audit rows, head {report.head_seq} {report.head_hash[:16]}..., "
+        f"{report.anchors_checked} anchors checked"
+    )
+    if report.intact:
+        print("The audit trail is intact.")
+        return 0
+    print("The audit trail has been tampered with:", *report.problems, sep="\n  ")
+    return 2
+
+
+def _history(args: argparse.Namespace) -> int:
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        conn.sql(
+            "SELECT happened_at, kind, actor, entity_id, what, action_id "
+            "FROM governance.company_history(?)",
+            params=[args.company_id],
+        ).show(max_rows=200, max_width=200)
     return 0
 
 

@@ -110,3 +110,41 @@ def test_setting_an_llm_url_switches_the_agents_to_the_llm_tier(tmp_path):
         ).fetchone()[0]
         ledger_calls = conn.execute("SELECT sum(calls) FROM agents.cost_ledger").fetchone()[0]
     assert llm_decisions > 0 and ledger_calls == calls
+
+
+def test_a_person_approves_and_rejects_from_the_command_line_and_dispatch_sends_once(tmp_path):
+    assert _revorch("quickstart", "--contacts", "1000", cwd=tmp_path).returncode == 0
+    listed = _revorch("approvals", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    waiting = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+    assert len(waiting) >= 2, listed.stdout
+    chosen, refused = waiting[0], waiting[1]
+
+    approved = _revorch("approvals", "approve", chosen, "--by", "alice", cwd=tmp_path)
+    assert approved.returncode == 0, approved.stderr
+    no_reason = _revorch("approvals", "reject", refused, "--by", "bob", cwd=tmp_path)
+    assert no_reason.returncode == 2 and "needs a comment" in no_reason.stderr
+    rejected = _revorch(
+        "approvals", "reject", refused, "--by", "bob", "--comment", "not now", cwd=tmp_path
+    )
+    assert rejected.returncode == 0, rejected.stderr
+    twice = _revorch("approvals", "approve", refused, "--by", "alice", cwd=tmp_path)
+    assert twice.returncode == 1 and "is rejected" in twice.stderr
+
+    for _ in range(2):
+        sent = _revorch("dispatch", cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+    outbox = (tmp_path / ".revorch" / "outbox" / "actions.jsonl").read_text()
+    assert outbox.count(chosen) == 1 and refused not in outbox
+
+    verified = _revorch("audit", "verify", cwd=tmp_path)
+    assert verified.returncode == 0 and "intact" in verified.stdout
+    with duckdb.connect(str(tmp_path / ".revorch" / "revorch.duckdb")) as conn:
+        company = conn.execute(
+            "SELECT company_id FROM governance.actions WHERE action_id = ?", [chosen]
+        ).fetchone()[0]
+        conn.execute("UPDATE governance.audit_log SET actor = 'human:mallory' WHERE seq = 3")
+    tampered = _revorch("audit", "verify", cwd=tmp_path)
+    assert tampered.returncode == 2 and "tampered" in tampered.stdout
+    history = _revorch("history", company, cwd=tmp_path)
+    assert history.returncode == 0 and "human:alice" in history.stdout

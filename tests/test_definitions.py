@@ -42,6 +42,12 @@ EXPECTED_ASSETS = {
     "agents/ticket_triage",
     "agents/renewal_risk",
     "agents/onboarding_plan",
+    "governance/proposed_actions",
+    "governance/policy_verdicts",
+    "governance/approval_queue",
+    "governance/dispatched_actions",
+    "governance/audit_trail",
+    "governance/run_summary",
     "analytics/published_state",
 }
 SCHEDULES = {
@@ -49,6 +55,7 @@ SCHEDULES = {
     "sla_check_schedule",
     "weekly_funnel_report_schedule",
     "retrain_offline_models_schedule",
+    "approval_sla_check_schedule",
 }
 
 

@@ -15,7 +15,8 @@ import duckdb
 NAME_FIELDS = ("first_name", "last_name", "name", "contact_name", "owner_name")
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 PLACEHOLDER = re.compile(r"<(?:PERSON|EMAIL|PHONE)_\d+>")
-PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{7,}\d(?![\w-])")
+# A phone number: 9 or more digits with separators; an ISO date (2026-11-03) is not one.
+PHONE = re.compile(r"(?<![\w-])(?!\d{4}-\d{2}-\d{2})\+?\d[\d ().-]{7,}\d(?![\w-])")
 
 
 MIN_NAME_LENGTH = 3  # shorter known names would blank out ordinary words

@@ -19,6 +19,8 @@ def system_prompt(agent: str, version: str) -> str:
 def messages(agent: str, version: str, record: dict) -> list[dict]:
     """The chat messages for one record: instructions, then the record as delimited data."""
     data = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+    # Record text cannot close the delimiter: < and > stay escaped (still the same JSON).
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e")
     return [
         {"role": "system", "content": system_prompt(agent, version)},
         {"role": "user", "content": f"<record>\n{data}\n</record>"},

@@ -1,0 +1,125 @@
+"""Governance checks: the trail is intact, nothing left without a verdict that allowed it,
+and no prompt that left the process carried personal data."""
+
+import json
+
+import dagster as dg
+
+from orch_assets.agents.assets import agent_assets
+from orch_assets.governance.assets import AUDIT_TRAIL, DISPATCHED_ACTIONS
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
+from resources import GovernanceResource, StateStore
+from revorch.agents.redact import personal_data_in
+from revorch.governance.audit import verify
+
+SAMPLE = 10
+
+
+def _sample_table(rows: list[dict]) -> dg.MetadataValue:
+    return dg.MetadataValue.json(rows[:SAMPLE])
+
+
+@dg.asset_check(
+    asset=AUDIT_TRAIL,
+    description="Recompute the hash chain and match the anchors.",
+    pool=DUCKDB_WRITER_POOL,
+)
+def audit_chain_intact(state_store: StateStore, governance: GovernanceResource):
+    with state_store.get_connection() as conn:
+        report = verify(conn, governance.anchor)
+    return dg.AssetCheckResult(
+        passed=report.intact,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**report.as_metadata(), "problems": dg.MetadataValue.json(report.problems)},
+    )
+
+
+# A sent action must have a verdict recorded at dispatch that let it go: allow, or approve
+# with a person's approval.
+SENT_WITHOUT_VERDICT_SQL = """
+SELECT a.action_id, a.action_type, a.source, a.entity_id, a.verdict, a.sent_at
+FROM governance.actions AS a
+WHERE a.status = 'sent' AND NOT EXISTS (
+    SELECT 1 FROM governance.audit_log AS v
+    WHERE v.action_id = a.action_id AND v.event = 'verdict' AND (v.detail->>'stage') = 'dispatch'
+      AND ((v.detail->>'verdict') = 'allow'
+           OR ((v.detail->>'verdict') = 'approve' AND EXISTS (
+                   SELECT 1 FROM governance.audit_log AS p
+                   WHERE p.action_id = a.action_id AND p.event = 'approved'))))
+ORDER BY a.sent_at DESC
+"""
+
+
+@dg.asset_check(
+    asset=DISPATCHED_ACTIONS,
+    description="Every sent action has a recorded dispatch verdict that allowed it.",
+    pool=DUCKDB_WRITER_POOL,
+)
+def nothing_sent_without_a_verdict(state_store: StateStore):
+    with state_store.get_connection() as conn:
+        cursor = conn.execute(SENT_WITHOUT_VERDICT_SQL)
+        names = [column[0] for column in cursor.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+        sent = conn.execute(
+            "SELECT count(*) FROM governance.actions WHERE status = 'sent'"
+        ).fetchone()[0]
+    return dg.AssetCheckResult(
+        passed=not rows,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "sent": sent,
+            "sent_without_verdict": len(rows),
+            "sample": dg.MetadataValue.json(json.loads(json.dumps(rows[:SAMPLE], default=str))),
+        },
+    )
+
+
+# Every prompt as stored, with the personal data the state store knows for its record's
+# company and contact: none of it may appear in the prompt.
+PROMPTS_SQL = """
+SELECT d.decision_id, d.entity_id, CAST(d.prompt AS VARCHAR) AS prompt,
+       list_distinct(flatten(list([c.first_name, c.last_name, c.email, c.phone]))) AS known
+FROM agents.decisions AS d
+LEFT JOIN contacts AS c
+  ON c.company_id = (d.input->>'company_id') OR c.id = (d.input->>'contact_id')
+WHERE d.agent = ? AND d.prompt IS NOT NULL
+GROUP BY ALL
+"""
+
+
+def prompts_check(agent_key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    agent = agent_key.path[-1]
+
+    @dg.asset_check(
+        asset=agent_key,
+        name="prompts_hold_no_personal_data",
+        description="No stored prompt holds an email, a phone number, or a name, email or "
+        "phone of the record's contacts.",
+        pool=DUCKDB_WRITER_POOL,
+    )
+    def _check(state_store: StateStore):
+        with state_store.get_connection() as conn:
+            rows = conn.execute(PROMPTS_SQL, [agent]).fetchall()
+        leaks = [
+            {"decision_id": decision_id, "entity_id": entity_id, "found": found}
+            for decision_id, entity_id, prompt, known in rows
+            if (found := personal_data_in(prompt, [k for k in known or [] if k]))
+        ]
+        return dg.AssetCheckResult(
+            passed=not leaks,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "prompts_checked": len(rows),
+                "prompts_with_personal_data": len(leaks),
+                "sample": _sample_table(leaks),
+            },
+        )
+
+    return _check
+
+
+governance_checks = [
+    audit_chain_intact,
+    nothing_sent_without_a_verdict,
+    *(prompts_check(key) for assets_def in agent_assets for key in assets_def.keys),
+]

@@ -1,0 +1,37 @@
+"""Dispatch approved actions soon after a person approves them."""
+
+import hashlib
+
+import dagster as dg
+import duckdb
+
+from revorch import settings
+
+WAITING_SQL = """
+SELECT action_id, status, attempts FROM governance.actions
+WHERE status = 'approved' OR (status = 'retry' AND next_attempt_at <= now())
+ORDER BY action_id
+"""
+
+
+@dg.sensor(
+    job_name="dispatch_actions",
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests a dispatch_actions run when approved actions (or retries that are "
+    "due) wait. Reads the analysts' published copy, so it never blocks the writer.",
+)
+def approved_actions_sensor(context: dg.SensorEvaluationContext):
+    published = settings.published_path()
+    if not published.exists():
+        return dg.SkipReason(f"no published state store yet at {published}")
+    try:
+        with duckdb.connect(str(published), read_only=True) as conn:
+            waiting = conn.execute(WAITING_SQL).fetchall()
+    except duckdb.CatalogException:
+        return dg.SkipReason("the published state store has no governance tables yet")
+    if not waiting:
+        return dg.SkipReason("nothing approved waits")
+    # One run per set of waiting actions and attempts: the same set asks for nothing new.
+    key = hashlib.sha256(repr(waiting).encode()).hexdigest()[:16]
+    return dg.RunRequest(run_key=key, tags={"revorch/approved": str(len(waiting))})

@@ -1,0 +1,609 @@
+"""Governance on a simulated CRM: actions are proposed once, judged by the policy when proposed
+and again at dispatch, wait for people when they must, leave exactly once through the
+dispatcher, and every step lands in a hash-chained audit trail that detects tampering."""
+
+import hashlib
+import hmac
+import json
+import shutil
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import dagster as dg
+import duckdb
+import pytest
+import yaml
+
+from orch_assets.governance.assets import approval_queue, governance_assets
+from orch_assets.governance.checks import audit_chain_intact, nothing_sent_without_a_verdict
+from orch_assets.ingestion.change_log import ingest_pending
+from orch_assets.ingestion.current_state import refresh_current_state
+from orch_assets.stages.refresh import refresh_all_stages
+from resources import DispatcherResource, GovernanceResource, StateStore
+from revorch.agents.config import load_agents_config
+from revorch.agents.models import offline_tier, train_and_store
+from revorch.agents.registry import INPUTS, agent_specs
+from revorch.agents.runtime import run_agent
+from revorch.governance.actions import propose
+from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
+from revorch.governance.audit import GENESIS, row_hash, verify
+from revorch.governance.dispatch import dispatch
+from revorch.governance.policy import DEFAULT_PATH, Policy, PolicyError, load_policy
+from revorch.governance.targets import OutboxFile, Webhook
+from revorch.governance.verdicts import judge_proposed
+from revorch.landing import LandingZone
+from revorch.lifecycle.config import load_lifecycle_config
+from revorch.simulator import SimulationConfig, simulate_history
+from revorch.state.migrate import migrate
+from sensors.approvals import approved_actions_sensor
+
+POLICY = load_policy()
+
+
+def policy_with(**changes) -> Policy:
+    """The shipped policy with some top-level keys replaced."""
+    document = yaml.safe_load(DEFAULT_PATH.read_text())
+    document.update(changes)
+    return Policy.model_validate(document)
+
+
+@pytest.fixture(scope="module")
+def decided_crm(tmp_path_factory) -> Path:
+    """A state store with a simulated CRM, its stages and every agent's offline decisions."""
+    folder = tmp_path_factory.mktemp("governed")
+    zone = LandingZone(folder / "landing").ensure()
+    path = folder / "revorch.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        migrate(conn)
+        simulate_history(zone, SimulationConfig(contacts=1_500, seed=11))
+        ingest_pending(conn, zone)
+        refresh_current_state(conn)
+        refresh_all_stages(conn, load_lifecycle_config())
+        train_and_store(conn)
+        config = load_agents_config()
+        for name, spec in agent_specs(offline_tier(conn)).items():
+            run_agent(conn, spec, config, INPUTS[name](conn), llm=None, run_id="agents-run")
+    return path
+
+
+class Governed:
+    """One test's copy of the decided CRM, with its anchor and outbox files."""
+
+    def __init__(self, source: Path, folder: Path) -> None:
+        shutil.copyfile(source, folder / "revorch.duckdb")
+        self.conn = duckdb.connect(str(folder / "revorch.duckdb"))
+        self.conn.execute("SET TimeZone = 'UTC'")
+        self.anchor = folder / "anchors.jsonl"
+        self.outbox = OutboxFile(folder / "outbox.jsonl")
+
+    def propose_and_judge(self, policy: Policy = POLICY, run_id: str = "run-1") -> None:
+        propose(self.conn, run_id=run_id, anchor_path=self.anchor)
+        judge_proposed(self.conn, policy, run_id=run_id, anchor_path=self.anchor)
+
+    def dispatch(self, policy: Policy = POLICY, **kwargs):
+        return dispatch(
+            self.conn, policy, self.outbox, run_id="dispatch", anchor_path=self.anchor, **kwargs
+        )
+
+    def sent_lines(self) -> list[dict]:
+        if not self.outbox.path.exists():
+            return []
+        return [json.loads(line) for line in self.outbox.path.read_text().splitlines()]
+
+    def sent_ids(self) -> list[str]:
+        return [line["action_id"] for line in self.sent_lines()]
+
+    def ids(self, where: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT action_id FROM governance.actions WHERE {where} ORDER BY action_id"
+            ).fetchall()
+        ]
+
+    def status(self, action_id: str) -> str:
+        return self.conn.execute(
+            "SELECT status FROM governance.actions WHERE action_id = ?", [action_id]
+        ).fetchone()[0]
+
+    def events(self, action_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT event FROM governance.audit_log WHERE action_id = ? ORDER BY seq",
+                [action_id],
+            ).fetchall()
+        ]
+
+
+@pytest.fixture
+def gov(decided_crm, tmp_path):
+    governed = Governed(decided_crm, tmp_path)
+    yield governed
+    governed.conn.close()
+
+
+def test_agents_and_handoffs_propose_actions_once_with_reason_and_decision(gov):
+    first = propose(gov.conn, run_id="run-1", anchor_path=gov.anchor)
+    assert first > 100
+    assert propose(gov.conn, run_id="run-2", anchor_path=gov.anchor) == 0
+    sources = dict(
+        gov.conn.execute("SELECT source, count(*) FROM governance.actions GROUP BY ALL").fetchall()
+    )
+    assert sources.get("lead_qualification", 0) > 0
+    assert any(source.startswith("handoff/") for source in sources)
+    orphans = gov.conn.execute(
+        """
+        SELECT count(*) FROM governance.actions AS a
+        WHERE a.reason = '' OR (NOT starts_with(a.source, 'handoff/') AND NOT EXISTS (
+            SELECT 1 FROM agents.decisions AS d WHERE d.decision_id = a.decision_id))
+        """
+    ).fetchone()[0]
+    assert orphans == 0
+    # Every proposal is in the trail, with the decision behind it when an agent proposed it.
+    proposed_events = gov.conn.execute(
+        "SELECT count(*) FROM governance.audit_log WHERE event = 'proposed'"
+    ).fetchone()[0]
+    assert proposed_events == first
+
+
+def test_a_forbidden_action_is_never_dispatched(gov):
+    strict = policy_with(
+        rules=[
+            {
+                "name": "no_follow_ups_today",
+                "actions": ["send_follow_up"],
+                "verdict": "forbid",
+            }
+        ]
+    )
+    gov.propose_and_judge(strict)
+    forbidden = gov.ids("action_type = 'send_follow_up'")
+    assert forbidden and all(gov.status(a) == "forbidden" for a in forbidden)
+    report = gov.dispatch(strict)
+    assert report.outcomes["sent"] > 0
+    assert not set(forbidden) & set(gov.sent_ids())
+    # Even if someone flips the status by hand, the dispatcher judges again and refuses.
+    gov.conn.execute(
+        "UPDATE governance.actions SET status = 'ready' WHERE list_contains(?, action_id)",
+        [forbidden],
+    )
+    again = gov.dispatch(strict)
+    assert again.outcomes["forbidden"] == len(forbidden)
+    assert not set(forbidden) & set(gov.sent_ids())
+    verdict = gov.conn.execute(
+        "SELECT detail->>'verdict', detail->>'stage', actor FROM governance.audit_log "
+        "WHERE event = 'verdict' AND action_id = ? ORDER BY seq DESC LIMIT 1",
+        [forbidden[0]],
+    ).fetchone()
+    assert verdict == ("forbid", "dispatch", f"policy:{strict.digest}")
+
+
+def test_the_policy_in_force_at_dispatch_is_the_one_that_counts(gov):
+    gov.propose_and_judge(POLICY)
+    ready = gov.ids("status = 'ready' AND action_type = 'assign_owner'")
+    assert ready
+    tightened = policy_with(
+        rules=[{"name": "owners_by_hand", "actions": ["assign_owner"], "verdict": "approve"}]
+    )
+    assert tightened.digest != POLICY.digest
+    report = gov.dispatch(tightened)
+    assert report.outcomes["sent_for_approval"] == len(ready)
+    assert not set(ready) & set(gov.sent_ids())
+    assert {gov.status(a) for a in ready} == {"pending_approval"}
+    versions = gov.conn.execute(
+        "SELECT list(policy_version ORDER BY policy_version) FROM governance.policy_versions"
+    ).fetchone()[0]
+    assert versions == sorted([POLICY.digest, tightened.digest])
+
+
+def test_an_action_needing_approval_is_sent_only_after_approval_and_exactly_once(gov):
+    gov.propose_and_judge()
+    pending = gov.ids("status = 'pending_approval'")
+    assert pending, "the shipped policy sends some actions for approval"
+    gov.dispatch()
+    assert not set(pending) & set(gov.sent_ids())
+
+    chosen = pending[:2]
+    review(
+        gov.conn,
+        Review(chosen, "approve", "alice", "checked the account"),
+        run_id="review-1",
+        anchor_path=gov.anchor,
+    )
+    gov.dispatch()
+    gov.dispatch()
+    sent = gov.sent_ids()
+    assert [sent.count(a) for a in chosen] == [1, 1]
+    assert not set(pending[2:]) & set(sent)
+    assert gov.events(chosen[0])[-3:] == ["approved", "verdict", "dispatched"]
+    approver = gov.conn.execute(
+        "SELECT actor FROM governance.reviews WHERE action_id = ?", [chosen[0]]
+    ).fetchone()[0]
+    assert approver == "human:alice"
+    line = next(line for line in gov.sent_lines() if line["action_id"] == chosen[0])
+    assert line["approved_by"] == "alice"
+
+
+def test_a_rejected_action_is_closed_with_its_reason_and_never_sent(gov):
+    gov.propose_and_judge()
+    target = gov.ids("status = 'pending_approval'")[0]
+    with pytest.raises(ReviewError, match="needs a comment"):
+        review(gov.conn, Review([target], "reject", "bob"), run_id="r", anchor_path=gov.anchor)
+    assert gov.status(target) == "pending_approval"
+    review(
+        gov.conn,
+        Review([target], "reject", "bob", "strategic account, we call them ourselves"),
+        run_id="r",
+        anchor_path=gov.anchor,
+    )
+    gov.dispatch()
+    assert target not in gov.sent_ids()
+    status, resolution = gov.conn.execute(
+        "SELECT status, resolution FROM governance.actions WHERE action_id = ?", [target]
+    ).fetchone()
+    assert status == "rejected" and "we call them ourselves" in resolution
+    # A closed action cannot be approved afterwards.
+    with pytest.raises(ReviewError, match="is rejected"):
+        review(gov.conn, Review([target], "approve", "eve"), run_id="r", anchor_path=gov.anchor)
+
+
+def test_a_review_naming_an_unknown_action_applies_nothing(gov):
+    gov.propose_and_judge()
+    target = gov.ids("status = 'pending_approval'")[0]
+    with pytest.raises(ReviewError, match="no such action"):
+        review(
+            gov.conn,
+            Review([target, "not-an-action"], "approve", "alice"),
+            run_id="r",
+            anchor_path=gov.anchor,
+        )
+    assert gov.status(target) == "pending_approval"
+
+
+def test_a_pending_approval_past_its_sla_escalates_and_past_expiry_closes(gov):
+    gov.propose_and_judge()
+    pending = gov.ids("status = 'pending_approval'")
+    now = datetime.now(UTC)
+    assert escalate_and_expire(gov.conn, POLICY, run_id="r", anchor_path=gov.anchor, now=now) == (
+        0,
+        0,
+    )
+    later = now + timedelta(hours=POLICY.approvals.sla_hours + 1)
+    escalated, expired = escalate_and_expire(
+        gov.conn, POLICY, run_id="r", anchor_path=gov.anchor, now=later
+    )
+    assert (escalated, expired) == (len(pending), 0)
+    assert "escalated" in gov.events(pending[0])
+    notices = gov.ids("action_type = 'notify_approver' AND status = 'ready'")
+    assert len(notices) == len(pending)
+    gov.dispatch(now=later)
+    sent = {line["action_id"]: line for line in gov.sent_lines()}
+    assert set(notices) <= set(sent)
+    assert sent[notices[0]]["payload"]["to"]["role"] == POLICY.approvals.escalate_to_role
+    # Escalating twice sends nothing new.
+    assert (
+        escalate_and_expire(gov.conn, POLICY, run_id="r", anchor_path=gov.anchor, now=later)[0] == 0
+    )
+
+    much_later = now + timedelta(hours=POLICY.approvals.expire_hours + 1)
+    _, expired = escalate_and_expire(
+        gov.conn, POLICY, run_id="r", anchor_path=gov.anchor, now=much_later
+    )
+    assert expired == len(pending)
+    gov.dispatch(now=much_later)
+    assert not set(pending) & set(gov.sent_ids())
+    assert {gov.status(a) for a in pending} == {"expired"}
+
+
+def test_a_dispatch_interrupted_after_delivery_does_not_send_twice(gov):
+    gov.propose_and_judge()
+    ready = gov.ids("status = 'ready'")[:3]
+    # Delivered, then the process died before recording it: the action is left 'sending'.
+    gov.outbox.deliver([{"action_id": ready[0]}])
+    gov.conn.execute(
+        "UPDATE governance.actions SET status = 'sending', attempts = 1 WHERE action_id = ?",
+        [ready[0]],
+    )
+    gov.dispatch()
+    assert gov.sent_ids().count(ready[0]) == 1
+    assert gov.status(ready[0]) == "sent"
+    assert all(gov.sent_ids().count(a) == 1 for a in ready)
+
+
+def test_the_audit_trail_is_a_valid_chain_and_detects_tampering(gov):
+    gov.propose_and_judge()
+    gov.dispatch()
+    report = verify(gov.conn, gov.anchor)
+    assert report.intact and report.rows > 100 and report.anchors_checked >= 3
+
+    seq = report.rows // 2
+    gov.conn.execute("UPDATE governance.audit_log SET actor = 'human:mallory' WHERE seq = ?", [seq])
+    changed = verify(gov.conn, gov.anchor)
+    assert not changed.intact
+    assert any(f"row {seq}: content" in p for p in changed.problems)
+
+
+def test_a_removed_tail_or_a_rewritten_chain_breaks_the_anchors(gov):
+    gov.propose_and_judge()
+    gov.dispatch()
+    rows = verify(gov.conn, gov.anchor).rows
+    gov.conn.execute("DELETE FROM governance.audit_log WHERE seq > ?", [rows - 5])
+    truncated = verify(gov.conn, gov.anchor)
+    assert not truncated.intact and "missing" in " ".join(truncated.problems)
+
+    # Rewrite history consistently: change a row and recompute every hash after it.
+    gov.conn.execute("UPDATE governance.audit_log SET actor = 'human:mallory' WHERE seq = 10")
+    cursor = gov.conn.execute(
+        "SELECT seq, recorded_at, run_id, event, actor, action_id, decision_id, entity_type, "
+        "entity_id, company_id, CAST(detail AS VARCHAR) AS detail FROM governance.audit_log "
+        "ORDER BY seq"
+    )
+    names = [c[0] for c in cursor.description]
+    prev = GENESIS
+    for values in cursor.fetchall():
+        row = dict(zip(names, values, strict=True))
+        new = row_hash(prev, row)
+        gov.conn.execute(
+            "UPDATE governance.audit_log SET prev_hash = ?, hash = ? WHERE seq = ?",
+            [prev, new, row["seq"]],
+        )
+        prev = new
+    rewritten = verify(gov.conn, gov.anchor)
+    assert not rewritten.intact
+    assert any("differs from its anchor" in p for p in rewritten.problems)
+    assert verify(gov.conn, None).intact  # the chain alone looks fine: the anchor is what tells
+
+
+def test_no_revorch_code_updates_or_deletes_the_audit_log():
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("revorch", "orch_assets", "resources", "sensors"):
+        for path in (root / folder).rglob("*"):
+            if path.suffix not in {".py", ".sql"}:
+                continue
+            text = " ".join(path.read_text().split()).lower()
+            for verb in (
+                "update governance.audit_log",
+                "delete from governance.audit_log",
+                "truncate governance.audit_log",
+                "drop table governance.audit_log",
+            ):
+                if verb in text:
+                    offenders.append(f"{path.relative_to(root)}: {verb}")
+    assert offenders == []
+
+
+def test_personal_data_goes_back_only_into_actions_the_policy_allows(gov):
+    gov.propose_and_judge()
+    # An LLM-style reason with a placeholder, on a lead whose record has a name field.
+    action_id, decision_id = gov.conn.execute(
+        "SELECT action_id, decision_id FROM governance.actions "
+        "WHERE status = 'ready' AND decision_id IS NOT NULL ORDER BY action_id LIMIT 1"
+    ).fetchone()
+    gov.conn.execute(
+        'UPDATE agents.decisions SET input = json_merge_patch(input, \'{"contact_name": "Ada Byron"}\') '
+        "WHERE decision_id = ?",
+        [decision_id],
+    )
+    gov.conn.execute(
+        "UPDATE governance.actions SET reason = 'ask <PERSON_1> about the renewal' "
+        "WHERE action_id = ?",
+        [action_id],
+    )
+    action_type = gov.conn.execute(
+        "SELECT action_type FROM governance.actions WHERE action_id = ?", [action_id]
+    ).fetchone()[0]
+    keeps = policy_with(data_handling={"restore_personal_data_for": []})
+    restores = policy_with(data_handling={"restore_personal_data_for": [action_type]})
+    gov.dispatch(keeps)
+    line = next(line for line in gov.sent_lines() if line["action_id"] == action_id)
+    assert line["reason"] == "ask <PERSON_1> about the renewal"
+
+    gov.conn.execute(
+        "UPDATE governance.actions SET status = 'ready' WHERE action_id = ?", [action_id]
+    )
+    gov.outbox.path.unlink()
+    gov.dispatch(restores)
+    line = next(line for line in gov.sent_lines() if line["action_id"] == action_id)
+    assert line["reason"] == "ask Ada Byron about the renewal"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sources": {"lead_qualification": {"launch_rockets": "allow"}}}, "unknown action type"),
+        ({"sources": {"marketing_bot": {"send_follow_up": "allow"}}}, "unknown source"),
+        (
+            {"rules": [{"name": "x", "when": {"mood": {"equals": "bad"}}, "verdict": "forbid"}]},
+            "unknown fact",
+        ),
+        ({"sources": {"deal_risk": {"offer_discount": "maybe"}}}, "allow"),
+        ({"approvals": {"sla_hours": 48, "expire_hours": 24}}, "expire_hours"),
+    ],
+)
+def test_a_policy_with_mistakes_is_refused_with_a_clear_error(tmp_path, change, message):
+    document = yaml.safe_load(DEFAULT_PATH.read_text())
+    document.update(change)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(PolicyError, match=message):
+        load_policy(path)
+
+
+def test_the_strictest_verdict_wins_and_unlisted_pairs_are_forbidden():
+    offer = {"discount_pct": 15, "account_tier": "smb", "customer_facing": True}
+    assert POLICY.judge("offer_discount", "deal_risk", offer).verdict == "approve"
+    assert POLICY.judge("offer_discount", "deal_risk", {**offer, "discount_pct": 5}).verdict == (
+        "allow"
+    )
+    assert POLICY.judge("offer_discount", "deal_risk", {**offer, "discount_pct": 27}).verdict == (
+        "forbid"
+    )
+    unlisted = POLICY.judge("offer_discount", "ticket_triage", offer)
+    assert unlisted.verdict == "forbid" and "not in sources" in unlisted.rules[0]
+    strategic = {"account_tier": "strategic", "customer_facing": True}
+    assert POLICY.judge("send_follow_up", "lead_qualification", strategic).verdict == "approve"
+
+
+def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_path):
+    resources = {
+        "state_store": StateStore(database=str(tmp_path / "revorch.duckdb")),
+        "governance": GovernanceResource(
+            policy_path=str(DEFAULT_PATH), audit_anchor_path=str(gov.anchor)
+        ),
+        "dispatcher": DispatcherResource(outbox_path=str(gov.outbox.path)),
+    }
+    gov.conn.close()  # Dagster's runs open the file themselves
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*governance_assets, audit_chain_intact, nothing_sent_without_a_verdict],
+            resources=resources,
+            instance=instance,
+        )
+        assert result.success
+        meta = {
+            event.asset_key.path[-1]: {
+                k: v.value for k, v in event.materialization.metadata.items()
+            }
+            for event in result.get_asset_materialization_events()
+        }
+        assert meta["proposed_actions"]["proposed"] > 100
+        assert meta["policy_verdicts"]["verdict/allow"] > 0
+        assert meta["policy_verdicts"]["policy_version"] == POLICY.digest
+        assert (
+            meta["approval_queue"]["approvals_pending"]
+            == meta["policy_verdicts"]["verdict/approve"]
+        )
+        assert (
+            meta["dispatched_actions"]["dispatch/sent"] == meta["policy_verdicts"]["verdict/allow"]
+        )
+        assert meta["audit_trail"]["audit/head_seq"] > 0
+        summary = meta["run_summary"]
+        assert summary["actions_proposed"] == meta["proposed_actions"]["proposed"]
+        assert summary["actions_sent"] == meta["dispatched_actions"]["dispatch/sent"]
+        assert summary["approvals_pending"] == meta["approval_queue"]["approvals_pending"]
+        assert summary["verdicts_forbid"] == meta["policy_verdicts"]["verdict/forbid"]
+        assert summary["duration_seconds"] > 0
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks == {"audit_chain_intact": True, "nothing_sent_without_a_verdict": True}
+
+        # A review given in the launchpad's config is applied; a bad one fails the run, clearly.
+        pending = meta["approval_queue"]["approvals_pending"]
+        waiting = duckdb.connect(str(tmp_path / "revorch.duckdb"))
+        chosen = waiting.execute(
+            "SELECT action_id FROM governance.approval_queue LIMIT 1"
+        ).fetchone()[0]
+        waiting.close()
+        config = {"action_ids": [chosen], "decision": "approve", "reviewer": "alice"}
+        reviewed = dg.materialize(
+            [approval_queue],
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"governance__approval_queue": {"config": config}}},
+        )
+        assert reviewed.success
+        [queue] = reviewed.get_asset_materialization_events()
+        assert queue.materialization.metadata["approvals_pending"].value == pending - 1
+        bad = dg.materialize(
+            [approval_queue],
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"governance__approval_queue": {"config": config}}},
+            raise_on_error=False,
+        )
+        assert not bad.success
+        [failure] = [e for e in bad.all_events if e.is_step_failure]
+        assert "is approved, not waiting for approval" in (
+            failure.step_failure_data.user_failure_data.description
+        )
+
+
+def test_the_approvals_sensor_asks_for_a_dispatch_when_approved_actions_wait(
+    gov, tmp_path, monkeypatch
+):
+    gov.propose_and_judge()
+    chosen = gov.ids("status = 'pending_approval'")[0]
+    published = tmp_path / "published.duckdb"
+    monkeypatch.setenv("REVORCH_PUBLISHED_DB", str(published))
+    context = dg.build_sensor_context()
+    gov.conn.execute("CHECKPOINT")
+    shutil.copyfile(tmp_path / "revorch.duckdb", published)
+    assert isinstance(approved_actions_sensor(context), dg.SkipReason)
+
+    review(gov.conn, Review([chosen], "approve", "alice"), run_id="r", anchor_path=gov.anchor)
+    gov.conn.execute("CHECKPOINT")
+    shutil.copyfile(tmp_path / "revorch.duckdb", published)
+    request = approved_actions_sensor(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request == approved_actions_sensor(context)  # the same wait, the same run key
+    job = approved_actions_sensor.job_name
+    assert job == "dispatch_actions"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver on 127.0.0.1 that answers the statuses it is told to, in order."""
+
+    statuses: ClassVar[list[int]] = []
+    received: ClassVar[list[tuple[dict, bytes]]] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append((dict(self.headers), body))
+        status = Receiver.statuses.pop(0) if Receiver.statuses else 200
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    Receiver.statuses, Receiver.received = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/actions"
+    server.shutdown()
+
+
+def test_the_webhook_target_signs_retries_what_may_heal_and_fails_what_will_not(gov, receiver):
+    gov.propose_and_judge()
+    first, second = gov.ids("status = 'ready'")[:2]
+    gov.conn.execute(
+        "UPDATE governance.actions SET status = 'on_hold' "
+        "WHERE status = 'ready' AND NOT list_contains(?, action_id)",
+        [[first, second]],
+    )
+    hook = Webhook(receiver, secret="s3cret", timeout_seconds=5)
+    now = datetime.now(UTC)
+    Receiver.statuses = [503, 400]  # the first action meets an outage, the second a refusal
+
+    def run(at):
+        return dispatch(
+            gov.conn, POLICY, hook, run_id="d", anchor_path=gov.anchor, now=at, max_attempts=3
+        )
+
+    run(now)
+    assert (gov.status(first), gov.status(second)) == ("retry", "failed")
+    run(now)  # not due yet: nothing is sent
+    assert len(Receiver.received) == 2
+    run(now + timedelta(minutes=2))
+    assert gov.status(first) == "sent"
+    headers, body = Receiver.received[-1]
+    assert headers["Idempotency-Key"] == first == json.loads(body)["action_id"]
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Revorch-Signature"] == f"sha256={expected}"
+    assert [e for e in gov.events(first) if e.startswith("dispatch")] == [
+        "dispatch_failed",
+        "dispatched",
+    ]
+    resolution = gov.conn.execute(
+        "SELECT resolution FROM governance.actions WHERE action_id = ?", [second]
+    ).fetchone()[0]
+    assert "HTTP 400" in resolution

@@ -95,7 +95,11 @@ def test_dagster_dev_shows_the_assets_sensors_and_schedules(dagster_dev):
         for repo in data["repositoriesOrError"]["nodes"]
         for sensor in repo["sensors"]
     }
-    assert sensors == {"landing_zone_sensor": "RUNNING", "revorch_automation": "RUNNING"}
+    assert sensors == {
+        "landing_zone_sensor": "RUNNING",
+        "approved_actions_sensor": "RUNNING",
+        "revorch_automation": "RUNNING",
+    }
     schedules = {
         schedule["name"]: schedule["scheduleState"]["status"]
         for repo in data["repositoriesOrError"]["nodes"]

@@ -3,6 +3,8 @@
 import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
+from orch_assets.governance.assets import governance_assets
+from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
 from orch_assets.metrics.assets import metric_assets
@@ -12,11 +14,14 @@ from orch_assets.schedules import jobs as scheduled_jobs
 from orch_assets.schedules import schedules
 from orch_assets.sources.simulator import simulate_crm
 from orch_assets.stages.assets import stage_assets
+from orch_assets.stages.checks import stage_checks
 from resources import default_resources
+from sensors.approvals import approved_actions_sensor
 from sensors.landing_zone import landing_zone_sensor
 
 # Data flows one way: landing zone -> change log -> CRM state -> stages -> handoffs, metrics
-# and reports -> agents (proposals) -> the analysts' published copy.
+# and reports -> agents -> proposed actions -> policy -> approvals -> dispatcher -> audit
+# trail -> the analysts' published copy.
 pipeline_assets = [
     crm_change_log,
     crm_current_state,
@@ -26,6 +31,7 @@ pipeline_assets = [
     funnel_report,
     offline_models,
     *agent_assets,
+    *governance_assets,
 ]
 published_state = published_state_asset(
     deps=[key for assets_def in pipeline_assets for key in assets_def.keys]
@@ -51,8 +57,9 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     assets=[*pipeline_assets, published_state],
+    asset_checks=[*stage_checks, *governance_checks],
     jobs=[revorch_main, simulate_crm, *scheduled_jobs],
     schedules=schedules,
-    sensors=[landing_zone_sensor, automation_sensor],
+    sensors=[landing_zone_sensor, approved_actions_sensor, automation_sensor],
     resources=default_resources(),
 )

@@ -50,10 +50,11 @@ def policy_path() -> Path:
 
 
 def audit_anchor_path() -> Path:
-    """Where the audit trail's head is appended after every commit, outside the database."""
-    return Path(
-        os.environ.get("REVORCH_AUDIT_ANCHOR", revorch_home() / "audit" / "anchors.jsonl")
-    ).resolve()
+    """Where the audit trail's head is appended after every commit, outside the database;
+    by default named after the database, so each state store has its own anchors."""
+    database = database_path()
+    default = database.parent / "audit" / f"{database.stem}.anchors.jsonl"
+    return Path(os.environ.get("REVORCH_AUDIT_ANCHOR", default)).resolve()
 
 
 def outbox_path() -> Path:

@@ -77,6 +77,7 @@ def test_sensors_automation_and_schedules_start_running():
     sensors = {s.name: s.default_status for s in repo.sensor_defs}
     assert sensors == {
         "landing_zone_sensor": dg.DefaultSensorStatus.RUNNING,
+        "approved_actions_sensor": dg.DefaultSensorStatus.RUNNING,
         "revorch_automation": dg.DefaultSensorStatus.RUNNING,
     }
     schedules = {s.name: s for s in repo.schedule_defs}

@@ -1,0 +1,272 @@
+"""The data-quality checks of the stage assets, run by Dagster on a simulated CRM.
+
+A healthy CRM passes every check. Each kind of corruption, written straight into DuckDB, fails
+the check that guards against it and shows the failing rows; a failing blocking check stops
+the stage assets after it, a failing warning does not.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+import dagster as dg
+import duckdb
+import pytest
+
+from orch_assets.handoffs.assets import handoff_assets
+from orch_assets.ingestion.assets import crm_change_log, crm_current_state
+from orch_assets.stages.assets import ACCOUNT_LIFECYCLE, CONTACT_LIFECYCLE, stage_assets
+from orch_assets.stages.checks import ERROR, WARN, stage_checks
+from resources import LandingZoneResource, LifecycleConfigResource, StateStore
+from revorch.landing import LandingZone
+from revorch.lifecycle.config import DEFAULT_PATH
+from revorch.simulator import SimulationConfig, simulate_history
+
+# Small, but every stage and handoff table has rows (checked below).
+CRM = SimulationConfig(contacts=600, seed=5)
+ASSETS = [crm_change_log, crm_current_state, *stage_assets, *handoff_assets, *stage_checks]
+LEADS = dg.AssetKey(["stages", "leads"])
+MQLS = dg.AssetKey(["stages", "mqls"])
+ADOPTION_HEALTH = dg.AssetKey(["stages", "adoption_health"])
+RENEWALS = dg.AssetKey(["stages", "renewals"])
+
+
+def resources(database, zone) -> dict[str, object]:
+    return {
+        "state_store": StateStore(database=str(database)),
+        "landing_zone": LandingZoneResource(path=str(zone.root)),
+        "lifecycle": LifecycleConfigResource(path=str(DEFAULT_PATH)),
+    }
+
+
+def materialize(database, zone, selection=None) -> dg.ExecuteInProcessResult:
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            ASSETS,
+            selection=selection,
+            resources=resources(database, zone),
+            instance=instance,
+            raise_on_error=False,
+        )
+
+
+def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def materialized(result) -> set[dg.AssetKey]:
+    return {e.asset_key for e in result.get_asset_materialization_events()}
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory):
+    """A simulated CRM taken through ingestion, every stage and handoff, and their checks."""
+    root = tmp_path_factory.mktemp("healthy")
+    zone = LandingZone(root / "landing").ensure()
+    simulate_history(zone, CRM)
+    database = root / "revorch.duckdb"
+    return database, zone, materialize(database, zone)
+
+
+@pytest.fixture
+def store(healthy, tmp_path):
+    """A copy of the healthy state store, to corrupt."""
+    database, zone, _ = healthy
+    copy = tmp_path / "revorch.duckdb"
+    shutil.copyfile(database, copy)
+    return copy, zone
+
+
+def test_every_check_passes_on_a_healthy_crm(healthy):
+    _, _, result = healthy
+    assert result.success
+    checks = evaluations(result)
+    assert set(checks) == {c.check_key.name for c in stage_checks}
+    assert [name for name, e in checks.items() if not e.passed] == []
+    for name, evaluation in checks.items():  # none passed for want of rows
+        assert evaluation.metadata["rows_checked"].value >= 1, name
+        assert evaluation.metadata["failed_expectations"].value == 0, name
+
+
+@dataclass(frozen=True)
+class Corruption:
+    asset: dg.AssetKey
+    victim_sql: str  # picks the row to corrupt: its id goes into corrupt_sql as $victim
+    corrupt_sql: str
+    check: str  # the check that must fail
+    expectation: str  # and the expectation in it
+    failing: int  # rows failing it
+    shows: list[str]  # what the failing rows in the metadata show ({victim} is filled in)
+    severity: dg.AssetCheckSeverity = ERROR
+    also_failing: set[str] = field(default_factory=set)  # other checks it rightly trips
+
+
+FIRST_CONTACT = "SELECT min(entity_id) FROM stages.entity_stages WHERE entity_type = 'contact'"
+FIRST_SUBSCRIPTION = "SELECT min(subscription_id) FROM stages.adoption_health"
+
+CORRUPTIONS = {
+    "duplicate key": Corruption(
+        CONTACT_LIFECYCLE,
+        FIRST_CONTACT,
+        "INSERT INTO stages.entity_stages SELECT * FROM stages.entity_stages "
+        "WHERE entity_type = 'contact' AND entity_id = $victim",
+        "contact_stages_are_valid",
+        "entity_id is unique",
+        2,
+        ["entity_id={victim}"],
+    ),
+    "null key": Corruption(
+        ADOPTION_HEALTH,
+        "SELECT company_id FROM stages.adoption_health ORDER BY subscription_id LIMIT 1",
+        "UPDATE stages.adoption_health SET subscription_id = NULL "
+        "WHERE subscription_id = (SELECT min(subscription_id) FROM stages.adoption_health) "
+        "AND company_id = $victim",
+        "adoption_health_is_one_row_per_subscription",
+        "subscription_id is set",
+        1,
+        ["company_id={victim}"],
+    ),
+    "score out of range": Corruption(
+        ADOPTION_HEALTH,
+        FIRST_SUBSCRIPTION,
+        "UPDATE stages.adoption_health SET health_score = 140 WHERE subscription_id = $victim",
+        "adoption_health_is_one_row_per_subscription",
+        "health_score is between 0 and 100",
+        1,
+        ["subscription_id={victim}", "health_score=140"],
+    ),
+    "contact missing from contacts": Corruption(
+        CONTACT_LIFECYCLE,
+        FIRST_CONTACT,
+        "UPDATE stages.entity_stages SET entity_id = 'c-ghost' "
+        "WHERE entity_type = 'contact' AND entity_id = $victim",
+        "contact_stages_are_valid",
+        "entity_id exists in contacts",
+        1,
+        ["entity_id=c-ghost"],
+    ),
+    "onboarding of a deal missing from deals": Corruption(
+        dg.AssetKey(["stages", "onboarding"]),
+        "SELECT min(onboarding_id) FROM stages.onboarding",
+        "UPDATE stages.onboarding SET deal_id = 'd-ghost' WHERE onboarding_id = $victim",
+        "onboarding_is_one_per_won_deal",
+        "deal_id exists in deals",
+        1,
+        ["onboarding_id={victim}", "deal_id=d-ghost"],
+    ),
+    "forbidden transition": Corruption(
+        CONTACT_LIFECYCLE,
+        FIRST_CONTACT,
+        "INSERT INTO stages.stage_transitions SELECT entity_type, entity_id, 99, 'customer', "
+        "'lead', transitioned_at, decided_by, rule, reason, event_id "
+        "FROM stages.stage_transitions WHERE entity_id = $victim AND seq = 1",
+        "contact_transitions_are_allowed",
+        "from_stage -> to_stage is an allowed move",
+        1,
+        ["entity_id={victim}, seq=99", "move=customer -> lead"],
+    ),
+    "transition in the future": Corruption(
+        CONTACT_LIFECYCLE,
+        FIRST_CONTACT,
+        "UPDATE stages.stage_transitions SET transitioned_at = now() + INTERVAL 30 DAY "
+        "WHERE entity_id = $victim AND seq = 1",
+        "contact_transitions_are_allowed",
+        "transitioned_at is not in the future",
+        1,
+        ["entity_id={victim}, seq=1"],
+        # The newest move is now after the data clock, which the freshness check reports too.
+        also_failing={"contact_lifecycle_is_fresh"},
+    ),
+    "negative deal amount (a warning)": Corruption(
+        dg.AssetKey(["stages", "opportunities"]),
+        "SELECT min(deal_id) FROM stages.opportunities",
+        "UPDATE deals SET amount = -500 WHERE id = $victim",
+        "opportunity_amounts_are_plausible",
+        "amount is at least 0",
+        1,
+        ["deal_id={victim}", "amount=-500"],
+        severity=WARN,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_each_corruption_fails_the_check_that_guards_against_it(store, case):
+    database, zone = store
+    with duckdb.connect(str(database)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        [victim] = conn.execute(case.victim_sql).fetchone()
+        assert victim is not None
+        conn.execute(case.corrupt_sql, {"victim": victim})
+
+    result = materialize(database, zone, dg.AssetSelection.checks_for_assets(case.asset))
+
+    checks = evaluations(result)
+    assert {name for name, e in checks.items() if not e.passed} == {
+        case.check,
+        *case.also_failing,
+    }
+    failed = checks[case.check]
+    assert failed.severity == case.severity
+    assert failed.metadata[f"failing/{case.expectation}"].value == case.failing
+    assert failed.metadata["failed_expectations"].value >= 1
+    failing_rows = failed.metadata["failing_rows"].value
+    assert case.expectation in failing_rows
+    for text in case.shows:
+        assert text.format(victim=victim) in failing_rows
+    assert case.expectation in failed.description
+    # Only blocking (ERROR) checks fail the run; a warning leaves it successful.
+    assert result.success == (case.severity == WARN)
+
+
+def test_a_failing_blocking_check_stops_the_stages_after_it(store):
+    database, zone = store
+    forbidden = CORRUPTIONS["forbidden transition"]
+    with duckdb.connect(str(database)) as conn:
+        [victim] = conn.execute(forbidden.victim_sql).fetchone()
+        conn.execute(forbidden.corrupt_sql, {"victim": victim})
+
+    # The state machine has nothing new to recompute, so the corrupt row survives its run.
+    result = materialize(database, zone, dg.AssetSelection.assets(CONTACT_LIFECYCLE, LEADS, MQLS))
+
+    assert not result.success
+    check = evaluations(result)["contact_transitions_are_allowed"]
+    assert (check.passed, check.severity) == (False, ERROR)
+    assert materialized(result) == {CONTACT_LIFECYCLE}  # leads and mqls were not built
+
+
+def test_a_failing_warning_does_not_stop_the_stages_after_it(store):
+    database, zone = store
+    with duckdb.connect(str(database)) as conn:
+        [victim] = conn.execute(FIRST_SUBSCRIPTION).fetchone()
+        conn.execute("UPDATE subscriptions SET seats_active = 2 * seats WHERE id = ?", [victim])
+
+    result = materialize(database, zone, dg.AssetSelection.assets(ADOPTION_HEALTH, RENEWALS))
+
+    assert result.success
+    checks = evaluations(result)
+    warning = checks["seat_use_is_plausible"]
+    assert (warning.passed, warning.severity) == (False, WARN)
+    assert warning.metadata["failing/utilization is between 0 and 1"].value == 1
+    assert f"subscription_id={victim}" in warning.metadata["failing_rows"].value
+    assert checks["adoption_health_is_one_row_per_subscription"].passed
+    assert materialized(result) == {ADOPTION_HEALTH, RENEWALS}
+
+
+def test_the_main_job_runs_every_stage_check():
+    from revorch.definitions import defs
+
+    job_ops = set(defs.resolve_job_def("revorch_main").graph.node_names())
+    assert {check.op.name for check in stage_checks} <= job_ops
+    blocking = {
+        spec.key.name for check in stage_checks for spec in check.check_specs if spec.blocking
+    }
+    assert {
+        "contact_stages_are_valid",
+        "contact_transitions_are_allowed",
+        "account_stages_are_valid",
+        "account_transitions_are_allowed",
+    } <= blocking
+    assert "contact_lifecycle_is_fresh" not in blocking
+    assert ACCOUNT_LIFECYCLE in {check.check_key.asset_key for check in stage_checks}

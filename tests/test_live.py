@@ -122,7 +122,7 @@ def test_live_stream_keeps_one_writer_and_readers_unblocked(tmp_path):
         time.sleep(0.5)  # a few more reads of the final copy
         reader.stop()
 
-        run_list = latency.wait_runs_settled(dev.port, timeout=120)
+        run_list = latency.wait_runs_settled(dev.port, timeout=300)
         lock_runs = latency.runs_with_lock_errors(dev.port, run_list)
         writers = latency.writer_steps(dev.port)
         overlaps = latency.overlapping_writer_steps(run_list, writers)

@@ -1,0 +1,133 @@
+"""The approval workflow in a running `dagster dev`: a person approves in the launchpad of
+`review_actions` (launched through the webserver's GraphQL API, as the Launch button does),
+and the approvals sensor dispatches the action, once; a rejection in the launchpad closes
+another for good."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import duckdb
+
+from test_live import latency
+
+SEED_CONTACTS = 800
+
+LAUNCH_WITH_CONFIG = """
+mutation Launch($selector: JobOrPipelineSelector!, $config: RunConfigData) {
+  launchRun(executionParams: {selector: $selector, runConfigData: $config}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+
+def _launch_review(port: int, config: dict) -> str:
+    (repo,) = latency.graphql(port, latency.REPOSITORY_QUERY)["repositoriesOrError"]["nodes"]
+    selector = {
+        "repositoryLocationName": repo["location"]["name"],
+        "repositoryName": repo["name"],
+        "jobName": "review_actions",
+    }
+    run_config = {"ops": {"governance__approval_queue": {"config": config}}}
+    data = latency.graphql(port, LAUNCH_WITH_CONFIG, {"selector": selector, "config": run_config})
+    launched = data["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _reviewed(port: int, config: dict) -> dict:
+    """Launch one review and wait for its run to end; return the run."""
+    run_id = _launch_review(port, config)
+
+    def finished():
+        found = [r for r in latency.runs(port) if r["runId"] == run_id]
+        return found[0] if found and found[0]["status"] in ("SUCCESS", "FAILURE") else None
+
+    return _wait(finished, 180, f"review run {run_id}")
+
+
+def _outbox_ids(home: Path) -> list[str]:
+    outbox = home / "outbox" / "actions.jsonl"
+    if not outbox.exists():
+        return []
+    return [json.loads(line)["action_id"] for line in outbox.read_text().splitlines()]
+
+
+def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path):
+    env = latency.prepare_home(tmp_path / "revorch")
+    home, published = Path(env["REVORCH_HOME"]), latency.published_path(env)
+    seed_ids = latency.seed_history(env, SEED_CONTACTS)
+    dev = latency.DagsterDev(env, tmp_path / "logs")
+    try:
+        dev.start()
+        dev.wait_ready(timeout=240)
+        latency.wait_for_batches(published, seed_ids, timeout=300)
+        with duckdb.connect(str(published), read_only=True) as conn:
+            waiting = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT action_id FROM governance.approval_queue ORDER BY action_id"
+                ).fetchall()
+            ]
+        assert len(waiting) >= 2, "the shipped policy holds some actions for approval"
+        approved, rejected = waiting[0], waiting[1]
+        assert approved not in _outbox_ids(home)
+
+        review = {"action_ids": [approved], "decision": "approve", "reviewer": "alice"}
+        run = _reviewed(dev.port, review)
+        assert run["status"] == "SUCCESS"
+        _wait(lambda: approved in _outbox_ids(home), 180, "the approved action in the outbox")
+
+        refusal = {
+            "action_ids": [rejected],
+            "decision": "reject",
+            "reviewer": "bob",
+            "comment": "we call them ourselves",
+        }
+        run = _reviewed(dev.port, refusal)
+        assert run["status"] == "SUCCESS"
+        # Approving the rejected one afterwards fails the run and changes nothing.
+        again = {"action_ids": [rejected], "decision": "approve", "reviewer": "eve"}
+        run = _reviewed(dev.port, again)
+        assert run["status"] == "FAILURE"
+        latency.wait_runs_settled(dev.port, timeout=300)
+        run_list = latency.runs(dev.port)
+    finally:
+        dev.stop()
+
+    dispatches = latency.sensor_runs(run_list, sensor="approved_actions_sensor")
+    assert dispatches and {r["jobName"] for r in dispatches} == {"dispatch_actions"}
+    sent = _outbox_ids(home)
+    assert sent.count(approved) == 1
+    assert rejected not in sent
+    with duckdb.connect(str(home / "revorch.duckdb"), read_only=True) as conn:
+        statuses = dict(
+            conn.execute(
+                "SELECT action_id, status FROM governance.actions WHERE list_contains(?, action_id)",
+                [[approved, rejected]],
+            ).fetchall()
+        )
+        reviewers = conn.execute(
+            "SELECT action_id, actor, comment FROM governance.reviews ORDER BY recorded_at"
+        ).fetchall()
+    assert statuses == {approved: "sent", rejected: "rejected"}
+    assert reviewers == [
+        (approved, "human:alice", ""),
+        (rejected, "human:bob", "we call them ourselves"),
+    ]

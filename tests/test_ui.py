@@ -40,7 +40,15 @@ def rendered(url: str) -> str:
     return done.stdout
 
 
-def test_the_asset_catalog_lists_the_lifecycle_and_agent_assets(dagster_dev):  # noqa: F811
+def test_the_asset_catalog_lists_the_lifecycle_agent_and_governance_assets(dagster_dev):  # noqa: F811
     page = rendered(f"http://127.0.0.1:{dagster_dev}/assets?view=flat")
-    for name in ("contact_lifecycle", "sla_escalations", "lead_qualification", "change_log"):
+    for name in (
+        "contact_lifecycle",
+        "sla_escalations",
+        "lead_qualification",
+        "change_log",
+        "approval_queue",
+        "dispatched_actions",
+        "audit_trail",
+    ):
         assert name in page, name

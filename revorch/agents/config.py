@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from revorch.config_file import load_yaml_model
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "agents.yaml"
 AGENT_NAMES = (
@@ -91,10 +92,4 @@ class AgentsConfigError(ValueError):
 
 
 def load_agents_config(path: str | Path = DEFAULT_PATH) -> AgentsConfig:
-    path = Path(path)
-    try:
-        return AgentsConfig.model_validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError as error:
-        raise AgentsConfigError(f"agents config not found: {path}") from error
-    except (yaml.YAMLError, ValidationError) as error:
-        raise AgentsConfigError(f"{path} is not a valid agents config:\n{error}") from error
+    return load_yaml_model(path, AgentsConfig, AgentsConfigError, "agents config")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from revorch.config_file import load_yaml_model
 from revorch.governance.actions import ACTION_TYPES, FACTS, SOURCES
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "policy.yaml"
@@ -170,10 +170,4 @@ def _known(kind: str, names: list[str], known: frozenset[str], where: str) -> No
 
 
 def load_policy(path: str | Path = DEFAULT_PATH) -> Policy:
-    path = Path(path)
-    try:
-        return Policy.model_validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError as error:
-        raise PolicyError(f"policy not found: {path}") from error
-    except (yaml.YAMLError, ValidationError) as error:
-        raise PolicyError(f"{path} is not a valid policy:\n{error}") from error
+    return load_yaml_model(path, Policy, PolicyError, "policy")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from revorch.config_file import load_yaml_model
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "lifecycle.yaml"
 NEW = "new"  # the stage of a record Revorch has not seen yet
@@ -124,11 +125,4 @@ class LifecycleConfigError(ValueError):
 
 def load_lifecycle_config(path: str | Path = DEFAULT_PATH) -> LifecycleConfig:
     """Read and validate the lifecycle file; errors name the file and the offending key."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-        return LifecycleConfig.model_validate(raw)
-    except FileNotFoundError as error:
-        raise LifecycleConfigError(f"lifecycle config not found: {path}") from error
-    except (yaml.YAMLError, ValidationError) as error:
-        raise LifecycleConfigError(f"{path} is not a valid lifecycle config:\n{error}") from error
+    return load_yaml_model(path, LifecycleConfig, LifecycleConfigError, "lifecycle config")

@@ -1,0 +1,109 @@
+"""Governance benchmark: what the outbox, the policy, the dispatcher and the audit trail cost.
+
+    .venv/bin/python bench/governance.py                      # 10,000 and 100,000 contacts
+    .venv/bin/python bench/governance.py --contacts 20000
+
+For each size: builds a simulated CRM (seed 42), runs every agent on the offline tier, then
+times, on the first run (the whole backlog of recommendations at once):
+propose -> judge -> dispatch to the outbox file -> verify the whole audit chain. Then it runs
+the same steps again with nothing changed (the steady state of a run without news). Prints a
+Markdown table with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+import duckdb  # noqa: E402
+
+from ingest import machine  # noqa: E402
+from orch_assets.ingestion.change_log import ingest_pending  # noqa: E402
+from orch_assets.ingestion.current_state import refresh_current_state  # noqa: E402
+from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
+from revorch.agents.config import load_agents_config  # noqa: E402
+from revorch.agents.models import offline_tier, train_and_store  # noqa: E402
+from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
+from revorch.agents.runtime import run_agent  # noqa: E402
+from revorch.governance.actions import propose  # noqa: E402
+from revorch.governance.audit import verify  # noqa: E402
+from revorch.governance.dispatch import dispatch  # noqa: E402
+from revorch.governance.policy import load_policy  # noqa: E402
+from revorch.governance.targets import OutboxFile  # noqa: E402
+from revorch.governance.verdicts import judge_proposed  # noqa: E402
+from revorch.landing import LandingZone  # noqa: E402
+from revorch.lifecycle.config import load_lifecycle_config  # noqa: E402
+from revorch.simulator import SimulationConfig, simulate_history  # noqa: E402
+from revorch.state.migrate import migrate  # noqa: E402
+
+
+def decided_crm(contacts: int, workdir: Path) -> duckdb.DuckDBPyConnection:
+    zone = LandingZone(workdir / "landing").ensure()
+    conn = duckdb.connect(str(workdir / "revorch.duckdb"))
+    conn.execute("SET TimeZone = 'UTC'")
+    migrate(conn)
+    simulate_history(zone, SimulationConfig(contacts=contacts, seed=42))
+    ingest_pending(conn, zone)
+    refresh_current_state(conn)
+    refresh_all_stages(conn, load_lifecycle_config())
+    train_and_store(conn)
+    config = load_agents_config()
+    for name, spec in agent_specs(offline_tier(conn)).items():
+        run_agent(conn, spec, config, INPUTS[name](conn), llm=None, run_id="agents")
+    return conn
+
+
+def governed_run(conn, workdir: Path, run_id: str) -> dict[str, float]:
+    policy, anchor = load_policy(), workdir / "anchors.jsonl"
+    outbox = OutboxFile(workdir / "outbox.jsonl")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    timings["proposed"] = propose(conn, run_id=run_id, anchor_path=anchor)
+    timings["propose s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    judge_proposed(conn, policy, run_id=run_id, anchor_path=anchor)
+    timings["judge s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = dispatch(conn, policy, outbox, run_id=run_id, anchor_path=anchor)
+    timings["sent"] = report.outcomes["sent"]
+    timings["dispatch s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    checked = verify(conn, anchor)
+    assert checked.intact, checked.problems
+    timings["audit rows"] = checked.rows
+    timings["verify s"] = time.perf_counter() - start
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--contacts", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args()
+    info = machine()
+    print(f"Machine: {info}\n")
+    columns = ["proposed", "propose s", "judge s", "sent", "dispatch s", "audit rows", "verify s"]
+    print("| contacts | run | " + " | ".join(columns) + " | peak MB |")
+    print("|---" * (len(columns) + 3) + "|")
+    for contacts in args.contacts:
+        workdir = Path(tempfile.mkdtemp(prefix="revorch-governance-"))
+        conn = decided_crm(contacts, workdir)
+        for label in ("first (backlog)", "second (no change)"):
+            timings = governed_run(conn, workdir, label)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            cells = [
+                f"{timings[c]:,.2f}" if c.endswith(" s") else f"{int(timings[c]):,}"
+                for c in columns
+            ]
+            print(f"| {contacts:,} | {label} | " + " | ".join(cells) + f" | {peak:,.0f} |")
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()

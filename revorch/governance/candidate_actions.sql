@@ -10,10 +10,12 @@ WITH agent_candidates AS (
                              d.input->>'active_arr') AS DOUBLE) AS amount,
            TRY_CAST(d.output->>'risk_score' AS DOUBLE) AS risk_score,
            CAST(d.output AS VARCHAR) AS details,
-           coalesce(d.input->>'owner_id', contact.owner_id) AS owner_id
+           coalesce(d.input->>'owner_id',
+                    CASE WHEN d.agent = 'lead_qualification' THEN contact.owner_id END) AS owner_id
     FROM agents.latest_decisions AS d
     JOIN action_map AS m ON m.source = d.agent AND m.recommendation = (d.output->>'next_action')
-    LEFT JOIN contacts AS contact ON d.agent = 'lead_qualification' AND contact.id = d.entity_id
+    -- A plain equality join: DuckDB hashes it (with the agent in the ON clause it loops).
+    LEFT JOIN contacts AS contact ON contact.id = d.entity_id
 ),
 handoff_candidates AS (
     SELECT 'handoff/follow_up_cadence' AS source, 'send_follow_up' AS action_type,

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import dagster as dg
 import duckdb
+import polars as pl
 import pytest
 import yaml
 
@@ -29,7 +30,7 @@ from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.runtime import run_agent
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
-from revorch.governance.audit import GENESIS, row_hash, verify
+from revorch.governance.audit import DIGEST_SQL, GENESIS, chain_hash, verify
 from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import DEFAULT_PATH, Policy, PolicyError, load_policy
 from revorch.governance.targets import OutboxFile, Webhook
@@ -338,21 +339,18 @@ def test_a_removed_tail_or_a_rewritten_chain_breaks_the_anchors(gov):
 
     # Rewrite history consistently: change a row and recompute every hash after it.
     gov.conn.execute("UPDATE governance.audit_log SET actor = 'human:mallory' WHERE seq = 10")
-    cursor = gov.conn.execute(
-        "SELECT seq, recorded_at, run_id, event, actor, action_id, decision_id, entity_type, "
-        "entity_id, company_id, CAST(detail AS VARCHAR) AS detail FROM governance.audit_log "
-        "ORDER BY seq"
+    digests = gov.conn.execute(
+        f"SELECT seq, {DIGEST_SQL} FROM governance.audit_log ORDER BY seq"
+    ).fetchall()
+    prev, sealed = GENESIS, []
+    for seq, digest in digests:
+        sealed.append({"seq": seq, "prev_hash": prev, "hash": chain_hash(prev, digest)})
+        prev = sealed[-1]["hash"]
+    gov.conn.register("sealed", pl.DataFrame(sealed))
+    gov.conn.execute(
+        "UPDATE governance.audit_log AS a SET prev_hash = s.prev_hash, hash = s.hash "
+        "FROM sealed AS s WHERE a.seq = s.seq"
     )
-    names = [c[0] for c in cursor.description]
-    prev = GENESIS
-    for values in cursor.fetchall():
-        row = dict(zip(names, values, strict=True))
-        new = row_hash(prev, row)
-        gov.conn.execute(
-            "UPDATE governance.audit_log SET prev_hash = ?, hash = ? WHERE seq = ?",
-            [prev, new, row["seq"]],
-        )
-        prev = new
     rewritten = verify(gov.conn, gov.anchor)
     assert not rewritten.intact
     assert any("differs from its anchor" in p for p in rewritten.problems)

@@ -19,7 +19,11 @@ import pytest
 import yaml
 
 from orch_assets.governance.assets import approval_queue, governance_assets
-from orch_assets.governance.checks import audit_chain_intact, nothing_sent_without_a_verdict
+from orch_assets.governance.checks import (
+    audit_chain_intact,
+    nothing_sent_without_a_verdict,
+    prompts_hold_no_personal_data,
+)
 from orch_assets.ingestion.change_log import ingest_pending
 from orch_assets.ingestion.current_state import refresh_current_state
 from orch_assets.stages.refresh import refresh_all_stages
@@ -605,3 +609,42 @@ def test_the_webhook_target_signs_retries_what_may_heal_and_fails_what_will_not(
         "SELECT resolution FROM governance.actions WHERE action_id = ?", [second]
     ).fetchone()[0]
     assert "HTTP 400" in resolution
+
+
+def test_the_prompt_check_finds_personal_data_in_a_stored_prompt(gov, tmp_path):
+    path = tmp_path / "revorch.duckdb"
+
+    def prompt_results():
+        gov.conn.close()  # the check opens the file itself, as in a run
+        store = StateStore(database=str(path))
+        results = {
+            r.asset_key.path[-1]: r for r in prompts_hold_no_personal_data(state_store=store)
+        }
+        gov.conn = duckdb.connect(str(path))
+        return results
+
+    clean = gov.conn.execute(
+        "SELECT decision_id, input->>'company_id' FROM agents.decisions "
+        "WHERE agent = 'renewal_risk' LIMIT 1"
+    ).fetchone()
+    first_name = gov.conn.execute(
+        "SELECT first_name FROM contacts WHERE company_id = ? AND length(first_name) > 3",
+        [clean[1]],
+    ).fetchone()[0]
+    gov.conn.execute(
+        "UPDATE agents.decisions SET prompt = ? WHERE decision_id = ?",
+        [json.dumps([{"role": "user", "content": "renewal for <PERSON_1>"}]), clean[0]],
+    )
+    results = prompt_results()
+    assert all(r.passed for r in results.values())
+    assert results["renewal_risk"].metadata["prompts_checked"].value >= 1
+
+    for leak in (f"Hi, {first_name} here", "mail me at jane.doe@example.com"):
+        gov.conn.execute(
+            "UPDATE agents.decisions SET prompt = ? WHERE decision_id = ?",
+            [json.dumps([{"role": "user", "content": leak}]), clean[0]],
+        )
+        results = prompt_results()
+        assert not results["renewal_risk"].passed, leak
+        assert results["renewal_risk"].metadata["prompts_with_personal_data"].value == 1
+        assert results["lead_qualification"].passed

@@ -87,39 +87,45 @@ GROUP BY ALL
 """
 
 
-def prompts_check(agent_key: dg.AssetKey) -> dg.AssetChecksDefinition:
-    agent = agent_key.path[-1]
+AGENT_KEYS = [key for assets_def in agent_assets for key in assets_def.keys]
 
-    @dg.asset_check(
-        asset=agent_key,
-        name="prompts_hold_no_personal_data",
-        description="No stored prompt holds an email, a phone number, or a name, email or "
-        "phone of the record's contacts.",
-        pool=DUCKDB_WRITER_POOL,
-    )
-    def _check(state_store: StateStore):
-        with state_store.get_connection() as conn:
-            rows = conn.execute(PROMPTS_SQL, [agent]).fetchall()
-        leaks = [
-            {"decision_id": decision_id, "entity_id": entity_id, "found": found}
-            for decision_id, entity_id, prompt, known in rows
-            if (found := personal_data_in(prompt, [k for k in known or [] if k]))
-        ]
-        return dg.AssetCheckResult(
-            passed=not leaks,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={
-                "prompts_checked": len(rows),
-                "prompts_with_personal_data": len(leaks),
-                "sample": _sample_table(leaks),
-            },
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(
+            "prompts_hold_no_personal_data",
+            asset=key,
+            description="No stored prompt holds an email, a phone number, or a name, email or "
+            "phone of the record's contacts.",
         )
-
-    return _check
+        for key in AGENT_KEYS
+    ],
+    pool=DUCKDB_WRITER_POOL,
+)
+def prompts_hold_no_personal_data(state_store: StateStore):
+    with state_store.get_connection() as conn:
+        for key in AGENT_KEYS:
+            rows = conn.execute(PROMPTS_SQL, [key.path[-1]]).fetchall()
+            leaks = [
+                {"decision_id": decision_id, "entity_id": entity_id, "found": found}
+                for decision_id, entity_id, prompt, known in rows
+                if (found := personal_data_in(prompt, [k for k in known or [] if k]))
+            ]
+            yield dg.AssetCheckResult(
+                asset_key=key,
+                check_name="prompts_hold_no_personal_data",
+                passed=not leaks,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "prompts_checked": len(rows),
+                    "prompts_with_personal_data": len(leaks),
+                    "sample": _sample_table(leaks),
+                },
+            )
 
 
 governance_checks = [
     audit_chain_intact,
     nothing_sent_without_a_verdict,
-    *(prompts_check(key) for assets_def in agent_assets for key in assets_def.keys),
+    prompts_hold_no_personal_data,
 ]

@@ -166,6 +166,26 @@ class Suite:
     parameters: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DeclaredCheck:
+    """One check of one asset: its name, severity and the suite it validates."""
+
+    asset: dg.AssetKey
+    name: str
+    description: str | None
+    severity: dg.AssetCheckSeverity
+    declare: Callable[[LifecycleConfig], Suite]
+
+    @property
+    def spec(self) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(
+            self.name,
+            asset=self.asset,
+            description=self.description,
+            blocking=self.severity == ERROR,
+        )
+
+
 def stage_check(
     asset: dg.AssetKey,
     *,
@@ -173,34 +193,54 @@ def stage_check(
     name: str | None = None,
     description: str | None = None,
 ):
-    """Make an asset check of a function that declares a suite from the lifecycle config.
-
-    The function's name names the check and its docstring describes it, unless ``name`` and
-    ``description`` say otherwise. ERROR checks are blocking, WARN checks are not.
+    """Declare a check of ``asset`` from a function that builds its suite from the lifecycle
+    config. The function's name names the check and its docstring describes it, unless
+    ``name`` and ``description`` say otherwise. ERROR checks are blocking, WARN checks are not.
     """
 
-    def decorate(declare: Callable[[LifecycleConfig], Suite]):
-        @dg.asset_check(
-            asset=asset,
-            name=name or declare.__name__,
-            description=description or inspect.getdoc(declare),
-            blocking=severity == ERROR,
-            pool=DUCKDB_WRITER_POOL,
+    def decorate(declare: Callable[[LifecycleConfig], Suite]) -> DeclaredCheck:
+        return DeclaredCheck(
+            asset,
+            name or declare.__name__,
+            description or inspect.getdoc(declare),
+            severity,
+            declare,
         )
-        def _check(
-            state_store: StateStore, lifecycle: LifecycleConfigResource
-        ) -> dg.AssetCheckResult:
-            suite = declare(lifecycle.load())
-            with state_store.get_connection() as conn:
-                return validate(conn, suite, severity=severity)
-
-        return _check
 
     return decorate
 
 
+def checks_of(asset: dg.AssetKey, declared: list[DeclaredCheck]) -> dg.AssetChecksDefinition:
+    """Every check of one asset as one Dagster step: one connection, one pass, a result each
+    (a step per check would cost Dagster's per-step overhead 23 times a run)."""
+
+    @dg.multi_asset_check(
+        name=f"{asset.to_python_identifier()}_quality",
+        specs=[check.spec for check in declared],
+        pool=DUCKDB_WRITER_POOL,
+    )
+    def _checks(state_store: StateStore, lifecycle: LifecycleConfigResource):
+        config = lifecycle.load()
+        with state_store.get_connection() as conn:
+            for check in declared:
+                yield validate(
+                    conn, check.declare(config), severity=check.severity, check=check.spec
+                )
+
+    return _checks
+
+
+def by_asset(declared: list[DeclaredCheck]) -> list[dg.AssetChecksDefinition]:
+    assets = list(dict.fromkeys(check.asset for check in declared))
+    return [checks_of(a, [c for c in declared if c.asset == a]) for a in assets]
+
+
 def validate(
-    conn: duckdb.DuckDBPyConnection, suite: Suite, *, severity: dg.AssetCheckSeverity
+    conn: duckdb.DuckDBPyConnection,
+    suite: Suite,
+    *,
+    severity: dg.AssetCheckSeverity,
+    check: dg.AssetCheckSpec | None = None,
 ) -> dg.AssetCheckResult:
     """Read the suite's rows, run its expectations on them, and report: rows checked, failing
     rows per expectation, and up to ``SAMPLE_ROWS`` failing rows."""
@@ -234,6 +274,8 @@ def validate(
     if sample:
         metadata["failing_rows"] = dg.MetadataValue.md(_markdown(sample))
     return dg.AssetCheckResult(
+        asset_key=check.asset_key if check else None,
+        check_name=check.name if check else None,
         passed=not failed,
         severity=severity,
         metadata=metadata,
@@ -370,7 +412,7 @@ def lifecycle_checks(
     table: str,
     machine: Callable[[LifecycleConfig], StateMachine],
     moves_within_days: float | None,
-) -> list[dg.AssetChecksDefinition]:
+) -> list[DeclaredCheck]:
     """Three checks of one state machine's tables: its current stages, its moves (both
     blocking) and its freshness (a warning)."""
     rows = {"entity_type": entity_type}
@@ -487,7 +529,7 @@ account_lifecycle_checks = lifecycle_checks(
 # --- Contacts in a stage: what the lead-qualification agent reads ---------------------------
 
 
-def contacts_in_stage_check(name: str) -> dg.AssetChecksDefinition:
+def contacts_in_stage_check(name: str) -> DeclaredCheck:
     @stage_check(
         stage(name),
         severity=ERROR,
@@ -763,24 +805,26 @@ def renewal_risks_are_unique_known_subscriptions(config):
     )
 
 
-stage_checks = [
-    *contact_lifecycle_checks,
-    *account_lifecycle_checks,
-    leads_check,
-    mqls_check,
-    sqls_check,
-    opportunities_are_unique_known_deals,
-    opportunity_amounts_are_plausible,
-    customers_are_unique_known_accounts,
-    customer_arr_is_plausible,
-    onboarding_is_one_per_won_deal,
-    adoption_health_is_one_row_per_subscription,
-    seat_use_is_plausible,
-    renewals_are_unique_subscriptions_in_window,
-    renewals_are_not_overdue,
-    expansion_signals_are_unique_and_known,
-    expansion_amounts_are_plausible,
-    follow_ups_are_unique_known_contacts,
-    sla_entries_are_unique_known_contacts,
-    renewal_risks_are_unique_known_subscriptions,
-]
+stage_checks = by_asset(
+    [
+        *contact_lifecycle_checks,
+        *account_lifecycle_checks,
+        leads_check,
+        mqls_check,
+        sqls_check,
+        opportunities_are_unique_known_deals,
+        opportunity_amounts_are_plausible,
+        customers_are_unique_known_accounts,
+        customer_arr_is_plausible,
+        onboarding_is_one_per_won_deal,
+        adoption_health_is_one_row_per_subscription,
+        seat_use_is_plausible,
+        renewals_are_unique_subscriptions_in_window,
+        renewals_are_not_overdue,
+        expansion_signals_are_unique_and_known,
+        expansion_amounts_are_plausible,
+        follow_ups_are_unique_known_contacts,
+        sla_entries_are_unique_known_contacts,
+        renewal_risks_are_unique_known_subscriptions,
+    ]
+)

@@ -648,3 +648,22 @@ def test_the_prompt_check_finds_personal_data_in_a_stored_prompt(gov, tmp_path):
         assert not results["renewal_risk"].passed, leak
         assert results["renewal_risk"].metadata["prompts_with_personal_data"].value == 1
         assert results["lead_qualification"].passed
+
+
+def test_no_action_is_proposed_for_a_contact_deleted_in_the_crm(gov):
+    deleted = [
+        r[0]
+        for r in gov.conn.execute(
+            "SELECT contact_id FROM handoffs.follow_up_cadence UNION "
+            "SELECT contact_id FROM handoffs.sla_escalations WHERE status = 'breached'"
+        ).fetchall()
+    ]
+    assert deleted
+    gov.conn.execute("UPDATE contacts SET _deleted = true WHERE list_contains(?, id)", [deleted])
+    propose(gov.conn, run_id="run-1", anchor_path=gov.anchor)
+    proposed = gov.conn.execute(
+        "SELECT count(*) FROM governance.actions "
+        "WHERE starts_with(source, 'handoff/') AND list_contains(?, entity_id)",
+        [deleted],
+    ).fetchone()[0]
+    assert proposed == 0

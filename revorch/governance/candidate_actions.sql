@@ -24,7 +24,8 @@ handoff_candidates AS (
            json_object('cadence', f.cadence, 'signal', f.signal,
                        'next_touch_due_at', f.next_touch_due_at) AS details,
            f.owner_id
-    FROM handoffs.follow_up_cadence AS f JOIN contacts AS c ON c.id = f.contact_id
+    FROM handoffs.follow_up_cadence AS f
+    JOIN contacts AS c ON c.id = f.contact_id AND NOT c._deleted  -- nobody writes to the deleted
     UNION ALL
     SELECT 'handoff/sla_escalations', 'notify_manager', 'contact', s.contact_id,
            s.stage || ' ' || CAST(s.entered_at AS VARCHAR), c.company_id,
@@ -32,7 +33,8 @@ handoff_candidates AS (
                || strftime(s.due_at, '%Y-%m-%d %H:%M') || ')',
            json_object('stage', s.stage, 'due_at', s.due_at, 'owner_id', s.owner_id),
            s.escalate_to
-    FROM handoffs.sla_escalations AS s JOIN contacts AS c ON c.id = s.contact_id
+    FROM handoffs.sla_escalations AS s
+    JOIN contacts AS c ON c.id = s.contact_id AND NOT c._deleted
     WHERE s.status = 'breached'
     UNION ALL
     SELECT 'handoff/renewal_risk', 'escalate_renewal_risk', 'subscription', r.subscription_id,

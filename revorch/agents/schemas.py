@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Output(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a model that answers "1.0" for a number or "yes" for a boolean is refused too.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     confidence: float = Field(ge=0, le=1, description="How sure the agent is, 0 to 1.")
     reasons: list[str] = Field(max_length=5, description="Short reasons, most important first.")

@@ -30,6 +30,7 @@ from orch_assets.stages.refresh import refresh_all_stages
 from resources import DispatcherResource, GovernanceResource, StateStore
 from revorch.agents.config import load_agents_config
 from revorch.agents.models import offline_tier, train_and_store
+from revorch.agents.redact import known_names, redact
 from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.runtime import run_agent
 from revorch.governance.actions import propose
@@ -413,6 +414,35 @@ def test_personal_data_goes_back_only_into_actions_the_policy_allows(gov):
     gov.dispatch(restores)
     line = next(line for line in gov.sent_lines() if line["action_id"] == action_id)
     assert line["reason"] == "ask Ada Byron about the renewal"
+
+    # A colleague's name in free text was redacted for the agent as a known name of the
+    # company's contacts; the reason it echoes comes back whole.
+    record = json.loads(
+        gov.conn.execute(
+            "SELECT CAST(input AS VARCHAR) FROM agents.decisions WHERE decision_id = ?",
+            [decision_id],
+        ).fetchone()[0]
+    )
+    colleague = gov.conn.execute(
+        "SELECT last_name FROM contacts WHERE company_id = ? AND length(last_name) > 3 LIMIT 1",
+        [record["company_id"]],
+    ).fetchone()[0]
+    note = f"Ada Byron met {colleague} at the fair"
+    record["note"] = note
+    seen = redact(record, known_names(gov.conn, [record])[0])["note"]
+    assert colleague not in seen and "Ada Byron" not in seen
+    gov.conn.execute(
+        "UPDATE agents.decisions SET input = ? WHERE decision_id = ?",
+        [json.dumps(record), decision_id],
+    )
+    gov.conn.execute(
+        "UPDATE governance.actions SET status = 'ready', reason = ? WHERE action_id = ?",
+        [seen, action_id],
+    )
+    gov.outbox.path.unlink()
+    gov.dispatch(restores)
+    line = next(line for line in gov.sent_lines() if line["action_id"] == action_id)
+    assert line["reason"] == note
 
 
 @pytest.mark.parametrize(

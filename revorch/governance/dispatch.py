@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from revorch.agents.redact import pseudonymise, restore
+from revorch.agents.redact import known_names, pseudonymise, restore
 from revorch.governance.audit import AuditEvent, audited
 from revorch.governance.policy import Policy
 from revorch.governance.status import update_actions
@@ -113,7 +113,8 @@ def dispatch(
 
     if not go:
         return report
-    messages = [_message(conn, action, policy) for action in go]
+    originals = _personal_data(conn, go, policy)
+    messages = [_message(action, originals.get(action["decision_id"])) for action in go]
     deliveries = target.deliver(messages)
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         updates = []
@@ -127,9 +128,33 @@ def dispatch(
     return report
 
 
-def _message(conn: duckdb.DuckDBPyConnection, action: dict, policy: Policy) -> dict:
+def _personal_data(
+    conn: duckdb.DuckDBPyConnection, actions: list[dict], policy: Policy
+) -> dict[str, dict[str, str]]:
+    """For the decisions behind actions the policy lets carry personal data back: what each
+    placeholder stood for, redacted again exactly as the agent's prompt was."""
+    restorable = policy.data_handling.restore_personal_data_for
+    wanted = sorted(
+        {a["decision_id"] for a in actions if a["decision_id"] and a["action_type"] in restorable}
+    )
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        "SELECT decision_id, any_value(CAST(input AS VARCHAR)) FROM agents.decisions "
+        "WHERE list_contains(?, decision_id) GROUP BY decision_id",
+        [wanted],
+    ).fetchall()
+    records = {decision_id: json.loads(text) for decision_id, text in rows}
+    names = known_names(conn, list(records.values()))
+    return {
+        decision_id: pseudonymise(record, known)[1]
+        for (decision_id, record), known in zip(records.items(), names, strict=True)
+    }
+
+
+def _message(action: dict, originals: dict[str, str] | None) -> dict:
     """What the target receives. Agents' text keeps its placeholders for personal data
-    unless the policy lets this action type carry the real values."""
+    unless ``originals`` (the policy allows this action type to carry them) puts them back."""
     message = {
         "action_id": action["action_id"],
         "action_type": action["action_type"],
@@ -143,16 +168,9 @@ def _message(conn: duckdb.DuckDBPyConnection, action: dict, policy: Policy) -> d
         "approved_by": action["approved_by"],
         "proposed_at": action["proposed_at"].isoformat(),
     }
-    restorable = policy.data_handling.restore_personal_data_for
-    if action["decision_id"] and action["action_type"] in restorable:
-        row = conn.execute(
-            "SELECT CAST(input AS VARCHAR) FROM agents.decisions WHERE decision_id = ? LIMIT 1",
-            [action["decision_id"]],
-        ).fetchone()
-        if row:
-            originals = pseudonymise(json.loads(row[0]))[1]
-            message["reason"] = restore(message["reason"], originals)
-            message["payload"] = restore(message["payload"], originals)
+    if originals:
+        message["reason"] = restore(message["reason"], originals)
+        message["payload"] = restore(message["payload"], originals)
     return message
 
 

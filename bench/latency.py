@@ -89,6 +89,15 @@ def prepare_home(home: Path) -> dict[str, str]:
     return env
 
 
+def slow_model(latency: float):
+    """An OpenAI-compatible server on 127.0.0.1 (tests/fake_openai.py) that answers every
+    request after ``latency`` seconds: agents then wait on the network in every run."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fake_openai import FakeOpenAI
+
+    return FakeOpenAI(latency_seconds=latency).start()
+
+
 def published_path(env: dict[str, str]) -> Path:
     return Path(env["REVORCH_PUBLISHED_DB"])
 
@@ -587,7 +596,13 @@ def report(
 
     lines = [
         f"Machine: {info['machine']}, {info['cores']} cores, {info['ram']} RAM, "
-        f"Python {info['python']}, DuckDB {info['duckdb']}, Dagster {info['dagster']}.",
+        f"Python {info['python']}, DuckDB {info['duckdb']}, Dagster {info['dagster']}. "
+        + (
+            f"Agents' model: a loopback OpenAI-compatible server answering after "
+            f"{args.llm_latency:g} s."
+            if args.llm_latency is not None
+            else "Agents: offline tier (no model endpoint)."
+        ),
         "",
         "| batches | events/batch | interval s | seed contacts | visible | missed "
         "| p50 s | p95 s | max s | runs ok / failed | lock errors |",
@@ -654,6 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-batch", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=180.0, help="a batch later is a miss")
     parser.add_argument("--keep", action="store_true", help="keep the temporary REVORCH_HOME")
+    parser.add_argument(
+        "--llm-latency",
+        type=float,
+        default=None,
+        help="route agents to an OpenAI-compatible server on 127.0.0.1 answering after this many s",
+    )
     args = parser.parse_args(argv)
     if args.batches < 20:
         parser.error("--batches must be at least 20")
@@ -664,8 +685,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     home = Path(tempfile.mkdtemp(prefix="revorch-latency-"))
     dev: DagsterDev | None = None
+    llm = None
     try:
         env = prepare_home(home)
+        if args.llm_latency is not None:
+            llm = slow_model(args.llm_latency)
+            env.update(REVORCH_LLM_BASE_URL=llm.base_url, OPENAI_API_KEY="bench")
         info = machine()
         seed_ids = seed_history(env, args.contacts)
         print(f"REVORCH_HOME={home}: {len(seed_ids)} seed batches", file=sys.stderr, flush=True)
@@ -710,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if dev is not None:
             dev.stop()
+        if llm is not None:
+            llm.stop()
         if args.keep:
             print(f"kept {home}", file=sys.stderr)
         else:

@@ -322,3 +322,35 @@ def test_writers_from_two_processes_queue_on_the_writer_lock(crm, caplog):
     # It waited for the holder to finish and then saw what the holder wrote.
     assert seen == {"rows": 1}
     assert "took the DuckDB writer lock after" in caplog.text
+
+
+def test_overlapping_runs_on_the_same_inputs_record_each_decision_once(crm):
+    with crm.get_connection() as conn:
+        spec = agent_specs(offline_tier(conn))[AGENT]
+        items = INPUTS[AGENT](conn)[:5]
+    model = HeldModel()
+    reports = {}
+    with FakeOpenAI(responder=model) as server:
+        llm = LlmResource(base_url=server.base_url, api_key="test-key")
+
+        def run(name):
+            with llm.client(CONFIG, CONFIG.agents[AGENT].model) as client:
+                reports[name] = run_agent(
+                    crm.get_connection, spec, CONFIG, items, llm=client, run_id=name
+                )
+
+        runs = [threading.Thread(target=run, args=(name,)) for name in ("run-a", "run-b")]
+        for thread in runs:
+            thread.start()
+        try:
+            # Both runs read the memo before either recorded: both ask the model.
+            wait_until(lambda: server.in_flight == 2 * len(items), "both runs' calls")
+        finally:
+            model.release()
+            for thread in runs:
+                thread.join(WAIT_SECONDS)
+
+    # Both calls are paid for; the decision is recorded once, by whichever run wrote first.
+    assert scalar(crm, "SELECT sum(calls) FROM agents.cost_ledger") == 2 * len(items)
+    assert scalar(crm, "SELECT count(*) FROM agents.decisions") == len(items)
+    assert sorted(r.memo_hits for r in reports.values()) == [0, len(items)]

@@ -129,6 +129,7 @@ def run_agent(
         for i, ((item, _), decision) in enumerate(zip(todo, offline, strict=True))
         if llm is not None and settings.llm_when.wants_llm(decision.confidence, item)
     ]
+    asked: list[int] = []
     reservation, redacted = None, {}
     if wanted:
         with connect() as conn:
@@ -138,7 +139,7 @@ def run_agent(
             asked = wanted[: reservation.calls]
             names = known_names(conn, [todo[i][0] for i in asked]) if asked else []
         redacted = {i: redact(todo[i][0], known) for i, known in zip(asked, names, strict=True)}
-    fallback = {i: "budget_exhausted" for i in wanted[len(redacted) :]}
+    fallback = {i: "budget_exhausted" for i in wanted[len(asked) :]}
 
     requests = [
         LlmRequest(

@@ -37,7 +37,7 @@ from resources.agents import LlmResource  # noqa: E402
 from revorch.agents.config import Budget, load_agents_config  # noqa: E402
 from revorch.agents.models import offline_tier  # noqa: E402
 from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
-from revorch.agents.runtime import run_agent  # noqa: E402
+from revorch.agents.runtime import keep_open, run_agent  # noqa: E402
 from revorch.landing import LandingZone  # noqa: E402
 from revorch.lifecycle.config import load_lifecycle_config  # noqa: E402
 from revorch.simulator import SimulationConfig, simulate_history  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> None:
                 refresh(conn, zone)
             items = INPUTS[AGENT](conn)
             start = time.perf_counter()
-            report = run_agent(conn, spec, config, items, llm=llm, run_id=label)
+            report = run_agent(keep_open(conn), spec, config, items, llm=llm, run_id=label)
             seconds = time.perf_counter() - start
             reports.append(report)
             print(

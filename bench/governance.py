@@ -31,7 +31,7 @@ from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
 from revorch.agents.config import load_agents_config  # noqa: E402
 from revorch.agents.models import offline_tier, train_and_store  # noqa: E402
 from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
-from revorch.agents.runtime import run_agent  # noqa: E402
+from revorch.agents.runtime import keep_open, run_agent  # noqa: E402
 from revorch.governance.actions import propose  # noqa: E402
 from revorch.governance.audit import verify  # noqa: E402
 from revorch.governance.dispatch import dispatch  # noqa: E402
@@ -56,7 +56,7 @@ def decided_crm(contacts: int, workdir: Path) -> duckdb.DuckDBPyConnection:
     train_and_store(conn)
     config = load_agents_config()
     for name, spec in agent_specs(offline_tier(conn)).items():
-        run_agent(conn, spec, config, INPUTS[name](conn), llm=None, run_id="agents")
+        run_agent(keep_open(conn), spec, config, INPUTS[name](conn), llm=None, run_id="agents")
     return conn
 
 

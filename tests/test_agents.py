@@ -15,7 +15,7 @@ from revorch.agents.config import Budget, LlmWhen, load_agents_config
 from revorch.agents.models import offline_tier
 from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.replay import replay_run, what_if
-from revorch.agents.runtime import run_agent
+from revorch.agents.runtime import keep_open, run_agent
 from revorch.lifecycle.config import load_lifecycle_config
 from revorch.simulator import SimulationConfig, simulate_history
 
@@ -42,7 +42,9 @@ def settings(**changes):
 def run(conn, items, *, llm=None, run_id="run-1", agent_settings=None):
     spec = agent_specs(offline_tier(conn))[AGENT]
     client = llm.client(CONFIG, CONFIG.agents[AGENT].model) if llm else None
-    return run_agent(conn, spec, CONFIG, items, llm=client, run_id=run_id, settings=agent_settings)
+    return run_agent(
+        keep_open(conn), spec, CONFIG, items, llm=client, run_id=run_id, settings=agent_settings
+    )
 
 
 def count(conn, sql="SELECT count(*) FROM agents.decisions"):

@@ -32,7 +32,7 @@ from revorch.agents.config import load_agents_config
 from revorch.agents.models import offline_tier, train_and_store
 from revorch.agents.redact import known_names, redact
 from revorch.agents.registry import INPUTS, agent_specs
-from revorch.agents.runtime import run_agent
+from revorch.agents.runtime import keep_open, run_agent
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
 from revorch.governance.audit import DIGEST_SQL, GENESIS, chain_hash, verify
@@ -72,7 +72,9 @@ def decided_crm(tmp_path_factory) -> Path:
         train_and_store(conn)
         config = load_agents_config()
         for name, spec in agent_specs(offline_tier(conn)).items():
-            run_agent(conn, spec, config, INPUTS[name](conn), llm=None, run_id="agents-run")
+            run_agent(
+                keep_open(conn), spec, config, INPUTS[name](conn), llm=None, run_id="agents-run"
+            )
     return path
 
 

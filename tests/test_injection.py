@@ -45,7 +45,7 @@ from revorch.agents.config import LlmWhen, load_agents_config
 from revorch.agents.models import offline_tier
 from revorch.agents.redact import redact
 from revorch.agents.registry import INPUTS, OUTPUTS, agent_specs
-from revorch.agents.runtime import RunReport, run_agent
+from revorch.agents.runtime import RunReport, keep_open, run_agent
 from revorch.governance.actions import ACTION_TYPES, propose
 from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
@@ -307,7 +307,13 @@ def land_and_run_attacks(conn: duckdb.DuckDBPyConnection, zone: LandingZone) -> 
             items = INPUTS[agent](conn, plan.entity_ids(agent))
             with llm.client(fast, settings.model) as client:
                 reports[agent] = run_agent(
-                    conn, specs[agent], fast, items, llm=client, run_id=RUN_ID, settings=settings
+                    keep_open(conn),
+                    specs[agent],
+                    fast,
+                    items,
+                    llm=client,
+                    run_id=RUN_ID,
+                    settings=settings,
                 )
         requests = [r["body"] for r in server.received]
     return AttackedCrm(conn, corpus, plan, landed, model, requests, reports)

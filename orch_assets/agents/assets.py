@@ -1,6 +1,10 @@
 """One asset per agent. Each reads its stage's records, decides for the new or changed ones
 (offline tier first, the LLM tier for the uncertain or valuable ones), and records every
-decision with its cost. Agents only propose: nothing here reaches a CRM or a customer."""
+decision with its cost. Agents only propose: nothing here reaches a CRM or a customer.
+
+The agents run outside the ``duckdb_writer`` pool: they read, close the state store while the
+model answers, and write in a short transaction (``run_agent``), so ingestion goes on meanwhile.
+"""
 
 import dagster as dg
 
@@ -67,7 +71,8 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
         description=DESCRIPTIONS[name],
         group_name="agents",
         kinds={"duckdb", "openai"},
-        pool=DUCKDB_WRITER_POOL,
+        # Not in the writer pool: the step holds the state store only for its short reads and
+        # its final write (run_agent), never while the model answers.
         automation_condition=dg.AutomationCondition.eager(),
     )
     def _agent(
@@ -80,14 +85,14 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
         with state_store.get_connection() as conn:
             spec = agent_specs(offline_tier(conn))[name]
             items = INPUTS[name](conn)
-            report = run_agent(
-                conn,
-                spec,
-                config,
-                items,
-                llm=llm.client(config, config.agents[name].model),
-                run_id=context.run_id,
-            )
+        report = run_agent(
+            state_store.get_connection,
+            spec,
+            config,
+            items,
+            llm=llm.client(config, config.agents[name].model),
+            run_id=context.run_id,
+        )
         context.log.info(f"{name}: {report.as_metadata()}")
         return dg.MaterializeResult(metadata=report.as_metadata())
 

@@ -5,19 +5,27 @@
 2. The offline tier decides every new input (it is cheap and needs no network).
 3. The agent's ``llm_when`` rule picks the uncertain or high-value ones for the LLM tier, as
    many as the run and day budgets allow at the worst-case price; the rest keep the offline
-   decision, marked with why (``budget_exhausted``).
+   decision, marked with why (``budget_exhausted``). The worst case of the calls planned is
+   reserved in ``agents.budget_reservations`` before any call, so runs that overlap cannot
+   overspend together.
 4. LLM calls run concurrently within the provider's limits. A call that fails (after retries)
    or answers outside the schema keeps the offline decision, marked with the reason.
-5. Every new decision is written to ``agents.decisions`` and the money to ``agents.cost_ledger``.
+5. Every new decision is written to ``agents.decisions`` and the money to ``agents.cost_ledger``,
+   and the reservation is settled, in one transaction.
+
+Read, decide, write: the state store is opened only for steps 1, 3 and 5, each short, so no
+connection (and no writer lock) is held while the model answers.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import duckdb
 import numpy as np
@@ -77,8 +85,18 @@ class RunReport:
         }
 
 
+Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+"""Opens a connection to the state store for one short phase, e.g. ``StateStore.get_connection``."""
+
+
+def keep_open(conn: duckdb.DuckDBPyConnection) -> Connect:
+    """Every phase on this one open connection (tests, benchmarks, scripts: nothing else
+    writes meanwhile, so there is no writer to release)."""
+    return lambda: nullcontext(conn)
+
+
 def run_agent(
-    conn: duckdb.DuckDBPyConnection,
+    connect: Connect,
     spec: AgentSpec,
     config: AgentsConfig,
     items: list[dict],
@@ -87,11 +105,18 @@ def run_agent(
     run_id: str | None,
     settings: AgentSettings | None = None,
 ) -> RunReport:
-    """Decide every item (see the module docstring); return what it took."""
+    """Decide every item (see the module docstring); return what it took.
+
+    Read, decide, write: ``connect`` is called for each short phase that needs the state store
+    (the memo, the budget reservation, the record), and no connection is open while the
+    offline tier computes or the model answers, so other writers go on meanwhile.
+    """
     settings = settings or config.agents[spec.name]
     report = RunReport(spec.name, inputs=len(items))
+    day = datetime.now(UTC).date()
     hashes = [input_hash(item) for item in items]
-    known = _memo(conn, spec, settings, sorted(set(hashes)))
+    with connect() as conn:
+        known = _memo(conn, spec, settings, sorted(set(hashes)))
     report.memo_hits = sum(1 for h in hashes if h in known)
 
     todo = [
@@ -104,21 +129,27 @@ def run_agent(
         for i, ((item, _), decision) in enumerate(zip(todo, offline, strict=True))
         if llm is not None and settings.llm_when.wants_llm(decision.confidence, item)
     ]
-    affordable = _within_budget(conn, spec, settings, config, [todo[i][0] for i in wanted])
-    asked = wanted[:affordable]
-    fallback = {i: "budget_exhausted" for i in wanted[affordable:]}
+    asked: list[int] = []
+    reservation, redacted = None, {}
+    if wanted:
+        with connect() as conn:
+            reservation = _reserve(
+                conn, spec, settings, config, [todo[i][0] for i in wanted], run_id, day
+            )
+            asked = wanted[: reservation.calls]
+            names = known_names(conn, [todo[i][0] for i in asked]) if asked else []
+        redacted = {i: redact(todo[i][0], known) for i, known in zip(asked, names, strict=True)}
+    fallback = {i: "budget_exhausted" for i in wanted[len(asked) :]}
 
-    names = known_names(conn, [todo[i][0] for i in asked]) if asked else []
-    redacted = {i: redact(todo[i][0], known) for i, known in zip(asked, names, strict=True)}
     requests = [
         LlmRequest(
             key=str(i),
-            messages=prompts.messages(spec.name, settings.prompt_version, redacted[i]),
+            messages=prompts.messages(spec.name, settings.prompt_version, sent),
             output_model=spec.output_model,
             schema_name=spec.name,
             max_tokens=MAX_COMPLETION_TOKENS,
         )
-        for i in asked
+        for i, sent in redacted.items()
     ]
     results = {int(r.key): r for r in llm.complete_many(requests)} if requests else {}
     price = config.prices[settings.model]
@@ -136,11 +167,6 @@ def run_agent(
             if result.output is None:
                 report.failed_calls += 1
                 fallback[i] = result.error_kind or "failed"
-        reason = fallback.get(i)
-        if reason:
-            report.fallbacks[reason] += 1
-        tier = "llm" if result is not None and result.output is not None else "offline"
-        report.decisions_by_tier[tier] += 1
         rows.append(
             _row(
                 spec,
@@ -149,13 +175,15 @@ def run_agent(
                 digest,
                 decision,
                 result,
-                reason,
+                fallback.get(i),
                 price,
                 run_id,
                 redacted.get(i),
             )
         )
-    _record(conn, spec, settings, rows, report, run_id)
+    if rows:
+        with connect() as conn:
+            _record(conn, spec, settings, rows, report, run_id, day, reservation)
     return report
 
 
@@ -175,26 +203,67 @@ def _memo(conn, spec: AgentSpec, settings: AgentSettings, hashes: list[str]) -> 
     return {row[0] for row in rows}
 
 
-def _within_budget(conn, spec, settings, config, items: list[dict]) -> int:
-    """How many of these items the LLM may see without the run or day budget being exceeded,
-    counting each call at its worst case: every prompt token fresh, two characters a token
-    (real tokenizers average about four), and the full completion."""
-    price = config.prices[settings.model]
-    spent_today = conn.execute(
-        "SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger WHERE agent = ? AND day = ?",
-        [spec.name, datetime.now(UTC).date()],
-    ).fetchone()[0]
-    room = min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
-    count, spent = 0, 0.0
-    for item in items:
-        messages = prompts.messages(spec.name, settings.prompt_version, item)
-        prompt_tokens = sum(len(m["content"]) for m in messages) // 2 + 16
-        worst = price.cost(prompt_tokens, 0, MAX_COMPLETION_TOKENS)
-        if spent + worst > room:
-            break
-        spent += worst
-        count += 1
-    return count
+@dataclass(frozen=True)
+class Reservation:
+    """Money set aside in ``agents.budget_reservations`` for the calls a run may make."""
+
+    reservation_id: str
+    calls: int
+    reserved_usd: float
+
+
+def worst_case_cost(
+    spec: AgentSpec, settings: AgentSettings, config: AgentsConfig, item: dict
+) -> float:
+    """The most one call for this item can cost: every prompt token fresh, two characters a
+    token (real tokenizers average about four), and the full completion."""
+    messages = prompts.messages(spec.name, settings.prompt_version, item)
+    prompt_tokens = sum(len(m["content"]) for m in messages) // 2 + 16
+    return config.prices[settings.model].cost(prompt_tokens, 0, MAX_COMPLETION_TOKENS)
+
+
+def _reserve(conn, spec, settings, config, items: list[dict], run_id, day: date) -> Reservation:
+    """Reserve the worst-case cost of as many of these items as the run and day budgets allow,
+    counting what was spent today and what other runs have reserved and not settled. One
+    transaction on the writer's connection, so concurrent runs reserve one after the other."""
+    reservation = Reservation(str(uuid.uuid4()), 0, 0.0)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        spent_today = conn.execute(
+            """
+            SELECT (SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger
+                    WHERE agent = $agent AND day = $day)
+                 + (SELECT coalesce(sum(reserved_usd), 0) FROM agents.budget_reservations
+                    WHERE agent = $agent AND day = $day)
+            """,
+            {"agent": spec.name, "day": day},
+        ).fetchone()[0]
+        room = min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
+        for item in items:
+            worst = worst_case_cost(spec, settings, config, item)
+            if reservation.reserved_usd + worst > room:
+                break
+            reservation = Reservation(
+                reservation.reservation_id, reservation.calls + 1, reservation.reserved_usd + worst
+            )
+        if reservation.calls:
+            conn.execute(
+                "INSERT INTO agents.budget_reservations VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+                [
+                    reservation.reservation_id,
+                    run_id,
+                    spec.name,
+                    settings.model,
+                    day,
+                    reservation.calls,
+                    reservation.reserved_usd,
+                ],
+            )
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return reservation
 
 
 def _row(
@@ -242,24 +311,34 @@ def _row(
     }
 
 
-def _record(conn, spec, settings, rows, report: RunReport, run_id) -> None:
-    if not rows:
-        return
+def _record(conn, spec, settings, rows, report: RunReport, run_id, day: date, reservation) -> None:
+    """In one transaction: the new decisions, the money in the ledger, the reservation
+    settled. An input that a concurrent run decided since the memo was read keeps that
+    decision (counted as a memo hit); the calls made for it are still paid for."""
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.register("new_decisions", pl.DataFrame(rows, infer_schema_length=None))
-        conn.execute(
-            "INSERT INTO agents.decisions BY NAME SELECT *, now() AS decided_at FROM new_decisions"
-        )
-        conn.unregister("new_decisions")
+        decided = _memo(conn, spec, settings, sorted({row["input_hash"] for row in rows}))
+        new = [row for row in rows if row["input_hash"] not in decided]
+        report.memo_hits += len(rows) - len(new)
+        for row in new:
+            report.decisions_by_tier[row["tier"]] += 1
+            if row["fallback_reason"]:
+                report.fallbacks[row["fallback_reason"]] += 1
+        if new:
+            conn.register("new_decisions", pl.DataFrame(new, infer_schema_length=None))
+            conn.execute(
+                "INSERT INTO agents.decisions BY NAME "
+                "SELECT *, now() AS decided_at FROM new_decisions"
+            )
+            conn.unregister("new_decisions")
         if report.calls:
             conn.execute(
-                "INSERT INTO agents.cost_ledger "
-                "VALUES (?, ?, ?, current_date, ?, ?, ?, ?, ?, ?, now())",
+                "INSERT INTO agents.cost_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
                 [
                     run_id,
                     spec.name,
                     settings.model,
+                    day,
                     report.calls,
                     report.failed_calls,
                     report.prompt_tokens,
@@ -267,6 +346,11 @@ def _record(conn, spec, settings, rows, report: RunReport, run_id) -> None:
                     report.completion_tokens,
                     report.cost_usd,
                 ],
+            )
+        if reservation is not None:
+            conn.execute(
+                "DELETE FROM agents.budget_reservations WHERE reservation_id = ?",
+                [reservation.reservation_id],
             )
         conn.execute("COMMIT")
     except Exception:

@@ -254,7 +254,9 @@ def strict_json_problem(line: str) -> tuple[str, str] | None:
 
 def _check_suspects(conn: duckdb.DuckDBPyConnection) -> None:
     """Parse strictly, in Python, only the lines the SQL flagged as possibly lenient JSON."""
-    suspects = conn.execute("SELECT rowid, raw FROM parsed WHERE suspect").fetchall()
+    suspects = conn.execute(
+        "SELECT rowid, raw FROM parsed WHERE suspect AND reason IS DISTINCT FROM 'invalid_utf8'"
+    ).fetchall()
     refused = [(row, *problem) for row, raw in suspects if (problem := strict_json_problem(raw))]
     if not refused:
         return

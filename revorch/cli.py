@@ -382,6 +382,7 @@ def _replay(args: argparse.Namespace) -> int:
         if not args.what_if:
             print(replay_run(conn, args.run_id, specs).to_text())
             return 0
+        _check_configs()
         resources = default_resources()
         config = resources["agents"].load()
         model = args.model or next(iter(config.agents.values())).model
@@ -511,6 +512,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    _check_configs()  # the daemon's runs would fail on them, later and less clearly
     ensure_dagster_home()
     os.environ.setdefault("REVORCH_HOME", str(settings.revorch_home()))
     dagster = Path(sys.executable).with_name("dagster")

@@ -247,7 +247,8 @@ def test_import_refuses_a_file_that_is_not_ndjson_unless_forced(
     ],
 )
 @pytest.mark.parametrize(
-    "command", [["ingest"], ["rebuild"], ["dispatch"], ["approvals", "approve", "a-1", "--by", "x"]]
+    "command",
+    [["ingest"], ["rebuild"], ["dispatch"], ["approvals", "approve", "a-1", "--by", "x"], ["ui"]],
 )
 def test_an_invalid_config_is_named_with_its_key_before_any_run_starts(
     in_empty_folder, capsys, monkeypatch, variable, file, breaks, key, command

@@ -11,6 +11,9 @@ revorch dispatch              send approved and allowed actions now
 revorch audit verify          recompute the audit trail's hash chain against its anchors
 revorch history COMPANY_ID    every decision and action about one company, in order
 revorch ui                    start the Dagster UI (dagster dev) on this project
+
+A mistake (a missing file, an invalid config, no state store yet) prints one line saying what
+is wrong and what to do, and exits with code 2; `revorch --debug ...` shows the traceback.
 """
 
 from __future__ import annotations
@@ -25,21 +28,65 @@ import duckdb
 
 from revorch import settings
 from revorch.instance import ensure_dagster_home
-from revorch.landing import LandingZone
+from revorch.landing import LandingZone, check_source_name
 from revorch.reports.funnel import funnel_summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class RevorchError(Exception):
+    """A mistake the user can fix: printed as one line, exit code 2, no traceback."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except Exception as error:
+        if args.debug:
+            raise
+        message, code = _explain(error)
+        print(f"revorch {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+def _explain(error: Exception) -> tuple[str, int]:
+    """One line for the terminal, and the exit code: 2 for a mistake, 1 for a fault."""
+    if isinstance(error, RevorchError):
+        return str(error), 2
+    if isinstance(error, duckdb.IOException):
+        return (
+            f"{str(error).splitlines()[0]}; if a run is writing the state store, "
+            "try again when it ends",
+            2,
+        )
+    if isinstance(error, OSError) and error.filename:
+        return (
+            f"cannot use {error.filename}: {error.strerror}; check the path, or set "
+            f"REVORCH_HOME (now {settings.revorch_home()}) to a folder you can write to",
+            2,
+        )
+    return f"{type(error).__name__}: {error} (run `revorch --debug ...` for the traceback)", 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, like every other mistake."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _source_name(value: str) -> str:
+    try:
+        return check_source_name(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="revorch", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser = _Parser(prog="revorch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     quick = commands.add_parser("quickstart", help="simulate a CRM, run the main job, summarise")
     _simulation_options(quick)
@@ -57,7 +104,15 @@ def _parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser("import", help="put a file of change events into the landing zone")
     imp.add_argument("file", type=Path, help="newline-delimited JSON, one event per line")
-    imp.add_argument("--source", default="import", help="source name recorded with the batch")
+    imp.add_argument(
+        "--source",
+        default="import",
+        type=_source_name,
+        help="source name recorded with the batch (lower-case letters, digits, '_')",
+    )
+    imp.add_argument(
+        "--force", action="store_true", help="land a file that does not look like NDJSON"
+    )
     imp.set_defaults(handler=_import)
 
     ingest = commands.add_parser("ingest", help="run the main job once")
@@ -112,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev)")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=_ui)
+    for command in commands.choices.values():
+        # `--debug` also after the command; SUPPRESS keeps the value given before it.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -153,9 +211,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    if args.file.is_dir():
+        raise RevorchError(f"{args.file} is a folder; give one NDJSON file (one event per line)")
     if not args.file.is_file():
-        print(f"revorch import: no such file: {args.file}", file=sys.stderr)
-        return 2
+        raise RevorchError(f"no such file: {args.file}")
+    if not args.force:
+        _check_ndjson(args.file)
     zone = _zone()
     with zone.open_batch(args.source) as tmp:
         shutil.copyfile(args.file, tmp)
@@ -163,12 +224,45 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+NDJSON_HINT = "each line must be one JSON event (docs/landing_zone.md); --force lands it anyway"
+
+
+def _check_ndjson(path: Path) -> None:
+    """Refuse a file that is plainly not NDJSON (binary, CSV, a JSON array) before it lands."""
+    head = path.read_bytes()[: 64 * 1024]
+    if b"\0" in head:
+        raise RevorchError(f"{path} is a binary file, not NDJSON; {NDJSON_HINT}")
+    first = next((line.strip() for line in head.splitlines() if line.strip()), b"")
+    if first and not first.startswith(b"{"):
+        shown = first[:40].decode("utf-8", errors="replace")
+        raise RevorchError(
+            f"{path} does not look like NDJSON (its first line starts {shown!r}); {NDJSON_HINT}"
+        )
+
+
+def _check_configs() -> None:
+    """Load and validate the three config files before a run starts, naming file and key."""
+    from revorch.agents.config import load_agents_config
+    from revorch.governance.policy import load_policy
+    from revorch.lifecycle.config import load_lifecycle_config
+
+    try:
+        load_lifecycle_config(settings.lifecycle_config_path())
+        load_agents_config(settings.agents_config_path())
+        load_policy(settings.policy_path())
+    except ValueError as invalid:
+        raise RevorchError(f"{invalid}; fix it and run again") from invalid
+
+
 FULL_REBUILD_STEPS = ("crm_current_state", "stages__contact_lifecycle", "stages__account_lifecycle")
 
 
-def _run_main_job(*, full_rebuild: bool = False) -> bool:
+def _run_main_job(*, full_rebuild: bool = False) -> str | None:
+    """Run the main job; None when it succeeded, else what made it fail."""
+    _check_configs()
     ops = {step: {"config": {"full_rebuild": True}} for step in FULL_REBUILD_STEPS}
-    return _run_job("revorch_main", ops if full_rebuild else {}).success
+    result = _run_job("revorch_main", ops if full_rebuild else {})
+    return None if result.success else _failure(result)
 
 
 def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
@@ -189,25 +283,33 @@ def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    ok = _run_main_job()
-    print(_report_text() if ok else "The main job failed; see the run in the Dagster UI.")
-    return 0 if ok else 1
+    failure = _run_main_job()
+    if failure:
+        print(f"revorch ingest: the main job failed: {failure}", file=sys.stderr)
+        return 1
+    print(_report_text())
+    return 0
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    ok = _run_main_job(full_rebuild=True)
-    print(_report_text() if ok else "The rebuild failed; see the run in the Dagster UI.")
-    return 0 if ok else 1
+    failure = _run_main_job(full_rebuild=True)
+    if failure:
+        print(f"revorch rebuild: the rebuild failed: {failure}", file=sys.stderr)
+        return 1
+    print(_report_text())
+    return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from revorch.simulator import SimulationConfig, simulate_history
 
+    _check_configs()
     zone = _zone()
     summary = simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=args.seed))
     print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
-    if not _run_main_job():
-        print("The main job failed; see the run in the Dagster UI.", file=sys.stderr)
+    failure = _run_main_job()
+    if failure:
+        print(f"revorch quickstart: the main job failed: {failure}", file=sys.stderr)
         return 1
     print()
     print(_report_text())
@@ -237,7 +339,14 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _analyst_database() -> Path:
     """The published copy when there is one: it can be read while a run writes."""
     published = settings.published_path()
-    return published if published.exists() else settings.database_path()
+    if published.exists():
+        return published
+    if not settings.database_path().exists():
+        raise RevorchError(
+            f"no state store at {settings.database_path()} yet; run `revorch quickstart` "
+            "(simulated data) or `revorch import FILE` then `revorch ingest` first"
+        )
+    return settings.database_path()
 
 
 def _report_text() -> str:
@@ -250,8 +359,7 @@ def _sql(args: argparse.Namespace) -> int:
         try:
             conn.sql(args.query).show(max_rows=100)
         except duckdb.Error as error:
-            print(f"revorch sql: {error}", file=sys.stderr)
-            return 1
+            raise RevorchError(f"{str(error).splitlines()[0]}; check the query") from error
     return 0
 
 
@@ -274,17 +382,16 @@ def _replay(args: argparse.Namespace) -> int:
         if not args.what_if:
             print(replay_run(conn, args.run_id, specs).to_text())
             return 0
+        _check_configs()
         resources = default_resources()
         config = resources["agents"].load()
         model = args.model or next(iter(config.agents.values())).model
         llm = resources["llm"].client(config, model)
         if llm is None and (args.model or args.prompt_version):
-            print(
-                "revorch replay: --what-if with another prompt or model needs an LLM "
-                "endpoint (OPENAI_API_KEY or REVORCH_LLM_BASE_URL)",
-                file=sys.stderr,
+            raise RevorchError(
+                "--what-if with another prompt or model needs an LLM "
+                "endpoint (OPENAI_API_KEY or REVORCH_LLM_BASE_URL)"
             )
-            return 2
         print(
             what_if(conn, args.run_id, specs, prompt_version=args.prompt_version, llm=llm).to_text()
         )
@@ -317,9 +424,9 @@ def _approvals(args: argparse.Namespace) -> int:
     try:
         Review(**review).validate()
     except ReviewError as error:
-        print(f"revorch approvals: {error}", file=sys.stderr)
-        return 2
+        raise RevorchError(str(error)) from error
     # A review the state store refuses fails the run; its reason is printed below.
+    _check_configs()
     ops = {"governance__approval_queue": {"config": review}}
     result = _run_job("review_actions", ops, log_level="CRITICAL")
     if not result.success:
@@ -335,6 +442,7 @@ def _approvals(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    _check_configs()
     result = _run_job("dispatch_actions", {})
     if not result.success:
         print(f"revorch dispatch: {_failure(result)}", file=sys.stderr)
@@ -368,6 +476,8 @@ def _audit(args: argparse.Namespace) -> int:
     from revorch.governance.audit import verify
 
     # The working file, not the published copy: the anchors may be newer than the copy.
+    if not settings.database_path().exists():
+        raise RevorchError(f"no state store at {settings.database_path()} yet; nothing to verify")
     try:
         conn = duckdb.connect(str(settings.database_path()), read_only=True)
     except duckdb.IOException:
@@ -402,6 +512,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    _check_configs()  # the daemon's runs would fail on them, later and less clearly
     ensure_dagster_home()
     os.environ.setdefault("REVORCH_HOME", str(settings.revorch_home()))
     dagster = Path(sys.executable).with_name("dagster")

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
+
+from revorch.cli import main
 
 
 def _revorch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -148,3 +151,122 @@ def test_a_person_approves_and_rejects_from_the_command_line_and_dispatch_sends_
     assert tampered.returncode == 2 and "tampered" in tampered.stdout
     history = _revorch("history", company, cwd=tmp_path)
     assert history.returncode == 0 and "human:alice" in history.stdout
+
+
+# --- mistakes: one line on stderr saying what is wrong and what to do, exit code 2 -------
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+@pytest.fixture
+def in_empty_folder(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("REVORCH_", "DAGSTER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _mistake(capsys, *argv: str) -> str:
+    """Run `revorch argv` in this process; the one line it printed on stderr."""
+    try:
+        code = main(list(argv))
+    except SystemExit as usage:  # argparse's own exit
+        code = usage.code
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    line = captured.err.strip()
+    assert line and "\n" not in line and "Traceback" not in line, captured.err
+    return line
+
+
+@pytest.mark.parametrize(
+    "command", [["sql", "SELECT 1"], ["report", "funnel"], ["audit", "verify"]]
+)
+def test_reading_before_any_state_store_exists(in_empty_folder, capsys, command):
+    line = _mistake(capsys, *command)
+    assert "no state store at" in line
+    if command[0] != "audit":
+        assert "revorch quickstart" in line
+
+
+def test_an_unwritable_home_names_the_path_and_revorch_home(in_empty_folder, capsys, monkeypatch):
+    (in_empty_folder / "a_file").write_text("")
+    monkeypatch.setenv("REVORCH_HOME", str(in_empty_folder / "a_file" / "home"))
+    line = _mistake(capsys, "simulate", "--contacts", "10")
+    assert "a_file" in line and "REVORCH_HOME" in line
+
+
+def test_import_refuses_a_source_name_the_landing_zone_cannot_take(in_empty_folder, capsys):
+    (in_empty_folder / "ok.ndjson").write_text('{"event_id":"e"}\n')
+    line = _mistake(capsys, "import", "ok.ndjson", "--source", "Bad Name")
+    assert "'Bad Name'" in line and "lower-case letters" in line
+    assert not (in_empty_folder / ".revorch").exists()
+
+
+def test_import_refuses_a_folder(in_empty_folder, capsys):
+    (in_empty_folder / "exports").mkdir()
+    assert "exports is a folder" in _mistake(capsys, "import", "exports")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"id,name\n1,Acme\n", "does not look like NDJSON (its first line starts 'id,name')"),
+        (b'[{"event_id": "e-1"}]\n', "does not look like NDJSON"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is a binary file"),
+    ],
+)
+def test_import_refuses_a_file_that_is_not_ndjson_unless_forced(
+    in_empty_folder, capsys, content, expected
+):
+    (in_empty_folder / "export.csv").write_bytes(content)
+    line = _mistake(capsys, "import", "export.csv")
+    assert expected in line and "--force" in line
+    assert not (in_empty_folder / ".revorch").exists()
+    assert main(["import", "export.csv", "--force"]) == 0
+    assert len(list((in_empty_folder / ".revorch" / "landing" / "incoming").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "file", "breaks", "key"),
+    [
+        (
+            "REVORCH_LIFECYCLE_CONFIG",
+            "lifecycle.yaml",
+            ("mql_threshold:", "mql_treshold:"),
+            "engagement.mql_treshold",
+        ),
+        (
+            "REVORCH_AGENTS_CONFIG",
+            "agents.yaml",
+            ("model: gpt-4o-mini", "model: [oops"),
+            "not YAML at line",
+        ),
+        ("REVORCH_POLICY", "policy.yaml", ("sla_hours:", "sla_hourz:"), "sla_hourz"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["ingest"], ["rebuild"], ["dispatch"], ["approvals", "approve", "a-1", "--by", "x"], ["ui"]],
+)
+def test_an_invalid_config_is_named_with_its_key_before_any_run_starts(
+    in_empty_folder, capsys, monkeypatch, variable, file, breaks, key, command
+):
+    text = (CONFIG / file).read_text()
+    assert breaks[0] in text
+    broken = in_empty_folder / file
+    broken.write_text(text.replace(breaks[0], breaks[1], 1))
+    monkeypatch.setenv(variable, str(broken))
+    line = _mistake(capsys, *command)
+    assert str(broken) in line and key in line and "fix it" in line
+    assert not (in_empty_folder / ".revorch" / "dagster").exists()  # no run was started
+
+
+def test_a_mistake_has_no_traceback_unless_debug_is_asked_for(tmp_path):
+    quiet = _revorch("import", "missing.ndjson", cwd=tmp_path)
+    assert quiet.returncode == 2
+    assert quiet.stderr == "revorch import: no such file: missing.ndjson\n"
+    for argv in (["--debug", "import", "missing.ndjson"], ["import", "missing.ndjson", "--debug"]):
+        loud = _revorch(*argv, cwd=tmp_path)
+        assert "Traceback" in loud.stderr and "RevorchError: no such file" in loud.stderr

@@ -29,6 +29,116 @@ MALFORMED = {
     + b"x" * 300_000
     + b'"}}',
     "invalid_utf8": b'{"event_id":"m-11","object_type":"contact","object_id":"c","occurred_at":"2026-01-01T00:00:00Z","properties":{"first_name":"\xff\xfe"}}',
+    "duplicate_key": b'{"event_id":"m-12","object_type":"deal","object_id":"d","occurred_at":"2026-01-01T00:00:00Z","properties":{"created_at":"2026-01-01T00:00:00Z","created_at":"not-a-date"}}',
+    "non_finite_number": b'{"event_id":"m-13","object_type":"deal","object_id":"d","occurred_at":"2026-01-01T00:00:00Z","properties":{"amount":NaN}}',
+    "missing_properties": b'{"event_id":"m-14","object_type":"deal","object_id":"d","occurred_at":"2026-01-01T00:00:00Z"}',
+}
+
+DEAL = '"object_type":"deal","object_id":"d","occurred_at":"2026-01-01T00:00:00Z"'
+OWNER = '"object_type":"owner","object_id":"o","occurred_at":"2026-01-01T00:00:00Z"'
+
+# Lines DuckDB's lenient reader used to load (issue 11, finding 7): reason and detail.
+LENIENT = {
+    "NaN amount": (
+        '{"event_id":"n-1",' + DEAL + ',"properties":{"amount":NaN}}',
+        ("non_finite_number", "NaN is not a JSON number"),
+    ),
+    "Infinity amount": (
+        '{"event_id":"n-2",' + DEAL + ',"properties":{"amount":-Infinity}}',
+        ("non_finite_number", "-Infinity is not a JSON number"),
+    ),
+    "overflowing amount": (
+        '{"event_id":"n-3",' + DEAL + ',"properties":{"amount":1e999}}',
+        ("non_finite_number", "1e999 is too large for a number"),
+    ),
+    "NaN as a string": (
+        '{"event_id":"n-4",' + DEAL + ',"properties":{"amount":"NaN"}}',
+        ("wrong_type", "fields: amount"),
+    ),
+    "trailing comma": (
+        '{"event_id":"n-5",' + DEAL + ',"properties":{"amount":1},}',
+        ("invalid_json", "Expecting property name enclosed in double quotes at column 119"),
+    ),
+    "trailing comma in properties": (
+        '{"event_id":"n-6",' + DEAL + ',"properties":{"amount":1,}}',
+        ("invalid_json", "Expecting property name enclosed in double quotes at column 118"),
+    ),
+    "duplicate property": (
+        '{"event_id":"n-7",'
+        + DEAL
+        + ',"properties":{"created_at":"2026-01-01T00:00:00Z","created_at":"not-a-date"}}',
+        ("duplicate_key", "key 'created_at' appears 2 times"),
+    ),
+    "duplicate envelope key": (
+        '{"event_id":"n-8","event_id":"n-9",' + DEAL + ',"properties":{}}',
+        ("duplicate_key", "key 'event_id' appears 2 times"),
+    ),
+    "duplicate key deeper down": (
+        '{"event_id":"n-10",' + DEAL + ',"properties":{"extra":{"a":1,"a":2}}}',
+        ("duplicate_key", "key 'a' appears 2 times"),
+    ),
+    "occurred_at without a time zone": (
+        '{"event_id":"n-11","object_type":"deal","object_id":"d","occurred_at":"2026-01-01T09:30:00","properties":{}}',
+        ("invalid_occurred_at", "occurred_at: 2026-01-01T09:30:00 (needs a time zone, e.g. Z)"),
+    ),
+    "occurred_at as a date": (
+        '{"event_id":"n-12","object_type":"deal","object_id":"d","occurred_at":"2026-01-01","properties":{}}',
+        ("invalid_occurred_at", "occurred_at: 2026-01-01 (needs a time zone, e.g. Z)"),
+    ),
+    "property timestamp without a time zone": (
+        '{"event_id":"n-13",' + DEAL + ',"properties":{"closed_at":"2026-01-01T09:30:00"}}',
+        ("wrong_type", "fields: closed_at"),
+    ),
+    "yes as a boolean": (
+        '{"event_id":"n-14",' + OWNER + ',"properties":{"is_active":"yes"}}',
+        ("wrong_type", "fields: is_active"),
+    ),
+    "1 as a boolean": (
+        '{"event_id":"n-15",' + OWNER + ',"properties":{"is_active":1}}',
+        ("wrong_type", "fields: is_active"),
+    ),
+    "integer event id": (
+        '{"event_id":16,' + DEAL + ',"properties":{}}',
+        ("missing_event_id", "event_id: 16"),
+    ),
+    "blank event id": (
+        '{"event_id":"  ",' + DEAL + ',"properties":{}}',
+        ("missing_event_id", 'event_id: "  "'),
+    ),
+    "blank object id": (
+        '{"event_id":"n-17","object_type":"deal","object_id":" ","occurred_at":"2026-01-01T00:00:00Z","properties":{}}',
+        ("missing_object_id", 'object_id: " "'),
+    ),
+    "upsert without properties": (
+        '{"event_id":"n-18",' + DEAL + "}",
+        ("missing_properties", "an upsert needs a properties object"),
+    ),
+    "upsert with null properties": (
+        '{"event_id":"n-19",' + DEAL + ',"properties":null}',
+        ("missing_properties", "an upsert needs a properties object"),
+    ),
+    "object for a string property": (
+        '{"event_id":"n-20",' + DEAL + ',"properties":{"name":{"first":"Big"}}}',
+        ("wrong_type", "fields: name"),
+    ),
+    "array for a string property": (
+        '{"event_id":"n-21",' + DEAL + ',"properties":{"stage":["closedwon"]}}',
+        ("wrong_type", "fields: stage"),
+    ),
+    "object for the source": (
+        '{"event_id":"n-22",' + DEAL + ',"source":{"name":"crm"},"properties":{}}',
+        ("wrong_type", "source is OBJECT"),
+    ),
+    "number with spaces": (
+        '{"event_id":"n-23",' + DEAL + ',"properties":{"amount":" 12 "}}',
+        ("wrong_type", "fields: amount"),
+    ),
+    "unknown envelope field": (
+        '{"event_id":"n-24",' + DEAL + ',"operation":"delete","properties":{}}',
+        ("unknown_field", "fields: operation"),
+    ),
+    "blank line": ("", ("blank_line", None)),
+    "whitespace line": (" \t ", ("blank_line", None)),
 }
 
 
@@ -46,6 +156,44 @@ def test_each_malformed_kind_is_quarantined_with_its_reason(conn, zone, reason):
     expected_raw = MALFORMED[reason].decode("utf-8", errors="backslashreplace")
     assert raw == expected_raw
     assert counts(conn, "change_log") == 1
+
+
+@pytest.mark.parametrize("kind", sorted(LENIENT))
+def test_lines_a_lenient_json_reader_would_take_are_quarantined(conn, zone, kind):
+    line, expected = LENIENT[kind]
+    zone.write_lines("test", [json.dumps(VALID), line])
+    result = ingest_pending(conn, zone)
+    assert (result.received, result.loaded, result.quarantined) == (2, 1, 1)
+    assert conn.execute("SELECT reason, detail, raw FROM quarantine").fetchone() == (
+        *expected,
+        line,
+    )
+    assert conn.execute("SELECT event_id FROM change_log").fetchall() == [("e-1",)]
+
+
+def test_what_strict_input_still_accepts(conn, zone):
+    """Documented acceptances: each is valid JSON in the landing format."""
+    zone.write_lines(
+        "test",
+        [
+            "\t" + json.dumps(VALID),  # JSON allows a tab before the object
+            '{"event_id":"a-2",' + OWNER + ',"properties":{"is_active":"true"}}',
+            '{"event_id":"a-3","object_type":"deal","object_id":42,'
+            '"occurred_at":"2026-01-01T10:00:00+02:00","op":"delete"}',
+            '{"event_id":"a-4",'
+            + DEAL
+            + ',"properties":{"amount":"1.5e3","seats":3,"custom":{"x":[1]}}}',
+            '{"event_id":"a-5",' + DEAL + ',"properties":{"name":"NaN, Infinity, {a:1,}"}}',
+        ],
+    )
+    result = ingest_pending(conn, zone)
+    assert (result.received, result.loaded, result.quarantined) == (5, 5, 0)
+    refresh_current_state(conn)
+    assert conn.execute("SELECT id, is_active FROM owners").fetchall() == [("o", True)]
+    assert conn.execute("SELECT id, amount, name, _deleted FROM deals ORDER BY id").fetchall() == [
+        ("42", None, None, True),
+        ("d", 1500.0, "NaN, Infinity, {a:1,}", False),
+    ]
 
 
 def test_wrong_types_and_impossible_dates_name_the_fields(conn, zone):
@@ -104,11 +252,12 @@ def test_a_run_never_fails_on_malformed_input_and_counts_add_up(conn, zone):
     zone.write_lines("test", [*lines[:2], MALFORMED["invalid_json"]])
     result = ingest_pending(conn, zone)
     assert result.received == result.loaded + result.duplicates + result.quarantined
-    assert (result.loaded, result.duplicates, result.quarantined) == (5, 3, len(MALFORMED))
+    # The two blank lines are counted too, as quarantined blank_line (kept once each).
+    assert (result.loaded, result.duplicates, result.quarantined) == (5, 3, len(MALFORMED) + 2)
     per_batch = conn.execute(
         "SELECT sum(received), sum(loaded), sum(duplicates), sum(quarantined) FROM landing_batches"
     ).fetchone()
-    assert per_batch == (result.received, 5, 3, len(MALFORMED))
+    assert per_batch == (result.received, 5, 3, len(MALFORMED) + 2)
 
 
 def test_redelivered_batch_and_duplicate_events_have_no_second_effect(conn, zone):

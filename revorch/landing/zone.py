@@ -44,11 +44,7 @@ class LandingZone:
 
     def new_batch_id(self, source: str) -> str:
         """A batch id that sorts by creation time: ``<source>-<UTC timestamp>-<random>``."""
-        if not _SOURCE_NAME.match(source):
-            raise ValueError(
-                f"source name {source!r} must be lower-case letters, digits or '_' "
-                "(at most 32 characters, starting with a letter)"
-            )
+        check_source_name(source)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         return f"{source}-{stamp}-{uuid.uuid4().hex[:8]}"
 
@@ -104,6 +100,16 @@ class LandingZone:
             target = self.archive_dir / f"{batch.stem}.{uuid.uuid4().hex[:8]}{BATCH_SUFFIX}"
         os.replace(batch, target)
         return target
+
+
+def check_source_name(source: str) -> str:
+    """The source name, if a batch id can carry it; ValueError saying what is allowed if not."""
+    if not _SOURCE_NAME.match(source):
+        raise ValueError(
+            f"source name {source!r} must be lower-case letters, digits or '_' "
+            "(at most 32 characters, starting with a letter)"
+        )
+    return source
 
 
 def batch_id_of(path: Path) -> str:

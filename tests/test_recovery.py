@@ -18,8 +18,8 @@ from revorch.instance.recovery import (
     HOST_TAG,
     PID_TAG,
     PROCESS_TAG,
+    in_process_run_tags,
     recover_abandoned_runs,
-    run_owner_tags,
 )
 from sensors.recovery import abandoned_runs_sensor
 
@@ -158,8 +158,10 @@ def test_the_sensor_fails_runs_whose_process_is_gone_and_frees_their_slots(tmp_p
         # This test's process started before the event: it is the worker, still running.
         live_worker = _daemon_launched_run(instance, os.getpid())
         # A live process with the run's pid but another start: the pid was reused.
-        reused_pid = _started_run(instance, {**run_owner_tags(), PROCESS_TAG: "another-boot/123"})
-        live_cli = _started_run(instance, run_owner_tags())
+        reused_pid = _started_run(
+            instance, {**in_process_run_tags(), PROCESS_TAG: "another-boot/123"}
+        )
+        live_cli = _started_run(instance, in_process_run_tags())
         other_host = _started_run(instance, {HOST_TAG: "elsewhere", PID_TAG: str(gone_pid)})
         ended = _started_run(instance, {})
         storage = instance.event_log_storage

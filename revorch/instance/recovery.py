@@ -7,7 +7,7 @@ that a local run worker died (the default run launcher has no health check) and 
 daemon, which an in-process ``revorch`` command does not have. ``recover_abandoned_runs``
 closes that gap: the CLI calls it before every run and a sensor calls it under the daemon.
 
-A run's process is known from the tags ``run_owner_tags`` puts on CLI runs (host, pid and the
+A run's process is known from the tags ``in_process_run_tags`` puts on CLI runs (host, pid and the
 process's start, so a reused pid is not taken for the run), or, for runs the daemon launched,
 from the run worker's own engine event "Started process for run (pid: N)". Only runs of this
 host are judged; a run whose process cannot be identified is left alone.
@@ -68,10 +68,14 @@ class RecoveredRun:
         return f"Recovered run {self.run_id[:8]} ({self.reason}): {', '.join(done)}"
 
 
-def run_owner_tags() -> dict[str, str]:
-    """Tags that name this process as the owner of a run it executes in-process."""
+def in_process_run_tags() -> dict[str, str]:
+    """Tags for a run this process executes itself: they name the process that owns it.
+
+    The daemon's run retries are turned off for it: the daemon cannot launch a run that has no
+    code location, and the command reports the failure to its user anyway.
+    """
     pid = os.getpid()
-    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(pid)}
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), "dagster/max_retries": "0"}
     identity = _process_identity(pid)
     if identity:
         tags[PROCESS_TAG] = identity

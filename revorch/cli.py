@@ -271,14 +271,21 @@ def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
 
     ensure_dagster_home()
     from revorch.definitions import defs
+    from revorch.instance.recovery import in_process_run_tags, recover_abandoned_runs
 
     # The terminal gets warnings only; every event is still in the run's log in the UI.
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if ops:
         run_config["ops"] = ops
     with dg.DagsterInstance.get() as instance:
+        # A run killed earlier would hold the duckdb_writer slot and block this one forever.
+        for recovered in recover_abandoned_runs(instance):
+            print(recovered, flush=True)
         return defs.resolve_job_def(name).execute_in_process(
-            instance=instance, run_config=run_config, raise_on_error=False
+            instance=instance,
+            run_config=run_config,
+            raise_on_error=False,
+            tags=in_process_run_tags(),
         )
 
 

@@ -18,6 +18,7 @@ from orch_assets.stages.checks import stage_checks
 from resources import default_resources
 from sensors.approvals import approved_actions_sensor
 from sensors.landing_zone import landing_zone_sensor
+from sensors.recovery import abandoned_runs_sensor
 
 # Data flows one way: landing zone -> change log -> CRM state -> stages -> handoffs, metrics
 # and reports -> agents -> proposed actions -> policy -> approvals -> dispatcher -> audit
@@ -60,6 +61,11 @@ defs = dg.Definitions(
     asset_checks=[*stage_checks, *governance_checks],
     jobs=[revorch_main, simulate_crm, *scheduled_jobs],
     schedules=schedules,
-    sensors=[landing_zone_sensor, approved_actions_sensor, automation_sensor],
+    sensors=[
+        landing_zone_sensor,
+        approved_actions_sensor,
+        automation_sensor,
+        abandoned_runs_sensor,
+    ],
     resources=default_resources(),
 )

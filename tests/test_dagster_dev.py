@@ -99,6 +99,7 @@ def test_dagster_dev_shows_the_assets_sensors_and_schedules(dagster_dev):
         "landing_zone_sensor": "RUNNING",
         "approved_actions_sensor": "RUNNING",
         "revorch_automation": "RUNNING",
+        "abandoned_runs_sensor": "RUNNING",
     }
     schedules = {
         schedule["name"]: schedule["scheduleState"]["status"]

@@ -7,6 +7,7 @@ import hmac
 import json
 import shutil
 import threading
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,6 +86,10 @@ class Governed:
         self.conn.execute("SET TimeZone = 'UTC'")
         self.anchor = folder / "anchors.jsonl"
         self.outbox = OutboxFile(folder / "outbox.jsonl")
+        self.journal = folder / "dispatch-journal.sqlite3"
+
+    def connect(self):
+        return nullcontext(self.conn)
 
     def propose_and_judge(self, policy: Policy = POLICY, run_id: str = "run-1") -> None:
         propose(self.conn, run_id=run_id, anchor_path=self.anchor)
@@ -92,7 +97,13 @@ class Governed:
 
     def dispatch(self, policy: Policy = POLICY, **kwargs):
         return dispatch(
-            self.conn, policy, self.outbox, run_id="dispatch", anchor_path=self.anchor, **kwargs
+            self.connect,
+            policy,
+            self.outbox,
+            journal_path=self.journal,
+            run_id="dispatch",
+            anchor_path=self.anchor,
+            **kwargs,
         )
 
     def sent_lines(self) -> list[dict]:
@@ -310,7 +321,7 @@ def test_a_dispatch_interrupted_after_delivery_does_not_send_twice(gov):
     gov.propose_and_judge()
     ready = gov.ids("status = 'ready'")[:3]
     # Delivered, then the process died before recording it: the action is left 'sending'.
-    gov.outbox.deliver([{"action_id": ready[0]}])
+    gov.outbox.deliver({"action_id": ready[0]})
     gov.conn.execute(
         "UPDATE governance.actions SET status = 'sending', attempts = 1 WHERE action_id = ?",
         [ready[0]],
@@ -618,7 +629,14 @@ def test_the_webhook_target_signs_retries_what_may_heal_and_fails_what_will_not(
 
     def run(at):
         return dispatch(
-            gov.conn, POLICY, hook, run_id="d", anchor_path=gov.anchor, now=at, max_attempts=3
+            gov.connect,
+            POLICY,
+            hook,
+            journal_path=gov.journal,
+            run_id="d",
+            anchor_path=gov.anchor,
+            now=at,
+            max_attempts=3,
         )
 
     run(now)

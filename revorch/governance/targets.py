@@ -1,7 +1,9 @@
 """Where dispatched actions go: a local outbox file (the default) or a webhook.
 
-Only the dispatcher uses these. Every message carries its ``action_id``, which is also the
-webhook's ``Idempotency-Key``: a receiver that has seen it must not act twice.
+Only the dispatcher uses these, one action at a time. Every message carries its
+``action_id``, the same on every attempt: the webhook sends it as ``Idempotency-Key`` (a
+receiver that has seen it must not act twice) and the outbox file does not append an action
+it already holds. So delivering an action again after a crash is harmless.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -27,42 +30,79 @@ class Delivery:
 class Target(Protocol):
     name: str
 
-    def deliver(self, messages: list[dict]) -> list[Delivery]:
-        """Send each message; one result per message, in order."""
+    def repair(self) -> list[dict]:
+        """Put right what a crash left half done; one record per repair."""
         ...
 
-    def delivered(self, action_ids: list[str]) -> set[str]:
-        """Which of these actions the target already has (after a crash mid-dispatch)."""
+    def deliver(self, message: dict) -> Delivery:
+        """Send one message. Sending the same ``action_id`` again must not act twice."""
         ...
 
 
 class OutboxFile:
-    """A JSON-lines file a person can read: one line per action sent."""
+    """A JSON-lines file a person can read: one line per action sent, each action once."""
 
     name = "outbox"
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._held: set[str] | None = None
 
-    def deliver(self, messages: list[dict]) -> list[Delivery]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            for message in messages:
-                handle.write(json.dumps(message, sort_keys=True, default=str) + "\n")
+    def repair(self) -> list[dict]:
+        """Move a torn last line (a crash during an append) to a side file, so the file is
+        whole JSON lines again; the side file keeps the bytes for a person to look at.
+        Called at the start of every dispatch; the file is read afresh after it."""
+        self._held = None
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return []
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return []
+            # Rare (only after a crash mid-append): read the file to find the last newline.
+            handle.seek(0)
+            keep = handle.read().rfind(b"\n") + 1
+            handle.seek(keep)
+            torn = handle.read()
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            side = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+            side.write_bytes(torn)
+            _fsync(side)
+            handle.truncate(keep)
             handle.flush()
             os.fsync(handle.fileno())
-        return [Delivery(ok=True, detail=str(self.path)) for _ in messages]
+        record = {"path": str(self.path), "moved_to": str(side), "bytes": len(torn)}
+        return [{"repair": "torn_outbox_line", **record, "kept_bytes": keep}]
 
-    def delivered(self, action_ids: list[str]) -> set[str]:
-        if not action_ids or not self.path.exists():
-            return set()
-        wanted, found = set(action_ids), set()
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                action_id = json.loads(line).get("action_id")
-                if action_id in wanted:
-                    found.add(action_id)
-        return found
+    def deliver(self, message: dict) -> Delivery:
+        held = self._ids()
+        if message["action_id"] in held:
+            return Delivery(ok=True, detail=f"already in {self.path}")
+        line = json.dumps(message, sort_keys=True, default=str) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        held.add(message["action_id"])
+        return Delivery(ok=True, detail=str(self.path))
+
+    def _ids(self) -> set[str]:
+        """The action ids the file holds, read once; this dispatcher is its only writer."""
+        if self._held is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.repair()  # the dispatcher repairs first; this only guards other callers
+            self._held = set()
+            if self.path.exists():
+                with open(self.path, encoding="utf-8") as handle:
+                    for line in handle:
+                        try:
+                            self._held.add(json.loads(line)["action_id"])
+                        except (ValueError, KeyError, TypeError):
+                            continue  # not an action line; it cannot hide an action either
+        return self._held
 
 
 class Webhook:
@@ -74,13 +114,10 @@ class Webhook:
     def __init__(self, url: str, secret: str | None = None, timeout_seconds: float = 10) -> None:
         self.url, self.secret, self.timeout = url, secret, timeout_seconds
 
-    def deliver(self, messages: list[dict]) -> list[Delivery]:
-        return [self._post(message) for message in messages]
+    def repair(self) -> list[dict]:
+        return []  # nothing local to repair; the receiver de-duplicates by Idempotency-Key
 
-    def delivered(self, action_ids: list[str]) -> set[str]:
-        return set()  # sent again with the same Idempotency-Key; the receiver de-duplicates
-
-    def _post(self, message: dict) -> Delivery:
+    def deliver(self, message: dict) -> Delivery:
         body = json.dumps(message, sort_keys=True, default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": message["action_id"]}
         if self.secret:
@@ -96,3 +133,8 @@ class Webhook:
             return Delivery(ok=False, retryable=retryable, detail=f"HTTP {error.code}")
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             return Delivery(ok=False, retryable=True, detail=f"unreachable: {error}")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

@@ -1,6 +1,6 @@
-"""Exactly-once dispatch under kill -9: a real `revorch dispatch` process, killed at seeded
-random moments (while a webhook request is in flight, just after it was answered, while the
-outbox file is appended to), then a last dispatch. Nothing is lost, nothing acts twice, and
+"""Exactly-once dispatch under kill -9: a real dispatcher process, killed at seeded random
+moments (while a webhook request is in flight, just after it was answered, while the outbox
+file is appended to), then a last dispatch. Nothing is lost, nothing acts twice, and
 the audit trail shows every attempt, the interrupted ones too. A torn outbox line is repaired.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 import yaml
@@ -28,8 +29,10 @@ import yaml
 from revorch.governance.approvals import Review, review
 from revorch.governance.audit import verify
 from revorch.governance.dispatch import dispatch
+from revorch.governance.journal import open_journal
 from revorch.governance.policy import DEFAULT_PATH, load_policy
 from revorch.governance.targets import OutboxFile
+from sensors.approvals import approved_actions_sensor
 
 ATTEMPT_EVENTS = ("dispatched", "dispatch_failed", "dispatch_interrupted")
 
@@ -241,24 +244,64 @@ def test_webhook_dispatch_killed_at_random_moments_loses_and_doubles_nothing(
     assert crm.intact()
 
 
+# The dispatcher as the asset runs it, without Dagster's start-up (seconds per process here),
+# so the outbox test can afford several kills.
+DISPATCH_SCRIPT = """
+import duckdb, sys
+from contextlib import contextmanager
+from revorch import settings
+from revorch.governance.dispatch import dispatch
+from revorch.governance.journal import open_journal
+from revorch.governance.policy import load_policy
+from revorch.governance.targets import OutboxFile
+from sensors.approvals import approved_actions_sensor
+
+@contextmanager
+def connect():
+    with duckdb.connect(str(settings.database_path())) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        yield conn
+
+report = dispatch(connect, load_policy(settings.policy_path()),
+                  OutboxFile(settings.outbox_path()),
+                  journal_path=settings.dispatch_journal_path(), run_id=sys.argv[1],
+                  anchor_path=settings.audit_anchor_path())
+print(dict(report.outcomes))
+"""
+
+
 def test_outbox_dispatch_killed_at_random_moments_writes_each_action_once(held_home, tmp_path):
-    crm = _approved_copy(held_home, tmp_path, 16)
+    crm = _approved_copy(held_home, tmp_path, 40)
     env = _env(crm.home, crm.policy)
     rng = random.Random(7)
 
     def lines() -> int:
         return crm.outbox.read_bytes().count(b"\n") if crm.outbox.exists() else 0
 
-    for _ in range(3):
-        target = lines() + rng.randint(1, 4)
-        process = _revorch("dispatch", env=env, cwd=tmp_path)
+    def start(run_id: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", DISPATCH_SCRIPT, run_id],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    killed = 0
+    for round_ in range(6):
+        target = lines() + rng.randint(1, 5)
+        process = start(f"killed-{round_}")
         while process.poll() is None and lines() < target:
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.01))
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.005))
         _kill(process)
-        process.communicate(timeout=600)
-    last = _revorch("dispatch", env=env, cwd=tmp_path)
-    _out, err = last.communicate(timeout=600)
+        process.communicate(timeout=120)
+        killed += process.returncode == -signal.SIGKILL
+    assert killed >= 4, "most rounds should have been cut short"
+    last = start("last")
+    _out, err = last.communicate(timeout=120)
     assert last.returncode == 0, err
 
     written = [json.loads(line)["action_id"] for line in crm.outbox.read_text().splitlines()]
@@ -289,10 +332,19 @@ class TearingOutbox(OutboxFile):
         raise Crash
 
 
-def test_a_torn_last_outbox_line_is_set_aside_and_the_action_delivered_whole(held_home, tmp_path):
+def _recovery_requested() -> bool:
+    result = approved_actions_sensor(dg.build_sensor_context())
+    return isinstance(result, dg.RunRequest) and result.run_key.startswith("recover-")
+
+
+def test_a_torn_last_outbox_line_is_set_aside_and_the_action_delivered_whole(
+    held_home, tmp_path, monkeypatch
+):
     crm = _approved_copy(held_home, tmp_path, 4)
     policy = load_policy(crm.policy)
     journal = tmp_path / "journal.sqlite3"
+    monkeypatch.setenv("REVORCH_HOME", str(crm.home))
+    monkeypatch.setenv("REVORCH_DISPATCH_JOURNAL", str(journal))
     conn = duckdb.connect(str(crm.database))
     conn.execute("SET TimeZone = 'UTC'")
 
@@ -310,7 +362,12 @@ def test_a_torn_last_outbox_line_is_set_aside_and_the_action_delivered_whole(hel
         run(TearingOutbox(crm.outbox))
     torn = crm.outbox.read_bytes()
     assert not torn.endswith(b"\n")
+    # The daemon's sensor sees the dead dispatcher's attempts, but not a live one's.
+    assert _recovery_requested()
+    with open_journal(journal):
+        assert not _recovery_requested()
     report = run(OutboxFile(crm.outbox))
+    assert not _recovery_requested()
 
     assert report.recovered == 2 and report.outcomes["sent"] == 4
     [side] = crm.outbox.parent.glob("actions.jsonl.torn-*")

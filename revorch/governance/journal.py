@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (
@@ -113,15 +113,18 @@ def open_journal(path: Path, *, lock_timeout_seconds: float = 600) -> Iterator[J
         yield Journal(conn)
 
 
-def pending_attempts(path: Path) -> int:
-    """How many attempts wait to be folded (for a sensor; reads without the lock)."""
+def interrupted_attempts(path: Path) -> list[tuple[str, int]]:
+    """Attempts a dispatcher that died left in the journal, as (action id, attempt); empty
+    while a dispatcher is at work (it holds the lock) or when there is no journal."""
     if not path.exists():
-        return 0
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        try:
-            return conn.execute("SELECT count(*) FROM attempts").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
+        return []
+    try:
+        with FileLock(f"{path}.lock", timeout=0), closing(sqlite3.connect(path)) as conn:
+            return conn.execute(
+                "SELECT action_id, attempt FROM attempts ORDER BY action_id, attempt"
+            ).fetchall()
+    except (Timeout, sqlite3.OperationalError):
+        return []
 
 
 def _now() -> str:

@@ -82,10 +82,14 @@ class OutboxFile:
         if message["action_id"] in held:
             return Delivery(ok=True, detail=f"already in {self.path}")
         line = json.dumps(message, sort_keys=True, default=str) + "\n"
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:  # a full or read-only disk may heal; a torn tail is repaired
+            self._held = None
+            return Delivery(ok=False, retryable=True, detail=f"cannot append: {error}")
         held.add(message["action_id"])
         return Delivery(ok=True, detail=str(self.path))
 

@@ -247,14 +247,12 @@ def test_webhook_dispatch_killed_at_random_moments_loses_and_doubles_nothing(
 # The dispatcher as the asset runs it, without Dagster's start-up (seconds per process here),
 # so the outbox test can afford several kills.
 DISPATCH_SCRIPT = """
-import duckdb, sys
+import duckdb, os, sys
 from contextlib import contextmanager
 from revorch import settings
 from revorch.governance.dispatch import dispatch
-from revorch.governance.journal import open_journal
 from revorch.governance.policy import load_policy
-from revorch.governance.targets import OutboxFile
-from sensors.approvals import approved_actions_sensor
+from revorch.governance.targets import OutboxFile, Webhook
 
 @contextmanager
 def connect():
@@ -262,12 +260,25 @@ def connect():
         conn.execute("SET TimeZone = 'UTC'")
         yield conn
 
-report = dispatch(connect, load_policy(settings.policy_path()),
-                  OutboxFile(settings.outbox_path()),
+url = os.environ.get("REVORCH_WEBHOOK_URL")
+target = Webhook(url, timeout_seconds=120) if url else OutboxFile(settings.outbox_path())
+report = dispatch(connect, load_policy(settings.policy_path()), target,
                   journal_path=settings.dispatch_journal_path(), run_id=sys.argv[1],
                   anchor_path=settings.audit_anchor_path())
 print(dict(report.outcomes))
 """
+
+
+def _start_dispatcher(env: dict[str, str], cwd: Path, run_id: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", DISPATCH_SCRIPT, run_id],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_outbox_dispatch_killed_at_random_moments_writes_each_action_once(held_home, tmp_path):
@@ -279,15 +290,7 @@ def test_outbox_dispatch_killed_at_random_moments_writes_each_action_once(held_h
         return crm.outbox.read_bytes().count(b"\n") if crm.outbox.exists() else 0
 
     def start(run_id: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-c", DISPATCH_SCRIPT, run_id],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        return _start_dispatcher(env, tmp_path, run_id)
 
     killed = 0
     for round_ in range(6):
@@ -309,6 +312,40 @@ def test_outbox_dispatch_killed_at_random_moments_writes_each_action_once(held_h
     assert set(crm.statuses().values()) == {"sent"}
     _assert_every_attempt_in_the_trail(crm)
     assert crm.intact()
+
+
+def test_the_state_store_is_free_while_a_target_keeps_the_dispatcher_waiting(held_home, tmp_path):
+    crm = _approved_copy(held_home, tmp_path, 2)
+    in_flight, release = threading.Event(), threading.Event()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            in_flight.set()
+            release.wait(timeout=120)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/actions"
+    process = _start_dispatcher(
+        _env(crm.home, crm.policy, REVORCH_WEBHOOK_URL=url), tmp_path, "slow"
+    )
+    try:
+        assert in_flight.wait(timeout=120), process.stderr.read() if process.poll() else ""
+        # Another process (this one) writes to the state store while a request hangs.
+        with duckdb.connect(str(crm.database)) as conn:
+            conn.execute("CREATE TABLE written_meanwhile AS SELECT 1 AS x")
+    finally:
+        release.set()
+        _out, err = process.communicate(timeout=120)
+        server.shutdown()
+    assert process.returncode == 0, err
+    assert set(crm.statuses().values()) == {"sent"}
 
 
 class Crash(BaseException):

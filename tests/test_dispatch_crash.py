@@ -261,7 +261,8 @@ def connect():
         yield conn
 
 url = os.environ.get("REVORCH_WEBHOOK_URL")
-target = Webhook(url, timeout_seconds=120) if url else OutboxFile(settings.outbox_path())
+outbox = OutboxFile(settings.outbox_path(), batch_size=int(sys.argv[2]))
+target = Webhook(url, timeout_seconds=120) if url else outbox
 report = dispatch(connect, load_policy(settings.policy_path()), target,
                   journal_path=settings.dispatch_journal_path(), run_id=sys.argv[1],
                   anchor_path=settings.audit_anchor_path())
@@ -269,9 +270,11 @@ print(dict(report.outcomes))
 """
 
 
-def _start_dispatcher(env: dict[str, str], cwd: Path, run_id: str) -> subprocess.Popen:
+def _start_dispatcher(
+    env: dict[str, str], cwd: Path, run_id: str, outbox_batch: int = 500
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", DISPATCH_SCRIPT, run_id],
+        [sys.executable, "-c", DISPATCH_SCRIPT, run_id, str(outbox_batch)],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -290,7 +293,8 @@ def test_outbox_dispatch_killed_at_random_moments_writes_each_action_once(held_h
         return crm.outbox.read_bytes().count(b"\n") if crm.outbox.exists() else 0
 
     def start(run_id: str) -> subprocess.Popen:
-        return _start_dispatcher(env, tmp_path, run_id)
+        # Small groups, so that kills fall between, during and after appends.
+        return _start_dispatcher(env, tmp_path, run_id, outbox_batch=rng.randint(1, 3))
 
     killed = 0
     for round_ in range(6):
@@ -353,17 +357,17 @@ class Crash(BaseException):
 
 
 class TearingOutbox(OutboxFile):
-    """Appends half of its second action's line and dies."""
+    """Appends one action at a time, and half of its second action's line, then dies."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
+        super().__init__(path, batch_size=1)
         self.calls = 0
 
-    def deliver(self, message: dict):
+    def deliver(self, messages: list[dict]):
         self.calls += 1
         if self.calls < 2:
-            return super().deliver(message)
-        line = json.dumps(message, sort_keys=True)
+            return super().deliver(messages)
+        line = json.dumps(messages[0], sort_keys=True)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line[: len(line) // 2])
         raise Crash

@@ -321,7 +321,7 @@ def test_a_dispatch_interrupted_after_delivery_does_not_send_twice(gov):
     gov.propose_and_judge()
     ready = gov.ids("status = 'ready'")[:3]
     # Delivered, then the process died before recording it: the action is left 'sending'.
-    gov.outbox.deliver({"action_id": ready[0]})
+    gov.outbox.deliver([{"action_id": ready[0]}])
     gov.conn.execute(
         "UPDATE governance.actions SET status = 'sending', attempts = 1 WHERE action_id = ?",
         [ready[0]],

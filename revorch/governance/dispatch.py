@@ -11,9 +11,11 @@ Read, decide, write; the DuckDB writer is never held while a target is waited on
    that verdict is recorded. Forbidden now: closed, never sent. Needing approval and not
    approved: back to the approval queue. The rest are marked ``sending`` and their messages
    built. Then the connection is closed.
-3. **Deliver**, one action at a time, with no DuckDB connection open: the journal records
-   the attempt, the target receives it (under its ``action_id`` as idempotency key), the
-   journal records the outcome, then the next action.
+3. **Deliver**, with no DuckDB connection open: the journal records the attempt, the target
+   receives it (under its ``action_id`` as idempotency key), the journal records the outcome,
+   then the next action. A webhook takes one action per request; the outbox file appends a
+   group of actions with one write and one fsync (``batch_size``), so a group is one
+   delivery to it.
 4. **Record** (a short DuckDB transaction): fold the journal into the actions (``sent``;
    ``retry`` with a backoff; ``failed`` after ``max_attempts`` or an error that will not
    heal) and the audit trail (``dispatched`` / ``dispatch_failed`` per attempt).
@@ -105,16 +107,16 @@ def dispatch(
             report.recovered = _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
             report.repairs = target.repair()
             go, messages = _decide(conn, policy, target, report, now, run_id, anchor_path)
-        for action, message in zip(go, messages, strict=True):
-            attempt = action["attempts"] + 1
-            journal.started(action["action_id"], attempt, target.name, run_id)
-            delivery = target.deliver(message)
+        for start in range(0, len(go), target.batch_size):
+            batch = go[start : start + target.batch_size]
+            attempts = [(action["action_id"], action["attempts"] + 1) for action in batch]
+            journal.started(attempts, target.name, run_id)
+            deliveries = target.deliver(messages[start : start + target.batch_size])
             journal.finished(
-                action["action_id"],
-                attempt,
-                ok=delivery.ok,
-                retryable=delivery.retryable,
-                detail=delivery.detail,
+                [
+                    (action_id, n, d.ok, d.retryable, d.detail)
+                    for (action_id, n), d in zip(attempts, deliveries, strict=True)
+                ]
             )
         if go:
             with connect() as conn:

@@ -61,23 +61,26 @@ class Journal:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def started(self, action_id: str, attempt: int, target: str, run_id: str | None) -> None:
-        """Record an attempt before any byte of it leaves."""
-        self.conn.execute(
-            "INSERT OR REPLACE INTO attempts (action_id, attempt, target, run_id, started_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [action_id, attempt, target, run_id, _now()],
-        )
+    def started(self, attempts: list[tuple[str, int]], target: str, run_id: str | None) -> None:
+        """Record attempts (action id, attempt number) before any byte of them leaves."""
+        now = _now()
+        with self._transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO attempts (action_id, attempt, target, run_id, started_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(action_id, n, target, run_id, now) for action_id, n in attempts],
+            )
 
-    def finished(
-        self, action_id: str, attempt: int, *, ok: bool, retryable: bool, detail: str
-    ) -> None:
-        """Record the attempt's outcome, before the next attempt begins."""
-        self.conn.execute(
-            "UPDATE attempts SET finished_at = ?, ok = ?, retryable = ?, detail = ? "
-            "WHERE action_id = ? AND attempt = ?",
-            [_now(), ok, retryable, detail, action_id, attempt],
-        )
+    def finished(self, outcomes: list[tuple[str, int, bool, bool, str]]) -> None:
+        """Record outcomes (action id, attempt, ok, retryable, detail), before the next
+        attempt begins."""
+        now = _now()
+        with self._transaction():
+            self.conn.executemany(
+                "UPDATE attempts SET finished_at = ?, ok = ?, retryable = ?, detail = ? "
+                "WHERE action_id = ? AND attempt = ?",
+                [(now, ok, retry, detail, a, n) for a, n, ok, retry, detail in outcomes],
+            )
 
     def pending(self) -> list[Attempt]:
         """Attempts not yet folded into the state store, in the order they were made."""
@@ -92,10 +95,22 @@ class Journal:
 
     def forget(self, attempts: list[Attempt]) -> None:
         """Drop attempts once the state store has committed them."""
-        self.conn.executemany(
-            "DELETE FROM attempts WHERE action_id = ? AND attempt = ?",
-            [(a.action_id, a.attempt) for a in attempts],
-        )
+        with self._transaction():
+            self.conn.executemany(
+                "DELETE FROM attempts WHERE action_id = ? AND attempt = ?",
+                [(a.action_id, a.attempt) for a in attempts],
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One durable commit (one fsync) for many rows."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
 
 @contextmanager

@@ -17,6 +17,8 @@ import resource
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +73,11 @@ def governed_run(conn, workdir: Path, run_id: str) -> dict[str, float]:
     judge_proposed(conn, policy, run_id=run_id, anchor_path=anchor)
     timings["judge s"] = time.perf_counter() - start
     start = time.perf_counter()
-    report = dispatch(conn, policy, outbox, run_id=run_id, anchor_path=anchor)
+    journal = workdir / "dispatch-journal.sqlite3"
+    connect = partial(nullcontext, conn)
+    report = dispatch(
+        connect, policy, outbox, journal_path=journal, run_id=run_id, anchor_path=anchor
+    )
     timings["sent"] = report.outcomes["sent"]
     timings["dispatch s"] = time.perf_counter() - start
     start = time.perf_counter()

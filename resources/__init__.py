@@ -34,6 +34,7 @@ def default_resources() -> dict[str, object]:
         # No webhook URL: actions go to the outbox file.
         "dispatcher": DispatcherResource(
             outbox_path=str(settings.outbox_path()),
+            journal_path=str(settings.dispatch_journal_path()),
             webhook_url=_from_env("REVORCH_WEBHOOK_URL"),
             webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
         ),

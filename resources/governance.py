@@ -28,6 +28,11 @@ class DispatcherResource(dg.ConfigurableResource):
     REVORCH_WEBHOOK_URL; its signing secret from REVORCH_WEBHOOK_SECRET)."""
 
     outbox_path: str = Field(description="JSON-lines file of sent actions (the default target).")
+    journal_path: str | None = Field(
+        default=None,
+        description="SQLite journal of delivery attempts, for crash recovery (default: "
+        "dispatch-journal.sqlite3 beside the outbox file).",
+    )
     webhook_url: str | None = Field(default=None, description="POST every action here instead.")
     webhook_secret: str | None = Field(default=None, description="HMAC key; environment only.")
     timeout_seconds: float = 10.0
@@ -37,3 +42,9 @@ class DispatcherResource(dg.ConfigurableResource):
         if self.webhook_url:
             return Webhook(self.webhook_url, self.webhook_secret, self.timeout_seconds)
         return OutboxFile(Path(self.outbox_path))
+
+    @property
+    def journal(self) -> Path:
+        if self.journal_path:
+            return Path(self.journal_path)
+        return Path(self.outbox_path).parent / "dispatch-journal.sqlite3"

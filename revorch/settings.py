@@ -62,3 +62,11 @@ def outbox_path() -> Path:
     return Path(
         os.environ.get("REVORCH_OUTBOX", revorch_home() / "outbox" / "actions.jsonl")
     ).resolve()
+
+
+def dispatch_journal_path() -> Path:
+    """The dispatcher's journal of delivery attempts (SQLite), next to the outbox; named after
+    the database, since what it holds is folded into that state store."""
+    database = database_path()
+    default = revorch_home() / "outbox" / f"{database.stem}.dispatch-journal.sqlite3"
+    return Path(os.environ.get("REVORCH_DISPATCH_JOURNAL", default)).resolve()

@@ -6,6 +6,7 @@ import dagster as dg
 import duckdb
 
 from revorch import settings
+from revorch.governance.journal import interrupted_attempts
 
 WAITING_SQL = """
 SELECT action_id, status, attempts FROM governance.actions
@@ -19,9 +20,17 @@ ORDER BY action_id
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests a dispatch_actions run when approved actions (or retries that are "
-    "due) wait. Reads the analysts' published copy, so it never blocks the writer.",
+    "due) wait, or when a dispatcher died mid-delivery. Reads the analysts' published copy and "
+    "the dispatch journal, so it never blocks the writer.",
 )
 def approved_actions_sensor(context: dg.SensorEvaluationContext):
+    # A dispatcher killed mid-delivery left attempts of unknown outcome: finish them now.
+    interrupted = interrupted_attempts(settings.dispatch_journal_path())
+    if interrupted:
+        key = hashlib.sha256(repr(interrupted).encode()).hexdigest()[:16]
+        return dg.RunRequest(
+            run_key=f"recover-{key}", tags={"revorch/recover": str(len(interrupted))}
+        )
     published = settings.published_path()
     if not published.exists():
         return dg.SkipReason(f"no published state store yet at {published}")

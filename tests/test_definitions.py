@@ -67,9 +67,10 @@ def test_definitions_load_with_the_expected_assets_and_jobs():
     assert {job.name for job in repo.get_all_jobs()} >= {"revorch_main", "simulate_crm"}
 
 
-# Steps that wait on the network hold the state store only in short phases (the writer lock
-# queues them); they stay out of the pool, which is for steps that hold it throughout.
-NETWORK_ASSETS = {f"agents/{name}" for name in UPSTREAM}
+# Steps that wait on the network (agents on a model, the dispatcher on a target) hold the state
+# store only in short phases (the writer lock queues them); they stay out of the pool, which is
+# for steps that hold it throughout, so ingestion never waits on the network.
+NETWORK_ASSETS = {f"agents/{name}" for name in UPSTREAM} | {"governance/dispatched_actions"}
 
 
 def test_every_writing_asset_is_in_the_duckdb_writer_pool():

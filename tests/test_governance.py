@@ -7,6 +7,7 @@ import hmac
 import json
 import shutil
 import threading
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -87,6 +88,10 @@ class Governed:
         self.conn.execute("SET TimeZone = 'UTC'")
         self.anchor = folder / "anchors.jsonl"
         self.outbox = OutboxFile(folder / "outbox.jsonl")
+        self.journal = folder / "dispatch-journal.sqlite3"
+
+    def connect(self):
+        return nullcontext(self.conn)
 
     def propose_and_judge(self, policy: Policy = POLICY, run_id: str = "run-1") -> None:
         propose(self.conn, run_id=run_id, anchor_path=self.anchor)
@@ -94,7 +99,13 @@ class Governed:
 
     def dispatch(self, policy: Policy = POLICY, **kwargs):
         return dispatch(
-            self.conn, policy, self.outbox, run_id="dispatch", anchor_path=self.anchor, **kwargs
+            self.connect,
+            policy,
+            self.outbox,
+            journal_path=self.journal,
+            run_id="dispatch",
+            anchor_path=self.anchor,
+            **kwargs,
         )
 
     def sent_lines(self) -> list[dict]:
@@ -620,7 +631,14 @@ def test_the_webhook_target_signs_retries_what_may_heal_and_fails_what_will_not(
 
     def run(at):
         return dispatch(
-            gov.conn, POLICY, hook, run_id="d", anchor_path=gov.anchor, now=at, max_attempts=3
+            gov.connect,
+            POLICY,
+            hook,
+            journal_path=gov.journal,
+            run_id="d",
+            anchor_path=gov.anchor,
+            now=at,
+            max_attempts=3,
         )
 
     run(now)

@@ -13,7 +13,9 @@ import re
 import typing
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -346,7 +348,9 @@ def test_the_corpus_leads_to_no_dispatched_action_outside_the_policy(attacked_cr
     outbox = OutboxFile(tmp_path / "outbox.jsonl")
     propose(conn, run_id="gov", anchor_path=anchor)
     judge_proposed(conn, policy, run_id="gov", anchor_path=anchor)
-    dispatch(conn, policy, outbox, run_id="gov", anchor_path=anchor)
+    journal = tmp_path / "dispatch-journal.sqlite3"
+    connect = partial(nullcontext, conn)
+    dispatch(connect, policy, outbox, journal_path=journal, run_id="gov", anchor_path=anchor)
 
     attacked = {(e.agent, attacked_crm.plan.targets[e.id]) for e in attacked_crm.corpus}
     from_attacks = conn.execute(

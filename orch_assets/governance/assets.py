@@ -150,7 +150,15 @@ def approval_queue(
     )
 
 
-@governance_asset(DISPATCHED_ACTIONS, deps=[APPROVAL_QUEUE])
+# Not in the writer pool: the dispatcher waits on targets, and takes the DuckDB connection
+# only for two short transactions (decide, then record), so ingestion never waits on it.
+@dg.asset(
+    key=DISPATCHED_ACTIONS,
+    deps=[APPROVAL_QUEUE],
+    group_name="governance",
+    kinds={"duckdb"},
+    automation_condition=EAGER,
+)
 def dispatched_actions(
     context: dg.AssetExecutionContext,
     state_store: StateStore,
@@ -158,20 +166,35 @@ def dispatched_actions(
     dispatcher: DispatcherResource,
 ):
     """The dispatcher: sends every allowed or approved action to its target (the outbox file,
-    or a webhook) exactly once, after judging it again against the policy in force now."""
+    or a webhook) exactly once, after judging it again against the policy in force now. Each
+    attempt is journaled before and after it is made, and a dispatch that died is recovered
+    by the next one (docs/governance.md)."""
     target = dispatcher.target()
+    report = dispatch(
+        state_store.get_connection,
+        governance.policy(),
+        target,
+        journal_path=dispatcher.journal,
+        run_id=context.run_id,
+        anchor_path=governance.anchor,
+        max_attempts=dispatcher.max_attempts,
+    )
     with state_store.get_connection() as conn:
-        report = dispatch(
-            conn,
-            governance.policy(),
-            target,
-            run_id=context.run_id,
-            anchor_path=governance.anchor,
-            max_attempts=dispatcher.max_attempts,
-        )
         counts = _status_counts(conn)
+    if report.recovered:
+        context.log.warning(f"recovered {report.recovered} attempts of an interrupted dispatch")
+    for repair in report.repairs:
+        context.log.warning(f"repaired the outbox: {repair}")
     context.log.info(f"dispatch to {target.name}: {dict(report.outcomes)}")
-    return dg.MaterializeResult(metadata={"target": target.name, **report.as_metadata(), **counts})
+    return dg.MaterializeResult(
+        metadata={
+            "target": target.name,
+            **report.as_metadata(),
+            "recovered_attempts": report.recovered,
+            "outbox_repairs": len(report.repairs),
+            **counts,
+        }
+    )
 
 
 @governance_asset(AUDIT_TRAIL, deps=[DISPATCHED_ACTIONS])

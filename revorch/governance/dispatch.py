@@ -1,23 +1,36 @@
 """The dispatcher: the only code that sends anything out of Revorch.
 
-For every action that is ready (allowed), approved, or due for another try:
+Read, decide, write; the DuckDB writer is never held while a target is waited on:
 
-1. Judge it again against the policy in force now, and record that verdict. Forbidden now:
-   closed, never sent. Needing approval and not approved: back to the approval queue.
-2. Mark it ``sending`` (committed), then deliver it to the target.
-3. Record the result: ``sent``; or ``retry`` with a backoff; or ``failed`` after
-   ``max_attempts`` or an error that will not heal.
+1. **Recover** (a short DuckDB transaction): fold what the journal holds from a dispatch that
+   died (see :mod:`revorch.governance.journal`). An attempt with no recorded outcome is
+   audited as ``dispatch_interrupted`` and its action stays ``sending``, so step 2 takes it
+   again. Repair what the target was left with (a torn outbox line).
+2. **Decide** (the same short connection): every action that is ready (allowed), approved,
+   ``sending`` or due for another try is judged again against the policy in force now, and
+   that verdict is recorded. Forbidden now: closed, never sent. Needing approval and not
+   approved: back to the approval queue. The rest are marked ``sending`` and their messages
+   built. Then the connection is closed.
+3. **Deliver**, with no DuckDB connection open: the journal records the attempt, the target
+   receives it (under its ``action_id`` as idempotency key), the journal records the outcome,
+   then the next action. A webhook takes one action per request; the outbox file appends a
+   group of actions with one write and one fsync (``batch_size``), so a group is one
+   delivery to it.
+4. **Record** (a short DuckDB transaction): fold the journal into the actions (``sent``;
+   ``retry`` with a backoff; ``failed`` after ``max_attempts`` or an error that will not
+   heal) and the audit trail (``dispatched`` / ``dispatch_failed`` per attempt).
 
-Exactly once: an action is delivered only from ``sending``, and marked ``sent`` once. If the
-process dies between delivering and recording, the next dispatch asks the target which
-``sending`` actions it already has (the outbox file is searched; a webhook receives the same
-``Idempotency-Key`` again).
+Exactly once: each outcome is durable (in the journal) before the next action is tried; an
+attempt cut short by a crash is delivered again under the same key, and the targets do not
+act twice on a key (the outbox file holds each action once; a webhook receiver de-duplicates).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,10 +39,13 @@ import duckdb
 
 from revorch.agents.redact import known_names, pseudonymise, restore
 from revorch.governance.audit import AuditEvent, audited
+from revorch.governance.journal import Attempt, Journal, open_journal
 from revorch.governance.policy import Policy
 from revorch.governance.status import update_actions
-from revorch.governance.targets import Delivery, Target
+from revorch.governance.targets import Target
 from revorch.governance.verdicts import record_policy_version, verdict_event
+
+Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 DUE_SQL = """
 SELECT action_id, action_type, source, decision_id, entity_type, entity_id, company_id, reason,
@@ -41,10 +57,24 @@ WHERE status IN ('ready', 'approved', 'sending')
 ORDER BY proposed_at, action_id
 """
 
+ATTEMPTED_SQL = """
+SELECT action_id, action_type, entity_type, entity_id, company_id, attempts
+FROM governance.actions WHERE list_contains($ids, action_id)
+"""
+
+# Attempts already in the trail: a fold whose journal clean-up was cut short adds nothing twice.
+FOLDED_SQL = """
+SELECT action_id, CAST(detail->>'attempt' AS INTEGER) FROM governance.audit_log
+WHERE event IN ('dispatched', 'dispatch_failed', 'dispatch_interrupted')
+  AND list_contains($ids, action_id)
+"""
+
 
 @dataclass
 class DispatchReport:
     outcomes: Counter = field(default_factory=Counter)
+    recovered: int = 0  # attempts of an earlier, interrupted dispatch folded by this one
+    repairs: list[dict] = field(default_factory=list)
 
     def as_metadata(self) -> dict[str, int]:
         return {f"dispatch/{outcome}": n for outcome, n in sorted(self.outcomes.items())}
@@ -56,37 +86,65 @@ def backoff(attempt: int) -> timedelta:
 
 
 def dispatch(
-    conn: duckdb.DuckDBPyConnection,
+    connect: Connect,
     policy: Policy,
     target: Target,
     *,
+    journal_path: Path,
     run_id: str | None,
     anchor_path: Path | None,
     max_attempts: int = 5,
     now: datetime | None = None,
 ) -> DispatchReport:
-    """Send every due action that the policy allows now; see the module docstring."""
+    """Send every due action that the policy allows now; see the module docstring.
+
+    ``connect`` opens a short DuckDB connection (``StateStore.get_connection``); it is called
+    twice, and no connection is open while the target is waited on."""
     now = now or datetime.now(UTC)
     report = DispatchReport()
+    with open_journal(journal_path) as journal:
+        with connect() as conn:
+            report.recovered = _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
+            report.repairs = target.repair()
+            go, messages = _decide(conn, policy, target, report, now, run_id, anchor_path)
+        for start in range(0, len(go), target.batch_size):
+            batch = go[start : start + target.batch_size]
+            attempts = [(action["action_id"], action["attempts"] + 1) for action in batch]
+            journal.started(attempts, target.name, run_id)
+            deliveries = target.deliver(messages[start : start + target.batch_size])
+            journal.finished(
+                [
+                    (action_id, n, d.ok, d.retryable, d.detail)
+                    for (action_id, n), d in zip(attempts, deliveries, strict=True)
+                ]
+            )
+        if go:
+            with connect() as conn:
+                _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
+    return report
+
+
+def _decide(
+    conn: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    target: Target,
+    report: DispatchReport,
+    now: datetime,
+    run_id: str | None,
+    anchor_path: Path | None,
+) -> tuple[list[dict], list[dict]]:
+    """Judge every due action again; mark those to send ``sending``; build their messages."""
     cursor = conn.execute(DUE_SQL, {"now": now})
     names = [column[0] for column in cursor.description]
     due = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    if not due:
-        return report
-
-    # A crash may have left actions in 'sending' that the target already has.
-    interrupted = [a["action_id"] for a in due if a["status"] == "sending"]
-    already = target.delivered(interrupted)
-    updates: list[dict] = []
-    go = []
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+        trail.extend(AuditEvent("outbox_repaired", "dispatcher", r) for r in report.repairs)
+        if not due:
+            return [], []
         record_policy_version(conn, policy)
+        updates: list[dict] = []
+        go = []
         for action in due:
-            if action["action_id"] in already:
-                updates.append(_sent(action, now))
-                trail.append(_event("dispatched", action, target, "found after a restart"))
-                report.outcomes["sent"] += 1
-                continue
             judgement = policy.judge(
                 action["action_type"], action["source"], json.loads(action["facts"])
             )
@@ -105,27 +163,48 @@ def dispatch(
                 update |= {"status": "pending_approval", "approval_due_at": due_at}
                 report.outcomes["sent_for_approval"] += 1
             else:
-                update |= {"status": "sending", "attempts": action["attempts"] + 1}
-                update["target"] = target.name
+                # The attempt counter moves when an attempt is folded, not here.
+                update |= {"status": "sending", "target": target.name}
                 go.append(action)
             updates.append(update)
         update_actions(conn, updates)
-
-    if not go:
-        return report
     originals = _personal_data(conn, go, policy)
-    messages = [_message(action, originals.get(action["decision_id"])) for action in go]
-    deliveries = target.deliver(messages)
+    return go, [_message(action, originals.get(action["decision_id"])) for action in go]
+
+
+def _fold(
+    conn: duckdb.DuckDBPyConnection,
+    journal: Journal,
+    report: DispatchReport,
+    max_attempts: int,
+    now: datetime,
+    run_id: str | None,
+    anchor_path: Path | None,
+) -> int:
+    """Write the journal's attempts into the actions and the trail, in one transaction, then
+    drop them from the journal. Returns how many attempts were folded."""
+    attempts = journal.pending()
+    if not attempts:
+        return 0
+    ids = sorted({a.action_id for a in attempts})
+    cursor = conn.execute(ATTEMPTED_SQL, {"ids": ids})
+    names = [column[0] for column in cursor.description]
+    actions = {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+    folded = set(conn.execute(FOLDED_SQL, {"ids": ids}).fetchall())
+    updates: dict[str, dict] = {}
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
-        updates = []
-        for action, delivery in zip(go, deliveries, strict=True):
-            update = _outcome(action, delivery, max_attempts, now)
-            updates.append(update)
-            report.outcomes[update["status"]] += 1
-            event = "dispatched" if delivery.ok else "dispatch_failed"
-            trail.append(_event(event, action, target, delivery.detail, update["status"]))
-        update_actions(conn, updates)
-    return report
+        for attempt in attempts:
+            action = actions.get(attempt.action_id)
+            if action is None or (attempt.action_id, attempt.attempt) in folded:
+                continue
+            update = _outcome(attempt, max_attempts, now)
+            updates[attempt.action_id] = update  # the latest attempt decides the status
+            if not attempt.interrupted:
+                report.outcomes[update["status"]] += 1
+            trail.append(_event(attempt, action, update["status"]))
+        update_actions(conn, list(updates.values()))
+    journal.forget(attempts)
+    return len(attempts)
 
 
 def _personal_data(
@@ -174,44 +253,52 @@ def _message(action: dict, originals: dict[str, str] | None) -> dict:
     return message
 
 
-def _outcome(action: dict, delivery: Delivery, max_attempts: int, now: datetime) -> dict:
-    attempt = action["attempts"] + 1
-    if delivery.ok:
-        return _sent(action, now)
-    if delivery.retryable and attempt < max_attempts:
+def _outcome(attempt: Attempt, max_attempts: int, now: datetime) -> dict:
+    action_id, n = attempt.action_id, attempt.attempt
+    counted = {"action_id": action_id, "attempts": n}
+    if attempt.interrupted:
+        # Outcome unknown: stays 'sending', so this dispatch delivers it again, same key.
+        return {**counted, "status": "sending", "last_error": "interrupted; outcome unknown"}
+    if attempt.ok:
+        return {**counted, "status": "sent", "sent_at": now}
+    if attempt.retryable and n < max_attempts:
         return {
-            "action_id": action["action_id"],
+            **counted,
             "status": "retry",
-            "next_attempt_at": now + backoff(attempt),
-            "last_error": delivery.detail,
+            "next_attempt_at": now + backoff(n),
+            "last_error": attempt.detail,
         }
     return {
-        "action_id": action["action_id"],
-        **_closed("failed", f"gave up after {attempt} attempts: {delivery.detail}"),
-        "last_error": delivery.detail,
+        **counted,
+        **_closed("failed", f"gave up after {n} attempts: {attempt.detail}"),
+        "last_error": attempt.detail,
     }
-
-
-def _sent(action: dict, now: datetime) -> dict:
-    return {"action_id": action["action_id"], "status": "sent", "sent_at": now}
 
 
 def _closed(status: str, resolution: str) -> dict:
     return {"status": status, "resolution": resolution}
 
 
-def _event(event: str, action: dict, target: Target, detail: str, outcome: str = "sent"):
+def _event(attempt: Attempt, action: dict, outcome: str) -> AuditEvent:
+    if attempt.interrupted:
+        event = "dispatch_interrupted"
+    else:
+        event = "dispatched" if attempt.ok else "dispatch_failed"
     return AuditEvent(
         event,
         "dispatcher",
         {
-            "target": target.name,
-            "detail": detail,
+            "target": attempt.target,
+            "detail": attempt.detail or "",
             "outcome": outcome,
-            "attempt": action["attempts"] + 1,
+            "attempt": attempt.attempt,
+            "idempotency_key": attempt.action_id,
+            "attempt_run_id": attempt.run_id,
+            "started_at": attempt.started_at,
+            "finished_at": attempt.finished_at,
             "action_type": action["action_type"],
         },
-        action_id=action["action_id"],
+        action_id=attempt.action_id,
         entity_type=action["entity_type"],
         entity_id=action["entity_id"],
         company_id=action["company_id"],

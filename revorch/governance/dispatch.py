@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 
+from revorch import clock
 from revorch.agents.redact import known_names, pseudonymise, restore
 from revorch.governance.audit import AuditEvent, audited
 from revorch.governance.policy import Policy
@@ -66,7 +67,7 @@ def dispatch(
     now: datetime | None = None,
 ) -> DispatchReport:
     """Send every due action that the policy allows now; see the module docstring."""
-    now = now or datetime.now(UTC)
+    now = now or clock.now(conn)
     report = DispatchReport()
     cursor = conn.execute(DUE_SQL, {"now": now})
     names = [column[0] for column in cursor.description]

@@ -182,6 +182,10 @@ def test_the_daily_renewal_scan_opens_the_renewal_window_on_a_quiet_night(night)
         ("s-2", 89)
     ]
 
+    # Set back (a replay at an earlier moment): the move that fell due is undone.
+    night.run(T.isoformat(), RENEWAL_SCAN)
+    assert night.stage("co-2") == "adoption"
+
 
 def test_the_data_clock_replays_history_alike_however_late_it_runs(night):
     tables = (

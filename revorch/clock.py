@@ -4,7 +4,8 @@ A time rule fires on the absence of an event (no first touch before the SLA ran 
 must read a clock that moves when nothing arrives. Which clock is configuration
 (``REVORCH_CLOCK``, the ``clock`` field of the state store resource):
 
-- ``wall`` (the default): the wall clock, for production.
+- ``wall`` (the default): the wall clock, for production (never behind the newest change
+  received, which ingestion accepts up to a day ahead).
 - ``data``: the newest change received (``data_clock()``), for replaying history: the same
   change log gives the same answer whenever it is replayed.
 - an ISO 8601 instant with a time zone (``2026-03-01T09:00:00Z``): a fixed moment, for

@@ -238,6 +238,10 @@ def test_the_clock_is_configuration_with_clear_errors(monkeypatch, tmp_path):
     conn.execute("INSERT INTO change_log VALUES ('2025-05-01 00:00:00+00')")
     clock.bind(conn, " Data ")
     assert clock.now(conn) == datetime(2025, 5, 1, tzinfo=UTC)
+    ahead = datetime.now(UTC) + timedelta(hours=2)  # a source whose clock runs fast
+    conn.execute("INSERT INTO change_log VALUES (?)", [ahead])
+    clock.bind(conn, "wall")
+    assert clock.now(conn) == ahead  # the wall clock is never behind the newest change
     for wrong in ("tomorrow", "2026-03-02T09:00:00", "now"):
         with pytest.raises(clock.ClockError, match="wall', 'data' or an ISO 8601 instant"):
             clock.bind(conn, wrong)

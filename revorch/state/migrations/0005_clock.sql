@@ -1,9 +1,11 @@
 -- Revorch state store, version 5: one clock for every time rule (revorch/clock.py).
 -- clock_now() is the wall clock unless the connection set the variable revorch_clock to
 -- 'data' (the newest change received, for replays) or to a fixed instant (tests, backtests).
+-- The wall clock never runs behind the newest change: ingestion accepts changes dated up to a
+-- day ahead (a source's clock a little fast), and an age must not come out negative.
 CREATE MACRO clock_now() AS (
     CASE coalesce(getvariable('revorch_clock'), 'wall')
-        WHEN 'wall' THEN now()
+        WHEN 'wall' THEN greatest(now(), data_clock())
         WHEN 'data' THEN data_clock()
         ELSE CAST(getvariable('revorch_clock') AS TIMESTAMPTZ)
     END

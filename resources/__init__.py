@@ -18,7 +18,10 @@ def default_resources() -> dict[str, object]:
     """Resources for this environment (paths from REVORCH_HOME / REVORCH_DB / REVORCH_LANDING)."""
     settings.database_path().parent.mkdir(parents=True, exist_ok=True)
     return {
-        "state_store": StateStore(database=str(settings.database_path())),
+        # REVORCH_CLOCK: wall (default), data (replay history) or an instant (revorch/clock.py).
+        "state_store": StateStore(
+            database=str(settings.database_path()), clock=_from_env("REVORCH_CLOCK") or "wall"
+        ),
         "landing_zone": LandingZoneResource(path=str(settings.landing_path())),
         "lifecycle": LifecycleConfigResource(path=str(settings.lifecycle_config_path())),
         "agents": AgentsConfigResource(path=str(settings.agents_config_path())),

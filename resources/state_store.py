@@ -13,6 +13,7 @@ import duckdb
 import filelock
 from dagster_duckdb import DuckDBResource
 
+from revorch.clock import bind as bind_clock
 from revorch.state.migrate import migrate
 
 
@@ -26,12 +27,15 @@ class StateStore(DuckDBResource):
     then writes with a new connection.
     """
 
+    clock: str = "wall"  # what time it is for time rules: wall, data or an instant (clock.py)
+
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         # closing(): Dagster's resource does not close the connection when the block raises.
         with writer_lock(self.database), super().get_connection() as conn, closing(conn):
             conn.execute("SET TimeZone = 'UTC'")
             migrate(conn)
+            bind_clock(conn, self.clock)
             yield conn
 
 

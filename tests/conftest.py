@@ -5,6 +5,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from revorch import clock
 from revorch.landing import LandingZone
 from revorch.state.migrate import migrate
 
@@ -21,10 +22,12 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def conn(db_path: Path):
-    """A migrated state store in a real DuckDB file."""
+    """A migrated state store in a real DuckDB file, on the data clock: tests write histories
+    with fixed dates, so "now" is their newest change, whatever day the suite runs."""
     connection = duckdb.connect(str(db_path))
     connection.execute("SET TimeZone = 'UTC'")
     migrate(connection)
+    clock.bind(connection, clock.DATA)
     yield connection
     connection.close()
 

@@ -398,7 +398,7 @@ def test_grr_nets_an_accounts_contraction_against_its_own_expansion(conn):
 
 def _materialize(db_path):
     resources = {
-        "state_store": StateStore(database=str(db_path)),
+        "state_store": StateStore(database=str(db_path), clock="data"),
         "lifecycle": LifecycleConfigResource(path=str(DEFAULT_PATH)),
     }
     with dg.instance_for_test() as instance:

@@ -13,6 +13,7 @@ from conftest import event
 from orch_assets.ingestion.change_log import ingest_pending
 from orch_assets.ingestion.current_state import refresh_current_state
 from orch_assets.stages.refresh import refresh_all_stages
+from revorch import clock
 from revorch.agents.offline import (
     LeadModel,
     OfflineTier,
@@ -46,10 +47,13 @@ def at(days: float) -> str:
 def build_simulated_crm(root: Path, contacts: int = 4_000, seed: int = 42):
     """A state store with a simulated history, run through every stage."""
     zone = LandingZone(root / "landing").ensure()
-    simulate_history(zone, SimulationConfig(contacts=contacts, seed=seed))
+    # A pinned window on its own clock: the backtests split it at fixed dates.
+    window = {"start": "2025-01-01", "end": "2026-11-01"}
+    simulate_history(zone, SimulationConfig(contacts=contacts, seed=seed, **window))
     conn = duckdb.connect(str(root / "revorch.duckdb"))
     conn.execute("SET TimeZone = 'UTC'")
     migrate(conn)
+    clock.bind(conn, clock.DATA)
     ingest_pending(conn, zone)
     refresh_current_state(conn)
     refresh_all_stages(conn, CONFIG)

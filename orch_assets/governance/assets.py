@@ -136,7 +136,7 @@ def approval_queue(
             conn, policy, run_id=context.run_id, anchor_path=governance.anchor
         )
         pending, oldest_hours = conn.execute(
-            "SELECT count(*), coalesce(max(epoch(now() - proposed_at)) / 3600, 0) "
+            "SELECT count(*), coalesce(max(epoch(clock_now() - proposed_at)) / 3600, 0) "
             "FROM governance.approval_queue"
         ).fetchone()
     return dg.MaterializeResult(

@@ -1,6 +1,6 @@
 -- Open leads with fresh buying signals move to the accelerated follow-up cadence.
 CREATE OR REPLACE TABLE handoffs.follow_up_cadence AS
-WITH clock AS (SELECT data_clock() AS as_of),
+WITH clock AS (SELECT clock_now() AS as_of),
 open_contacts AS (
     SELECT entity_id AS contact_id, stage FROM stages.entity_stages
     WHERE entity_type = 'contact' AND stage IN ('lead', 'mql', 'sql')

@@ -1,7 +1,7 @@
 -- Customers whose seat use is falling or who file angry tickets enter the renewal-risk path.
 CREATE OR REPLACE TABLE handoffs.renewal_risk AS
 SELECT h.subscription_id, h.company_id, co.owner_id, h.arr, h.end_date,
-       date_diff('day', data_clock(), h.end_date) AS days_to_renewal,
+       date_diff('day', clock_now(), h.end_date) AS days_to_renewal,
        h.utilization, h.usage_change, h.angry_tickets, h.health_score,
        list_filter([
            CASE WHEN h.usage_change <= -$usage_drop THEN 'seat use fell '

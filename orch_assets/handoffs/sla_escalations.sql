@@ -1,7 +1,7 @@
 -- First sales touch after a contact became MQL or SQL, against its SLA. A breach is escalated
 -- to a manager of the owner's team (any manager if the team has none).
 CREATE OR REPLACE TABLE handoffs.sla_escalations AS
-WITH clock AS (SELECT data_clock() AS as_of),
+WITH clock AS (SELECT clock_now() AS as_of),
 entries AS (
     SELECT s.entity_id AS contact_id, s.stage, s.entered_at, c.owner_id,
            s.entered_at + to_hours(CAST($sla_hours[list_position($sla_stages, s.stage)] AS INTEGER))

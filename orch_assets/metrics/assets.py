@@ -241,7 +241,7 @@ def sla_compliance(
 )
 def revenue_retention(state_store: StateStore) -> dg.MaterializeResult:
     """Views metrics.revenue_retention_accounts and metrics.revenue_retention: gross and net
-    revenue retention (GRR, NRR) over the trailing 12 months ending at the data clock, with
+    revenue retention (GRR, NRR) over the trailing 12 months ending at the clock, with
     starting, churned, contracted and expanded ARR."""
     with state_store.get_connection() as conn:
         create_views(conn, "revenue_retention_accounts", "revenue_retention")

@@ -1,4 +1,4 @@
--- Gross and net revenue retention over the trailing 12 months that end at the data clock,
+-- Gross and net revenue retention over the trailing 12 months that end at the clock,
 -- one row, summed over metrics.revenue_retention_accounts (docs/metrics.md has the formulas):
 --   nrr = (starting_arr - churned_arr - contraction_arr + expansion_arr) / starting_arr
 --   grr = gross_retained_arr / starting_arr, where each account's gross_retained_arr is its
@@ -7,8 +7,8 @@
 -- Both are NULL when no subscription was active at the start of the window.
 CREATE OR REPLACE VIEW metrics.revenue_retention AS
 WITH clock AS (
-    SELECT data_clock() AS window_end,
-           (data_clock() AT TIME ZONE 'UTC' - INTERVAL 12 MONTH) AT TIME ZONE 'UTC' AS window_start
+    SELECT clock_now() AS window_end,
+           (clock_now() AT TIME ZONE 'UTC' - INTERVAL 12 MONTH) AT TIME ZONE 'UTC' AS window_start
 ),
 totals AS (
     SELECT count(*) AS accounts,

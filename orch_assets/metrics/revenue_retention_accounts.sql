@@ -1,4 +1,4 @@
--- Revenue retention per account over the trailing 12 months that end at the data clock.
+-- Revenue retention per account over the trailing 12 months that end at the clock.
 -- docs/metrics.md gives the formulas; in short, for the accounts that had a subscription
 -- active when the window started (the cohort):
 --   starting_arr     ARR of those subscriptions at window_start (field history of arr)
@@ -10,12 +10,12 @@
 --   net_retained_arr     starting - churned - contraction + expansion (NRR's numerator)
 --   gross_retained_arr   least(starting, net_retained), at least 0 (GRR's numerator)
 -- A subscription line is a subscription active at window_start followed by its renewals
--- (renewal_of) that started by the data clock. Dates are compared in UTC.
+-- (renewal_of) that started by the clock. Dates are compared in UTC.
 CREATE OR REPLACE VIEW metrics.revenue_retention_accounts AS
 WITH RECURSIVE
 clock AS (
-    SELECT data_clock() AS window_end,
-           (data_clock() AT TIME ZONE 'UTC' - INTERVAL 12 MONTH) AT TIME ZONE 'UTC' AS window_start
+    SELECT clock_now() AS window_end,
+           (clock_now() AT TIME ZONE 'UTC' - INTERVAL 12 MONTH) AT TIME ZONE 'UTC' AS window_start
 ),
 live AS (
     SELECT * FROM subscriptions WHERE NOT _deleted

@@ -4,8 +4,8 @@
 -- The first touch is the earliest activity of a touch type (handoffs.sla.touch_activities)
 -- for the contact at or after the entry. Status:
 --   met      the first touch came at or before due_at (entered_at + the stage's hours)
---   missed   due_at has passed at the data clock and no touch came by then (late or never)
---   pending  no touch yet and due_at is still ahead of the data clock
+--   missed   due_at has passed at the clock and no touch came by then (late or never)
+--   pending  no touch yet and due_at is still ahead of the clock
 -- A contact that entered a stage twice (recycled) has two entries. Deleted contacts are left out.
 -- $sla_stages, $sla_hours and $touch_activities are written in from the config by the asset.
 CREATE OR REPLACE VIEW metrics.sla_entries AS
@@ -30,7 +30,7 @@ first_touches AS (
 SELECT d.contact_id, d.stage, d.seq, d.entered_at, d.sla_hours, d.due_at, f.first_touch_at,
        (epoch(f.first_touch_at) - epoch(d.entered_at)) / 3600.0 AS hours_to_first_touch,
        CASE WHEN f.first_touch_at <= d.due_at THEN 'met'
-            WHEN d.due_at <= data_clock() THEN 'missed'
+            WHEN d.due_at <= clock_now() THEN 'missed'
             ELSE 'pending' END AS status
 FROM due AS d
 LEFT JOIN first_touches AS f USING (contact_id, seq);

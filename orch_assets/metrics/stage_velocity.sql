@@ -3,7 +3,7 @@
 -- A stay starts with the move into a stage and ends with the entity's next move (the
 -- consecutive rows of stage_transitions, by seq). Median and p90 are over completed stays
 -- only, interpolated between neighbouring values (quantile_cont). Stays still open at the
--- data clock are not in them, because their length is not known yet: they are counted in
+-- clock are not in them, because their length is not known yet: they are counted in
 -- open_stays, with how long they have lasted so far (median_open_days).
 CREATE OR REPLACE VIEW metrics.stage_velocity AS
 WITH stays AS (
@@ -15,7 +15,7 @@ WITH stays AS (
 durations AS (
     SELECT entity_type, stage,
            (epoch(left_at) - epoch(entered_at)) / 86400.0 AS days,
-           (epoch(data_clock()) - epoch(entered_at)) / 86400.0 AS open_days,
+           (epoch(clock_now()) - epoch(entered_at)) / 86400.0 AS open_days,
            left_at IS NULL AS still_open
     FROM stays
 )

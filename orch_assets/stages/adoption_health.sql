@@ -1,6 +1,6 @@
 -- Health of every active subscription: seat use, its trend, and angry tickets.
 CREATE OR REPLACE TABLE stages.adoption_health AS
-WITH clock AS (SELECT data_clock() AS as_of),
+WITH clock AS (SELECT clock_now() AS as_of),
 active AS (SELECT * FROM subscriptions WHERE status = 'active' AND NOT _deleted),
 earlier_use AS (
     SELECT s.id,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 
+from revorch import clock
 from revorch.lifecycle.config import LifecycleConfig
 from revorch.lifecycle.machine import FoldResult, fold
 
@@ -54,11 +55,6 @@ class LifecycleRefresh:
     transitions: int
     forbidden: int
     as_of: object
-
-
-def data_clock(conn: duckdb.DuckDBPyConnection):
-    """'Now' for the lifecycle: the newest change received (so a replay gives the same answer)."""
-    return conn.execute("SELECT max(occurred_at) FROM change_log").fetchone()[0]
 
 
 def refresh_contact_lifecycle(
@@ -126,7 +122,7 @@ def _refresh(
     try:
         since, previous_as_of = _watermark(conn, watermark)
         upto = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
-        as_of = data_clock(conn)
+        as_of = clock.now(conn)
         if full_rebuild:
             scope_args = {}
         else:
@@ -134,9 +130,7 @@ def _refresh(
             if time_based:
                 scope_args |= {
                     **scope_parameters,
-                    "as_of": as_of,
-                    # Strictly after the previous clock: BETWEEN is inclusive on both ends.
-                    "previous_as_of": _just_after(previous_as_of),
+                    **_since_last_clock(previous_as_of, as_of),
                 }
         conn.execute(
             f"CREATE OR REPLACE TEMP TABLE scope AS SELECT * FROM ({scope_sql}) AS s(entity_id)",
@@ -196,5 +190,11 @@ def _watermark(conn: duckdb.DuckDBPyConnection, name: str):
     return (row[0], row[1]) if row else (0, None)
 
 
-def _just_after(moment):
-    return None if moment is None else moment + timedelta(microseconds=1)
+def _since_last_clock(previous, now) -> dict:
+    """The span whose time-based moves are due again: strictly after the previous clock up to
+    now, or, when the clock went back (a replay set earlier), the span it went back over."""
+    if previous is None or now is None or now >= previous:
+        # Strictly after the previous clock: BETWEEN is inclusive on both ends.
+        start = None if previous is None else previous + timedelta(microseconds=1)
+        return {"previous_as_of": start, "as_of": now}
+    return {"previous_as_of": now, "as_of": previous}

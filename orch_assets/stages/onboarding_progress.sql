@@ -1,6 +1,6 @@
 CREATE OR REPLACE VIEW stages.onboarding_progress AS
 SELECT *,
        CASE WHEN activated_at IS NOT NULL THEN 'activated'
-            WHEN data_clock() > due_at THEN 'overdue'
+            WHEN clock_now() > due_at THEN 'overdue'
             ELSE 'in_progress' END AS status
 FROM stages.onboarding

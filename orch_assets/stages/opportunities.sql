@@ -2,7 +2,7 @@
 CREATE OR REPLACE VIEW stages.opportunities AS
 SELECT d.id AS deal_id, d.name, d.company_id, d.contact_id, d.owner_id, d.stage AS deal_stage,
        d.amount, d.currency, d.close_date, d.created_at,
-       date_diff('day', d.created_at, data_clock()) AS days_open,
+       date_diff('day', d.created_at, clock_now()) AS days_open,
        s.stage AS contact_stage
 FROM deals AS d
 LEFT JOIN stages.entity_stages AS s ON s.entity_type = 'contact' AND s.entity_id = d.contact_id

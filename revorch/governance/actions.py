@@ -11,12 +11,13 @@ once: re-delivered events and re-run steps find it there and add nothing.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from revorch import clock
 from revorch.governance.audit import AuditEvent, audited
 
 CANDIDATES_SQL = (Path(__file__).parent / "candidate_actions.sql").read_text()
@@ -110,7 +111,7 @@ def propose(
         names = [column[0] for column in cursor.description]
         candidates = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         conn.unregister("action_map")
-        now = datetime.now(UTC)
+        now = clock.now(conn)
         rows = [_action_row(c, now, run_id) for c in candidates]
         for candidate, row in zip(candidates, rows, strict=True):
             trail.extend(_proposal_events(candidate, row))

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from revorch import clock
 from revorch.governance.actions import GOVERNANCE
 from revorch.governance.audit import AuditEvent, audited
 from revorch.governance.policy import Policy
@@ -111,7 +112,7 @@ def escalate_and_expire(
     now: datetime | None = None,
 ) -> tuple[int, int]:
     """Escalate pending approvals past their SLA, close those past expiry; return the counts."""
-    now = now or datetime.now(UTC)
+    now = now or clock.now(conn)
     settings = policy.approvals
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         expired = conn.execute(

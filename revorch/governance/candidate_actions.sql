@@ -65,7 +65,7 @@ customer_since AS (
 SELECT substr(sha256(concat_ws('|', c.source, c.entity_type, c.entity_id, c.dedup_key)), 1, 24)
            AS action_id,
        c.* REPLACE (coalesce(c.owner_id, co.owner_id) AS owner_id), co.tier AS account_tier,
-       date_diff('day', cs.since, CAST(data_clock() AS DATE)) AS customer_age_days
+       date_diff('day', cs.since, CAST(clock_now() AS DATE)) AS customer_age_days
 FROM candidates AS c
 LEFT JOIN companies AS co ON co.id = c.company_id
 LEFT JOIN customer_since AS cs USING (company_id)

@@ -32,11 +32,12 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 
+from revorch import clock
 from revorch.agents.redact import known_names, pseudonymise, restore
 from revorch.governance.audit import AuditEvent, audited
 from revorch.governance.journal import Attempt, Journal, open_journal
@@ -100,10 +101,10 @@ def dispatch(
 
     ``connect`` opens a short DuckDB connection (``StateStore.get_connection``); it is called
     twice, and no connection is open while the target is waited on."""
-    now = now or datetime.now(UTC)
     report = DispatchReport()
     with open_journal(journal_path) as journal:
         with connect() as conn:
+            now = now or clock.now(conn)
             report.recovered = _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
             report.repairs = target.repair()
             go, messages = _decide(conn, policy, target, report, now, run_id, anchor_path)

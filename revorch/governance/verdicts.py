@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 
+from revorch import clock
 from revorch.governance.audit import AuditEvent, audited
 from revorch.governance.policy import Judgement, Policy
 from revorch.governance.status import update_actions
@@ -65,7 +66,7 @@ def judge_proposed(
     now: datetime | None = None,
 ) -> Counter:
     """Judge every action still ``proposed``; return the count of each verdict."""
-    now = now or datetime.now(UTC)
+    now = now or clock.now(conn)
     due = now + timedelta(hours=policy.approvals.sla_hours)
     verdicts: Counter = Counter()
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
 DAY = 86_400
 HOUR = 3_600
+# The default history: the 669 days (about 22 months) that end today, so a simulated CRM is
+# current for the wall clock that time rules read (revorch/clock.py).
+DEFAULT_HISTORY_DAYS = 669
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,8 @@ class SimulationConfig:
     """What to simulate. The same config always produces the same event lines.
 
     ``contacts`` sets the scale (companies, owners, deals and tickets follow from it);
-    ``start``/``end`` bound the history window (UTC dates, ``end`` excluded);
+    ``start``/``end`` bound the history window (UTC dates, ``end`` excluded; by default the
+    ``DEFAULT_HISTORY_DAYS`` that end today: pin both for a history that never changes);
     ``malformed_share`` of emitted lines are replaced by malformed ones and
     ``duplicate_share`` of valid events are emitted again in a later batch; ``batch_size``
     is the number of events per batch file and ``source`` the landing-zone source name.
@@ -24,14 +28,22 @@ class SimulationConfig:
 
     contacts: int = 5_000
     seed: int = 42
-    start: str = "2025-01-01"
-    end: str = "2026-11-01"
+    start: str = ""
+    end: str = ""
     malformed_share: float = 0.0
     duplicate_share: float = 0.0
     batch_size: int = 50_000
     source: str = "simulator"
 
     def __post_init__(self) -> None:
+        # Resolved once, so the config (and every event it produces) names its own window.
+        end = self.end or datetime.now(UTC).date().isoformat()
+        start = (
+            self.start
+            or (date.fromisoformat(end) - timedelta(days=DEFAULT_HISTORY_DAYS)).isoformat()
+        )
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "start", start)
         if self.seed < 0:
             raise ValueError("seed must be a non-negative integer")
         if self.contacts < 1:

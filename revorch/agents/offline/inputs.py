@@ -2,8 +2,9 @@
 
 Every row has ``id`` (the entity id) and its features, with keys in sorted order, floats
 rounded and times as ISO dates or timestamps, so the canonical JSON of a row only changes
-when the facts do (rows are hashed to memoize decisions). Nothing here depends on the
-wall clock: "now" is the data clock (``data_clock()``), or ``as_of`` when given.
+when the facts do (rows are hashed to memoize decisions). "Now" is the rule clock
+(``clock_now()``, revorch/clock.py), or ``as_of`` when given; it enters a row only as the
+first day of its week, so the clock alone changes a row at most weekly.
 
 The lead features are computed "as of" a scoring time: firmographics as the CRM had them
 then, engagement only from activities recorded by then and inside the first
@@ -115,7 +116,7 @@ ORDER BY p.contact_id
 
 OPEN_LEAD_POINTS = """
     SELECT s.entity_id AS contact_id, coalesce(c.created_at, c._first_seen_at) AS created_at,
-           coalesce($as_of::TIMESTAMPTZ, data_clock()) AS as_of
+           coalesce($as_of::TIMESTAMPTZ, clock_now()) AS as_of
     FROM stages.entity_stages AS s
     JOIN contacts AS c ON c.id = s.entity_id
     WHERE s.entity_type = 'contact' AND s.stage IN ('lead', 'mql', 'sql') AND NOT c._deleted
@@ -131,7 +132,7 @@ SELECT contact_id,
        count(*) AS touches_total
 FROM activities
 WHERE NOT _deleted AND list_contains($ids, contact_id)
-  AND activity_at <= coalesce($as_of::TIMESTAMPTZ, data_clock())
+  AND activity_at <= coalesce($as_of::TIMESTAMPTZ, clock_now())
 GROUP BY contact_id
 """
 
@@ -161,7 +162,7 @@ def lead_inputs(
 ) -> list[dict[str, Any]]:
     """Open leads, MQLs and SQLs with firmographics, early engagement and short context.
 
-    Features are those known at ``as_of`` (default: the data clock). ``recent_activity``
+    Features are those known at ``as_of`` (default: the rule clock). ``recent_activity``
     lists the newest five activities (date, type, page or subject) for the LLM tier.
     """
     rows = lead_feature_rows(
@@ -233,7 +234,7 @@ def deal_inputs(
     """Open new-business deals with the account's firmographics and the buyer's engagement.
 
     ``close_date`` and ``last_touch_at`` let a scorer judge staleness against ``as_of``, the
-    first day of the data clock's week: a row changes at most weekly when nothing else
+    first day of the clock's week: a row changes at most weekly when nothing else
     does, so a memoized decision is revisited weekly, not on every run.
     """
     rows = deal_feature_rows(conn, OPEN_DEALS, {"ids": deal_ids})
@@ -269,7 +270,7 @@ RENEWAL_INPUTS_SQL = """
 SELECT h.subscription_id AS id, h.company_id, co.name AS company_name, co.tier, h.plan,
        h.arr, h.seats, h.seats_active, h.utilization, h.usage_change, h.open_tickets,
        h.angry_tickets, h.health_score, h.health_band, h.end_date,
-       h.end_date <= (data_clock() + to_days(CAST($window AS INTEGER)))::DATE
+       h.end_date <= (clock_now() + to_days(CAST($window AS INTEGER)))::DATE
            AS in_renewal_window
 FROM stages.adoption_health AS h
 LEFT JOIN companies AS co ON co.id = h.company_id
@@ -319,7 +320,7 @@ def onboarding_inputs(
 ) -> list[dict[str, Any]]:
     """Onboardings not activated yet, with their tasks, CSM, subscription and account facts.
 
-    ``days_since_start`` is counted to ``as_of``, the first day of the data clock's week (so a
+    ``days_since_start`` is counted to ``as_of``, the first day of the clock's week (so a
     row changes at most weekly when nothing else does).
     """
     rows = _rows(conn.execute(ONBOARDING_INPUTS_SQL, {"ids": onboarding_ids}))
@@ -339,7 +340,7 @@ def _rows(result: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 
 def _clock_week(conn: duckdb.DuckDBPyConnection) -> str | None:
-    monday = conn.execute("SELECT CAST(date_trunc('week', data_clock()) AS DATE)").fetchone()[0]
+    monday = conn.execute("SELECT CAST(date_trunc('week', clock_now()) AS DATE)").fetchone()[0]
     return monday.isoformat() if monday else None
 
 

@@ -1,8 +1,9 @@
 -- Records that name another record Revorch has not received yet: a contact before its
 -- company, a deal before its owner. Events may arrive in any order, so a missing record is
 -- not an error while it may still come; each waits here, since the change that named it was
--- received, and leaves by itself when the record arrives. Deleted records wait for nothing.
-CREATE OR REPLACE VIEW stages.waiting_references AS
+-- received, and leaves by itself when the record arrives (the table is rebuilt on every run).
+-- Deleted records wait for nothing.
+CREATE OR REPLACE TABLE stages.waiting_references AS
 WITH named AS (
     SELECT 'contact' AS record_type, id AS record_id, 'company_id' AS reference,
            'company' AS missing_type, company_id AS missing_id

@@ -27,6 +27,7 @@ EXPECTED_ASSETS = {
     "stages/adoption_health",
     "stages/renewals",
     "stages/expansion",
+    "stages/waiting_references",
     "handoffs/follow_up_cadence",
     "handoffs/sla_escalations",
     "handoffs/renewal_risk",

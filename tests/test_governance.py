@@ -31,7 +31,7 @@ from orch_assets.stages.refresh import refresh_all_stages
 from resources import DispatcherResource, GovernanceResource, StateStore
 from revorch.agents.config import load_agents_config
 from revorch.agents.models import offline_tier, train_and_store
-from revorch.agents.redact import known_names, redact
+from revorch.agents.redact import known_names, pseudonymise, redact
 from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.runtime import keep_open, run_agent
 from revorch.governance.actions import propose
@@ -406,10 +406,19 @@ def test_personal_data_goes_back_only_into_actions_the_policy_allows(gov):
         "WHERE decision_id = ?",
         [decision_id],
     )
+    # The placeholder the agent's prompt had for her (the record's other known names, if
+    # any, are numbered too).
+    record = json.loads(
+        gov.conn.execute(
+            "SELECT CAST(input AS VARCHAR) FROM agents.decisions WHERE decision_id = ?",
+            [decision_id],
+        ).fetchone()[0]
+    )
+    originals = pseudonymise(record, known_names(gov.conn, [record])[0])[1]
+    [person] = [p for p, name in originals.items() if name == "Ada Byron"]
     gov.conn.execute(
-        "UPDATE governance.actions SET reason = 'ask <PERSON_1> about the renewal' "
-        "WHERE action_id = ?",
-        [action_id],
+        "UPDATE governance.actions SET reason = ? WHERE action_id = ?",
+        [f"ask {person} about the renewal", action_id],
     )
     action_type = gov.conn.execute(
         "SELECT action_type FROM governance.actions WHERE action_id = ?", [action_id]
@@ -418,7 +427,7 @@ def test_personal_data_goes_back_only_into_actions_the_policy_allows(gov):
     restores = policy_with(data_handling={"restore_personal_data_for": [action_type]})
     gov.dispatch(keeps)
     line = next(line for line in gov.sent_lines() if line["action_id"] == action_id)
-    assert line["reason"] == "ask <PERSON_1> about the renewal"
+    assert line["reason"] == f"ask {person} about the renewal"
 
     gov.conn.execute(
         "UPDATE governance.actions SET status = 'ready' WHERE action_id = ?", [action_id]

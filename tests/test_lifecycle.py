@@ -324,3 +324,16 @@ def test_the_whole_graph_materializes_on_a_simulated_crm(tmp_path, zone):
     assert metadata["stages/mqls"]["dagster/row_count"].value > 0
     assert metadata["stages/customers"]["active_arr"].value > 0
     assert metadata["handoffs/sla_escalations"]["breached"].value >= 0
+
+
+def test_a_deleted_contact_leaves_the_stage_views(crm, conn):
+    crm.change("contact", "c-1", 0, lifecycle_stage="marketingqualifiedlead", owner_id="own-ae")
+    crm.change("contact", "c-2", 0, lifecycle_stage="marketingqualifiedlead", owner_id="own-ae")
+    crm.change("contact", "c-3", 0, owner_id="own-ae")
+    crm.run()
+    assert conn.execute("SELECT count(*) FROM stages.mqls").fetchone()[0] == 2
+    for contact in ("c-2", "c-3"):
+        crm.events.append({**event(f"del-{contact}", "contact", contact, at(1)), "op": "delete"})
+    crm.run()
+    assert conn.execute("SELECT contact_id FROM stages.mqls").fetchall() == [("c-1",)]
+    assert conn.execute("SELECT count(*) FROM stages.leads").fetchone()[0] == 0

@@ -56,6 +56,7 @@ def governance_asset(key: dg.AssetKey, deps: list[dg.AssetKey], **kwargs):
     deps=[
         *(key for assets_def in [*agent_assets, *handoff_assets] for key in assets_def.keys),
         dg.AssetKey(["stages", "onboarding"]),
+        dg.AssetKey(["stages", "waiting_references"]),
     ],
 )
 def proposed_actions(

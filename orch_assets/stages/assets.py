@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
+from orch_assets.ingestion.assets import CURRENT_STATE_TABLES, DUCKDB_WRITER_POOL, RebuildConfig
 from orch_assets.sql_files import run_sql_file
 from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
 from resources import LifecycleConfigResource, StateStore
@@ -220,8 +220,22 @@ expansion = stage_view(
     [dg.AssetKey(["stages", "adoption_health"]), crm("deals")],
     "Accounts ready to grow: seats nearly all used, or an expansion deal open.",
 )
+waiting_references = stage_view(
+    "waiting_references",
+    [crm(table) for table in CURRENT_STATE_TABLES],
+    "Records that name a record not received yet (a contact before its company, a deal "
+    "before its owner), with the missing id and since when they wait. Events may arrive in "
+    "any order: these wait instead of failing the run, and leave when the record arrives.",
+    "SELECT count(DISTINCT (record_type, record_id)) AS records_waiting, "
+    "count(*) FILTER (WHERE missing_type = 'company') AS \"waiting_for/company\", "
+    "count(*) FILTER (WHERE missing_type = 'contact') AS \"waiting_for/contact\", "
+    "count(*) FILTER (WHERE missing_type = 'deal') AS \"waiting_for/deal\", "
+    "count(*) FILTER (WHERE missing_type = 'owner') AS \"waiting_for/owner\", "
+    "round(max(epoch(now() - waiting_since)) / 3600, 2) AS longest_wait_hours FROM {relation}",
+)
 
 stage_assets = [
+    waiting_references,
     contact_lifecycle,
     account_lifecycle,
     leads,

@@ -2,9 +2,12 @@
 Dagster asset checks (docs/data_quality.md).
 
 Each check reads its table from DuckDB into pandas and validates it with one suite. Checks
-with severity ERROR guard what later assets read (keys, references, allowed moves, stage
-values, clocks) and are blocking: when one fails, the assets after its asset are skipped in
-that run. Checks with severity WARN (freshness, values a person typed into the CRM) only report.
+with severity ERROR guard what later assets read (keys, allowed moves, stage values, clocks, a
+row's own record) and are blocking: when one fails, the assets after its asset are skipped in
+that run. They fail only on corruption. A reference to another record (a contact's company, a
+deal's owner) is not checked here: events arrive in any order, so a record not received yet
+may still come; it waits in stages.waiting_references, which a WARN check reports. Checks with
+severity WARN (freshness, waiting references, values a person typed into the CRM) only report.
 """
 
 from __future__ import annotations
@@ -250,8 +253,12 @@ def validate(
     references = [e for e in declared if isinstance(e, Reference)]
     sql = suite.sql
     if references:
+        # A null reference is no reference: its flag stays null, which GX skips. (`NULL IN
+        # (SELECT id FROM t)` is false, not null, when t is empty: a CRM without owners.)
         flags = ", ".join(
-            f"{r.column} IN (SELECT id FROM {r.table}) AS {r.flag}" for r in references
+            f"CASE WHEN {r.column} IS NOT NULL THEN {r.column} IN (SELECT id FROM {r.table}) "
+            f"END AS {r.flag}"
+            for r in references
         )
         sql = f"SELECT *, {flags} FROM ({suite.sql})"
     frame = conn.execute(sql, suite.parameters).df()
@@ -409,20 +416,23 @@ def lifecycle_checks(
     *,
     noun: str,
     entity_type: str,
-    table: str,
+    table: str | None,
     machine: Callable[[LifecycleConfig], StateMachine],
     moves_within_days: float | None,
 ) -> list[DeclaredCheck]:
     """Three checks of one state machine's tables: its current stages, its moves (both
-    blocking) and its freshness (a warning)."""
+    blocking) and its freshness (a warning). ``table`` holds the entities' own records when
+    every entity must have one (contacts); None when the record may not have arrived."""
     rows = {"entity_type": entity_type}
+    own_record = [refers_to("entity_id", table)] if table else []
+    exists_in = f" and exists in {table}" if table else ""
 
     @stage_check(
         asset,
         severity=ERROR,
         name=f"{noun}_stages_are_valid",
-        description=f"Every {noun} has one current stage, a configured one, and exists in "
-        f"{table}; no stage was entered in the future.",
+        description=f"Every {noun} has one current stage, a configured one{exists_in}; no "
+        "stage was entered in the future.",
     )
     def stages_are_valid(config):
         return Suite(
@@ -432,7 +442,7 @@ def lifecycle_checks(
                 is_key("entity_id"),
                 one_of("stage", machine(config).stages),
                 one_of("decided_by", ["rule", "human", "agent"]),
-                refers_to("entity_id", table),
+                *own_record,
                 not_in_future("entered_at"),
             ],
             sample_columns=["entity_id"],
@@ -444,8 +454,8 @@ def lifecycle_checks(
         severity=ERROR,
         name=f"{noun}_transitions_are_allowed",
         description=f"Every recorded move of a {noun} is allowed by config/lifecycle.yaml, "
-        f"only its first move starts from '{NEW}', moves are numbered once, every {noun} "
-        f"exists in {table}, and no move is dated in the future.",
+        f"only its first move starts from '{NEW}', moves are numbered once{exists_in}, and no "
+        "move is dated in the future.",
     )
     def transitions_are_allowed(config):
         return Suite(
@@ -462,7 +472,7 @@ def lifecycle_checks(
                     column_B="from_new",
                     description=f"only the first move starts from '{NEW}'",
                 ),
-                refers_to("entity_id", table),
+                *own_record,
                 not_in_future("transitioned_at"),
             ],
             sample_columns=["entity_id", "seq"],
@@ -518,11 +528,13 @@ contact_lifecycle_checks = lifecycle_checks(
 )
 # A customer account moves a few times a year (start, activation, renewal window, renewal):
 # weeks without any account move are normal, so only the state machine's clock is checked.
+# An account is known by its subscriptions; its company record may arrive later, or never
+# (a CRM without companies), so it is not required.
 account_lifecycle_checks = lifecycle_checks(
     ACCOUNT_LIFECYCLE,
     noun="account",
     entity_type="company",
-    table="companies",
+    table=None,
     machine=lambda config: config.accounts,
     moves_within_days=None,
 )
@@ -536,8 +548,8 @@ def contacts_in_stage_check(name: str) -> DeclaredCheck:
         stage(name),
         severity=ERROR,
         name=f"{name}_are_unique_known_contacts",
-        description=f"Each contact of stages/{name} appears once and exists in contacts; its "
-        "company and owner exist; it did not enter the stage in the future.",
+        description=f"Each contact of stages/{name} appears once and exists in contacts; it "
+        "did not enter the stage in the future.",
     )
     def check(config):
         return Suite(
@@ -546,8 +558,6 @@ def contacts_in_stage_check(name: str) -> DeclaredCheck:
                 has_columns("contact_id", "company_id", "owner_id", "entered_at", "days_in_stage"),
                 is_key("contact_id"),
                 refers_to("contact_id", "contacts"),
-                refers_to("company_id", "companies"),
-                refers_to("owner_id", "owners"),
                 not_in_future("entered_at"),
                 between("days_in_stage", 0),
             ],
@@ -567,16 +577,14 @@ leads_check, mqls_check, sqls_check = (
 
 @stage_check(stage("opportunities"), severity=ERROR)
 def opportunities_are_unique_known_deals(config):
-    """Each open deal appears once; its contact, company and owner exist; its contact's stage
-    is a configured one; it was not created in the future."""
+    """Each open deal appears once and exists in deals; its contact's stage is a configured
+    one; it was not created in the future."""
     return Suite(
         "SELECT * FROM stages.opportunities",
         [
             has_columns("deal_id", "company_id", "contact_id", "owner_id", "amount", "days_open"),
             is_key("deal_id"),
-            refers_to("contact_id", "contacts"),
-            refers_to("company_id", "companies"),
-            refers_to("owner_id", "owners"),
+            refers_to("deal_id", "deals"),
             one_of("contact_stage", config.contacts.stages),
             not_in_future("created_at"),
             between("days_open", 0),
@@ -597,8 +605,8 @@ def opportunity_amounts_are_plausible(config):
 
 @stage_check(stage("customers"), severity=ERROR)
 def customers_are_unique_known_accounts(config):
-    """Each customer account appears once, exists in companies, is in a configured account
-    stage other than churned, and has a known owner."""
+    """Each customer account appears once, exists in companies, and is in a configured
+    account stage other than churned."""
     live_stages = [s for s in config.accounts.stages if s != "churned"]
     return Suite(
         "SELECT * FROM stages.customers",
@@ -606,7 +614,6 @@ def customers_are_unique_known_accounts(config):
             has_columns("company_id", "owner_id", "account_stage", "active_arr"),
             is_key("company_id"),
             refers_to("company_id", "companies"),
-            refers_to("owner_id", "owners"),
             one_of("account_stage", live_stages),
             between("active_subscriptions", 0),
             not_in_future("stage_entered_at"),
@@ -627,8 +634,8 @@ def customer_arr_is_plausible(config):
 
 @stage_check(stage("onboarding"), severity=ERROR)
 def onboarding_is_one_per_won_deal(config):
-    """One onboarding per won deal, and the deal exists; its company and CSM exist; it did not
-    start or end in the future and is due after it started; its status is a known one."""
+    """One onboarding per won deal, and the deal exists; its CSM exists; it did not start or
+    end in the future and is due after it started; its status is a known one."""
     return Suite(
         "SELECT * FROM stages.onboarding_progress",
         [
@@ -636,7 +643,6 @@ def onboarding_is_one_per_won_deal(config):
             is_key("onboarding_id"),
             is_key("deal_id"),
             refers_to("deal_id", "deals"),
-            refers_to("company_id", "companies"),
             refers_to("owner_id", "owners"),
             not_in_future("started_at"),
             not_in_future("activated_at"),
@@ -649,15 +655,14 @@ def onboarding_is_one_per_won_deal(config):
 
 @stage_check(stage("adoption_health"), severity=ERROR)
 def adoption_health_is_one_row_per_subscription(config):
-    """One row per active subscription, which exists, of a known company; the health score is
-    between 0 and 100 and its band a known one; ticket counts are not negative."""
+    """One row per active subscription, which exists; the health score is between 0 and 100
+    and its band a known one; ticket counts are not negative."""
     return Suite(
         "SELECT * FROM stages.adoption_health",
         [
             has_columns("subscription_id", "company_id", "utilization", "health_score"),
             is_key("subscription_id"),
             refers_to("subscription_id", "subscriptions"),
-            refers_to("company_id", "companies"),
             between("health_score", 0, 100),
             one_of("health_band", ["healthy", "watch", "at_risk"]),
             between("open_tickets", 0),
@@ -681,8 +686,8 @@ def seat_use_is_plausible(config):
 
 @stage_check(stage("renewals"), severity=ERROR)
 def renewals_are_unique_subscriptions_in_window(config):
-    """Each renewal is one existing subscription of a known company, inside the renewal window
-    of config/lifecycle.yaml, with a health score between 0 and 100."""
+    """Each renewal is one existing subscription, inside the renewal window of
+    config/lifecycle.yaml, with a health score between 0 and 100."""
     window = config.accounts.renewal_window_days
     return Suite(
         "SELECT * FROM stages.renewals",
@@ -690,7 +695,6 @@ def renewals_are_unique_subscriptions_in_window(config):
             has_columns("subscription_id", "company_id", "days_to_renewal", "at_risk"),
             is_key("subscription_id"),
             refers_to("subscription_id", "subscriptions"),
-            refers_to("company_id", "companies"),
             between("days_to_renewal", high=window),
             between("health_score", 0, 100),
         ],
@@ -711,8 +715,8 @@ def renewals_are_not_overdue(config):
 
 @stage_check(stage("expansion"), severity=ERROR)
 def expansion_signals_are_unique_and_known(config):
-    """Each subscription and open expansion deal pair appears once; the company and the deal
-    exist; the signal is a known one."""
+    """Each subscription and open expansion deal pair appears once; the subscription and the
+    deal exist; the signal is a known one."""
     return Suite(
         "SELECT * FROM stages.expansion",
         [
@@ -724,7 +728,7 @@ def expansion_signals_are_unique_and_known(config):
                 column_list=["subscription_id", "open_expansion_deal_id"],
                 description="(subscription_id, open_expansion_deal_id) is unique",
             ),
-            refers_to("company_id", "companies"),
+            refers_to("subscription_id", "subscriptions"),
             refers_to("open_expansion_deal_id", "deals"),
             one_of("signal", ["open_expansion_deal", "seat_utilization"]),
         ],
@@ -748,15 +752,14 @@ def expansion_amounts_are_plausible(config):
 
 @stage_check(handoff("follow_up_cadence"), severity=ERROR)
 def follow_ups_are_unique_known_contacts(config):
-    """Each accelerated contact appears once, exists, with a known owner, a configured stage
-    and buying signal, a signal not in the future, and a next touch after the signal."""
+    """Each accelerated contact appears once and exists, with a configured stage and buying
+    signal, a signal not in the future, and a next touch after the signal."""
     return Suite(
         "SELECT * FROM handoffs.follow_up_cadence",
         [
             has_columns("contact_id", "stage", "owner_id", "signal", "signal_at"),
             is_key("contact_id"),
             refers_to("contact_id", "contacts"),
-            refers_to("owner_id", "owners"),
             one_of("stage", config.contacts.stages),
             one_of("signal", config.engagement.buying_signals),
             between("signals", 1),
@@ -769,15 +772,14 @@ def follow_ups_are_unique_known_contacts(config):
 
 @stage_check(handoff("sla_escalations"), severity=ERROR)
 def sla_entries_are_unique_known_contacts(config):
-    """Each SLA entry is one existing contact in a stage with an SLA; its owner and the manager
-    it escalates to exist; its status is a known one; nothing happened in the future."""
+    """Each SLA entry is one existing contact in a stage with an SLA; the manager it escalates
+    to exists; its status is a known one; nothing happened in the future."""
     return Suite(
         "SELECT * FROM handoffs.sla_escalations",
         [
             has_columns("contact_id", "stage", "entered_at", "due_at", "status", "escalate_to"),
             is_key("contact_id"),
             refers_to("contact_id", "contacts"),
-            refers_to("owner_id", "owners"),
             refers_to("escalate_to", "owners"),
             one_of("stage", list(config.handoffs.sla.first_touch_hours)),
             one_of("status", ["met", "late", "breached", "pending"]),
@@ -791,19 +793,33 @@ def sla_entries_are_unique_known_contacts(config):
 
 @stage_check(handoff("renewal_risk"), severity=ERROR)
 def renewal_risks_are_unique_known_subscriptions(config):
-    """Each subscription at risk appears once and exists, of a known company and owner, with a
-    health score between 0 and 100."""
+    """Each subscription at risk appears once and exists, with a health score between 0 and
+    100."""
     return Suite(
         "SELECT * FROM handoffs.renewal_risk",
         [
             has_columns("subscription_id", "company_id", "owner_id", "reasons"),
             is_key("subscription_id"),
             refers_to("subscription_id", "subscriptions"),
-            refers_to("company_id", "companies"),
-            refers_to("owner_id", "owners"),
             between("health_score", 0, 100),
         ],
         sample_columns=["subscription_id"],
+    )
+
+
+# --- Waiting references: records that name a record not received yet -------------------------
+
+
+@stage_check(stage("waiting_references"), severity=WARN)
+def references_are_known(config):
+    """Every record names only records Revorch has received. A miss is not an error (events
+    arrive in any order; the record may still come), so this only reports who waits and for
+    what; a wait that never ends is a CRM export without that object, or a deleted record."""
+    return Suite(
+        "SELECT * FROM stages.waiting_references",
+        # Row-wise, so each waiting record is counted and sampled in the check's metadata.
+        [gxe.ExpectColumnValuesToBeNull(column="missing_id", description="no record waits")],
+        sample_columns=["record_type", "record_id", "reference", "missing_id"],
     )
 
 
@@ -828,5 +844,6 @@ stage_checks = by_asset(
         follow_ups_are_unique_known_contacts,
         sla_entries_are_unique_known_contacts,
         renewal_risks_are_unique_known_subscriptions,
+        references_are_known,
     ]
 )

@@ -76,10 +76,14 @@ deal_closed AS (
     FROM deal_changes
     WHERE (properties->>'stage') IN ('closedwon', 'closedlost')
 )
-SELECT * FROM created
-UNION ALL SELECT * FROM crm_stage
-UNION ALL SELECT * FROM disqualified
-UNION ALL SELECT * FROM engaged
-UNION ALL SELECT * FROM recycled
-UNION ALL SELECT * FROM deal_created
-UNION ALL SELECT * FROM deal_closed
+-- A contact whose own record has not arrived yet (only its deals or activities have) waits:
+-- it has no stage until the record comes, and is then replayed whole.
+SELECT * FROM (
+    SELECT * FROM created
+    UNION ALL SELECT * FROM crm_stage
+    UNION ALL SELECT * FROM disqualified
+    UNION ALL SELECT * FROM engaged
+    UNION ALL SELECT * FROM recycled
+    UNION ALL SELECT * FROM deal_created
+    UNION ALL SELECT * FROM deal_closed
+) WHERE entity_id IN (SELECT entity_id FROM created)

@@ -20,22 +20,31 @@ from revorch.lifecycle.machine import FoldResult, fold
 
 SQL_DIR = Path(__file__).parent
 
+# Contacts with new changes, and every contact a changed deal or activity refers to now or
+# ever did (a deal moved to another contact changes both), whatever order they arrived in.
 CONTACT_SCOPE_SQL = """
-SELECT object_id FROM change_log WHERE object_type = 'contact' AND load_id > $since
+WITH touched AS (
+    SELECT DISTINCT object_type, object_id FROM change_log
+    WHERE load_id > $since AND object_type IN ('contact', 'deal', 'activity')
+)
+SELECT object_id FROM touched WHERE object_type = 'contact'
 UNION
-SELECT d.contact_id FROM change_log AS c JOIN deals AS d ON d.id = c.object_id
-WHERE c.object_type = 'deal' AND c.load_id > $since AND d.contact_id IS NOT NULL
-UNION
-SELECT a.contact_id FROM change_log AS c JOIN activities AS a ON a.id = c.object_id
-WHERE c.object_type = 'activity' AND c.load_id > $since AND a.contact_id IS NOT NULL
+SELECT (c.properties->>'contact_id') FROM change_log AS c
+JOIN touched AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+WHERE c.object_type IN ('deal', 'activity') AND (c.properties->>'contact_id') IS NOT NULL
 """
 
 ALL_CONTACTS_SQL = "SELECT DISTINCT object_id FROM change_log WHERE object_type = 'contact'"
 
-# Accounts whose subscriptions changed, or whose time-based moves fell due since last time.
+# Accounts whose subscriptions changed (every account a changed subscription ever belonged
+# to), or whose time-based moves fell due since last time.
 ACCOUNT_SCOPE_SQL = """
-SELECT s.company_id FROM change_log AS c JOIN subscriptions AS s ON s.id = c.object_id
-WHERE c.object_type = 'subscription' AND c.load_id > $since AND s.company_id IS NOT NULL
+WITH touched AS (
+    SELECT DISTINCT object_id FROM change_log
+    WHERE load_id > $since AND object_type = 'subscription'
+)
+SELECT (c.properties->>'company_id') FROM change_log AS c JOIN touched AS t USING (object_id)
+WHERE c.object_type = 'subscription' AND (c.properties->>'company_id') IS NOT NULL
 UNION
 SELECT company_id FROM subscriptions
 WHERE company_id IS NOT NULL AND (

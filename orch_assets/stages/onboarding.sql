@@ -1,41 +1,45 @@
--- Every won new-business deal starts onboarding by itself, once: a record with its CSM and
--- dated tasks. The CSM is picked by a stable hash of the account among the active owners of
--- the role, so a rebuild picks the same one.
-INSERT INTO stages.onboarding
+-- Every won new-business deal starts onboarding: a record with its CSM and dated tasks.
+-- Rebuilt whole from the CRM state on every run, so it never depends on what had arrived
+-- when the deal was won (an owner or a subscription that arrives later counts at once).
+-- The CSM is picked by a stable hash of the account among the active owners of the role who
+-- had joined by the time the deal was won (by the CRM's dates, not by when Revorch heard of
+-- them), so a later hire does not move the onboardings already running.
+CREATE OR REPLACE TABLE stages.onboarding AS
 WITH won AS (
     SELECT id, company_id, closed_at FROM deals
     WHERE deal_type = 'new_business' AND stage = 'closedwon' AND closed_at IS NOT NULL
-      AND NOT _deleted AND id NOT IN (SELECT deal_id FROM stages.onboarding)
+      AND NOT _deleted
 ),
 owners_for_role AS (
-    SELECT id, row_number() OVER (ORDER BY id) - 1 AS slot
+    SELECT id, coalesce(created_at, _first_seen_at) AS joined_at
     FROM owners WHERE role = $owner_role AND coalesce(is_active, true) AND NOT _deleted
 ),
 assigned AS (
-    SELECT *, hash(company_id) % (SELECT count(*) FROM owners_for_role) AS slot FROM won
+    SELECT w.id AS deal_id, o.id AS owner_id
+    FROM won AS w JOIN owners_for_role AS o ON o.joined_at <= w.closed_at
+    QUALIFY row_number() OVER (PARTITION BY w.id ORDER BY o.id) - 1
+            = hash(w.company_id) % count(*) OVER (PARTITION BY w.id)
+),
+-- Onboarding ends when seat use first reaches the activation level.
+activated AS (
+    SELECT s.deal_id, min(c.occurred_at) AS activated_at
+    FROM subscriptions AS s
+    JOIN change_log AS c ON c.object_type = 'subscription' AND c.object_id = s.id
+    WHERE TRY_CAST(c.properties->>'seats_active' AS DOUBLE) >= $activation_utilization * s.seats
+    GROUP BY s.deal_id
 ),
 tasks AS (
     SELECT unnest($task_names) AS task, unnest($task_days) AS due_days
 )
-SELECT w.id AS onboarding_id, w.company_id, w.id AS deal_id, o.id AS owner_id,
+SELECT w.id AS onboarding_id, w.company_id, w.id AS deal_id, a.owner_id,
        w.closed_at AS started_at,
        w.closed_at + to_days(CAST(max(t.due_days) AS INTEGER)) AS due_at,
        to_json(list({'task': t.task, 'due_at': w.closed_at + to_days(CAST(t.due_days AS INTEGER))}
                     ORDER BY t.due_days)) AS tasks,
-       NULL AS activated_at
-FROM assigned AS w
+       act.activated_at
+FROM won AS w
 CROSS JOIN tasks AS t
-LEFT JOIN owners_for_role AS o ON o.slot = w.slot
-GROUP BY w.id, w.company_id, o.id, w.closed_at;
-
--- Onboarding ends when seat use first reaches the activation level.
-UPDATE stages.onboarding AS ob SET activated_at = a.activated_at
-FROM (
-    SELECT s.deal_id, min(c.occurred_at) AS activated_at
-    FROM subscriptions AS s
-    JOIN change_log AS c ON c.object_type = 'subscription' AND c.object_id = s.id
-    WHERE s.deal_id IN (SELECT deal_id FROM stages.onboarding WHERE activated_at IS NULL)
-      AND TRY_CAST(c.properties->>'seats_active' AS DOUBLE) >= $activation_utilization * s.seats
-    GROUP BY s.deal_id
-) AS a
-WHERE ob.deal_id = a.deal_id AND ob.activated_at IS NULL
+LEFT JOIN assigned AS a ON a.deal_id = w.id
+LEFT JOIN activated AS act ON act.deal_id = w.id
+GROUP BY w.id, w.company_id, a.owner_id, w.closed_at, act.activated_at
+ORDER BY w.id

@@ -16,6 +16,7 @@ from revorch.lifecycle.config import LifecycleConfig
 HANDOFFS = STAGES.parent / "handoffs"
 
 SQL_FILES = [
+    STAGES / "waiting_references.sql",
     *(STAGES / f"{name}.sql" for name in ("leads", "mqls", "sqls", "opportunities", "customers")),
     STAGES / "onboarding.sql",
     STAGES / "onboarding_progress.sql",

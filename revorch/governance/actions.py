@@ -18,6 +18,8 @@ import duckdb
 import polars as pl
 
 from revorch import clock
+from revorch.agents.memo import input_hash
+from revorch.agents.registry import INPUTS
 from revorch.governance.audit import AuditEvent, audited
 
 CANDIDATES_SQL = (Path(__file__).parent / "candidate_actions.sql").read_text()
@@ -105,12 +107,15 @@ def propose(
             for (agent, rec), (t, e) in AGENT_ACTIONS.items()
         ]
     )
+    open_items = _open_items(conn)
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         conn.register("action_map", action_map)
+        conn.register("open_items", open_items)
         cursor = conn.execute(CANDIDATES_SQL)
         names = [column[0] for column in cursor.description]
         candidates = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         conn.unregister("action_map")
+        conn.unregister("open_items")
         now = clock.now(conn)
         rows = [_action_row(c, now, run_id) for c in candidates]
         for candidate, row in zip(candidates, rows, strict=True):
@@ -125,6 +130,19 @@ def propose(
             )
             conn.unregister("new_actions")
     return len(rows)
+
+
+def _open_items(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Every agent's items as they stand now (the inputs it is asked about), with the hash
+    its decisions are memoized by."""
+    return pl.DataFrame(
+        [
+            {"agent": agent, "entity_id": str(item["id"]), "input_hash": input_hash(item)}
+            for agent, read in INPUTS.items()
+            for item in read(conn)
+        ],
+        schema={"agent": pl.String, "entity_id": pl.String, "input_hash": pl.String},
+    )
 
 
 def _action_row(candidate: dict, now: datetime, run_id: str | None) -> dict:

@@ -1,7 +1,18 @@
 -- What the agents recommend and the handoffs call for, as candidate actions, one row each.
 -- `dedup_key` names the proposal within its source and entity: an agent's recommendation
 -- for an entity, a handoff's occurrence. The same candidate seen again is the same action.
-WITH agent_candidates AS (
+-- An agent proposes only from its decision on an item still open, as the item stands now
+-- (`open_items`: every agent's current inputs and their hashes). A decision taken on what had
+-- arrived earlier, or on an item closed since, proposes nothing, so the actions do not
+-- depend on the order events arrived in.
+WITH current_decisions AS (
+    SELECT d.* FROM agents.decisions AS d
+    JOIN open_items AS o
+      ON o.agent = d.agent AND o.entity_id = d.entity_id AND o.input_hash = d.input_hash
+    QUALIFY row_number() OVER (PARTITION BY d.agent, d.entity_id
+                               ORDER BY d.decided_at DESC, d.decision_id) = 1
+),
+agent_candidates AS (
     SELECT d.agent AS source, m.action_type, m.entity_type, d.entity_id,
            d.output->>'next_action' AS dedup_key, d.decision_id,
            d.input->>'company_id' AS company_id, d.tier,
@@ -12,7 +23,7 @@ WITH agent_candidates AS (
            CAST(d.output AS VARCHAR) AS details,
            coalesce(d.input->>'owner_id',
                     CASE WHEN d.agent = 'lead_qualification' THEN contact.owner_id END) AS owner_id
-    FROM agents.latest_decisions AS d
+    FROM current_decisions AS d
     JOIN action_map AS m ON m.source = d.agent AND m.recommendation = (d.output->>'next_action')
     -- A plain equality join: DuckDB hashes it (with the agent in the ON clause it loops).
     LEFT JOIN contacts AS contact ON contact.id = d.entity_id
@@ -73,5 +84,16 @@ WHERE NOT EXISTS (
     SELECT 1 FROM governance.actions AS a
     WHERE a.action_id = substr(sha256(concat_ws('|', c.source, c.entity_type, c.entity_id,
                                                  c.dedup_key)), 1, 24)
+)
+-- A record that names a record not received yet waits (stages.waiting_references): its
+-- recipient or its facts may change when that record arrives. An onboarding is its deal.
+AND NOT EXISTS (
+    SELECT 1 FROM stages.waiting_references AS w
+    WHERE w.record_type = replace(c.entity_type, 'onboarding', 'deal')
+      AND w.record_id = c.entity_id
+)
+AND NOT EXISTS (
+    SELECT 1 FROM stages.waiting_references AS w
+    WHERE w.record_type = 'company' AND w.record_id = c.company_id
 )
 ORDER BY action_id

@@ -1,4 +1,4 @@
--- Revorch state store, version 5: a contact deleted in the CRM is in no lifecycle stage view
+-- Revorch state store, version 6: a contact deleted in the CRM is in no lifecycle stage view
 -- (stages.leads, mqls, sqls), as it is in no handoff or agent input.
 CREATE OR REPLACE MACRO contacts_in_stage(stage_name) AS TABLE
 SELECT s.entity_id AS contact_id, c.first_name, c.last_name, c.email, c.company_id, c.owner_id,

@@ -94,16 +94,16 @@ class CrmHome:
 
 @dataclass(frozen=True)
 class SimulatedCrm:
-    """:data:`SHARED_CRM` after each of :data:`STEPS`, read-only: copy it with ``copy_crm``.
+    """A simulated CRM after each of its build steps, read-only: copy it (``copy_crm``).
 
     ``metadata`` maps each asset (``"stages/mqls"``) to its materialization metadata and
-    ``checks`` each asset check's name to whether it passed, over all three steps.
+    ``checks`` each asset check's name to its evaluation, over all the steps.
     """
 
     config: SimulationConfig
     homes: dict[str, CrmHome]
     metadata: dict[str, dict[str, dg.MetadataValue]]
-    checks: dict[str, bool]
+    checks: dict[str, dg.AssetCheckEvaluation]
 
     def copy(self, step: str, destination: Path) -> CrmHome:
         """A copy of the home after ``step`` at ``destination`` (which must not exist)."""
@@ -127,39 +127,59 @@ _ENVIRONMENT = (
 )
 
 
-@pytest.fixture(scope="session")
-def simulated_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
-    """:data:`SHARED_CRM` simulated into a landing zone and taken through every asset and
-    check of the real definitions by ``dg.materialize``, with the shipped configuration and
-    the resources ``default_resources()`` picks for a ``REVORCH_HOME``. Built once per run."""
+def build_crm(
+    config: SimulationConfig, base: Path, steps: dict[str, dg.AssetSelection]
+) -> SimulatedCrm:
+    """Simulate ``config`` into a landing zone and take it through ``steps`` of the real
+    definitions' assets and checks by ``dg.materialize``, with the shipped configuration and
+    the resources ``default_resources()`` picks for a ``REVORCH_HOME``; keep the home after
+    each step under ``base``."""
     from resources import default_resources
     from revorch.definitions import defs
 
-    base = tmp_path_factory.mktemp("simulated_crm")
     work = CrmHome(base / "work")
-    simulate_history(work.landing, SHARED_CRM)
+    simulate_history(work.landing, config)
     homes: dict[str, CrmHome] = {}
     metadata: dict[str, dict[str, dg.MetadataValue]] = {}
-    checks: dict[str, bool] = {}
+    checks: dict[str, dg.AssetCheckEvaluation] = {}
     with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
         for name in _ENVIRONMENT:
             env.delenv(name, raising=False)
         env.setenv("REVORCH_HOME", str(work.root))
-        for step, selection in STEPS.items():
+        for step, selection in steps.items():
             result = dg.materialize(
                 [*defs.assets, *defs.asset_checks],
                 selection=selection,
                 resources=default_resources(),
                 instance=instance,
             )
-            assert result.success, f"the shared CRM's {step} step failed"
+            assert result.success, f"the simulated CRM's {step} step failed"
             for materialization in result.get_asset_materialization_events():
                 key = "/".join(materialization.asset_key.path)
                 metadata[key] = dict(materialization.materialization.metadata)
-            checks |= {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+            checks |= {e.check_name: e for e in result.get_asset_check_evaluations()}
             homes[step] = CrmHome(base / step)
             shutil.copytree(work.root, homes[step].root)
-    return SimulatedCrm(SHARED_CRM, homes, metadata, checks)
+    return SimulatedCrm(config, homes, metadata, checks)
+
+
+@pytest.fixture(scope="session")
+def simulated_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
+    """:data:`SHARED_CRM` through every asset and check of the definitions, in
+    :data:`STEPS`. Built once per test run."""
+    return build_crm(SHARED_CRM, tmp_path_factory.mktemp("simulated_crm"), STEPS)
+
+
+# Larger, so that the offline models and their backtest have enough history to learn from.
+SCORING_CRM = SimulationConfig(contacts=4_000, seed=42)
+
+
+@pytest.fixture(scope="session")
+def scoring_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
+    """:data:`SCORING_CRM` through its stages (the ``"stages"`` step), built once per run.
+    Without the checks, which ``simulated_crm`` runs: they would double its build time."""
+    stages = {"stages": STEPS["stages"].without_checks()}
+    return build_crm(SCORING_CRM, tmp_path_factory.mktemp("scoring_crm"), stages)
 
 
 @pytest.fixture

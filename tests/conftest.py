@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
 from revorch import clock
 from revorch.landing import LandingZone
+from revorch.simulator import SimulationConfig, simulate_history
 from revorch.state.migrate import migrate
 
 
@@ -40,3 +45,153 @@ def event(event_id: str, object_type: str, object_id: str, occurred_at: str, **p
         "occurred_at": occurred_at,
         "properties": properties,
     }
+
+
+# -- one simulated CRM, built through the real asset graph once per test run ---------------------
+
+# Small, but every stage, handoff, agent and governance table has rows.
+SHARED_CRM = SimulationConfig(contacts=1_500, seed=5)
+
+# The graph is materialized in three steps, and the home is kept after each, so a test can
+# start where it needs to: before the agents have decided, or before governance has run.
+_LATER = dg.AssetSelection.key_prefixes(["agents"], ["governance"], ["analytics"])
+STEPS: dict[str, dg.AssetSelection] = {
+    "stages": dg.AssetSelection.all() - _LATER,  # ingestion, stages, handoffs, metrics, report
+    "decided": dg.AssetSelection.key_prefixes(["agents"]),  # offline models, every agent
+    "governed": _LATER - dg.AssetSelection.key_prefixes(["agents"]),  # actions ... published
+}
+
+
+@dataclass(frozen=True)
+class CrmHome:
+    """A folder laid out like ``REVORCH_HOME``: the state store, its landing zone (batches in
+    ``archive/``), the outbox and the audit anchors (the last two once governance has run)."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "revorch.duckdb"
+
+    @property
+    def landing(self) -> LandingZone:
+        return LandingZone(self.root / "landing").ensure()
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox" / "actions.jsonl"
+
+    @property
+    def anchor(self) -> Path:
+        return self.root / "audit" / "revorch.anchors.jsonl"
+
+    def env(self) -> dict[str, str]:
+        """Environment for a ``revorch`` subprocess or ``default_resources()`` on this home."""
+        return {"REVORCH_HOME": str(self.root)}
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        connection = duckdb.connect(str(self.database))
+        connection.execute("SET TimeZone = 'UTC'")
+        return connection
+
+
+@dataclass(frozen=True)
+class SimulatedCrm:
+    """A simulated CRM after each of its build steps, read-only: copy it (``copy_crm``).
+
+    ``metadata`` maps each asset (``"stages/mqls"``) to its materialization metadata and
+    ``checks`` each asset check's name to its evaluation, over all the steps.
+    """
+
+    config: SimulationConfig
+    homes: dict[str, CrmHome]
+    metadata: dict[str, dict[str, dg.MetadataValue]]
+    checks: dict[str, dg.AssetCheckEvaluation]
+
+    def copy(self, step: str, destination: Path) -> CrmHome:
+        """A copy of the home after ``step`` at ``destination`` (which must not exist)."""
+        if step not in self.homes:
+            raise ValueError(f"unknown step {step!r}; one of {sorted(self.homes)}")
+        shutil.copytree(self.homes[step].root, destination)
+        return CrmHome(destination)
+
+
+# Variables that would point the build away from its own folder or at a network service.
+_ENVIRONMENT = (
+    "REVORCH_DB",
+    "REVORCH_LANDING",
+    "REVORCH_PUBLISHED_DB",
+    "REVORCH_AUDIT_ANCHOR",
+    "REVORCH_OUTBOX",
+    "REVORCH_LLM_BASE_URL",
+    "OPENAI_API_KEY",
+    "REVORCH_WEBHOOK_URL",
+    "REVORCH_WEBHOOK_SECRET",
+)
+
+
+def build_crm(
+    config: SimulationConfig, base: Path, steps: dict[str, dg.AssetSelection]
+) -> SimulatedCrm:
+    """Simulate ``config`` into a landing zone and take it through ``steps`` of the real
+    definitions' assets and checks by ``dg.materialize``, with the shipped configuration and
+    the resources ``default_resources()`` picks for a ``REVORCH_HOME``; keep the home after
+    each step under ``base``."""
+    from resources import default_resources
+    from revorch.definitions import defs
+
+    work = CrmHome(base / "work")
+    simulate_history(work.landing, config)
+    homes: dict[str, CrmHome] = {}
+    metadata: dict[str, dict[str, dg.MetadataValue]] = {}
+    checks: dict[str, dg.AssetCheckEvaluation] = {}
+    with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
+        for name in _ENVIRONMENT:
+            env.delenv(name, raising=False)
+        env.setenv("REVORCH_HOME", str(work.root))
+        for step, selection in steps.items():
+            result = dg.materialize(
+                [*defs.assets, *defs.asset_checks],
+                selection=selection,
+                resources=default_resources(),
+                instance=instance,
+            )
+            assert result.success, f"the simulated CRM's {step} step failed"
+            for materialization in result.get_asset_materialization_events():
+                key = "/".join(materialization.asset_key.path)
+                metadata[key] = dict(materialization.materialization.metadata)
+            checks |= {e.check_name: e for e in result.get_asset_check_evaluations()}
+            homes[step] = CrmHome(base / step)
+            shutil.copytree(work.root, homes[step].root)
+    return SimulatedCrm(config, homes, metadata, checks)
+
+
+@pytest.fixture(scope="session")
+def simulated_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
+    """:data:`SHARED_CRM` through every asset and check of the definitions, in
+    :data:`STEPS`. Built once per test run."""
+    return build_crm(SHARED_CRM, tmp_path_factory.mktemp("simulated_crm"), STEPS)
+
+
+# Larger, so that the offline models and their backtest have enough history to learn from.
+SCORING_CRM = SimulationConfig(contacts=4_000, seed=42)
+
+
+@pytest.fixture(scope="session")
+def scoring_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
+    """:data:`SCORING_CRM` through its stages (the ``"stages"`` step), built once per run.
+    Without the checks, which ``simulated_crm`` runs: they would double its build time."""
+    stages = {"stages": STEPS["stages"].without_checks()}
+    return build_crm(SCORING_CRM, tmp_path_factory.mktemp("scoring_crm"), stages)
+
+
+@pytest.fixture
+def copy_crm(simulated_crm: SimulatedCrm, tmp_path: Path) -> Callable[..., CrmHome]:
+    """Copies the shared CRM as it was after a step (``"stages"``, ``"decided"`` or
+    ``"governed"``, the default) into this test's ``tmp_path`` and returns the copy, which the
+    test may change freely: ``home = copy_crm("decided"); conn = home.connect()``."""
+
+    def copy(step: str = "governed") -> CrmHome:
+        return simulated_crm.copy(step, tmp_path / f"crm-{step}")
+
+    return copy

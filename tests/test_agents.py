@@ -3,33 +3,26 @@ openai client against a server on 127.0.0.1, the memo, budgets, faults and repla
 
 import json
 
-import dagster as dg
 import pytest
 
 from fake_openai import FakeOpenAI, Fault
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
-from orch_assets.stages.refresh import refresh_all_stages
 from resources.agents import LlmResource
 from revorch.agents.config import Budget, LlmWhen, load_agents_config
 from revorch.agents.models import offline_tier
 from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.replay import replay_run, what_if
 from revorch.agents.runtime import keep_open, run_agent
-from revorch.lifecycle.config import load_lifecycle_config
-from revorch.simulator import SimulationConfig, simulate_history
 
 CONFIG = load_agents_config()
 AGENT = "lead_qualification"
 
 
 @pytest.fixture
-def crm(conn, zone):
-    simulate_history(zone, SimulationConfig(contacts=1_500, seed=5))
-    ingest_pending(conn, zone)
-    refresh_current_state(conn)
-    refresh_all_stages(conn, load_lifecycle_config())
-    return conn
+def crm(copy_crm):
+    """This test's copy of the shared simulated CRM (conftest), through its stages."""
+    conn = copy_crm("stages").connect()
+    yield conn
+    conn.close()
 
 
 def settings(**changes):
@@ -168,23 +161,10 @@ def test_what_if_reports_the_decisions_another_model_would_change(crm):
     assert count(crm) == 10  # nothing written
 
 
-def test_the_agent_assets_materialize_offline_with_cost_metadata(tmp_path, zone):
-    from resources import LandingZoneResource, StateStore, default_resources
-    from revorch.definitions import pipeline_assets
-
-    simulate_history(zone, SimulationConfig(contacts=1_000, seed=9))
-    resources = default_resources() | {
-        "state_store": StateStore(database=str(tmp_path / "db.duckdb")),
-        "landing_zone": LandingZoneResource(path=str(zone.root)),
-        "llm": LlmResource(),
-    }
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(pipeline_assets, resources=resources, instance=instance)
-    assert result.success
-    metadata = {
-        "/".join(e.asset_key.path): e.materialization.metadata
-        for e in result.get_asset_materialization_events()
-    }
+def test_the_agent_assets_materialize_offline_with_cost_metadata(simulated_crm):
+    # The shared CRM (conftest) went through every asset of the definitions, with no model
+    # configured, so the agents ran on the offline tier.
+    metadata = simulated_crm.metadata
     lead = metadata["agents/lead_qualification"]
     assert lead["decisions_offline"].value > 0
     assert lead["llm_calls"].value == 0 and lead["cost_usd"].value == 0

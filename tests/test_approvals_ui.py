@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from test_live import latency
+
+pytestmark = pytest.mark.slow
 
 SEED_CONTACTS = 800
 
@@ -59,7 +62,7 @@ def _reviewed(port: int, config: dict) -> dict:
         found = [r for r in latency.runs(port) if r["runId"] == run_id]
         return found[0] if found and found[0]["status"] in ("SUCCESS", "FAILURE") else None
 
-    return _wait(finished, 180, f"review run {run_id}")
+    return _wait(finished, 300, f"review run {run_id}")
 
 
 def _outbox_ids(home: Path) -> list[str]:
@@ -92,7 +95,7 @@ def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path)
         review = {"action_ids": [approved], "decision": "approve", "reviewer": "alice"}
         run = _reviewed(dev.port, review)
         assert run["status"] == "SUCCESS"
-        _wait(lambda: approved in _outbox_ids(home), 180, "the approved action in the outbox")
+        _wait(lambda: approved in _outbox_ids(home), 300, "the approved action in the outbox")
 
         refusal = {
             "action_ids": [rejected],

@@ -6,12 +6,12 @@ from datetime import timedelta
 import pytest
 
 from revorch.agents.backtest import backtest_lead_scorer
-from test_offline import build_simulated_crm
 
 
 @pytest.fixture(scope="module")
-def crm(tmp_path_factory):
-    conn = build_simulated_crm(tmp_path_factory.mktemp("crm"), contacts=4_000, seed=42)
+def crm(scoring_crm, tmp_path_factory):
+    """A copy of the 4,000-contact CRM (conftest, seed 42), built through the asset graph."""
+    conn = scoring_crm.copy("stages", tmp_path_factory.mktemp("crm") / "crm").connect()
     yield conn
     conn.close()
 

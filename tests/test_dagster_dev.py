@@ -1,7 +1,9 @@
-"""`dagster dev` loads the project through workspace.yaml and shows its assets and sensor."""
+"""`dagster dev` loads the project through workspace.yaml and shows its assets and sensors,
+over its GraphQL API and in a real browser (headless Chromium). One `dagster dev` serves both."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +17,9 @@ import pytest
 from test_definitions import EXPECTED_ASSETS, SCHEDULES
 
 REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.slow
 
 QUERY = """
 {
@@ -47,8 +52,9 @@ def _graphql(port: int, query: str) -> dict:
         return json.load(response)["data"]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path):
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("dagster_dev")
     port = _free_port()
     env = {
         **os.environ,
@@ -66,7 +72,7 @@ def dagster_dev(tmp_path):
         start_new_session=True,  # so the webserver, daemon and code server stop together
     )
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300  # a hang guard: it comes up in seconds when idle
         while True:
             try:
                 data = _graphql(port, QUERY)
@@ -107,3 +113,44 @@ def test_dagster_dev_shows_the_assets_sensors_and_schedules(dagster_dev):
         for schedule in repo["schedules"]
     }
     assert schedules == dict.fromkeys(SCHEDULES, "RUNNING")
+
+
+def rendered(url: str) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium."""
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=20000",
+            "--window-size=1400,9000",  # the asset list renders only the rows on screen
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_the_asset_catalog_lists_the_lifecycle_agent_and_governance_assets(dagster_dev):
+    page = rendered(f"http://127.0.0.1:{dagster_dev}/assets?view=flat")
+    for name in (
+        "contact_lifecycle",
+        "sla_escalations",
+        "lead_qualification",
+        "change_log",
+        "approval_queue",
+        "dispatched_actions",
+        "audit_trail",
+    ):
+        assert name in page, name

@@ -1,22 +1,51 @@
 """The simulator's output, malformed and duplicated, ingested: every line accounted for."""
 
+import shutil
+
+import duckdb
 import polars as pl
 import pytest
 
 from orch_assets.ingestion.change_log import ingest_pending
 from orch_assets.ingestion.current_state import refresh_current_state
+from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, history_frame, simulate_history
+from revorch.state.migrate import migrate
 
 CONFIG = SimulationConfig(
     contacts=2_000, seed=7, malformed_share=0.02, duplicate_share=0.05, batch_size=5_000
 )
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The simulation ingested once for the module; each test gets a copy (``conn``)."""
+    root = tmp_path_factory.mktemp("end_to_end")
+    zone = LandingZone(root / "landing").ensure()
+    with duckdb.connect(str(root / "revorch.duckdb")) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        migrate(conn)
+        summary = simulate_history(zone, CONFIG)
+        result = ingest_pending(conn, zone)
+        refresh_current_state(conn)
+    return root, summary, result
+
+
 @pytest.fixture
-def ingested(conn, zone):
-    summary = simulate_history(zone, CONFIG)
-    result = ingest_pending(conn, zone)
-    refresh_current_state(conn)
+def conn(built, db_path, tmp_path):
+    """This test's copy of the ingested state store and its landing zone."""
+    root = built[0]
+    shutil.copyfile(root / "revorch.duckdb", db_path)
+    shutil.copytree(root / "landing", tmp_path / "landing", dirs_exist_ok=True)
+    connection = duckdb.connect(str(db_path))
+    connection.execute("SET TimeZone = 'UTC'")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def ingested(built):
+    _, summary, result = built
     return summary, result
 
 

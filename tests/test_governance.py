@@ -25,15 +25,8 @@ from orch_assets.governance.checks import (
     nothing_sent_without_a_verdict,
     prompts_hold_no_personal_data,
 )
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
-from orch_assets.stages.refresh import refresh_all_stages
 from resources import DispatcherResource, GovernanceResource, StateStore
-from revorch.agents.config import load_agents_config
-from revorch.agents.models import offline_tier, train_and_store
 from revorch.agents.redact import known_names, pseudonymise, redact
-from revorch.agents.registry import INPUTS, agent_specs
-from revorch.agents.runtime import keep_open, run_agent
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
 from revorch.governance.audit import DIGEST_SQL, GENESIS, chain_hash, verify
@@ -41,10 +34,6 @@ from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import DEFAULT_PATH, Policy, PolicyError, load_policy
 from revorch.governance.targets import OutboxFile, Webhook
 from revorch.governance.verdicts import judge_proposed
-from revorch.landing import LandingZone
-from revorch.lifecycle.config import load_lifecycle_config
-from revorch.simulator import SimulationConfig, simulate_history
-from revorch.state.migrate import migrate
 from sensors.approvals import approved_actions_sensor
 
 POLICY = load_policy()
@@ -58,25 +47,10 @@ def policy_with(**changes) -> Policy:
 
 
 @pytest.fixture(scope="module")
-def decided_crm(tmp_path_factory) -> Path:
-    """A state store with a simulated CRM, its stages and every agent's offline decisions."""
-    folder = tmp_path_factory.mktemp("governed")
-    zone = LandingZone(folder / "landing").ensure()
-    path = folder / "revorch.duckdb"
-    with duckdb.connect(str(path)) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        migrate(conn)
-        simulate_history(zone, SimulationConfig(contacts=1_500, seed=11))
-        ingest_pending(conn, zone)
-        refresh_current_state(conn)
-        refresh_all_stages(conn, load_lifecycle_config())
-        train_and_store(conn)
-        config = load_agents_config()
-        for name, spec in agent_specs(offline_tier(conn)).items():
-            run_agent(
-                keep_open(conn), spec, config, INPUTS[name](conn), llm=None, run_id="agents-run"
-            )
-    return path
+def decided_crm(simulated_crm) -> Path:
+    """A state store with the shared simulated CRM (conftest), its stages and every agent's
+    offline decisions, built through the asset graph; each test works on its own copy."""
+    return simulated_crm.homes["decided"].database
 
 
 class Governed:

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -55,8 +54,6 @@ from revorch.governance.targets import OutboxFile
 from revorch.governance.verdicts import judge_proposed
 from revorch.landing import LandingZone
 from revorch.lifecycle.config import load_lifecycle_config
-from revorch.simulator import SimulationConfig, simulate_history
-from revorch.state.migrate import migrate
 
 CORPUS = load_corpus()
 REFUSED = [e for e in CORPUS if e.kind in ("out_of_schema", "non_json")]
@@ -270,13 +267,10 @@ class AttackedCrm:
 
 
 def land_and_run_attacks(conn: duckdb.DuckDBPyConnection, zone: LandingZone) -> AttackedCrm:
-    """Simulate a small CRM, plant the corpus in it through the landing zone, ingest, and run
-    every attacked agent over its attacked and control records, each sent to the LLM tier."""
+    """On a copy of the shared simulated CRM (conftest, after its stages), plant the corpus
+    through the landing zone, ingest, and run every attacked agent over its attacked and
+    control records, each sent to the LLM tier."""
     lifecycle = load_lifecycle_config()
-    simulate_history(zone, SimulationConfig(contacts=1_500, seed=5))
-    ingest_pending(conn, zone)
-    refresh_current_state(conn)
-    refresh_all_stages(conn, lifecycle)
     corpus = load_corpus()
     plan = attack_events(conn, corpus)
     zone.write_events(SOURCE, plan.events)
@@ -322,23 +316,24 @@ def land_and_run_attacks(conn: duckdb.DuckDBPyConnection, zone: LandingZone) -> 
 
 
 @pytest.fixture(scope="module")
-def attack(tmp_path_factory) -> Iterator[AttackedCrm]:
+def attack(simulated_crm, tmp_path_factory) -> Iterator[AttackedCrm]:
     """One attacked CRM shared by this module's read-only tests."""
-    root = tmp_path_factory.mktemp("injection")
-    connection = duckdb.connect(str(Path(root) / "revorch.duckdb"))
-    connection.execute("SET TimeZone = 'UTC'")
-    migrate(connection)
-    yield land_and_run_attacks(connection, LandingZone(root / "landing").ensure())
+    home = simulated_crm.copy("stages", tmp_path_factory.mktemp("injection") / "crm")
+    connection = home.connect()
+    yield land_and_run_attacks(connection, home.landing)
     connection.close()
 
 
 @pytest.fixture
-def attacked_crm(conn, zone) -> AttackedCrm:
-    """The attacked CRM on the test's own state store (``conn`` and ``zone`` from conftest),
-    after :func:`land_and_run_attacks`: every corpus entry planted, ingested and decided by its
+def attacked_crm(copy_crm) -> Iterator[AttackedCrm]:
+    """The attacked CRM on the test's own copy of the shared CRM, after
+    :func:`land_and_run_attacks`: every corpus entry planted, ingested and decided by its
     agent with the obedient model as the LLM tier. For a test that carries the decisions
     further (outbox, policy, dispatch) and asserts that nothing out of policy is sent."""
-    return land_and_run_attacks(conn, zone)
+    home = copy_crm("stages")
+    connection = home.connect()
+    yield land_and_run_attacks(connection, home.landing)
+    connection.close()
 
 
 def test_the_corpus_leads_to_no_dispatched_action_outside_the_policy(attacked_crm, tmp_path):

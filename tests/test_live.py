@@ -4,7 +4,7 @@
 the project's dagster.yaml; the simulator lands 8 live batches 1.5 s apart on a small seed.
 Meanwhile an analyst thread queries the published copy in a loop. The test asserts that:
 
-- every batch is in the published copy's ``landing_batches`` within 120 s of landing (fails if
+- every batch is in the published copy's ``landing_batches`` within 300 s of landing (fails if
   the sensor stops requesting runs, or runs stop succeeding);
 - no revorch_main run failed, and no run's event log mentions a DuckDB lock conflict;
 - no two steps of the ``duckdb_writer`` pool ever ran at the same time in different runs. To
@@ -28,8 +28,11 @@ from collections import Counter
 from pathlib import Path
 
 import duckdb
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
 
 
 def _load_bench():
@@ -49,7 +52,8 @@ BATCHES = 8
 INTERVAL_S = 1.5
 EVENTS_PER_BATCH = 200
 SEED_CONTACTS = 1_000
-VISIBLE_WITHIN_S = 120
+# A hang guard: a batch not published by then never will be (seconds when the machine is idle).
+VISIBLE_WITHIN_S = 300
 
 
 class AnalystReader(threading.Thread):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,9 +55,43 @@ def lead_request(key: str = "lead-1", text: str = "Lead: ACME, 200 employees") -
     return LlmRequest(key, messages, LeadQualification, "lead_qualification")
 
 
-def arrival_gaps(server: FakeOpenAI) -> list[float]:
-    times = [r["at"] for r in server.received]
-    return [b - a for a, b in itertools.pairwise(times)]
+class VirtualTime:
+    """A clock and a sleep for the client, so its schedule is checked without waiting.
+
+    Every sleep is recorded; with ``frozen`` the clock stays at 0 (every request arrives at
+    once, and the waits say when each may go), otherwise a sleep moves the clock on.
+    """
+
+    def __init__(self, frozen: bool = False) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.frozen = frozen
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            if not self.frozen:
+                self.now += seconds
+
+
+def client_on(virtual: VirtualTime, client_settings: LlmSettings) -> LlmClient:
+    return LlmClient(client_settings, clock=virtual.clock, sleep=virtual.sleep)
+
+
+def held_until(parties: int, answer: dict):
+    """A responder that answers only when ``parties`` requests are at the server together
+    (a hang guard of 300 s fails it otherwise), so overlap does not depend on speed."""
+    together = threading.Barrier(parties, timeout=300)
+
+    def responder(body: dict) -> dict:
+        together.wait()
+        return answer
+
+    return responder
 
 
 # -- structured output and usage ----------------------------------------------------------------
@@ -147,26 +181,28 @@ def test_usage_is_reported_including_cached_tokens():
 
 
 def test_429_is_retried_after_the_servers_retry_after():
+    virtual = VirtualTime()
     with FakeOpenAI(lambda body: ANSWER) as server:
         server.plan(Fault.status(429, retry_after=1.2))
-        result = LlmClient(settings(server)).complete(lead_request())
+        result = client_on(virtual, settings(server)).complete(lead_request())
 
     assert result.output == LeadQualification(**ANSWER)
     assert result.attempts == 2
     assert server.status_counts == {429: 1, 200: 1}
-    # Our own first backoff is at most 0.5 s, so a longer gap means retry-after was honoured.
-    assert arrival_gaps(server)[0] >= 1.15
-    assert result.latency_seconds >= 1.15
+    # No rate-limit wait, the server's 1.2 s (our own first backoff is at most 0.5 s), no wait.
+    assert virtual.sleeps == [0, 1.2, 0]
+    assert result.latency_seconds == 1.2
 
 
 def test_retry_after_ms_takes_precedence_and_can_shorten_the_wait():
+    virtual = VirtualTime()
     with FakeOpenAI(lambda body: ANSWER) as server:
         server.plan(Fault.status(429, retry_after=30, retry_after_ms=50))
-        result = LlmClient(settings(server)).complete(lead_request())
+        result = client_on(virtual, settings(server)).complete(lead_request())
 
     assert result.attempts == 2
     assert result.error_kind is None
-    assert arrival_gaps(server)[0] < 0.3  # shorter than any backoff of ours (>= 0.375 s)
+    assert virtual.sleeps == [0, 0.05, 0]  # not 30 s, and shorter than any backoff of ours
 
 
 def test_429_until_retries_run_out_is_reported_as_rate_limited():
@@ -192,22 +228,28 @@ def test_exhausted_quota_is_not_retried():
 
 
 def test_server_errors_are_retried_with_backoff():
+    virtual = VirtualTime()
     with FakeOpenAI(lambda body: ANSWER) as server:
         server.plan(Fault.status(500), Fault.status(503))
-        result = LlmClient(settings(server)).complete(lead_request())
+        result = client_on(virtual, settings(server)).complete(lead_request())
 
     assert result.output == LeadQualification(**ANSWER)
     assert result.attempts == 3
     assert server.status_counts == {500: 1, 503: 1, 200: 1}
-    first, second = arrival_gaps(server)
-    assert 0.3 <= first <= 0.8  # 0.5 s less up to a quarter of jitter
-    assert 0.7 <= second <= 1.3  # 1 s less up to a quarter
+    # Before each attempt the rate limit's wait (none here), between them the backoff.
+    limit_waits, backoffs = virtual.sleeps[0::2], virtual.sleeps[1::2]
+    assert limit_waits == [0, 0, 0]
+    first, second = backoffs
+    assert 0.375 <= first <= 0.5  # 0.5 s less up to a quarter of jitter
+    assert 0.75 <= second <= 1.0  # 1 s less up to a quarter
+    assert result.latency_seconds == first + second
 
 
 def test_timeouts_are_retried_then_reported():
+    virtual = VirtualTime()
     with FakeOpenAI(lambda body: ANSWER) as server:
-        server.plan(*[Fault.delay(3)] * 3)
-        client = LlmClient(settings(server, timeout_seconds=0.3, max_retries=2))
+        server.plan(*[Fault.delay(3)] * 3)  # the client's own timeout (real, 0.3 s) is shorter
+        client = client_on(virtual, settings(server, timeout_seconds=0.3, max_retries=2))
         result = client.complete(lead_request())
 
     assert result.error_kind == "timeout"
@@ -215,7 +257,9 @@ def test_timeouts_are_retried_then_reported():
     assert result.attempts == 3
     assert server.total_requests == 3
     assert result.prompt_tokens == 0  # failed before any usage
-    assert 0.9 <= result.latency_seconds < 3.0
+    first, second = virtual.sleeps[1::2]  # the backoffs between the three attempts
+    assert 0.375 <= first <= 0.5 and 0.75 <= second <= 1.0
+    assert len(virtual.sleeps) == 5  # no backoff after the last attempt
 
 
 def test_bad_request_is_not_retried():
@@ -294,20 +338,22 @@ def test_refusal_is_reported_as_refusal():
 
 
 def test_concurrency_never_exceeds_max_concurrency():
-    with FakeOpenAI(lambda body: ANSWER, latency_seconds=0.3) as server:
-        client = LlmClient(settings(server, max_concurrency=3))
-        started = time.monotonic()
+    # Each answer waits until three requests are at the server together: twelve requests all
+    # answered means four full waves of three, and a fourth request in a wave would show.
+    with FakeOpenAI(held_until(3, ANSWER)) as server:
+        client = LlmClient(settings(server, max_concurrency=3, timeout_seconds=300))
         results = client.complete_many([lead_request(f"lead-{i}") for i in range(12)])
-        elapsed = time.monotonic() - started
 
     assert all(r.error_kind is None for r in results)
+    assert server.total_requests == 12
     assert server.max_in_flight == 3  # reached, and never exceeded
-    assert 1.15 <= elapsed < 2.5  # four waves of three
 
 
 def test_concurrency_limit_is_shared_by_callers_of_one_client():
-    with FakeOpenAI(lambda body: ANSWER, latency_seconds=0.3) as server:
-        client = LlmClient(settings(server, max_concurrency=3))
+    # Six worker threads in all; held in waves of three, the semaphore is all that keeps the
+    # other three back.
+    with FakeOpenAI(held_until(3, ANSWER)) as server:
+        client = LlmClient(settings(server, max_concurrency=3, timeout_seconds=300))
         batches = [[lead_request(f"{b}-{i}") for i in range(6)] for b in ("a", "b")]
         with ThreadPoolExecutor(max_workers=2) as callers:
             outcomes = list(callers.map(client.complete_many, batches))
@@ -318,16 +364,14 @@ def test_concurrency_limit_is_shared_by_callers_of_one_client():
 
 
 def test_requests_per_minute_are_respected():
+    virtual = VirtualTime(frozen=True)  # all ten arrive at t=0
     with FakeOpenAI(lambda body: ANSWER) as server:
-        client = LlmClient(settings(server, requests_per_minute=120))
-        started = time.monotonic()
+        client = client_on(virtual, settings(server, requests_per_minute=120))
         results = client.complete_many([lead_request(f"lead-{i}") for i in range(10)])
-        elapsed = time.monotonic() - started
 
     assert all(r.error_kind is None for r in results)
     # 120/min is one request every 0.5 s, evenly: 10 requests span 4.5 s, none in a burst.
-    assert 4.4 <= elapsed < 6.0
-    assert min(arrival_gaps(server)) >= 0.45
+    assert sorted(virtual.sleeps) == pytest.approx([0.5 * i for i in range(10)])
 
 
 def tpm_for_one_request_every(seconds: float) -> int:
@@ -338,39 +382,58 @@ def tpm_for_one_request_every(seconds: float) -> int:
 def test_tokens_per_minute_are_respected():
     # One request's estimate every 0.4 s; the bucket holds one second's worth (2.5 requests).
     tpm = tpm_for_one_request_every(0.4)
-    # A latency keeps every answer (and its usage correction) after all six have reserved.
-    with FakeOpenAI(lambda body: ANSWER, latency_seconds=0.5) as server:
-        client = LlmClient(settings(server, tokens_per_minute=tpm))
-        started = time.monotonic()
-        results = client.complete_many([lead_request(f"lead-{i}") for i in range(6)])
-        elapsed = time.monotonic() - started
+    virtual = VirtualTime(frozen=True)  # all six arrive at t=0
+    # Answers wait until all six are at the server, so every reservation (charged the
+    # estimate) comes before any usage correction.
+    with FakeOpenAI(held_until(6, ANSWER)) as server:
+        client_settings = settings(server, tokens_per_minute=tpm, timeout_seconds=300)
+        results = client_on(virtual, client_settings).complete_many(
+            [lead_request(f"lead-{i}") for i in range(6)]
+        )
 
     assert all(r.error_kind is None for r in results)
-    # Two go at once, the third after 0.2 s, then one every 0.4 s: the last at 1.4 s + 0.5 s.
-    assert 1.8 <= elapsed < 3.0
-    assert arrival_gaps(server)[-1] >= 0.35
+    # Two go at once, the third after 0.2 s, then one every 0.4 s: the last at 1.4 s. (The
+    # request limit, 1,000 a second here, spaces the first two by a millisecond.)
+    assert sorted(virtual.sleeps) == pytest.approx([0, 0, 0.2, 0.6, 1.0, 1.4], abs=0.01)
 
 
 def test_reported_usage_corrects_the_token_estimate():
-    # Same limit, one at a time: each answer's usage (far below max_tokens) is given back
-    # before the next request, so none of them waits; without the correction this takes 1.4 s.
+    # Same limit, one at a time, all at t=0: each answer's usage (far below max_tokens) is
+    # given back before the next request, so none of them waits for tokens; without the
+    # correction the waits would be those above (0, 0, 0.2, 0.6, 1.0, 1.4 s).
     tpm = tpm_for_one_request_every(0.4)
+    virtual = VirtualTime(frozen=True)
     with FakeOpenAI(lambda body: ANSWER) as server:
-        client = LlmClient(settings(server, tokens_per_minute=tpm, max_concurrency=1))
-        started = time.monotonic()
-        results = client.complete_many([lead_request(f"lead-{i}") for i in range(6)])
-        elapsed = time.monotonic() - started
+        client_settings = settings(server, tokens_per_minute=tpm, max_concurrency=1)
+        results = client_on(virtual, client_settings).complete_many(
+            [lead_request(f"lead-{i}") for i in range(6)]
+        )
 
     assert all(r.error_kind is None for r in results)
-    assert elapsed < 0.7
+    assert len(virtual.sleeps) == 6
+    assert max(virtual.sleeps) < 0.01  # only the request limit's millisecond spacing
 
 
 def test_token_bucket_gives_back_what_was_not_used():
-    bucket = TokenBucket(rate_per_second=100, capacity=100)
+    virtual = VirtualTime(frozen=True)
+    bucket = TokenBucket(rate_per_second=100, capacity=100, clock=virtual.clock)
     assert bucket.reserve(100) == 0
-    assert bucket.reserve(50) == pytest.approx(0.5, abs=0.02)  # in debt: wait for 50 more
+    assert bucket.reserve(50) == pytest.approx(0.5)  # in debt: wait for 50 more
     bucket.give_back(150)  # both turned out to cost nothing
-    assert bucket.reserve(100) == pytest.approx(0, abs=0.02)
+    assert bucket.reserve(100) == 0
+
+
+def test_token_bucket_refills_with_time_and_serves_waiting_callers_in_order():
+    virtual = VirtualTime(frozen=True)
+    bucket = TokenBucket(rate_per_second=10, capacity=20, clock=virtual.clock)
+    assert bucket.reserve(20) == 0  # a full bucket: a burst up to its capacity
+    assert [bucket.reserve(5) for _ in range(3)] == pytest.approx([0.5, 1.0, 1.5])
+    virtual.now = 2.0  # the three waits are over, and 5 tokens are back
+    assert bucket.reserve(5) == 0
+    assert bucket.reserve(5) == pytest.approx(0.5)
+    virtual.now = 100.0  # a long quiet spell refills only up to the capacity
+    assert bucket.reserve(20) == 0
+    assert bucket.reserve(50) == pytest.approx(2.0)  # more than capacity: wait for a full one
 
 
 def test_one_failing_item_does_not_affect_the_others_and_order_is_kept():

@@ -68,8 +68,9 @@ def load_events(conn, zone, events):
 
 
 @pytest.fixture(scope="module")
-def crm(tmp_path_factory):
-    conn = build_simulated_crm(tmp_path_factory.mktemp("crm"))
+def crm(scoring_crm, tmp_path_factory):
+    """A copy of the 4,000-contact CRM (conftest), built through the asset graph."""
+    conn = scoring_crm.copy("stages", tmp_path_factory.mktemp("crm") / "crm").connect()
     yield conn
     conn.close()
 

@@ -23,6 +23,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,16 +126,23 @@ class TokenBucket:
     ``reserve(amount)`` takes ``amount`` at once (the level may go negative, which makes later
     callers wait longer) and returns how long the caller must sleep before using it, so waiting
     callers are served in arrival order and nobody polls. An amount larger than ``capacity``
-    waits for a full bucket and then goes into debt, so no request is ever refused.
+    waits for a full bucket and then goes into debt, so no request is ever refused. ``clock``
+    (seconds, monotonic) is injectable so that a test can check the schedule exactly.
     """
 
-    def __init__(self, rate_per_second: float, capacity: float) -> None:
+    def __init__(
+        self,
+        rate_per_second: float,
+        capacity: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if rate_per_second <= 0 or capacity <= 0:
             raise ValueError("rate and capacity must be positive")
         self.rate = rate_per_second
         self.capacity = capacity
+        self._clock = clock
         self._level = capacity
-        self._updated = time.monotonic()
+        self._updated = clock()
         self._lock = threading.Lock()
 
     def _refill(self, now: float) -> None:
@@ -144,7 +152,7 @@ class TokenBucket:
     def reserve(self, amount: float) -> float:
         """Take ``amount`` and return the seconds to wait before it may be used."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._refill(now)
             needed = min(amount, self.capacity)
             wait = max(0.0, (needed - self._level) / self.rate)
@@ -154,7 +162,7 @@ class TokenBucket:
     def give_back(self, amount: float) -> None:
         """Return ``amount`` (negative to charge more) once the true cost is known."""
         with self._lock:
-            self._refill(time.monotonic())
+            self._refill(self._clock())
             self._level = min(self.capacity, self._level + amount)
 
 
@@ -251,11 +259,19 @@ class LlmClient:
 
     One client shares its limits across all threads and calls, so create one per model and
     reuse it. ``complete_many`` never raises for one item's failure: it is reported in that
-    item's :class:`LlmResult`.
+    item's :class:`LlmResult`. ``clock`` and ``sleep`` default to real time; a test passes its
+    own to check the limiter's schedule and the backoff without waiting.
     """
 
-    def __init__(self, settings: LlmSettings) -> None:
+    def __init__(
+        self,
+        settings: LlmSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
+        self._clock, self._sleep = clock, sleep
         # Retries are ours (max_retries=0 in the SDK) so that each result can report how many
         # attempts it took, and so that every retry also waits for the rate limiter.
         self._client = openai.OpenAI(
@@ -266,9 +282,11 @@ class LlmClient:
         )
         # Providers enforce per-minute limits over shorter windows, so requests are spaced
         # evenly (a bucket of one) rather than sent in a burst at the start of each minute.
-        self._requests = TokenBucket(settings.requests_per_minute / 60, capacity=1)
+        self._requests = TokenBucket(settings.requests_per_minute / 60, capacity=1, clock=clock)
         self._tokens = TokenBucket(
-            settings.tokens_per_minute / 60, capacity=max(1.0, settings.tokens_per_minute / 60)
+            settings.tokens_per_minute / 60,
+            capacity=max(1.0, settings.tokens_per_minute / 60),
+            clock=clock,
         )
         self._in_flight = threading.BoundedSemaphore(settings.max_concurrency)
 
@@ -298,9 +316,9 @@ class LlmClient:
         started: float | None = None
         attempts = 0
         while True:
-            time.sleep(max(self._requests.reserve(1), self._tokens.reserve(estimate)))
+            self._sleep(max(self._requests.reserve(1), self._tokens.reserve(estimate)))
             if started is None:
-                started = time.monotonic()
+                started = self._clock()
             attempts += 1
             with self._in_flight:
                 attempt = self._attempt(request, schema)
@@ -322,7 +340,7 @@ class LlmClient:
                 attempts,
                 delay,
             )
-            time.sleep(delay)
+            self._sleep(delay)
         if attempt.error_kind is not None:
             log.warning(
                 "LLM request %s failed after %d attempt(s): %s: %s",
@@ -339,7 +357,7 @@ class LlmClient:
             prompt_tokens=attempt.prompt_tokens,
             cached_tokens=attempt.cached_tokens,
             completion_tokens=attempt.completion_tokens,
-            latency_seconds=time.monotonic() - started,
+            latency_seconds=self._clock() - started,
             attempts=attempts,
             request_id=attempt.request_id,
             model=attempt.model or self.settings.model,

@@ -31,8 +31,6 @@ from revorch.instance import ensure_dagster_home
 from revorch.landing import LandingZone, check_source_name
 from revorch.reports.funnel import funnel_summary
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 class RevorchError(Exception):
     """A mistake the user can fix: printed as one line, exit code 2, no traceback."""
@@ -523,9 +521,9 @@ def _ui(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     os.environ.setdefault("REVORCH_HOME", str(settings.revorch_home()))
     dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(args.port)]
+    # The module, not workspace.yaml: an installed Revorch has no source tree to point at.
+    command = [str(dagster), "dev", "-m", "revorch.definitions", "-p", str(args.port)]
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
-    os.chdir(REPO_ROOT)
     os.execv(command[0], command)
 
 

@@ -10,6 +10,11 @@ from pydantic import BaseModel, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
 
+# The shipped configuration: the repository's config/ folder (revorch/config links to it), so
+# an installed Revorch (`pip install .`) finds it too. REVORCH_*_CONFIG / REVORCH_POLICY point
+# elsewhere (revorch/settings.py).
+CONFIG_DIR = Path(__file__).parent / "config"
+
 
 def load_yaml_model(
     path: str | Path, model: type[Model], error: type[ValueError], what: str

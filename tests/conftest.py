@@ -131,7 +131,11 @@ _ENVIRONMENT = (
 
 
 def build_crm(
-    config: SimulationConfig, base: Path, steps: dict[str, dg.AssetSelection]
+    config: SimulationConfig,
+    base: Path,
+    steps: dict[str, dg.AssetSelection],
+    *,
+    clock_setting: str = clock.WALL,
 ) -> SimulatedCrm:
     """Simulate ``config`` into a landing zone and take it through ``steps`` of the real
     definitions' assets and checks by ``dg.materialize``, with the shipped configuration and
@@ -149,6 +153,7 @@ def build_crm(
         for name in _ENVIRONMENT:
             env.delenv(name, raising=False)
         env.setenv("REVORCH_HOME", str(work.root))
+        env.setenv("REVORCH_CLOCK", clock_setting)
         for step, selection in steps.items():
             result = dg.materialize(
                 [*defs.assets, *defs.asset_checks],
@@ -173,8 +178,10 @@ def simulated_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
     return build_crm(SHARED_CRM, tmp_path_factory.mktemp("simulated_crm"), STEPS)
 
 
-# Larger, so that the offline models and their backtest have enough history to learn from.
-SCORING_CRM = SimulationConfig(contacts=4_000, seed=42)
+# Larger, so that the offline models and their backtest have enough history to learn from; a
+# pinned window on its own clock, as the backtests split it at fixed dates (and
+# tests/test_offline.py builds the same history by hand to compare).
+SCORING_CRM = SimulationConfig(contacts=4_000, seed=42, start="2025-01-01", end="2026-11-01")
 
 
 @pytest.fixture(scope="session")
@@ -182,7 +189,9 @@ def scoring_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
     """:data:`SCORING_CRM` through its stages (the ``"stages"`` step), built once per run.
     Without the checks, which ``simulated_crm`` runs: they would double its build time."""
     stages = {"stages": STEPS["stages"].without_checks()}
-    return build_crm(SCORING_CRM, tmp_path_factory.mktemp("scoring_crm"), stages)
+    return build_crm(
+        SCORING_CRM, tmp_path_factory.mktemp("scoring_crm"), stages, clock_setting=clock.DATA
+    )
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from revorch import clock
 from revorch.agents.backtest import backtest_lead_scorer
 
 
@@ -12,6 +13,7 @@ from revorch.agents.backtest import backtest_lead_scorer
 def crm(scoring_crm, tmp_path_factory):
     """A copy of the 4,000-contact CRM (conftest, seed 42), built through the asset graph."""
     conn = scoring_crm.copy("stages", tmp_path_factory.mktemp("crm") / "crm").connect()
+    clock.bind(conn, clock.DATA)  # the history's own clock, as it was built on
     yield conn
     conn.close()
 

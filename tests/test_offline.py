@@ -71,6 +71,7 @@ def load_events(conn, zone, events):
 def crm(scoring_crm, tmp_path_factory):
     """A copy of the 4,000-contact CRM (conftest), built through the asset graph."""
     conn = scoring_crm.copy("stages", tmp_path_factory.mktemp("crm") / "crm").connect()
+    clock.bind(conn, clock.DATA)  # the history's own clock, as it was built on
     yield conn
     conn.close()
 

@@ -18,10 +18,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from revorch.config_file import load_yaml_model
+from revorch.config_file import CONFIG_DIR, load_yaml_model
 from revorch.governance.actions import ACTION_TYPES, FACTS, SOURCES
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "policy.yaml"
+DEFAULT_PATH = CONFIG_DIR / "policy.yaml"
 
 Verdict = Literal["allow", "approve", "forbid"]
 STRICTNESS: dict[str, int] = {"allow": 0, "approve": 1, "forbid": 2}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from revorch.config_file import load_yaml_model
+from revorch.config_file import CONFIG_DIR, load_yaml_model
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "lifecycle.yaml"
+DEFAULT_PATH = CONFIG_DIR / "lifecycle.yaml"
 NEW = "new"  # the stage of a record Revorch has not seen yet
 
 

@@ -12,7 +12,7 @@ must read a clock that moves when nothing arrives. Which clock is configuration
   tests, replays and backtests.
 
 The choice is set on each state-store connection (``bind``) and read in SQL through the
-``clock_now()`` macro (migration 0007) and in Python through ``now(conn)``, which asks that
+``clock_now()`` macro (migration 0006) and in Python through ``now(conn)``, which asks that
 same macro: one place decides what time it is. A connection that was not bound reads the
 wall clock. Records of when something happened (``received_at``, ``updated_at``, the audit
 trail's ``recorded_at``) keep the wall clock; they are not rules.

@@ -230,7 +230,7 @@ def test_the_clock_is_configuration_with_clear_errors(monkeypatch, tmp_path):
     conn = duckdb.connect()
     conn.execute("CREATE TABLE change_log (occurred_at TIMESTAMPTZ)")
     conn.execute("CREATE MACRO data_clock() AS (SELECT max(occurred_at) FROM change_log)")
-    conn.execute((MIGRATIONS_DIR / "0007_clock.sql").read_text().split(";")[0])  # clock_now()
+    conn.execute((MIGRATIONS_DIR / "0006_clock.sql").read_text().split(";")[0])  # clock_now()
     before = datetime.now(UTC)
     assert before <= clock.now(conn) <= datetime.now(UTC)  # unbound: the wall clock
     clock.bind(conn, "2026-03-02T09:00:00+01:00")

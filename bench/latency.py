@@ -715,6 +715,12 @@ def main(argv: list[str] | None = None) -> int:
         run_list = wait_runs_settled(dev.port, timeout=120)
         lock_runs = runs_with_lock_errors(dev.port, run_list)
         overlaps = overlapping_writer_steps(run_list, writer_steps(dev.port))
+        if llm is not None:
+            print(
+                f"The model server answered {llm.total_requests} requests "
+                f"(max {llm.max_in_flight} in flight).",
+                file=sys.stderr,
+            )
         print(
             report(
                 args,

@@ -39,7 +39,7 @@ from revorch.state.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = "lead_qualification"
-WAIT_SECONDS = 180  # generous: the machine is shared; nothing here asserts a duration
+WAIT_SECONDS = 600  # hang guard only, under pytest-timeout's 900 s: nothing here asserts a duration
 
 # Every lead goes to the model; limits and timeouts high enough that only the test's gate
 # decides when answers come.
@@ -121,9 +121,9 @@ def crm(decided_crm, tmp_path) -> StateStore:
 
 
 def wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
+    """Poll until ``condition`` holds. No deadline of its own: whatever the machine's speed,
+    only the order of events is asserted; a hang is ended by pytest-timeout (pyproject.toml)."""
     while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)
 
 

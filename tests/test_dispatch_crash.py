@@ -60,6 +60,13 @@ def _kill(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def _serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A webhook target on 127.0.0.1 in a thread; its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/actions"
+
+
 @pytest.fixture(scope="module")
 def held_home(tmp_path_factory) -> tuple[Path, Path]:
     """A small simulated CRM after `revorch ingest`, under a policy that holds every action
@@ -188,9 +195,8 @@ def receiver():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield state, f"http://127.0.0.1:{server.server_address[1]}/actions"
+    server, url = _serve(Handler)
+    yield state, url
     server.shutdown()
 
 
@@ -337,9 +343,7 @@ def test_the_state_store_is_free_while_a_target_keeps_the_dispatcher_waiting(hel
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/actions"
+    server, url = _serve(Stalling)
     process = _start_dispatcher(
         _env(crm.home, crm.policy, REVORCH_WEBHOOK_URL=url), tmp_path, "slow"
     )

@@ -30,14 +30,14 @@ import polars as pl  # noqa: E402
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from ingest import machine  # noqa: E402
-from orch_assets.ingestion.change_log import ingest_pending  # noqa: E402
-from orch_assets.ingestion.current_state import refresh_current_state  # noqa: E402
 from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
 from resources.agents import LlmResource  # noqa: E402
 from revorch.agents.config import Budget, load_agents_config  # noqa: E402
 from revorch.agents.models import offline_tier  # noqa: E402
 from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
 from revorch.agents.runtime import keep_open, run_agent  # noqa: E402
+from revorch.ingestion.change_log import ingest_pending  # noqa: E402
+from revorch.ingestion.current_state import refresh_current_state  # noqa: E402
 from revorch.landing import LandingZone  # noqa: E402
 from revorch.lifecycle.config import load_lifecycle_config  # noqa: E402
 from revorch.simulator import SimulationConfig, simulate_history  # noqa: E402

@@ -27,8 +27,6 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import duckdb  # noqa: E402
 
 from ingest import machine  # noqa: E402
-from orch_assets.ingestion.change_log import ingest_pending  # noqa: E402
-from orch_assets.ingestion.current_state import refresh_current_state  # noqa: E402
 from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
 from revorch.agents.config import load_agents_config  # noqa: E402
 from revorch.agents.models import offline_tier, train_and_store  # noqa: E402
@@ -40,6 +38,8 @@ from revorch.governance.dispatch import dispatch  # noqa: E402
 from revorch.governance.policy import load_policy  # noqa: E402
 from revorch.governance.targets import OutboxFile  # noqa: E402
 from revorch.governance.verdicts import judge_proposed  # noqa: E402
+from revorch.ingestion.change_log import ingest_pending  # noqa: E402
+from revorch.ingestion.current_state import refresh_current_state  # noqa: E402
 from revorch.landing import LandingZone  # noqa: E402
 from revorch.lifecycle.config import load_lifecycle_config  # noqa: E402
 from revorch.simulator import SimulationConfig, simulate_history  # noqa: E402

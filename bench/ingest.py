@@ -47,8 +47,8 @@ def _step(kind: str, workdir: Path) -> dict:
     """Run one measured step in this process and return its figures."""
     import duckdb
 
-    from orch_assets.ingestion.change_log import ingest_pending
-    from orch_assets.ingestion.current_state import refresh_current_state
+    from revorch.ingestion.change_log import ingest_pending
+    from revorch.ingestion.current_state import refresh_current_state
     from revorch.landing import LandingZone
     from revorch.state.migrate import migrate
 

@@ -44,9 +44,9 @@ def _config(contacts: int):
 def _step(kind: str, workdir: Path, contacts: int) -> dict:
     import duckdb
 
-    from orch_assets.ingestion.change_log import ingest_pending
-    from orch_assets.ingestion.current_state import refresh_current_state
     from orch_assets.stages.refresh import refresh_all_stages
+    from revorch.ingestion.change_log import ingest_pending
+    from revorch.ingestion.current_state import refresh_current_state
     from revorch.landing import LandingZone
     from revorch.lifecycle.config import load_lifecycle_config
     from revorch.simulator import simulate_history, stream_live

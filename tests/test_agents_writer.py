@@ -24,14 +24,14 @@ import yaml
 from conftest import event
 from fake_openai import FakeOpenAI, example_from_schema
 from orch_assets.agents.assets import agent_assets
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
 from orch_assets.stages.refresh import refresh_all_stages
 from resources import AgentsConfigResource, LlmResource, StateStore
 from revorch.agents.config import Budget, LlmWhen, load_agents_config
 from revorch.agents.models import offline_tier, train_and_store
 from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.runtime import run_agent, worst_case_cost
+from revorch.ingestion.change_log import ingest_pending
+from revorch.ingestion.current_state import refresh_current_state
 from revorch.landing import LandingZone
 from revorch.lifecycle.config import load_lifecycle_config
 from revorch.simulator import SimulationConfig, simulate_history

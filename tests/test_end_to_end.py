@@ -6,8 +6,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
+from revorch.ingestion.change_log import ingest_pending
+from revorch.ingestion.current_state import refresh_current_state
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, history_frame, simulate_history
 from revorch.state.migrate import migrate

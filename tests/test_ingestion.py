@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import event
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
+from revorch.ingestion.change_log import ingest_pending
+from revorch.ingestion.current_state import refresh_current_state
 from revorch.landing import LandingZone
 
 VALID = event("e-1", "contact", "c-1", "2026-01-05T10:00:00Z", email="ann@example.com")

@@ -12,7 +12,7 @@ import duckdb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orch_assets.ingestion.change_log import ingest_pending
+from revorch.ingestion.change_log import ingest_pending
 from revorch.landing import LandingZone
 from revorch.state.migrate import migrate
 

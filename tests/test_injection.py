@@ -37,8 +37,6 @@ from injection.obedient_model import (
     user_message,
 )
 from orch_assets.governance.checks import SENT_WITHOUT_VERDICT_SQL
-from orch_assets.ingestion.change_log import IngestResult, ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
 from orch_assets.stages.refresh import refresh_all_stages
 from resources.agents import LlmResource
 from revorch.agents import prompts
@@ -52,6 +50,8 @@ from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
 from revorch.governance.targets import OutboxFile
 from revorch.governance.verdicts import judge_proposed
+from revorch.ingestion.change_log import IngestResult, ingest_pending
+from revorch.ingestion.current_state import refresh_current_state
 from revorch.landing import LandingZone
 from revorch.lifecycle.config import load_lifecycle_config
 

@@ -10,8 +10,6 @@ import duckdb
 import pytest
 
 from conftest import event
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
 from orch_assets.stages.refresh import refresh_all_stages
 from revorch import clock
 from revorch.agents.offline import (
@@ -31,6 +29,8 @@ from revorch.agents.schemas import (
     RenewalRisk,
     TicketTriage,
 )
+from revorch.ingestion.change_log import ingest_pending
+from revorch.ingestion.current_state import refresh_current_state
 from revorch.landing import LandingZone
 from revorch.lifecycle.config import load_lifecycle_config
 from revorch.simulator import SimulationConfig, simulate_history

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
 from resources import LandingZoneResource, StateStore
+from revorch.ingestion.change_log import ingest_pending
+from revorch.ingestion.current_state import refresh_current_state
 
 # Every asset that writes to DuckDB runs in this pool; the instance limits it to one at a
 # time because DuckDB allows a single writing process.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import duckdb
 
-from orch_assets.ingestion.change_log import property_columns
+from revorch.ingestion.change_log import property_columns
 
 WATERMARK = "crm_current_state"
 

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from conftest import event
-from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
 from orch_assets.stages.refresh import refresh_all_stages
 from revorch.ingestion.change_log import ingest_pending
 from revorch.ingestion.current_state import refresh_current_state
 from revorch.lifecycle.config import load_lifecycle_config
+from revorch.lifecycle.runner import refresh_account_lifecycle, refresh_contact_lifecycle
 from revorch.simulator import SimulationConfig, simulate_history
 
 CONFIG = load_lifecycle_config()

@@ -12,9 +12,9 @@ import dagster as dg
 
 from orch_assets.ingestion.assets import CURRENT_STATE_TABLES, DUCKDB_WRITER_POOL, RebuildConfig
 from orch_assets.sql_files import run_sql_file
-from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
 from resources import LifecycleConfigResource, StateStore
 from revorch.lifecycle.config import LifecycleConfig
+from revorch.lifecycle.runner import refresh_account_lifecycle, refresh_contact_lifecycle
 
 SQL_DIR = Path(__file__).parent
 EAGER = dg.AutomationCondition.eager()

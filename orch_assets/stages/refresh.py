@@ -10,8 +10,8 @@ import duckdb
 from orch_assets.sql_files import run_sql_file
 from orch_assets.stages.assets import SQL_DIR as STAGES
 from orch_assets.stages.assets import sql_parameters
-from orch_assets.stages.lifecycle import refresh_account_lifecycle, refresh_contact_lifecycle
 from revorch.lifecycle.config import LifecycleConfig
+from revorch.lifecycle.runner import refresh_account_lifecycle, refresh_contact_lifecycle
 
 HANDOFFS = STAGES.parent / "handoffs"
 

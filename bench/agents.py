@@ -30,26 +30,22 @@ import polars as pl  # noqa: E402
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from ingest import machine  # noqa: E402
-from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
 from resources.agents import LlmResource  # noqa: E402
+from resources.state_store import CONNECTION_CONFIG  # noqa: E402
 from revorch.agents.config import Budget, load_agents_config  # noqa: E402
 from revorch.agents.models import offline_tier  # noqa: E402
 from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
 from revorch.agents.runtime import keep_open, run_agent  # noqa: E402
-from revorch.ingestion.change_log import ingest_pending  # noqa: E402
-from revorch.ingestion.current_state import refresh_current_state  # noqa: E402
+from revorch.definitions import THROUGH_HANDOFFS, materialize  # noqa: E402
 from revorch.landing import LandingZone  # noqa: E402
-from revorch.lifecycle.config import load_lifecycle_config  # noqa: E402
 from revorch.simulator import SimulationConfig, simulate_history  # noqa: E402
-from revorch.state.migrate import migrate  # noqa: E402
 
 AGENT = "lead_qualification"
 
 
-def refresh(conn, zone) -> None:
-    ingest_pending(conn, zone)
-    refresh_current_state(conn)
-    refresh_all_stages(conn, load_lifecycle_config())
+def refresh(database: Path, zone: LandingZone) -> None:
+    """Ingest what waits and bring the stages up to date, through the asset graph."""
+    materialize(THROUGH_HANDOFFS, database=database, landing=zone.root)
 
 
 def main() -> None:
@@ -58,11 +54,12 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="revorch-agents-"))
     zone = LandingZone(workdir / "landing").ensure()
-    conn = duckdb.connect(str(workdir / "revorch.duckdb"))
-    conn.execute("SET TimeZone = 'UTC'")
-    migrate(conn)
+    database = workdir / "revorch.duckdb"
     simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=42))
-    refresh(conn, zone)
+    refresh(database, zone)
+    # Kept open while the graph runs in this process: the same configuration as its own.
+    conn = duckdb.connect(str(database), config=CONNECTION_CONFIG)
+    conn.execute("SET TimeZone = 'UTC'")
     shipped = load_agents_config()
     config = shipped.model_copy(
         update={
@@ -110,7 +107,7 @@ def main() -> None:
                         for lead in changed
                     ],
                 )
-                refresh(conn, zone)
+                refresh(database, zone)
             items = INPUTS[AGENT](conn)
             start = time.perf_counter()
             report = run_agent(keep_open(conn), spec, config, items, llm=llm, run_id=label)

@@ -24,41 +24,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+import dagster as dg  # noqa: E402
 import duckdb  # noqa: E402
 
 from ingest import machine  # noqa: E402
-from orch_assets.stages.refresh import refresh_all_stages  # noqa: E402
-from revorch.agents.config import load_agents_config  # noqa: E402
-from revorch.agents.models import offline_tier, train_and_store  # noqa: E402
-from revorch.agents.registry import INPUTS, agent_specs  # noqa: E402
-from revorch.agents.runtime import keep_open, run_agent  # noqa: E402
+from resources.agents import LlmResource  # noqa: E402
+from revorch.definitions import THROUGH_HANDOFFS, materialize  # noqa: E402
 from revorch.governance.actions import propose  # noqa: E402
 from revorch.governance.audit import verify  # noqa: E402
 from revorch.governance.dispatch import dispatch  # noqa: E402
 from revorch.governance.policy import load_policy  # noqa: E402
 from revorch.governance.targets import OutboxFile  # noqa: E402
 from revorch.governance.verdicts import judge_proposed  # noqa: E402
-from revorch.ingestion.change_log import ingest_pending  # noqa: E402
-from revorch.ingestion.current_state import refresh_current_state  # noqa: E402
 from revorch.landing import LandingZone  # noqa: E402
-from revorch.lifecycle.config import load_lifecycle_config  # noqa: E402
 from revorch.simulator import SimulationConfig, simulate_history  # noqa: E402
-from revorch.state.migrate import migrate  # noqa: E402
 
 
 def decided_crm(contacts: int, workdir: Path) -> duckdb.DuckDBPyConnection:
+    """A simulated CRM through the asset graph up to the agents (offline tier: no model)."""
     zone = LandingZone(workdir / "landing").ensure()
-    conn = duckdb.connect(str(workdir / "revorch.duckdb"))
-    conn.execute("SET TimeZone = 'UTC'")
-    migrate(conn)
+    database = workdir / "revorch.duckdb"
     simulate_history(zone, SimulationConfig(contacts=contacts, seed=42))
-    ingest_pending(conn, zone)
-    refresh_current_state(conn)
-    refresh_all_stages(conn, load_lifecycle_config())
-    train_and_store(conn)
-    config = load_agents_config()
-    for name, spec in agent_specs(offline_tier(conn)).items():
-        run_agent(keep_open(conn), spec, config, INPUTS[name](conn), llm=None, run_id="agents")
+    materialize(
+        THROUGH_HANDOFFS | dg.AssetSelection.groups("agents"),
+        database=database,
+        landing=zone.root,
+        resources={"llm": LlmResource()},
+    )
+    conn = duckdb.connect(str(database))
+    conn.execute("SET TimeZone = 'UTC'")
     return conn
 
 

@@ -16,6 +16,11 @@ from dagster_duckdb import DuckDBResource
 from revorch.clock import bind as bind_clock
 from revorch.state.migrate import migrate
 
+# How dagster-duckdb configures every connection it opens. DuckDB shares one database between
+# a process's connections only when their configurations match: a test or a benchmark that
+# keeps a connection open while assets run in the same process opens the file with this.
+CONNECTION_CONFIG = {"custom_user_agent": "dagster"}
+
 
 class StateStore(DuckDBResource):
     """Dagster's DuckDB resource, with Revorch's schema migrations applied on connect.

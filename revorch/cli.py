@@ -252,14 +252,12 @@ def _check_configs() -> None:
         raise RevorchError(f"{invalid}; fix it and run again") from invalid
 
 
-FULL_REBUILD_STEPS = ("crm_current_state", "stages__contact_lifecycle", "stages__account_lifecycle")
-
-
 def _run_main_job(*, full_rebuild: bool = False) -> str | None:
     """Run the main job; None when it succeeded, else what made it fail."""
+    from revorch.definitions import full_rebuild_config
+
     _check_configs()
-    ops = {step: {"config": {"full_rebuild": True}} for step in FULL_REBUILD_STEPS}
-    result = _run_job("revorch_main", ops if full_rebuild else {})
+    result = _run_job("revorch_main", full_rebuild_config()["ops"] if full_rebuild else {})
     return None if result.success else _failure(result)
 
 

@@ -1,5 +1,7 @@
 """Every Dagster definition of Revorch, assembled in one place."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
@@ -15,7 +17,7 @@ from orch_assets.schedules import schedules
 from orch_assets.sources.simulator import simulate_crm
 from orch_assets.stages.assets import stage_assets
 from orch_assets.stages.checks import stage_checks
-from resources import default_resources
+from resources import LandingZoneResource, StateStore, default_resources
 from sensors.approvals import approved_actions_sensor
 from sensors.landing_zone import landing_zone_sensor
 from sensors.recovery import abandoned_runs_sensor
@@ -69,3 +71,47 @@ defs = dg.Definitions(
     ],
     resources=default_resources(),
 )
+
+# The steps that take a rebuild from the whole change log (RebuildConfig), by op name.
+FULL_REBUILD_STEPS = ("crm_current_state", "stages__contact_lifecycle", "stages__account_lifecycle")
+
+# Landing zone -> change log -> CRM state -> lifecycle -> stage views -> handoffs, without the
+# data-quality checks: what a test or a benchmark builds before it looks at stages, agents or
+# governance.
+THROUGH_HANDOFFS = dg.AssetSelection.groups(
+    "ingestion", "crm_state", "lifecycle", "stages", "handoffs"
+).without_checks()
+
+
+def full_rebuild_config() -> dict:
+    """Run config that makes every incremental step rebuild from the whole change log."""
+    return {"ops": {step: {"config": {"full_rebuild": True}} for step in FULL_REBUILD_STEPS}}
+
+
+def materialize(
+    selection: dg.AssetSelection,
+    *,
+    database: str | Path | None = None,
+    landing: str | Path | None = None,
+    clock: str = "wall",
+    resources: dict[str, object] | None = None,
+    instance: dg.DagsterInstance | None = None,
+    full_rebuild: bool = False,
+) -> dg.ExecuteInProcessResult:
+    """Materialize ``selection`` of these assets (and the checks it selects) in this process,
+    as a run would: how tests and benchmarks build their state, so the graph's order is
+    written once. ``database``, ``landing`` and ``clock`` point the state store and the
+    landing zone elsewhere; ``resources`` replace others by key. An ephemeral instance unless
+    one is given. Raises when a step fails."""
+    chosen = {**defs.resources}
+    if database is not None:
+        chosen["state_store"] = StateStore(database=str(database), clock=clock)
+    if landing is not None:
+        chosen["landing_zone"] = LandingZoneResource(path=str(landing))
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=selection,
+        resources={**chosen, **(resources or {})},
+        instance=instance,
+        run_config=full_rebuild_config() if full_rebuild else None,
+    )

@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from resources.state_store import CONNECTION_CONFIG
 from revorch import clock
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
@@ -25,16 +26,42 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "revorch.duckdb"
 
 
+# Opened as the StateStore opens it, so a test may keep it open while the asset graph runs.
+STATE_STORE_CONNECTION = CONNECTION_CONFIG
+
+
 @pytest.fixture
 def conn(db_path: Path):
     """A migrated state store in a real DuckDB file, on the data clock: tests write histories
-    with fixed dates, so "now" is their newest change, whatever day the suite runs."""
-    connection = duckdb.connect(str(db_path))
+    with fixed dates, so "now" is their newest change, whatever day the suite runs. It may
+    stay open while the graph runs on ``db_path`` (``revorch.definitions.materialize``)."""
+    connection = duckdb.connect(str(db_path), config=STATE_STORE_CONNECTION)
     connection.execute("SET TimeZone = 'UTC'")
     migrate(connection)
     clock.bind(connection, clock.DATA)
     yield connection
     connection.close()
+
+
+def ingest_and_stage(
+    database: Path,
+    zone: LandingZone,
+    *,
+    clock_setting: str = clock.WALL,
+    selection: dg.AssetSelection | None = None,
+) -> dict[str, dict[str, object]]:
+    """Take what waits in ``zone`` through the real asset graph up to the handoffs (or
+    ``selection``) on ``database``, as a run would (``revorch.definitions.materialize``);
+    return each asset's materialization metadata by key (``"crm/change_log"``)."""
+    from revorch.definitions import THROUGH_HANDOFFS, materialize
+
+    result = materialize(
+        selection or THROUGH_HANDOFFS, database=database, landing=zone.root, clock=clock_setting
+    )
+    return {
+        "/".join(e.asset_key.path): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+    }
 
 
 def event(event_id: str, object_type: str, object_id: str, occurred_at: str, **properties):
@@ -90,7 +117,8 @@ class CrmHome:
         return {"REVORCH_HOME": str(self.root)}
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        connection = duckdb.connect(str(self.database))
+        """Read-write, and may stay open while the asset graph runs on this home."""
+        connection = duckdb.connect(str(self.database), config=STATE_STORE_CONNECTION)
         connection.execute("SET TimeZone = 'UTC'")
         return connection
 
@@ -180,7 +208,7 @@ def simulated_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
 
 # Larger, so that the offline models and their backtest have enough history to learn from; a
 # pinned window on its own clock, as the backtests split it at fixed dates (and
-# tests/test_offline.py builds the same history by hand to compare).
+# tests/test_offline.py builds the same history again to compare).
 SCORING_CRM = SimulationConfig(contacts=4_000, seed=42, start="2025-01-01", end="2026-11-01")
 
 

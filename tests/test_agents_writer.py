@@ -17,25 +17,20 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 import yaml
 
-from conftest import event
+from conftest import event, ingest_and_stage
 from fake_openai import FakeOpenAI, example_from_schema
-from orch_assets.agents.assets import agent_assets
-from orch_assets.stages.refresh import refresh_all_stages
+from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets
 from resources import AgentsConfigResource, LlmResource, StateStore
 from revorch.agents.config import Budget, LlmWhen, load_agents_config
-from revorch.agents.models import offline_tier, train_and_store
+from revorch.agents.models import offline_tier
 from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.runtime import run_agent, worst_case_cost
-from revorch.ingestion.change_log import ingest_pending
-from revorch.ingestion.current_state import refresh_current_state
+from revorch.definitions import THROUGH_HANDOFFS
 from revorch.landing import LandingZone
-from revorch.lifecycle.config import load_lifecycle_config
 from revorch.simulator import SimulationConfig, simulate_history
-from revorch.state.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = "lead_qualification"
@@ -101,14 +96,10 @@ def decided_crm(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("writer")
     zone = LandingZone(folder / "landing").ensure()
     path = folder / "revorch.duckdb"
-    with duckdb.connect(str(path)) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        migrate(conn)
-        simulate_history(zone, SimulationConfig(contacts=300, seed=7))
-        ingest_pending(conn, zone)
-        refresh_current_state(conn)
-        refresh_all_stages(conn, load_lifecycle_config())
-        train_and_store(conn)
+    simulate_history(zone, SimulationConfig(contacts=300, seed=7))
+    ingest_and_stage(
+        path, zone, selection=THROUGH_HANDOFFS | dg.AssetSelection.assets(OFFLINE_MODELS)
+    )
     return path
 
 

@@ -2,19 +2,28 @@
 
 import shutil
 
+import dagster as dg
 import duckdb
 import polars as pl
 import pytest
 
-from revorch.ingestion.change_log import ingest_pending
-from revorch.ingestion.current_state import refresh_current_state
+from conftest import STATE_STORE_CONNECTION, ingest_and_stage
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, history_frame, simulate_history
-from revorch.state.migrate import migrate
 
 CONFIG = SimulationConfig(
     contacts=2_000, seed=7, malformed_share=0.02, duplicate_share=0.05, batch_size=5_000
 )
+
+
+INGESTION = dg.AssetSelection.groups("ingestion", "crm_state")
+
+
+def ingest(database, zone) -> dict[str, object]:
+    """Ingest what waits in ``zone`` through the ingestion assets; the change log's and the
+    quarantine's metadata in one dict (``received``, ``loaded``, ``reason/...``)."""
+    metadata = ingest_and_stage(database, zone, selection=INGESTION)
+    return metadata["crm/change_log"] | metadata["crm/quarantine"]
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +31,8 @@ def built(tmp_path_factory):
     """The simulation ingested once for the module; each test gets a copy (``conn``)."""
     root = tmp_path_factory.mktemp("end_to_end")
     zone = LandingZone(root / "landing").ensure()
-    with duckdb.connect(str(root / "revorch.duckdb")) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        migrate(conn)
-        summary = simulate_history(zone, CONFIG)
-        result = ingest_pending(conn, zone)
-        refresh_current_state(conn)
-    return root, summary, result
+    summary = simulate_history(zone, CONFIG)
+    return root, summary, ingest(root / "revorch.duckdb", zone)
 
 
 @pytest.fixture
@@ -37,7 +41,7 @@ def conn(built, db_path, tmp_path):
     root = built[0]
     shutil.copyfile(root / "revorch.duckdb", db_path)
     shutil.copytree(root / "landing", tmp_path / "landing", dirs_exist_ok=True)
-    connection = duckdb.connect(str(db_path))
+    connection = duckdb.connect(str(db_path), config=STATE_STORE_CONNECTION)
     connection.execute("SET TimeZone = 'UTC'")
     yield connection
     connection.close()
@@ -51,11 +55,12 @@ def ingested(built):
 
 def test_every_simulated_line_is_loaded_counted_as_duplicate_or_quarantined(conn, ingested):
     summary, result = ingested
-    assert result.received == summary.lines
-    assert result.loaded == summary.events
-    assert result.duplicates == summary.expected_duplicates
-    assert result.quarantined == summary.malformed
-    assert result.quarantine_reasons == summary.malformed_by_reason
+    assert result["received"] == summary.lines
+    assert result["loaded"] == summary.events
+    assert result["duplicates"] == summary.expected_duplicates
+    assert result["quarantined"] == summary.malformed
+    reasons = {k.removeprefix("reason/"): v for k, v in result.items() if k.startswith("reason/")}
+    assert reasons == summary.malformed_by_reason
     assert len(summary.malformed_by_reason) == 11  # every malformed kind is exercised
 
 
@@ -79,16 +84,15 @@ def test_simulated_crm_fills_every_table(conn, ingested):
     assert orphans == 0
 
 
-def test_ingesting_the_same_simulation_again_changes_nothing(conn, zone, ingested):
+def test_ingesting_the_same_simulation_again_changes_nothing(conn, db_path, zone, ingested):
     before = {
         t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall()
         for t in ("contacts", "deals", "subscriptions")
     }
     summary = simulate_history(zone, CONFIG)
-    again = ingest_pending(conn, zone)
-    refresh_current_state(conn)
-    assert (again.loaded, again.quarantined) == (0, 0)
-    assert again.duplicates == summary.lines
+    again = ingest(db_path, zone)
+    assert (again["loaded"], again["quarantined"]) == (0, 0)
+    assert again["duplicates"] == summary.lines
     after = {
         t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall()
         for t in ("contacts", "deals", "subscriptions")

@@ -20,6 +20,7 @@ from functools import partial
 import duckdb
 import pytest
 
+from conftest import CrmHome, ingest_and_stage
 from fake_openai import FakeOpenAI
 from injection.obedient_model import (
     CHANNELS,
@@ -37,7 +38,6 @@ from injection.obedient_model import (
     user_message,
 )
 from orch_assets.governance.checks import SENT_WITHOUT_VERDICT_SQL
-from orch_assets.stages.refresh import refresh_all_stages
 from resources.agents import LlmResource
 from revorch.agents import prompts
 from revorch.agents.config import LlmWhen, load_agents_config
@@ -50,10 +50,6 @@ from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
 from revorch.governance.targets import OutboxFile
 from revorch.governance.verdicts import judge_proposed
-from revorch.ingestion.change_log import IngestResult, ingest_pending
-from revorch.ingestion.current_state import refresh_current_state
-from revorch.landing import LandingZone
-from revorch.lifecycle.config import load_lifecycle_config
 
 CORPUS = load_corpus()
 REFUSED = [e for e in CORPUS if e.kind in ("out_of_schema", "non_json")]
@@ -94,8 +90,8 @@ def test_each_attack_is_planted_where_its_agent_reads_and_names_its_planted_pii(
 
 def test_the_attacks_are_landed_and_ingested_with_nothing_quarantined(attacked_crm):
     landed, plan = attacked_crm.landed, attacked_crm.plan
-    assert landed.received == landed.loaded == len(plan.events)
-    assert landed.quarantined == 0
+    assert landed["received"] == landed["loaded"] == len(plan.events)
+    assert landed["quarantined"] == 0
     assert set(plan.targets) == {e.id for e in CORPUS}
     assert len(set(plan.targets.values())) == len(CORPUS)  # one attack per record
 
@@ -231,7 +227,7 @@ class AttackedCrm:
     conn: duckdb.DuckDBPyConnection
     corpus: list[Entry]
     plan: AttackPlan
-    landed: IngestResult
+    landed: dict[str, object]  # the change log's materialization metadata
     model: ObedientModel
     requests: list[dict]
     reports: dict[str, RunReport]
@@ -266,17 +262,15 @@ class AttackedCrm:
         return {(agent, entity): rest for agent, entity, *rest in rows}
 
 
-def land_and_run_attacks(conn: duckdb.DuckDBPyConnection, zone: LandingZone) -> AttackedCrm:
+def land_and_run_attacks(home: CrmHome) -> AttackedCrm:
     """On a copy of the shared simulated CRM (conftest, after its stages), plant the corpus
-    through the landing zone, ingest, and run every attacked agent over its attacked and
-    control records, each sent to the LLM tier."""
-    lifecycle = load_lifecycle_config()
+    through the landing zone, run the asset graph up to the handoffs, and run every attacked
+    agent over its attacked and control records, each sent to the LLM tier."""
+    conn = home.connect()
     corpus = load_corpus()
     plan = attack_events(conn, corpus)
-    zone.write_events(SOURCE, plan.events)
-    landed = ingest_pending(conn, zone)
-    refresh_current_state(conn)
-    refresh_all_stages(conn, lifecycle)
+    home.landing.write_events(SOURCE, plan.events)
+    landed = ingest_and_stage(home.database, home.landing)["crm/change_log"]
 
     config = load_agents_config()
     # Rate limits are not under test: lift them so the run takes a second, not a minute.
@@ -319,9 +313,9 @@ def land_and_run_attacks(conn: duckdb.DuckDBPyConnection, zone: LandingZone) -> 
 def attack(simulated_crm, tmp_path_factory) -> Iterator[AttackedCrm]:
     """One attacked CRM shared by this module's read-only tests."""
     home = simulated_crm.copy("stages", tmp_path_factory.mktemp("injection") / "crm")
-    connection = home.connect()
-    yield land_and_run_attacks(connection, home.landing)
-    connection.close()
+    attacked = land_and_run_attacks(home)
+    yield attacked
+    attacked.conn.close()
 
 
 @pytest.fixture
@@ -330,10 +324,9 @@ def attacked_crm(copy_crm) -> Iterator[AttackedCrm]:
     :func:`land_and_run_attacks`: every corpus entry planted, ingested and decided by its
     agent with the obedient model as the LLM tier. For a test that carries the decisions
     further (outbox, policy, dispatch) and asserts that nothing out of policy is sent."""
-    home = copy_crm("stages")
-    connection = home.connect()
-    yield land_and_run_attacks(connection, home.landing)
-    connection.close()
+    attacked = land_and_run_attacks(copy_crm("stages"))
+    yield attacked
+    attacked.conn.close()
 
 
 def test_the_corpus_leads_to_no_dispatched_action_outside_the_policy(attacked_crm, tmp_path):

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import event
-from orch_assets.stages.refresh import refresh_all_stages
+from conftest import event, ingest_and_stage
+from revorch import clock
 from revorch.ingestion.change_log import ingest_pending
 from revorch.ingestion.current_state import refresh_current_state
 from revorch.lifecycle.config import load_lifecycle_config
@@ -23,10 +23,10 @@ def at(days: float) -> str:
 
 
 class Crm:
-    """Writes changes into the landing zone and runs everything up to the stages."""
+    """Writes changes into the landing zone and runs the asset graph up to the handoffs."""
 
-    def __init__(self, conn, zone):
-        self.conn, self.zone, self.events, self.n = conn, zone, [], 0
+    def __init__(self, conn, db_path, zone):
+        self.conn, self.db_path, self.zone, self.events, self.n = conn, db_path, zone, [], 0
 
     def change(self, object_type, object_id, day, **properties):
         self.n += 1
@@ -48,9 +48,8 @@ class Crm:
     def run(self):
         self.zone.write_events("test", self.events)
         self.events = []
-        assert ingest_pending(self.conn, self.zone).quarantined == 0
-        refresh_current_state(self.conn)
-        refresh_all_stages(self.conn, CONFIG)
+        landed = ingest_and_stage(self.db_path, self.zone, clock_setting=clock.DATA)
+        assert landed["crm/change_log"]["quarantined"] == 0
 
     def stage(self, entity_id):
         row = self.conn.execute(
@@ -67,8 +66,8 @@ class Crm:
 
 
 @pytest.fixture
-def crm(conn, zone):
-    crm = Crm(conn, zone)
+def crm(conn, db_path, zone):
+    crm = Crm(conn, db_path, zone)
     crm.change("owner", "own-ae", 0, role="ae", team="east")
     crm.change("owner", "own-mgr", 0, role="manager", team="east")
     crm.change("owner", "own-csm", 0, role="csm", team="success")

@@ -4,13 +4,10 @@ onboarding plans; every output fits its schema."""
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import duckdb
 import pytest
 
-from conftest import event
-from orch_assets.stages.refresh import refresh_all_stages
+from conftest import SCORING_CRM, STEPS, build_crm, event, ingest_and_stage
 from revorch import clock
 from revorch.agents.offline import (
     LeadModel,
@@ -29,12 +26,7 @@ from revorch.agents.schemas import (
     RenewalRisk,
     TicketTriage,
 )
-from revorch.ingestion.change_log import ingest_pending
-from revorch.ingestion.current_state import refresh_current_state
-from revorch.landing import LandingZone
 from revorch.lifecycle.config import load_lifecycle_config
-from revorch.simulator import SimulationConfig, simulate_history
-from revorch.state.migrate import migrate
 
 CONFIG = load_lifecycle_config()
 T0 = datetime(2025, 1, 1, 9, 0, tzinfo=UTC)
@@ -44,27 +36,10 @@ def at(days: float) -> str:
     return (T0 + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_simulated_crm(root: Path, contacts: int = 4_000, seed: int = 42):
-    """A state store with a simulated history, run through every stage."""
-    zone = LandingZone(root / "landing").ensure()
-    # A pinned window on its own clock: the backtests split it at fixed dates.
-    window = {"start": "2025-01-01", "end": "2026-11-01"}
-    simulate_history(zone, SimulationConfig(contacts=contacts, seed=seed, **window))
-    conn = duckdb.connect(str(root / "revorch.duckdb"))
-    conn.execute("SET TimeZone = 'UTC'")
-    migrate(conn)
-    clock.bind(conn, clock.DATA)
-    ingest_pending(conn, zone)
-    refresh_current_state(conn)
-    refresh_all_stages(conn, CONFIG)
-    return conn
-
-
-def load_events(conn, zone, events):
+def load_events(db_path, zone, events):
+    """Land ``events`` and run the asset graph up to the handoffs, on the data clock."""
     zone.write_events("test", events)
-    assert ingest_pending(conn, zone).quarantined == 0
-    refresh_current_state(conn)
-    refresh_all_stages(conn, CONFIG)
+    ingest_and_stage(db_path, zone, clock_setting=clock.DATA)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +65,11 @@ def test_every_model_trains_on_a_simulated_crm(tier):
 
 
 def test_the_lead_model_is_repeatable_on_the_same_history(crm, tmp_path):
-    again = build_simulated_crm(tmp_path)  # the same simulation, a separate file
+    # The same simulation built again through the graph, into a separate file.
+    stages = {"stages": STEPS["stages"].without_checks()}
+    again = build_crm(SCORING_CRM, tmp_path, stages, clock_setting=clock.DATA)
+    again = again.homes["stages"].connect()
+    clock.bind(again, clock.DATA)
     first, second = LeadModel.train(crm), LeadModel.train(again)
     assert first.version == second.version
     inputs = lead_inputs(crm)
@@ -123,7 +102,7 @@ def test_the_lead_model_separates_converters_from_the_rest(crm):
     assert model.predict(inputs[:50]) == pytest.approx(model.predict(inputs)[:50])
 
 
-def test_lead_features_use_only_what_was_known_at_the_scoring_time(conn, zone):
+def test_lead_features_use_only_what_was_known_at_the_scoring_time(conn, db_path, zone):
     events = [
         event("e1", "company", "co-1", at(0), industry="software", tier="smb", employees=50),
         event(
@@ -169,7 +148,7 @@ def test_lead_features_use_only_what_was_known_at_the_scoring_time(conn, zone):
         event("e7", "contact", "c-1", at(40), lifecycle_stage="salesqualifiedlead"),
         event("e8", "owner", "own-1", at(200), role="ae"),  # the data clock: day 200
     ]
-    load_events(conn, zone, events)
+    load_events(db_path, zone, events)
 
     at_creation = lead_inputs(conn, ["c-1"], as_of=T0)[0]
     assert (at_creation["pricing_visits"], at_creation["meetings"], at_creation["form_fills"]) == (
@@ -317,7 +296,7 @@ def test_stale_overdue_deals_are_riskier(tier, crm):
     assert any("past its close date" in r for r in tier.deal_risk(stale).reasons)
 
 
-def test_an_onboarding_plan_holds_the_configured_tasks(conn, zone):
+def test_an_onboarding_plan_holds_the_configured_tasks(conn, db_path, zone):
     events = [
         event("o1", "owner", "own-csm", at(0), role="csm"),
         event("o2", "company", "co-1", at(0), name="Acme", tier="enterprise", industry="software"),
@@ -348,7 +327,7 @@ def test_an_onboarding_plan_holds_the_configured_tasks(conn, zone):
         ),
         event("o6", "owner", "own-csm", at(12), role="csm"),  # the data clock: day 12
     ]
-    load_events(conn, zone, events)
+    load_events(db_path, zone, events)
     (item,) = onboarding_inputs(conn)
     plan = OfflineTier().onboarding_plan(item)
     OnboardingPlan.model_validate(plan.model_dump())

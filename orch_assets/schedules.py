@@ -1,5 +1,14 @@
 """Jobs beside revorch_main: scheduled scans (what must be re-checked as time passes, even
-when nothing changes) and the approval workflow's jobs."""
+when nothing changes) and the approval workflow's jobs.
+
+Why jobs and schedules, not ``AutomationCondition.on_cron`` on the assets: on_cron runs an asset
+only after all its upstream assets were updated since the tick, so on a quiet night (no change
+landed) the SLA check, the renewal scan and the approval SLA check would never run and nothing
+would escalate (tests/test_clock.py); and per-asset conditions run each asset in its own run,
+while a scan must run its steps in order (lifecycle, then the handoff, then the analysts' copy)
+as one unit. The weekly report likewise arrives every Monday, its windows moving with the clock.
+What only needs new data (retraining the offline models) uses on_cron on its asset.
+"""
 
 import dagster as dg
 
@@ -36,11 +45,6 @@ funnel_report_job = _job(
     "The business metrics and the funnel report.",
     dg.AssetSelection.groups("metrics") | dg.AssetSelection.assets(["reports", "funnel_report"]),
 )
-retrain_offline_models = _job(
-    "retrain_offline_models",
-    "Retrain the offline tier's lead, deal and renewal models on the latest history.",
-    dg.AssetSelection.assets(["agents", "offline_models"]),
-)
 
 # The approval workflow. review_actions takes a person's verdict from the launchpad (config of
 # governance/approval_queue); dispatch_actions sends what is approved (the approvals sensor
@@ -74,7 +78,6 @@ schedules = [
         (renewal_risk_scan, "0 6 * * *", "Daily renewal-risk scan at 06:00 UTC."),
         (sla_check, "0 * * * *", "Hourly SLA check."),
         (funnel_report_job, "0 7 * * 1", "Weekly funnel report, Mondays at 07:00 UTC."),
-        (retrain_offline_models, "0 5 * * *", "Daily retraining of the offline models, 05:00 UTC."),
         (approval_sla_check, "30 * * * *", "Hourly approval SLA check."),
     )
 ]
@@ -82,7 +85,6 @@ jobs = [
     renewal_risk_scan,
     sla_check,
     funnel_report_job,
-    retrain_offline_models,
     review_actions,
     dispatch_actions,
     approval_sla_check,

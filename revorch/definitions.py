@@ -42,7 +42,7 @@ published_state = published_state_asset(
 
 revorch_main = dg.define_asset_job(
     "revorch_main",
-    # Models are retrained daily (retrain_offline_models), not on every batch.
+    # Models are retrained daily (on_cron on agents/offline_models), not on every batch.
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets(OFFLINE_MODELS),
     description="Ingest every waiting batch and bring every asset up to date.",
     # One process for the whole run: steps share the DuckDB writer pool one at a time anyway,

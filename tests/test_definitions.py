@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from orch_assets.agents.assets import UPSTREAM
+from orch_assets.agents.assets import OFFLINE_MODELS, UPSTREAM
 from revorch.definitions import defs
 from sensors.landing_zone import landing_zone_sensor
 
@@ -56,7 +56,6 @@ SCHEDULES = {
     "renewal_risk_scan_schedule",
     "sla_check_schedule",
     "weekly_funnel_report_schedule",
-    "retrain_offline_models_schedule",
     "approval_sla_check_schedule",
 }
 
@@ -96,6 +95,12 @@ def test_sensors_automation_and_schedules_start_running():
     assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
     assert schedules["sla_check_schedule"].cron_schedule == "0 * * * *"
     assert schedules["renewal_risk_scan_schedule"].cron_schedule == "0 6 * * *"
+
+
+def test_the_offline_models_retrain_daily_on_new_history_only():
+    [models] = [a for a in defs.assets if OFFLINE_MODELS in a.keys]
+    condition = models.automation_conditions_by_key[OFFLINE_MODELS]
+    assert condition.get_label() == "on_cron(0 5 * * *, UTC)"
 
 
 def test_every_asset_but_the_edges_follows_its_upstream_by_itself():

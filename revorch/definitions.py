@@ -108,10 +108,14 @@ def materialize(
         chosen["state_store"] = StateStore(database=str(database), clock=clock)
     if landing is not None:
         chosen["landing_zone"] = LandingZoneResource(path=str(landing))
+    # The console gets warnings only, as from the CLI; every event is still in the result.
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    if full_rebuild:
+        run_config |= full_rebuild_config()
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=selection,
         resources={**chosen, **(resources or {})},
         instance=instance,
-        run_config=full_rebuild_config() if full_rebuild else None,
+        run_config=run_config,
     )

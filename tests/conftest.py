@@ -166,11 +166,11 @@ def build_crm(
     clock_setting: str = clock.WALL,
 ) -> SimulatedCrm:
     """Simulate ``config`` into a landing zone and take it through ``steps`` of the real
-    definitions' assets and checks by ``dg.materialize``, with the shipped configuration and
-    the resources ``default_resources()`` picks for a ``REVORCH_HOME``; keep the home after
-    each step under ``base``."""
+    definitions' assets and checks (``revorch.definitions.materialize``), with the shipped
+    configuration and the resources ``default_resources()`` picks for a ``REVORCH_HOME``; keep
+    the home after each step under ``base``."""
     from resources import default_resources
-    from revorch.definitions import defs
+    from revorch.definitions import materialize
 
     work = CrmHome(base / "work")
     simulate_history(work.landing, config)
@@ -183,12 +183,7 @@ def build_crm(
         env.setenv("REVORCH_HOME", str(work.root))
         env.setenv("REVORCH_CLOCK", clock_setting)
         for step, selection in steps.items():
-            result = dg.materialize(
-                [*defs.assets, *defs.asset_checks],
-                selection=selection,
-                resources=default_resources(),
-                instance=instance,
-            )
+            result = materialize(selection, resources=default_resources(), instance=instance)
             assert result.success, f"the simulated CRM's {step} step failed"
             for materialization in result.get_asset_materialization_events():
                 key = "/".join(materialization.asset_key.path)

@@ -289,7 +289,7 @@ def test_the_audit_trail_is_anchored_and_a_forged_tail_or_a_lost_anchor_fails_ve
             "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         action_id = conn.execute(
-            "SELECT action_id FROM governance.approval_queue LIMIT 1"
+            "SELECT action_id FROM governance.actions ORDER BY action_id LIMIT 1"
         ).fetchone()[0]
         conn.execute(
             "INSERT INTO governance.audit_log (seq, recorded_at, run_id, event, actor, action_id, "

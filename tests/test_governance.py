@@ -32,7 +32,7 @@ from resources import DispatcherResource, GovernanceResource, StateStore
 from revorch.agents.redact import known_names, pseudonymise, redact
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
-from revorch.governance.audit import DIGEST_SQL, GENESIS, chain_hash, verify
+from revorch.governance.audit import DIGEST_SQL, GENESIS, Anchor, chain_hash, verify
 from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import DEFAULT_PATH, Policy, PolicyError, load_policy
 from revorch.governance.policy_check import check
@@ -354,6 +354,59 @@ def test_a_removed_tail_or_a_rewritten_chain_breaks_the_anchors(gov):
     chain_only = verify(gov.conn, None)  # the chain alone looks fine: the anchor is what tells
     assert not chain_only.problems and not chain_only.intact
     assert chain_only.unanchored == chain_only.rows
+
+
+def _forge_approval(conn: duckdb.DuckDBPyConnection, action_id: str) -> int:
+    """Append an approval by mallory with a consistent chain and no anchor; its seq."""
+    seq, head = conn.execute(
+        "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO governance.audit_log (seq, recorded_at, event, actor, action_id, detail, "
+        "prev_hash, hash) VALUES (?, now(), 'approved', 'human:mallory', ?, '{}', ?, '')",
+        [seq + 1, action_id, head],
+    )
+    digest = conn.execute(
+        f"SELECT {DIGEST_SQL} FROM governance.audit_log WHERE seq = ?", [seq + 1]
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE governance.audit_log SET hash = ? WHERE seq = ?",
+        [chain_hash(head, digest), seq + 1],
+    )
+    return seq + 1
+
+
+def test_a_forged_tail_is_unanchored_and_a_missing_anchor_file_is_an_error(gov):
+    gov.propose_and_judge()
+    assert verify(gov.conn, gov.anchor).intact
+    forged = _forge_approval(gov.conn, gov.ids("status = 'pending_approval'")[0])
+    report = verify(gov.conn, gov.anchor)
+    assert not report.problems and not report.intact  # the chain is consistent ...
+    # ... but nothing outside the database vouches for the row.
+    assert report.unanchored == 1
+    assert f"rows {forged}-{forged} are unanchored" in report.summary()[0]
+    # The Dagster instance's anchors count too: a tail after its last one is unanchored.
+    behind = [Anchor(forged - 1, report.head_hash, "a run")]
+    assert any(
+        "differs from its anchor in a run" in p
+        for p in verify(gov.conn, gov.anchor, dagster_anchors=behind).problems
+    )
+
+    # The next write anchors the new head, and records that it found rows with no anchor.
+    gov.dispatch()
+    after = verify(gov.conn, gov.anchor)
+    assert after.intact
+    assert after.notices and f"rows {forged}-{forged} had no anchor" in after.notices[0]
+
+    gov.anchor.unlink()
+    missing = verify(gov.conn, gov.anchor)
+    assert not missing.intact
+    assert missing.problems == [f"the anchor file {gov.anchor} is missing"]
+    assert (
+        verify(gov.conn, gov.anchor, dagster_anchors=[])
+        .problems[-1]
+        .startswith("the Dagster instance holds no anchor")
+    )
 
 
 def test_no_revorch_code_updates_or_deletes_the_audit_log():

@@ -290,11 +290,12 @@ def verify(
         in_file = file_anchors(anchor_path)
         if in_file is None and report.rows:
             report.problems.append(f"the anchor file {anchor_path} is missing")
-        sources.append((f"the anchor file {anchor_path}", in_file or []))
+        elif in_file is not None:
+            sources.append((f"the anchor file {anchor_path}", in_file))
     if dagster_anchors is not None:
         sources.append(("the Dagster instance", dagster_anchors))
     if not sources:
-        return report  # no anchor asked for: every row is unanchored
+        return report  # no anchor (asked for, or found): every row is unanchored
     anchored = []
     for name, anchors in sources:
         if not anchors and report.rows:

@@ -54,7 +54,8 @@ review_actions = _job(
     "review_actions",
     "Approve or reject waiting actions: in the launchpad, set ops.governance__approval_queue."
     "config (action_ids, decision approve|reject, reviewer, comment).",
-    dg.AssetSelection.assets(["governance", "approval_queue"]),
+    # The audit trail too: its materialization anchors the review's rows in Dagster.
+    dg.AssetSelection.assets(["governance", "approval_queue"], ["governance", "audit_trail"]),
 )
 dispatch_actions = _job(
     "dispatch_actions",

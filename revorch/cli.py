@@ -9,6 +9,7 @@ revorch approvals [list]      actions waiting for a person
 revorch approvals approve|reject ID... --by NAME [--comment TEXT]
 revorch dispatch              send approved and allowed actions now
 revorch audit verify          recompute the audit trail's hash chain against its anchors
+revorch policy check          what a compromised model could get sent without a person
 revorch history COMPANY_ID    every decision and action about one company, in order
 revorch ui                    start the Dagster UI (dagster dev) on this project
 
@@ -157,6 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="check the audit trail")
     audit.add_argument("verb", choices=["verify"])
     audit.set_defaults(handler=_audit)
+
+    policy = commands.add_parser("policy", help="check the policy against a compromised model")
+    policy.add_argument("verb", choices=["check"])
+    policy.set_defaults(handler=_policy)
 
     history = commands.add_parser("history", help="every decision and action about a company")
     history.add_argument("company_id")
@@ -476,26 +481,60 @@ def _failure(result) -> str:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from orch_assets.governance.assets import dagster_anchors
     from revorch.governance.audit import verify
 
     # The working file, not the published copy: the anchors may be newer than the copy.
     if not settings.database_path().exists():
         raise RevorchError(f"no state store at {settings.database_path()} yet; nothing to verify")
+    ensure_dagster_home()
+    # The heads the runs recorded in Dagster's event log: anchors the writer does not rewrite.
+    with dg.DagsterInstance.get() as instance:
+        anchors = dagster_anchors(instance)
     try:
         conn = duckdb.connect(str(settings.database_path()), read_only=True)
     except duckdb.IOException:
         print("revorch audit: a run is writing the state store; try again", file=sys.stderr)
         return 1
     with conn:
-        report = verify(conn, settings.audit_anchor_path())
+        report = verify(conn, settings.audit_anchor_path(), dagster_anchors=anchors)
     print(
         f"{report.rows:,} audit rows, head {report.head_seq} {report.head_hash[:16]}..., "
-        f"{report.anchors_checked} anchors checked"
+        f"{report.anchors_checked} anchors checked, anchored up to row {report.anchored_seq}"
     )
+    for notice in report.notices:
+        print(f"note: {notice}")
     if report.intact:
         print("The audit trail is intact.")
         return 0
-    print("The audit trail has been tampered with:", *report.problems, sep="\n  ")
+    if report.problems:
+        print("The audit trail has been tampered with:", *report.summary(), sep="\n  ")
+    else:
+        print("The audit trail is not proven:", *report.summary(), sep="\n  ")
+    return 2
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from revorch.governance.policy import PolicyError, load_policy
+    from revorch.governance.policy_check import check
+
+    path = settings.policy_path()
+    try:
+        policy = load_policy(path)
+    except PolicyError as invalid:
+        raise RevorchError(str(invalid)) from invalid
+    report = check(policy)
+    print(f"{path} (version {policy.version}, {policy.digest}): what a compromised model could")
+    print("get dispatched without a person, for every (agent, action type) an agent proposes:")
+    for pair in report.pairs:
+        print(f"  {pair.line()}")
+    if report.passed:
+        print("No customer-facing path carries model-written text without a person.")
+        return 0
+    for problem in report.problems:
+        print(f"revorch policy check: {problem}", file=sys.stderr)
     return 2
 
 

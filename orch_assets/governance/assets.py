@@ -19,6 +19,7 @@ from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import DispatcherResource, GovernanceResource, StateStore
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
+from revorch.governance.audit import Anchor
 from revorch.governance.dispatch import dispatch
 from revorch.governance.verdicts import judge_proposed
 
@@ -201,7 +202,8 @@ def dispatched_actions(
 @governance_asset(AUDIT_TRAIL, deps=[DISPATCHED_ACTIONS])
 def audit_trail(state_store: StateStore):
     """The append-only, hash-chained audit trail. Its head is kept in this materialization's
-    metadata and in the anchor file; the check ``audit_chain_intact`` recomputes the chain."""
+    metadata (an anchor in Dagster's event log) and in the anchor file; the check
+    ``audit_chain_intact`` and ``revorch audit verify`` recompute the chain against both."""
     with state_store.get_connection() as conn:
         seq, head = conn.execute(
             "SELECT coalesce(max(seq), 0), arg_max(hash, seq) FROM governance.audit_log"
@@ -217,6 +219,27 @@ def audit_trail(state_store: StateStore):
             "dagster/row_count": seq,
         }
     )
+
+
+def dagster_anchors(instance: dg.DagsterInstance, page: int = 1000) -> list[Anchor]:
+    """The audit trail's heads kept in the instance's event log, one per materialization of
+    ``governance/audit_trail``: anchors the state store's writer does not rewrite."""
+    anchors, cursor = [], None
+    while True:
+        result = instance.fetch_materializations(AUDIT_TRAIL, limit=page, cursor=cursor)
+        for record in result.records:
+            metadata = record.asset_materialization.metadata
+            if "audit/head_seq" in metadata and metadata["audit/head_seq"].value:
+                anchors.append(
+                    Anchor(
+                        int(metadata["audit/head_seq"].value),
+                        str(metadata["audit/head_hash"].value),
+                        f"Dagster run {record.run_id}",
+                    )
+                )
+        if not result.has_more:
+            return anchors
+        cursor = result.cursor
 
 
 @governance_asset(RUN_SUMMARY, deps=[AUDIT_TRAIL])

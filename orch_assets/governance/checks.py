@@ -6,7 +6,7 @@ import json
 import dagster as dg
 
 from orch_assets.agents.assets import agent_assets
-from orch_assets.governance.assets import AUDIT_TRAIL, DISPATCHED_ACTIONS
+from orch_assets.governance.assets import AUDIT_TRAIL, DISPATCHED_ACTIONS, dagster_anchors
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import GovernanceResource, StateStore
 from revorch.agents.redact import personal_data_in
@@ -21,16 +21,24 @@ def _sample_table(rows: list[dict]) -> dg.MetadataValue:
 
 @dg.asset_check(
     asset=AUDIT_TRAIL,
-    description="Recompute the hash chain and match the anchors.",
+    description="Recompute the hash chain and match the anchors (file and Dagster event log); "
+    "rows after the last anchor are unanchored.",
     pool=DUCKDB_WRITER_POOL,
 )
-def audit_chain_intact(state_store: StateStore, governance: GovernanceResource):
+def audit_chain_intact(
+    context: dg.AssetCheckExecutionContext, state_store: StateStore, governance: GovernanceResource
+):
+    anchors = dagster_anchors(context.instance)
     with state_store.get_connection() as conn:
-        report = verify(conn, governance.anchor)
+        report = verify(conn, governance.anchor, dagster_anchors=anchors)
     return dg.AssetCheckResult(
         passed=report.intact,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={**report.as_metadata(), "problems": dg.MetadataValue.json(report.problems)},
+        metadata={
+            **report.as_metadata(),
+            "problems": dg.MetadataValue.json(report.summary()),
+            "notices": dg.MetadataValue.json(report.notices),
+        },
     )
 
 

@@ -4,8 +4,11 @@ Agents recommend (``next_action`` in their output) and handoffs call for work (a
 breach, a renewal at risk, a won deal to onboard). ``propose`` turns each into an action in
 ``governance.actions`` with its reason, the decision behind it, a payload for its target and
 the facts the policy judges it by. Who receives an action (``payload.to``) comes from the
-state store, never from an agent's text. Each (source, entity, recommendation) is proposed
-once: re-delivered events and re-run steps find it there and add nothing.
+state store, never from an agent's text. What an agent wrote in words (its reasons, a plan's
+summary and steps) is kept apart, in ``payload.model_text``, marked untrusted: the reason and
+the rest of the payload hold only facts and values the schema bounds. Each (source, entity,
+recommendation) is proposed once: re-delivered events and re-run steps find it there and add
+nothing.
 """
 
 from __future__ import annotations
@@ -84,8 +87,14 @@ FACTS = frozenset(
         "account_tier",  # strategic, enterprise, mid_market, smb
         "customer_age_days",  # days since the account's first subscription started
         "customer_facing",
+        "is_customer",  # the account has a subscription or a won deal
+        "model_written",  # the action carries text an agent's model (the LLM tier) wrote
     }
 )
+# The facts a compromised model chooses (its answer's numbers); the others come from the CRM.
+MODEL_CHOSEN_FACTS = frozenset({"confidence", "risk_score", "discount_pct"})
+# Where an agent's words travel in a payload: apart from the facts, marked untrusted.
+MODEL_TEXT = "model_text"
 
 # An offered discount grows with the risk the agent saw, up to this; the policy judges it.
 MAX_DISCOUNT_PCT = 30
@@ -155,9 +164,8 @@ def _action_row(candidate: dict, now: datetime, run_id: str | None) -> dict:
     }
     if recommendation:
         payload["recommendation"] = recommendation
+        payload[MODEL_TEXT] = _model_text(candidate, action_type, details)
         reason = f"{candidate['source']} recommends {recommendation}"
-        if details.get("reasons"):
-            reason += ": " + "; ".join(details["reasons"])
     else:
         reason = candidate["reason"] or candidate["source"]
     facts = {
@@ -169,6 +177,8 @@ def _action_row(candidate: dict, now: datetime, run_id: str | None) -> dict:
         "account_tier": candidate["account_tier"],
         "customer_age_days": candidate["customer_age_days"],
         "customer_facing": action_type in CUSTOMER_FACING,
+        "is_customer": candidate["is_customer"],
+        "model_written": bool(recommendation) and candidate["tier"] == "llm",
     }
     return {
         "action_id": candidate["action_id"],
@@ -209,12 +219,24 @@ def _payload_details(action_type: str, recommendation: str | None, details: dict
         case "notify_engineering" | "notify_csm" if "severity" in details:
             return {"severity": details["severity"], "churn_signal": details.get("churn_signal")}
         case "create_onboarding_tasks" | "send_plan_to_customer":
-            return {"summary": details.get("summary"), "steps": details.get("steps", [])}
+            return {}  # the plan is words: it travels in model_text
         case _:
             return {
                 "risk_level": details.get("risk_level"),
                 "risk_score": details.get("risk_score"),
             }
+
+
+def _model_text(candidate: dict, action_type: str, details: dict) -> dict:
+    """An agent's words, marked with who wrote them; the dispatcher screens them."""
+    text: dict = {
+        "written_by": f"agent:{candidate['source']} ({candidate['tier']} tier)",
+        "untrusted": True,
+        "reasons": details.get("reasons", []),
+    }
+    if action_type in ("create_onboarding_tasks", "send_plan_to_customer"):
+        text |= {"summary": details.get("summary"), "steps": details.get("steps", [])}
+    return text
 
 
 def _proposal_events(candidate: dict, row: dict) -> list[AuditEvent]:

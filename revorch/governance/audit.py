@@ -3,11 +3,16 @@
 Every governance step changes state and appends its events in one transaction
 (``audited``), so a step that is recorded happened and a step that happened is recorded.
 Each row's hash covers its content and the previous row's hash; after every commit the head
-(sequence number and hash) is also appended to an anchor file outside the database. So:
+(sequence number and hash) is also appended to an anchor file outside the database, and each
+run's head is kept in the Dagster instance (the ``audit_trail`` asset's materializations),
+which the database's writer does not rewrite. So:
 
 - a changed row breaks its own hash;
 - a removed or reordered row breaks the chain;
-- a whole chain rewritten with fresh hashes no longer matches the anchors.
+- a whole chain rewritten with fresh hashes no longer matches the anchors;
+- rows appended after the last anchor (a forged tail with a consistent chain) are unanchored:
+  ``verify`` reports them, and the trail is not intact until an anchor covers them;
+- a missing anchor file, or no anchor at all for a trail that has rows, is an error.
 
 Nothing in Revorch updates or deletes ``governance.audit_log`` (a test reads the code to
 prove it); ``verify`` finds what anyone else did.
@@ -116,6 +121,36 @@ def write_anchor(conn: duckdb.DuckDBPyConnection, anchor_path: Path) -> None:
         handle.write(line + "\n")
 
 
+def last_anchored_seq(anchor_path: Path) -> int:
+    """The row the anchor file's last line anchors (0 if none); reads only the file's end."""
+    if not anchor_path.exists():
+        return 0
+    with open(anchor_path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - 4096))
+        lines = [line for line in handle.read().splitlines() if line.strip()]
+    try:
+        return int(json.loads(lines[-1])["seq"]) if lines else 0
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def _unanchored_rows_found(conn: duckdb.DuckDBPyConnection, anchor_path: Path) -> list[AuditEvent]:
+    """Rows after the last anchor when a write starts: appended outside Revorch, or left by a
+    crash between a commit and its anchor. This write anchors them, so say so in the trail."""
+    seq, _ = _head(conn)
+    anchored = last_anchored_seq(anchor_path)
+    if seq <= anchored:
+        return []
+    return [
+        AuditEvent(
+            "unanchored_rows_found",
+            "audit",
+            {"from_seq": anchored + 1, "to_seq": seq, "anchor": str(anchor_path)},
+        )
+    ]
+
+
 @contextmanager
 def audited(
     conn: duckdb.DuckDBPyConnection, *, run_id: str | None, anchor_path: Path | None
@@ -125,6 +160,8 @@ def audited(
     conn.execute("BEGIN TRANSACTION")
     try:
         yield events
+        if anchor_path is not None:
+            events[:0] = _unanchored_rows_found(conn, anchor_path)
         append(conn, events, run_id)
         conn.execute("COMMIT")
     except BaseException:
@@ -134,17 +171,45 @@ def audited(
         write_anchor(conn, anchor_path)
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A head of the chain recorded outside the database: row ``seq`` had hash ``hash``."""
+
+    seq: int
+    hash: str
+    where: str  # the anchor file, or the Dagster run that recorded it
+
+
+def file_anchors(anchor_path: Path) -> list[Anchor] | None:
+    """The anchors of the file, or None if there is no file."""
+    if not anchor_path.exists():
+        return None
+    lines = anchor_path.read_text(encoding="utf-8").splitlines()
+    return [
+        Anchor(a["seq"], a["hash"], str(anchor_path))
+        for a in (json.loads(line) for line in lines if line.strip())
+    ]
+
+
 @dataclass
 class Verification:
     rows: int = 0
     head_seq: int = 0
     head_hash: str = GENESIS
     anchors_checked: int = 0
+    anchored_seq: int = 0  # the last row every anchor source covers
     problems: list[str] = field(default_factory=list)
+    # Rows a write found after the last anchor, and anchored (recorded in the trail).
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def unanchored(self) -> int:
+        """Rows after the last anchor: not proven, whatever their chain says."""
+        return self.head_seq - self.anchored_seq
 
     @property
     def intact(self) -> bool:
-        return not self.problems
+        return not self.problems and self.unanchored == 0
 
     def as_metadata(self) -> dict[str, object]:
         return {
@@ -152,8 +217,21 @@ class Verification:
             "audit/head_seq": self.head_seq,
             "audit/head_hash": self.head_hash,
             "audit/anchors_checked": self.anchors_checked,
+            "audit/anchored_seq": self.anchored_seq,
+            "audit/unanchored_rows": self.unanchored,
             "audit/problems": len(self.problems),
         }
+
+    def summary(self) -> list[str]:
+        """What is wrong, one line each: tampering, then the unanchored tail."""
+        lines = list(self.problems)
+        if self.unanchored > 0:
+            lines.append(
+                f"rows {self.anchored_seq + 1}-{self.head_seq} are unanchored: appended after "
+                "the last anchor, so nothing outside the database vouches for them (a forged "
+                "tail looks like this; the next run's anchor covers rows Revorch wrote)"
+            )
+        return lines
 
 
 # Rows out of place, not linked to the row before, or whose content no longer matches.
@@ -174,9 +252,15 @@ LIMIT $limit
 
 
 def verify(
-    conn: duckdb.DuckDBPyConnection, anchor_path: Path | None, *, max_problems: int = 20
+    conn: duckdb.DuckDBPyConnection,
+    anchor_path: Path | None,
+    *,
+    dagster_anchors: list[Anchor] | None = None,
+    max_problems: int = 20,
 ) -> Verification:
-    """Recompute every row's hash and link, and compare the chain with the anchors."""
+    """Recompute every row's hash and link, and compare the chain with the anchors: those of
+    ``anchor_path`` and, when given, those recorded in the Dagster instance. Each source must
+    exist and match; rows after the last anchor of any source are unanchored."""
     report = Verification()
     report.rows, report.head_seq, head = conn.execute(
         "SELECT count(*), coalesce(max(seq), 0), arg_max(hash, seq) FROM governance.audit_log"
@@ -191,28 +275,55 @@ def verify(
             report.problems.append(f"row {seq}: previous hash does not match the row before")
         if not sealed:
             report.problems.append(f"row {seq}: content does not match its hash")
-    if anchor_path is None or not anchor_path.exists():
-        return report
-    anchors = [
-        json.loads(line)
-        for line in anchor_path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    report.anchors_checked = len(anchors)
+    for recorded_at, run_id, found in conn.execute(
+        "SELECT recorded_at, run_id, detail FROM governance.audit_log "
+        "WHERE event = 'unanchored_rows_found' ORDER BY seq"
+    ).fetchall():
+        found = json.loads(found)
+        report.notices.append(
+            f"rows {found['from_seq']}-{found['to_seq']} had no anchor when run {run_id} wrote "
+            f"at {recorded_at:%Y-%m-%d %H:%M:%S}: appended outside Revorch, or a crash cut "
+            "off their anchor; read them"
+        )
+    sources: list[tuple[str, list[Anchor]]] = []
+    if anchor_path is not None:
+        in_file = file_anchors(anchor_path)
+        if in_file is None and report.rows:
+            report.problems.append(f"the anchor file {anchor_path} is missing")
+        elif in_file is not None:
+            sources.append((f"the anchor file {anchor_path}", in_file))
+    if dagster_anchors is not None:
+        sources.append(("the Dagster instance", dagster_anchors))
+    if not sources:
+        return report  # no anchor (asked for, or found): every row is unanchored
+    anchored = []
+    for name, anchors in sources:
+        if not anchors and report.rows:
+            report.problems.append(f"{name} holds no anchor for a trail of {report.rows} rows")
+        anchored.append(max((a.seq for a in anchors), default=0))
+        _match(conn, anchors, report, max_problems)
+    report.anchored_seq = min(min(anchored), report.head_seq)
+    return report
+
+
+def _match(
+    conn: duckdb.DuckDBPyConnection, anchors: list[Anchor], report: Verification, limit: int
+) -> None:
+    report.anchors_checked += len(anchors)
     stored = dict(
         conn.execute(
             "SELECT seq, hash FROM governance.audit_log WHERE list_contains(?, seq)",
-            [sorted({a["seq"] for a in anchors})],
+            [sorted({a.seq for a in anchors})],
         ).fetchall()
     )
     for anchor in anchors:
-        found = stored.get(anchor["seq"])
+        if len(report.problems) >= limit:
+            break
+        found = stored.get(anchor.seq)
         if found is None:
             report.problems.append(
-                f"anchored row {anchor['seq']} is missing (the chain has {report.rows} rows)"
+                f"anchored row {anchor.seq} is missing (the chain has {report.rows} rows; "
+                f"anchor in {anchor.where})"
             )
-        elif found != anchor["hash"]:
-            report.problems.append(f"row {anchor['seq']} differs from its anchor")
-        if len(report.problems) >= max_problems:
-            break
-    return report
+        elif found != anchor.hash:
+            report.problems.append(f"row {anchor.seq} differs from its anchor in {anchor.where}")

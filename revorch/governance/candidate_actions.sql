@@ -72,14 +72,21 @@ candidates AS (
 customer_since AS (
     SELECT company_id, min(start_date) AS since FROM subscriptions
     WHERE NOT _deleted GROUP BY company_id
+),
+-- A won deal makes a customer before its subscription lands (its age is then unknown).
+won AS (
+    SELECT DISTINCT company_id FROM deals WHERE stage = 'closedwon' AND NOT _deleted
 )
 SELECT substr(sha256(concat_ws('|', c.source, c.entity_type, c.entity_id, c.dedup_key)), 1, 24)
            AS action_id,
        c.* REPLACE (coalesce(c.owner_id, co.owner_id) AS owner_id), co.tier AS account_tier,
-       date_diff('day', cs.since, CAST(clock_now() AS DATE)) AS customer_age_days
+       date_diff('day', cs.since, CAST(clock_now() AS DATE)) AS customer_age_days,
+       CASE WHEN co.id IS NOT NULL THEN cs.since IS NOT NULL OR w.company_id IS NOT NULL END
+           AS is_customer
 FROM candidates AS c
 LEFT JOIN companies AS co ON co.id = c.company_id
 LEFT JOIN customer_since AS cs USING (company_id)
+LEFT JOIN won AS w USING (company_id)
 WHERE NOT EXISTS (
     SELECT 1 FROM governance.actions AS a
     WHERE a.action_id = substr(sha256(concat_ws('|', c.source, c.entity_type, c.entity_id,

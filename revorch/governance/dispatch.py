@@ -42,9 +42,10 @@ from revorch.agents.redact import known_names, pseudonymise, restore
 from revorch.governance.audit import AuditEvent, audited
 from revorch.governance.journal import Attempt, Journal, open_journal
 from revorch.governance.policy import Policy
+from revorch.governance.screen import Screen
 from revorch.governance.status import update_actions
 from revorch.governance.targets import Target
-from revorch.governance.verdicts import record_policy_version, verdict_event
+from revorch.governance.verdicts import judge, record_policy_version, verdict_event
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
@@ -143,12 +144,12 @@ def _decide(
         if not due:
             return [], []
         record_policy_version(conn, policy)
+        screen = Screen.from_state(conn)
         updates: list[dict] = []
         go = []
         for action in due:
-            judgement = policy.judge(
-                action["action_type"], action["source"], json.loads(action["facts"])
-            )
+            # The model's words are screened here, just before they would leave.
+            judgement = judge(policy, action, screen)
             trail.append(verdict_event(action, judgement, "dispatch"))
             update = {
                 "action_id": action["action_id"],
@@ -233,8 +234,9 @@ def _personal_data(
 
 
 def _message(action: dict, originals: dict[str, str] | None) -> dict:
-    """What the target receives. Agents' text keeps its placeholders for personal data
-    unless ``originals`` (the policy allows this action type to carry them) puts them back."""
+    """What the target receives. Agents' words are in ``payload.model_text``, marked
+    untrusted; they keep their placeholders for personal data unless ``originals`` (the
+    policy allows this action type to carry them) puts them back."""
     message = {
         "action_id": action["action_id"],
         "action_type": action["action_type"],

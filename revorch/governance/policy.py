@@ -6,6 +6,12 @@ A verdict is ``allow`` (dispatch without asking), ``approve`` (wait for a person
 ``forbid`` (never dispatch). The table ``sources`` gives each (source, action type) its
 verdict; a pair it does not list is forbidden. ``rules`` can only make a verdict stricter:
 the strictest verdict of the table and every matching rule wins.
+
+The policy fails closed. A fact a rule needs that is missing or unknown never lets an action
+through: the rule then asks for a person. And an action that reaches a customer with content
+an agent's model wrote always waits for a person, unless ``trusted_model_text`` names its
+agent and action type with a reason (:func:`revorch.governance.policy_check.check` shows what a
+compromised model could still get sent).
 """
 
 from __future__ import annotations
@@ -13,18 +19,30 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from revorch.config_file import CONFIG_DIR, load_yaml_model
-from revorch.governance.actions import ACTION_TYPES, FACTS, SOURCES
+from revorch.governance.actions import (
+    ACTION_TYPES,
+    AGENT_ACTIONS,
+    CUSTOMER_FACING,
+    FACTS,
+    SOURCES,
+)
 
 DEFAULT_PATH = CONFIG_DIR / "policy.yaml"
 
 Verdict = Literal["allow", "approve", "forbid"]
 STRICTNESS: dict[str, int] = {"allow": 0, "approve": 1, "forbid": 2}
+AGENTS = frozenset(agent for agent, _ in AGENT_ACTIONS)
+# (agent, action type) pairs an agent can propose.
+AGENT_PAIRS = frozenset((agent, action) for (agent, _), (action, _) in AGENT_ACTIONS.items())
+# The built-in rule of the model's text, named in verdicts like any rule.
+MODEL_TEXT_RULE = "model_written_customer_facing_needs_approval"
 
 
 class _Strict(BaseModel):
@@ -32,7 +50,8 @@ class _Strict(BaseModel):
 
 
 class Condition(_Strict):
-    """A test on one fact. Every bound given must hold; a missing fact never matches."""
+    """A test on one fact. Every bound given must hold. A missing fact, or one of the wrong
+    kind for the test (text for a number), is unknown: :meth:`evaluate` says ``None``."""
 
     above: float | None = None
     at_least: float | None = None
@@ -47,9 +66,10 @@ class Condition(_Strict):
             raise ValueError("a condition needs at least one of above, at_least, below, ...")
         return self
 
-    def holds(self, value: object) -> bool:
+    def evaluate(self, value: object) -> bool | None:
+        """True or False when the fact is known; None when it is missing or not comparable."""
         if value is None:
-            return False
+            return None
         if self.in_ is not None and value not in self.in_:
             return False
         if self.equals is not None and value != self.equals:
@@ -57,7 +77,7 @@ class Condition(_Strict):
         bounds = (self.above, self.at_least, self.below, self.at_most)
         if any(b is not None for b in bounds):
             if isinstance(value, bool) or not isinstance(value, int | float):
-                return False
+                return None
             if self.above is not None and not value > self.above:
                 return False
             if self.at_least is not None and not value >= self.at_least:
@@ -84,12 +104,23 @@ class Rule(_Strict):
         _known("fact", list(self.when), FACTS, f"rule {self.name}")
         return self
 
-    def matches(self, action_type: str, source: str, facts: dict) -> bool:
-        return (
-            (self.actions is None or action_type in self.actions)
-            and (self.sources is None or source in self.sources)
-            and all(condition.holds(facts.get(name)) for name, condition in self.when.items())
+    def applies_to(self, action_type: str, source: str) -> bool:
+        return (self.actions is None or action_type in self.actions) and (
+            self.sources is None or source in self.sources
         )
+
+    def evaluate(self, action_type: str, source: str, facts: dict) -> bool | None:
+        """True if every condition holds, False if one does not, None (unknown) if none
+        fails but a fact one needs is missing or unknown."""
+        if not self.applies_to(action_type, source):
+            return False
+        outcomes = [c.evaluate(facts.get(name)) for name, c in self.when.items()]
+        if False in outcomes:
+            return False
+        return None if None in outcomes else True
+
+    def unknown_facts(self, facts: dict) -> list[str]:
+        return [name for name, c in self.when.items() if c.evaluate(facts.get(name)) is None]
 
 
 class Approvals(_Strict):
@@ -115,12 +146,35 @@ class DataHandling(_Strict):
         return self
 
 
+class TrustedModelText(_Strict):
+    """An agent whose model-written content may reach customers through one action type
+    without a person reading it first; ``reason`` says why, for the next reader."""
+
+    source: str
+    action: str
+    reason: str
+
+    @model_validator(mode="after")
+    def _is_a_documented_customer_facing_pair(self) -> TrustedModelText:
+        where = f"trusted_model_text ({self.source}, {self.action})"
+        if (self.source, self.action) not in AGENT_PAIRS:
+            raise ValueError(f"{where}: {self.source} never proposes {self.action}")
+        if self.action not in CUSTOMER_FACING:
+            raise ValueError(f"{where}: {self.action} is not customer-facing; nothing to trust")
+        if len(self.reason.strip()) < 10:
+            raise ValueError(f"{where}: a documented reason is required (reason: ...)")
+        return self
+
+
 class Policy(_Strict):
     version: str
     sources: dict[str, dict[str, Verdict]]
     rules: list[Rule] = Field(default_factory=list)
     approvals: Approvals
     data_handling: DataHandling = Field(default_factory=DataHandling)
+    # Customer-facing (agent, action type) pairs whose model-written content may leave
+    # without a person. Empty: every such action waits for approval.
+    trusted_model_text: list[TrustedModelText] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _names_known_things(self) -> Policy:
@@ -132,7 +186,10 @@ class Policy(_Strict):
             raise ValueError(f"rule names must be unique: {names}")
         return self
 
-    @property
+    def trusts_model_text(self, source: str, action_type: str) -> bool:
+        return any(t.source == source and t.action == action_type for t in self.trusted_model_text)
+
+    @cached_property
     def digest(self) -> str:
         """The policy's version for verdicts: a hash of its content, not of its layout."""
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
@@ -145,11 +202,35 @@ class Policy(_Strict):
         if base == "forbid" and action_type not in self.sources.get(source, {}):
             reasons = [f"{source} may not {action_type} (not in sources)"]
         for rule in self.rules:
-            if rule.matches(action_type, source, facts):
+            outcome = rule.evaluate(action_type, source, facts)
+            if outcome is False:
+                continue
+            stricter = rule.verdict
+            if outcome is None:
+                # Cannot tell whether the rule holds: a person decides (fail closed).
+                if STRICTNESS[rule.verdict] == 0:
+                    continue
+                stricter = "approve"
+                reasons.append(f"{rule.name} (unknown: {', '.join(rule.unknown_facts(facts))})")
+            else:
                 reasons.append(rule.name)
-                if STRICTNESS[rule.verdict] > STRICTNESS[verdict]:
-                    verdict = rule.verdict
+            if STRICTNESS[stricter] > STRICTNESS[verdict]:
+                verdict = stricter
+        if self._model_text_to_customer(action_type, source, facts):
+            reasons.append(MODEL_TEXT_RULE)
+            if STRICTNESS[verdict] < STRICTNESS["approve"]:
+                verdict = "approve"
         return Judgement(verdict, tuple(reasons), self.digest)
+
+    def _model_text_to_customer(self, action_type: str, source: str, facts: dict) -> bool:
+        """A customer-facing action of an agent carrying (or maybe carrying: unknown counts)
+        content its model wrote, and no trust in the policy for that pair."""
+        return (
+            action_type in CUSTOMER_FACING
+            and source in AGENTS
+            and facts.get("model_written") is not False
+            and not self.trusts_model_text(source, action_type)
+        )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import duckdb
 from revorch import clock
 from revorch.governance.audit import AuditEvent, audited
 from revorch.governance.policy import Judgement, Policy
+from revorch.governance.screen import Screen, payload_of, screened
 from revorch.governance.status import update_actions
 
 STATUS_FOR = {"allow": "ready", "approve": "pending_approval", "forbid": "forbidden"}
@@ -57,6 +58,12 @@ def verdict_event(action: dict, judgement: Judgement, stage: str) -> AuditEvent:
     )
 
 
+def judge(policy: Policy, action: dict, screen: Screen) -> Judgement:
+    """The policy's verdict on an action, held for a person if its model text is suspect."""
+    judgement = policy.judge(action["action_type"], action["source"], json.loads(action["facts"]))
+    return screened(judgement, screen.findings(payload_of(action)))
+
+
 def judge_proposed(
     conn: duckdb.DuckDBPyConnection,
     policy: Policy,
@@ -73,16 +80,17 @@ def judge_proposed(
         record_policy_version(conn, policy)
         cursor = conn.execute(
             "SELECT action_id, action_type, source, entity_type, entity_id, company_id, "
-            "CAST(facts AS VARCHAR) AS facts FROM governance.actions "
+            "CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload "
+            "FROM governance.actions "
             "WHERE status = 'proposed' ORDER BY action_id"
         )
         names = [column[0] for column in cursor.description]
         judged = []
-        for values in cursor.fetchall():
+        rows = cursor.fetchall()
+        screen = Screen.from_state(conn)
+        for values in rows:
             action = dict(zip(names, values, strict=True))
-            judgement = policy.judge(
-                action["action_type"], action["source"], json.loads(action["facts"])
-            )
+            judgement = judge(policy, action, screen)
             verdicts[judgement.verdict] += 1
             trail.append(verdict_event(action, judgement, "proposal"))
             judged.append(

@@ -1,0 +1,145 @@
+"""Screening an agent's words before they leave: untrusted text is held, never edited.
+
+What a model wrote (``payload.model_text``) is data from an untrusted source. Before the
+dispatcher sends an action, its model text is screened for:
+
+- **outside addresses**: an email address the CRM does not hold (contacts, owners);
+- **outside links**: a URL whose host is not a domain the CRM holds (companies' domains and
+  the domains of the addresses it holds);
+- **instructions**: words aimed at a tool or a person that a recommendation never needs
+  (:data:`INSTRUCTIONS`; short on purpose, documented in docs/governance.md).
+
+Any finding holds the action for a person (verdict ``approve``, the finding named among the
+verdict's rules, so it is in the audit trail); the text is never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import duckdb
+
+from revorch.governance.actions import MODEL_TEXT
+from revorch.governance.policy import STRICTNESS, Judgement
+
+EMAIL = re.compile(r"[\w.+%-]+@[\w-]+(?:\.[\w-]+)+", re.ASCII)
+URL = re.compile(r"\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>\"'()\[\]]+", re.IGNORECASE)
+
+# Instructions a recommendation never needs: to override the rules, to move data somewhere,
+# to address the model or a tool, or to make a person act on a link or money.
+INSTRUCTIONS: dict[str, re.Pattern[str]] = {
+    "override": re.compile(
+        r"\b(ignore|disregard|forget|override)\b.{0,40}"
+        r"\b(previous|prior|above|earlier|all|your|the)\b.{0,30}"
+        r"\b(instructions?|rules?|prompts?|polic(y|ies)|guidelines?)\b",
+        re.IGNORECASE | re.DOTALL,
+    ),
+    "move_data": re.compile(
+        r"\b(send|forward|e-?mail|export|share|upload|post|copy|transfer|leak)\b.{0,60}"
+        r"\b(contact ?list|contacts|customer (list|data)|all (the )?data|database|records|"
+        r"credentials|passwords?|api[ _-]?keys?|secrets?|tokens?)\b",
+        re.IGNORECASE | re.DOTALL,
+    ),
+    "forward_to": re.compile(r"\b(forward|bcc|cc)\b.{0,40}\bto\b", re.IGNORECASE | re.DOTALL),
+    "address_the_model": re.compile(
+        r"\b(system prompt|developer message|new instructions|you are now|as an ai|"
+        r"tool_calls?|function_call|jailbreak)\b",
+        re.IGNORECASE,
+    ),
+    "act_on_link_or_money": re.compile(
+        r"\b(click (here|the link|this link)|wire (the )?(money|funds|transfer)|gift cards?|"
+        r"reset (your|the) password|verify your account)\b",
+        re.IGNORECASE,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What the CRM holds: the addresses and domains model text may name."""
+
+    emails: frozenset[str]
+    domains: frozenset[str]
+
+    @classmethod
+    def from_state(cls, conn: duckdb.DuckDBPyConnection) -> Screen:
+        emails = {
+            e.lower()
+            for (e,) in conn.execute(
+                "SELECT email FROM contacts WHERE email IS NOT NULL "
+                "UNION SELECT email FROM owners WHERE email IS NOT NULL"
+            ).fetchall()
+        }
+        domains = {
+            d.lower().removeprefix("www.")
+            for (d,) in conn.execute(
+                "SELECT domain FROM companies WHERE domain IS NOT NULL"
+            ).fetchall()
+        }
+        domains |= {e.rsplit("@", 1)[1] for e in emails}
+        return cls(frozenset(emails), frozenset(domains))
+
+    def findings(self, payload: dict) -> list[str]:
+        """Why the payload's model text must not leave without a person; empty if clean."""
+        text = model_text_of(payload)
+        if not text:
+            return []
+        found = []
+        for address in sorted({m.lower().rstrip(".") for m in EMAIL.findall(text)}):
+            if address not in self.emails:
+                found.append(f"outside address {address}")
+        for host in sorted({_host(m) for m in URL.findall(text)} - {""}):
+            if not self._holds_domain(host):
+                found.append(f"outside link {host}")
+        found += [f"instruction ({name})" for name, p in INSTRUCTIONS.items() if p.search(text)]
+        return found
+
+    def _holds_domain(self, host: str) -> bool:
+        parts = host.split(".")
+        return any(".".join(parts[i:]) in self.domains for i in range(len(parts) - 1))
+
+
+def model_text_of(payload: dict) -> str:
+    """Every string of the payload's model text, one per line."""
+    strings: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    text = payload.get(MODEL_TEXT)
+    if isinstance(text, dict):
+        walk({k: v for k, v in text.items() if k != "written_by"})
+    else:
+        walk(text)
+    return "\n".join(strings)
+
+
+def _host(url: str) -> str:
+    if url.lower().startswith("www."):
+        url = "http://" + url
+    return (urlsplit(url).hostname or "").lower().removeprefix("www.")
+
+
+def screened(judgement: Judgement, findings: list[str]) -> Judgement:
+    """The policy's verdict, held for a person when the screen found anything."""
+    if not findings:
+        return judgement
+    verdict = judgement.verdict if STRICTNESS[judgement.verdict] > 0 else "approve"
+    reasons = judgement.rules + tuple(f"screen: {finding}" for finding in findings)
+    return Judgement(verdict, reasons, judgement.policy_version)
+
+
+def payload_of(action: dict) -> dict:
+    return (
+        json.loads(action["payload"]) if isinstance(action["payload"], str) else action["payload"]
+    )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from filelock import FileLock
 
 from resources.state_store import CONNECTION_CONFIG
 from revorch import clock
@@ -194,11 +197,32 @@ def build_crm(
     return SimulatedCrm(config, homes, metadata, checks)
 
 
+def _built_once(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], SimulatedCrm]
+) -> SimulatedCrm:
+    """``build`` once per test run, also when pytest-xdist runs the tests in several worker
+    processes: the first worker to ask builds it under a lock in the run's shared temporary
+    folder, the others wait for it and load what it left (the homes are read-only copies)."""
+    run_root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_root = run_root.parent  # each worker's basetemp is a folder of the run's
+    base = run_root / f"shared-{name}"
+    built = base / "crm.pickle"
+    with FileLock(str(run_root / f"shared-{name}.lock")):
+        if built.is_file():
+            return pickle.loads(built.read_bytes())
+        crm = build(base)
+        built.write_bytes(pickle.dumps(crm))
+        return crm
+
+
 @pytest.fixture(scope="session")
 def simulated_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
     """:data:`SHARED_CRM` through every asset and check of the definitions, in
     :data:`STEPS`. Built once per test run."""
-    return build_crm(SHARED_CRM, tmp_path_factory.mktemp("simulated_crm"), STEPS)
+    return _built_once(
+        tmp_path_factory, "simulated_crm", lambda base: build_crm(SHARED_CRM, base, STEPS)
+    )
 
 
 # Larger, so that the offline models and their backtest have enough history to learn from; a
@@ -212,8 +236,10 @@ def scoring_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
     """:data:`SCORING_CRM` through its stages (the ``"stages"`` step), built once per run.
     Without the checks, which ``simulated_crm`` runs: they would double its build time."""
     stages = {"stages": STEPS["stages"].without_checks()}
-    return build_crm(
-        SCORING_CRM, tmp_path_factory.mktemp("scoring_crm"), stages, clock_setting=clock.DATA
+    return _built_once(
+        tmp_path_factory,
+        "scoring_crm",
+        lambda base: build_crm(SCORING_CRM, base, stages, clock_setting=clock.DATA),
     )
 
 

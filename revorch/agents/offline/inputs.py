@@ -120,7 +120,7 @@ OPEN_LEAD_POINTS = """
     FROM stages.entity_stages AS s
     JOIN contacts AS c ON c.id = s.entity_id
     WHERE s.entity_type = 'contact' AND s.stage IN ('lead', 'mql', 'sql') AND NOT c._deleted
-      AND ($ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], s.entity_id))
+      AND ($ids::VARCHAR[] IS NULL OR s.entity_id IN (SELECT unnest($ids::VARCHAR[])))
 """
 
 # The newest activities a contact had by the scoring time: short context for the LLM tier.
@@ -131,7 +131,7 @@ SELECT contact_id,
             ORDER BY activity_at DESC, id)[1:5] AS recent,
        count(*) AS touches_total
 FROM activities
-WHERE NOT _deleted AND list_contains($ids, contact_id)
+WHERE NOT _deleted AND contact_id IN (SELECT unnest($ids))
   AND activity_at <= coalesce($as_of::TIMESTAMPTZ, clock_now())
 GROUP BY contact_id
 """
@@ -217,7 +217,7 @@ OPEN_DEALS = """
            (SELECT max(a.activity_at) FROM activities AS a
             WHERE a.deal_id = o.deal_id AND NOT a._deleted) AS last_touch_at
     FROM stages.opportunities AS o
-    WHERE $ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], o.deal_id)
+    WHERE $ids::VARCHAR[] IS NULL OR o.deal_id IN (SELECT unnest($ids::VARCHAR[]))
 """
 
 
@@ -254,7 +254,7 @@ FROM tickets AS t
 LEFT JOIN companies AS co ON co.id = t.company_id
 LEFT JOIN arr USING (company_id)
 WHERE NOT t._deleted AND coalesce(t.status, 'new') <> 'closed'
-  AND ($ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], t.id))
+  AND ($ids::VARCHAR[] IS NULL OR t.id IN (SELECT unnest($ids::VARCHAR[])))
 ORDER BY t.id
 """
 
@@ -274,7 +274,7 @@ SELECT h.subscription_id AS id, h.company_id, co.name AS company_name, co.tier, 
            AS in_renewal_window
 FROM stages.adoption_health AS h
 LEFT JOIN companies AS co ON co.id = h.company_id
-WHERE $ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], h.subscription_id)
+WHERE $ids::VARCHAR[] IS NULL OR h.subscription_id IN (SELECT unnest($ids::VARCHAR[]))
 ORDER BY h.subscription_id
 """
 
@@ -309,7 +309,7 @@ LEFT JOIN contacts AS c ON c.id = d.contact_id
 LEFT JOIN subscriptions AS s ON s.deal_id = o.deal_id AND NOT s._deleted
 LEFT JOIN open_tickets AS t ON t.company_id = o.company_id
 WHERE o.status <> 'activated'
-  AND ($ids::VARCHAR[] IS NULL OR list_contains($ids::VARCHAR[], o.onboarding_id))
+  AND ($ids::VARCHAR[] IS NULL OR o.onboarding_id IN (SELECT unnest($ids::VARCHAR[])))
 QUALIFY row_number() OVER (PARTITION BY o.onboarding_id ORDER BY s.start_date, s.id) = 1
 ORDER BY o.onboarding_id
 """

@@ -54,7 +54,7 @@ LEFT JOIN stages.stage_transitions AS t
   ON t.entity_type = 'contact' AND t.entity_id = c.id AND list_contains($qualified, t.to_stage)
  AND t.transitioned_at <= coalesce(c.created_at, c._first_seen_at)
                           + to_days(CAST($horizon_days AS INTEGER))
-WHERE list_contains($ids, c.id)
+WHERE c.id IN (SELECT unnest($ids))
 GROUP BY c.id
 """
 

@@ -1,0 +1,122 @@
+"""Pattern recognizers for the personal data free text adds: Presidio's, offline.
+
+Presidio (presidio-analyzer) runs here without a language model (its ``NoOpNlpEngine``), so
+it finds what has a shape: emails, phone numbers (python-phonenumbers), IBANs and card numbers
+(with their checksums), national ids, IP addresses. It finds no names: the names a CRM holds
+are matched from the state store instead (revorch/agents/redact.py). Two shapes Presidio
+misses are added as patterns: emails written out ("jane dot doe at acme dot com",
+"jane[at]acme.com") and local phone numbers ("555-0199"), and numbers with a country code
+that phonenumbers does not know as valid ("+44 234 567 0123").
+
+Presidio pulls in spaCy, which takes seconds to import, so this module is imported only when
+text is first checked, never by ``revorch.definitions``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+from presidio_analyzer.nlp_engine import NoOpNlpEngine
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    EmailRecognizer,
+    EsNifRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    PhoneRecognizer,
+    UkNinoRecognizer,
+    UsSsnRecognizer,
+)
+
+# Presidio's entity -> the placeholder kind the model sees.
+KIND_OF_ENTITY = {
+    "EMAIL_ADDRESS": "EMAIL",
+    "WRITTEN_EMAIL": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "LOCAL_PHONE": "PHONE",
+    "PREFIXED_PHONE": "PHONE",
+    "IBAN_CODE": "IBAN",
+    "CREDIT_CARD": "CARD",
+    "US_SSN": "NATIONAL_ID",
+    "UK_NINO": "NATIONAL_ID",
+    "ES_NIF": "NATIONAL_ID",
+    "IP_ADDRESS": "IP",
+}
+# Presidio's weakest patterns (a bare 9-digit number as an SSN: 0.05) are left out; its
+# validated ones score 0.4 and more.
+SCORE_THRESHOLD = 0.3
+# Regions whose national formats ("030/12345678") phonenumbers looks for; a number written
+# with its country code is found whatever the region.
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "AU", "IN", "BR", "JP", "SE", "CA")
+
+_DOT = r"(?:\s*[\[({]\s*dot\s*[\])}]\s*|\s+dot\s+|\.)"
+_AT = r"(?:\s*[\[({]\s*at\s*[\])}]\s*|\s+at\s+|@)"
+_LABEL = r"[a-z0-9_%+-]+"
+# A plain "." joins labels only with no space around it, so "at checkout. Please" is no email;
+# the spaced forms need the words "at" and "dot".
+WRITTEN_EMAIL = rf"\b{_LABEL}(?:{_DOT}{_LABEL})*{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}[a-z]{{2,}}\b"
+LOCAL_PHONE = r"(?<![\w/.-])\d{3}-\d{4}(?![\w/-])"
+PREFIXED_PHONE = r"(?<![\w+])\+\d{1,3}(?:[\s./-]{0,2}\(?\d+\)?){2,}(?![\w/-])"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One piece of personal data in a text: where it is and what kind it is."""
+
+    start: int
+    end: int
+    kind: str
+
+
+class _EmailAnyDomain(EmailRecognizer):
+    """Presidio's email pattern without its domain check: that check asks tldextract, which
+    fetches the public suffix list from the network on first use, and drops addresses at
+    domains it does not list (``legal@northwind.example``), which still name a person."""
+
+    def validate_result(self, pattern_text: str) -> None:
+        return None
+
+
+@cache
+def analyzer() -> AnalyzerEngine:
+    """The analyzer, built once per process (about half a second)."""
+    recognizers = [
+        _EmailAnyDomain(),
+        PhoneRecognizer(supported_regions=PHONE_REGIONS),
+        IbanRecognizer(),
+        CreditCardRecognizer(),
+        UsSsnRecognizer(),
+        UkNinoRecognizer(),
+        EsNifRecognizer(supported_language="en"),
+        IpRecognizer(),
+        PatternRecognizer("WRITTEN_EMAIL", patterns=[Pattern("written email", WRITTEN_EMAIL, 0.6)]),
+        PatternRecognizer("LOCAL_PHONE", patterns=[Pattern("local phone", LOCAL_PHONE, 0.4)]),
+        PatternRecognizer(
+            "PREFIXED_PHONE", patterns=[Pattern("prefixed phone", PREFIXED_PHONE, 0.4)]
+        ),
+    ]
+    registry = RecognizerRegistry(recognizers=recognizers, supported_languages=["en"])
+    nlp = NoOpNlpEngine([{"lang_code": "en", "model_name": "none"}])
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
+
+
+# Every kind above needs a digit, an "@" or the word "at": other text is not analyzed.
+_MAY_HOLD = re.compile(r"\d|@|\bat\b", re.IGNORECASE)
+
+
+def find(text: str) -> list[Finding]:
+    """The personal data the patterns find in ``text``, without overlaps (the longer one,
+    then the likelier one, wins), in order."""
+    if not _MAY_HOLD.search(text):
+        return []
+    results = analyzer().analyze(
+        text, language="en", entities=list(KIND_OF_ENTITY), score_threshold=SCORE_THRESHOLD
+    )
+    chosen: list[Finding] = []
+    for r in sorted(results, key=lambda r: (r.start - r.end, -r.score, r.start)):
+        if all(r.end <= f.start or r.start >= f.end for f in chosen):
+            chosen.append(Finding(r.start, r.end, KIND_OF_ENTITY[r.entity_type]))
+    return sorted(chosen, key=lambda f: f.start)

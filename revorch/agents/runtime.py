@@ -4,10 +4,11 @@
    input) is re-used, so an unchanged input is never sent again.
 2. The offline tier decides every new input (it is cheap and needs no network).
 3. The agent's ``llm_when`` rule picks the uncertain or high-value ones for the LLM tier, as
-   many as the run and day budgets allow at the worst-case price; the rest keep the offline
-   decision, marked with why (``budget_exhausted``). The worst case of the calls planned is
-   reserved in ``agents.budget_reservations`` before any call, so runs that overlap cannot
-   overspend together.
+   many as the run and day budgets allow at the worst-case price (an upper bound for any
+   text: a token per UTF-8 byte of the redacted request, and the full completion); the rest
+   keep the offline decision, marked with why (``budget_exhausted``). The worst case of the
+   calls planned is reserved in ``agents.budget_reservations`` before any call, so runs that
+   overlap cannot overspend together.
 4. LLM calls run concurrently within the provider's limits. A call that fails (after retries)
    or answers outside the schema keeps the offline decision, marked with the reason.
 5. Every new decision is written to ``agents.decisions`` and the money to ``agents.cost_ledger``,
@@ -34,7 +35,13 @@ from pydantic import BaseModel
 
 from revorch.agents import prompts
 from revorch.agents.config import AgentsConfig, AgentSettings
-from revorch.agents.llm import LlmClient, LlmRequest, LlmResult
+from revorch.agents.llm import (
+    LlmClient,
+    LlmRequest,
+    LlmResult,
+    strict_json_schema,
+    worst_case_prompt_tokens,
+)
 from revorch.agents.memo import canonical_json, decision_id, input_hash
 from revorch.agents.redact import known_names, redact
 
@@ -133,12 +140,15 @@ def run_agent(
     reservation, redacted = None, {}
     if wanted:
         with connect() as conn:
+            names = known_names(conn, [todo[i][0] for i in wanted])
+        # Redacted before the reservation: the worst case is counted on what is sent.
+        sent = {i: redact(todo[i][0], known) for i, known in zip(wanted, names, strict=True)}
+        with connect() as conn:
             reservation = _reserve(
-                conn, spec, settings, config, [todo[i][0] for i in wanted], run_id, day
+                conn, spec, settings, config, [sent[i] for i in wanted], run_id, day
             )
-            asked = wanted[: reservation.calls]
-            names = known_names(conn, [todo[i][0] for i in asked]) if asked else []
-        redacted = {i: redact(todo[i][0], known) for i, known in zip(asked, names, strict=True)}
+        asked = wanted[: reservation.calls]
+        redacted = {i: sent[i] for i in asked}
     fallback = {i: "budget_exhausted" for i in wanted[len(asked) :]}
 
     requests = [
@@ -215,11 +225,15 @@ class Reservation:
 def worst_case_cost(
     spec: AgentSpec, settings: AgentSettings, config: AgentsConfig, item: dict
 ) -> float:
-    """The most one call for this item can cost: every prompt token fresh, two characters a
-    token (real tokenizers average about four), and the full completion."""
+    """The most one call sending ``item`` (as redacted) can cost, whatever its text: every
+    prompt token fresh at the dearer input price, the full completion, and a prompt of
+    :func:`~revorch.agents.llm.worst_case_prompt_tokens` tokens (a byte-level tokenizer
+    never makes more tokens than the text has UTF-8 bytes)."""
     messages = prompts.messages(spec.name, settings.prompt_version, item)
-    prompt_tokens = sum(len(m["content"]) for m in messages) // 2 + 16
-    return config.prices[settings.model].cost(prompt_tokens, 0, MAX_COMPLETION_TOKENS)
+    tokens = worst_case_prompt_tokens(messages, strict_json_schema(spec.output_model))
+    price = config.prices[settings.model]
+    dearest = price.model_copy(update={"input": max(price.input, price.cached_input)})
+    return dearest.cost(tokens, 0, MAX_COMPLETION_TOKENS)
 
 
 def _reserve(conn, spec, settings, config, items: list[dict], run_id, day: date) -> Reservation:

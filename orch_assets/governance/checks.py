@@ -9,7 +9,7 @@ from orch_assets.agents.assets import agent_assets
 from orch_assets.governance.assets import AUDIT_TRAIL, DISPATCHED_ACTIONS
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import GovernanceResource, StateStore
-from revorch.agents.redact import stored_prompt_leaks
+from revorch.agents.redact import prompt_leaks, stored_prompts
 from revorch.governance.audit import verify
 
 SAMPLE = 10
@@ -92,20 +92,21 @@ AGENT_KEYS = [key for assets_def in agent_assets for key in assets_def.keys]
     pool=DUCKDB_WRITER_POOL,
 )
 def prompts_hold_no_personal_data(state_store: StateStore):
-    with state_store.get_connection() as conn:
-        for key in AGENT_KEYS:
-            checked, leaks = stored_prompt_leaks(conn, key.path[-1])
-            yield dg.AssetCheckResult(
-                asset_key=key,
-                check_name="prompts_hold_no_personal_data",
-                passed=not leaks,
-                severity=dg.AssetCheckSeverity.ERROR,
-                metadata={
-                    "prompts_checked": checked,
-                    "prompts_with_personal_data": len(leaks),
-                    "sample": _sample_table(leaks),
-                },
-            )
+    for key in AGENT_KEYS:
+        with state_store.get_connection() as conn:
+            prompts = stored_prompts(conn, key.path[-1])
+        leaks = prompt_leaks(prompts)  # with the state store closed: it takes a while
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name="prompts_hold_no_personal_data",
+            passed=not leaks,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "prompts_checked": len(prompts),
+                "prompts_with_personal_data": len(leaks),
+                "sample": _sample_table(leaks),
+            },
+        )
 
 
 governance_checks = [

@@ -312,14 +312,32 @@ FROM agents.decisions WHERE agent = ? AND prompt IS NOT NULL ORDER BY decision_i
 """
 
 
-def stored_prompt_leaks(conn: duckdb.DuckDBPyConnection, agent: str) -> tuple[int, list[dict]]:
-    """How many prompts ``agent`` stored, and those that hold personal data: each with its
-    decision, entity and the kinds found (never the values)."""
+@dataclass(frozen=True)
+class StoredPrompt:
+    """A prompt an agent sent, as stored: the record it carried and the names to look for."""
+
+    decision_id: str
+    entity_id: str
+    record: object
+    known: KnownNames
+
+
+def stored_prompts(conn: duckdb.DuckDBPyConnection, agent: str) -> list[StoredPrompt]:
+    """Every prompt ``agent`` stored, with the names the CRM holds for its record (read in
+    one go, so the connection can be closed before the prompts are looked at)."""
     rows = conn.execute(STORED_PROMPTS_SQL, [agent]).fetchall()
     names = known_names(conn, [json.loads(row[2]) for row in rows]) if rows else []
-    leaks = [
-        {"decision_id": decision_id, "entity_id": entity_id, "found": found}
+    return [
+        StoredPrompt(decision_id, entity_id, record_in_prompt(prompt), known)
         for (decision_id, entity_id, _, prompt), known in zip(rows, names, strict=True)
-        if (found := personal_data_in_record(record_in_prompt(prompt), known))
     ]
-    return len(rows), leaks
+
+
+def prompt_leaks(prompts: list[StoredPrompt]) -> list[dict]:
+    """The prompts that hold personal data: each with its decision, entity and the kinds
+    found (never the values)."""
+    return [
+        {"decision_id": p.decision_id, "entity_id": p.entity_id, "found": found}
+        for p in prompts
+        if (found := personal_data_in_record(p.record, p.known))
+    ]

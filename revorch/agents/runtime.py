@@ -21,6 +21,7 @@ connection (and no writer lock) is held while the model answers.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -141,12 +142,17 @@ def run_agent(
     if wanted:
         with connect() as conn:
             names = known_names(conn, [todo[i][0] for i in wanted])
-        # Redacted before the reservation: the worst case is counted on what is sent.
-        sent = {i: redact(todo[i][0], known) for i, known in zip(wanted, names, strict=True)}
+            room = _room(conn, spec, settings, day)
+        # Redacted before the reservation, as the worst case is counted on what is sent, and
+        # only as many as the room left now could pay for (it can only shrink meanwhile).
+        sent, worst = {}, []
+        for i, known in zip(wanted, names, strict=True):
+            sent[i] = redact(todo[i][0], known)
+            worst.append(worst_case_cost(spec, settings, config, sent[i]))
+            if math.fsum(worst) > room:
+                break
         with connect() as conn:
-            reservation = _reserve(
-                conn, spec, settings, config, [sent[i] for i in wanted], run_id, day
-            )
+            reservation = _reserve(conn, spec, settings, worst, run_id, day)
         asked = wanted[: reservation.calls]
         redacted = {i: sent[i] for i in asked}
     fallback = {i: "budget_exhausted" for i in wanted[len(asked) :]}
@@ -236,29 +242,34 @@ def worst_case_cost(
     return dearest.cost(tokens, 0, MAX_COMPLETION_TOKENS)
 
 
-def _reserve(conn, spec, settings, config, items: list[dict], run_id, day: date) -> Reservation:
-    """Reserve the worst-case cost of as many of these items as the run and day budgets allow,
-    counting what was spent today and what other runs have reserved and not settled. One
-    transaction on the writer's connection, so concurrent runs reserve one after the other."""
+def _room(conn, spec: AgentSpec, settings: AgentSettings, day: date) -> float:
+    """What the run may still spend: the run's budget, or what is left of the day's after what
+    was spent today and what other runs have reserved and not settled."""
+    spent_today = conn.execute(
+        """
+        SELECT (SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger
+                WHERE agent = $agent AND day = $day)
+             + (SELECT coalesce(sum(reserved_usd), 0) FROM agents.budget_reservations
+                WHERE agent = $agent AND day = $day)
+        """,
+        {"agent": spec.name, "day": day},
+    ).fetchone()[0]
+    return min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
+
+
+def _reserve(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
+    """Reserve the worst-case cost of as many of these calls (in order) as the room left
+    allows. One transaction on the writer's connection, so concurrent runs reserve one after
+    the other."""
     reservation = Reservation(str(uuid.uuid4()), 0, 0.0)
     conn.execute("BEGIN TRANSACTION")
     try:
-        spent_today = conn.execute(
-            """
-            SELECT (SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger
-                    WHERE agent = $agent AND day = $day)
-                 + (SELECT coalesce(sum(reserved_usd), 0) FROM agents.budget_reservations
-                    WHERE agent = $agent AND day = $day)
-            """,
-            {"agent": spec.name, "day": day},
-        ).fetchone()[0]
-        room = min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
-        for item in items:
-            worst = worst_case_cost(spec, settings, config, item)
-            if reservation.reserved_usd + worst > room:
+        room = _room(conn, spec, settings, day)
+        for cost in worst:
+            if reservation.reserved_usd + cost > room:
                 break
             reservation = Reservation(
-                reservation.reservation_id, reservation.calls + 1, reservation.reserved_usd + worst
+                reservation.reservation_id, reservation.calls + 1, reservation.reserved_usd + cost
             )
         if reservation.calls:
             conn.execute(

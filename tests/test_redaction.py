@@ -43,6 +43,7 @@ from revorch.agents.redact import (
     personal_data_in,
     personal_data_in_record,
     pseudonymise,
+    record_in_prompt,
     redact,
     restore,
 )
@@ -226,8 +227,11 @@ def test_the_worst_case_bounds_a_byte_level_tokenizer_for_cjk_and_emoji(conn):
         assert completion_tokens == runtime.MAX_COMPLETION_TOKENS
         assert cost <= by_id[entity_id]
     schema = strict_json_schema(OUTPUTS[TICKET_AGENT])
-    for body, (_, prompt_tokens, _, _) in zip(bodies, rows, strict=True):
-        assert worst_case_prompt_tokens(body["messages"], schema) >= prompt_tokens
+    billed = {entity_id: prompt_tokens for entity_id, prompt_tokens, _, _ in rows}
+    assert len(bodies) == len(billed)
+    for body in bodies:
+        entity_id = record_in_prompt(body["messages"])["id"]
+        assert worst_case_prompt_tokens(body["messages"], schema) >= billed[entity_id]
     ledger = conn.execute("SELECT sum(cost_usd) FROM agents.cost_ledger").fetchone()[0]
     assert ledger == pytest.approx(report.cost_usd) and ledger <= settings.budget.per_run_usd
     assert conn.execute("SELECT count(*) FROM agents.budget_reservations").fetchone()[0] == 0
@@ -529,3 +533,51 @@ def test_no_planted_personal_data_reaches_the_model_and_the_check_agrees(planted
         assert sorted(leak["entity_id"] for leak in leaks) == sorted(entity_ids), agent
         for leak in leaks:
             assert set(leak["found"]) == set(KINDS), (agent, leak)
+
+
+def test_a_stored_prompt_with_personal_data_fails_the_run(copy_crm, monkeypatch):
+    """The check is blocking: materializing the agents with a leaking prompt in the record
+    fails the run, and says which decision leaked what."""
+    home = copy_crm("decided")
+    conn = home.connect()
+    decision_id = conn.execute(
+        "SELECT decision_id FROM agents.decisions WHERE agent = 'renewal_risk' LIMIT 1"
+    ).fetchone()[0]
+    leak = '<record>\n{"id": "x", "note": "write to jane dot doe at acme dot com"}\n</record>'
+    conn.execute(
+        "UPDATE agents.decisions SET prompt = ? WHERE decision_id = ?",
+        [json.dumps([{"role": "user", "content": leak}]), decision_id],
+    )
+    conn.close()
+    from resources import default_resources
+    from revorch.definitions import defs
+
+    for name in ("REVORCH_DB", "REVORCH_LLM_BASE_URL", "OPENAI_API_KEY", "REVORCH_CLOCK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REVORCH_HOME", str(home.root))
+    agents = [
+        key
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+        if key.path[0] == "agents" and key.path[-1] in ALWAYS_SET
+    ]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=dg.AssetSelection.assets(*agents),
+            resources=default_resources(),
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert not result.success
+    evaluations = {
+        e.asset_key.path[-1]: e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "prompts_hold_no_personal_data"
+    }
+    assert set(evaluations) == set(ALWAYS_SET)
+    failed = {agent for agent, e in evaluations.items() if not e.passed}
+    assert failed == {"renewal_risk"}
+    sample = evaluations["renewal_risk"].metadata["sample"].value
+    assert sample == [
+        {"decision_id": decision_id, "entity_id": sample[0]["entity_id"], "found": ["EMAIL"]}
+    ]

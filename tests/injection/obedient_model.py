@@ -16,6 +16,7 @@ is still recognised.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import threading
@@ -184,6 +185,7 @@ def _record_strings(content: str) -> list[str]:
     return strings
 
 
+@functools.lru_cache(maxsize=8192)  # the corpus's texts are normalised for every request
 def _normalise(text: str) -> str:
     """What redaction leaves of a text whatever the CRM holds: without what the patterns
     find, without placeholders, and without capitalised words (names the model cannot know

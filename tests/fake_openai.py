@@ -17,7 +17,10 @@ or take the ``fake_openai`` fixture (``from fake_openai import fake_openai`` in 
 Without a responder it answers with a minimal instance of the requested JSON schema. Answers
 carry ``usage`` (prompt tokens = characters of the messages / 4; cached tokens = the prefix
 shared with an earlier prompt, in 128-token steps from 1,024 tokens, as OpenAI's prompt cache
-reports it), an ``x-request-id`` header and the model. It refuses a strict schema that strict
+reports it), an ``x-request-id`` header and the model. With ``worst_case_usage=True`` it
+reports usage as the most a byte-level tokenizer could bill: a prompt token per UTF-8 byte
+of the messages' text and of the response schema, plus the chat template's tokens, and
+completion tokens equal to ``max_completion_tokens``. It refuses a strict schema that strict
 structured outputs would refuse (an object without ``additionalProperties: false`` or without
 all its properties required), with OpenAI's error body.
 """
@@ -196,7 +199,7 @@ class FakeOpenAI:
 
     Settable while running: ``latency_seconds`` (added to every answer), ``responder``,
     ``served_model`` (the model named in answers; default: the one requested),
-    ``api_key`` (when set, other keys get 401). Read: ``total_requests``, ``status_counts``
+    ``api_key`` (when set, other keys get 401), ``worst_case_usage`` (see the module). Read: ``total_requests``, ``status_counts``
     (a Counter by HTTP status; a request the client gave up on is counted when answered),
     ``in_flight``, ``max_in_flight``, ``received`` (each request's body, headers and arrival
     time on ``time.monotonic()``).
@@ -209,8 +212,10 @@ class FakeOpenAI:
         latency_seconds: float = 0.0,
         served_model: str | None = None,
         api_key: str | None = None,
+        worst_case_usage: bool = False,
     ) -> None:
         self.responder = responder
+        self.worst_case_usage = worst_case_usage
         self.latency_seconds = latency_seconds
         self.served_model = served_model
         self.api_key = api_key
@@ -395,6 +400,12 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = _prompt_text(body)
         prompt_tokens = math.ceil(len(prompt) / 4)
         completion_tokens = math.ceil(len(content or refusal or "") / 4)
+        if state.worst_case_usage:
+            schema_text = json.dumps(schema, ensure_ascii=False)
+            # OpenAI's chat template: 3 tokens around each message, 3 to start the answer.
+            template = 3 * len(body["messages"]) + 3
+            prompt_tokens = len((prompt + schema_text).encode("utf-8")) + template
+            completion_tokens = int(body.get("max_completion_tokens") or completion_tokens)
         payload = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",

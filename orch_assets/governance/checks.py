@@ -9,7 +9,7 @@ from orch_assets.agents.assets import agent_assets
 from orch_assets.governance.assets import AUDIT_TRAIL, DISPATCHED_ACTIONS, dagster_anchors
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import GovernanceResource, StateStore
-from revorch.agents.redact import personal_data_in
+from revorch.agents.redact import prompt_leaks, stored_prompts
 from revorch.governance.audit import verify
 
 SAMPLE = 10
@@ -82,19 +82,6 @@ def nothing_sent_without_a_verdict(state_store: StateStore):
     )
 
 
-# Every prompt as stored, with the personal data the state store knows for its record's
-# company and contact: none of it may appear in the prompt.
-PROMPTS_SQL = """
-SELECT d.decision_id, d.entity_id, CAST(d.prompt AS VARCHAR) AS prompt,
-       list_distinct(flatten(list([c.first_name, c.last_name, c.email, c.phone]))) AS known
-FROM agents.decisions AS d
-LEFT JOIN contacts AS c
-  ON c.company_id = (d.input->>'company_id') OR c.id = (d.input->>'contact_id')
-WHERE d.agent = ? AND d.prompt IS NOT NULL
-GROUP BY ALL
-"""
-
-
 AGENT_KEYS = [key for assets_def in agent_assets for key in assets_def.keys]
 
 
@@ -103,33 +90,31 @@ AGENT_KEYS = [key for assets_def in agent_assets for key in assets_def.keys]
         dg.AssetCheckSpec(
             "prompts_hold_no_personal_data",
             asset=key,
-            description="No stored prompt holds an email, a phone number, or a name, email or "
-            "phone of the record's contacts.",
+            description="No stored prompt holds personal data: a name the CRM holds (people, "
+            "owners, companies), an email, phone, IBAN, card number, national id or IP address. "
+            "Blocking: a leak fails the run.",
+            blocking=True,
         )
         for key in AGENT_KEYS
     ],
     pool=DUCKDB_WRITER_POOL,
 )
 def prompts_hold_no_personal_data(state_store: StateStore):
-    with state_store.get_connection() as conn:
-        for key in AGENT_KEYS:
-            rows = conn.execute(PROMPTS_SQL, [key.path[-1]]).fetchall()
-            leaks = [
-                {"decision_id": decision_id, "entity_id": entity_id, "found": found}
-                for decision_id, entity_id, prompt, known in rows
-                if (found := personal_data_in(prompt, [k for k in known or [] if k]))
-            ]
-            yield dg.AssetCheckResult(
-                asset_key=key,
-                check_name="prompts_hold_no_personal_data",
-                passed=not leaks,
-                severity=dg.AssetCheckSeverity.ERROR,
-                metadata={
-                    "prompts_checked": len(rows),
-                    "prompts_with_personal_data": len(leaks),
-                    "sample": _sample_table(leaks),
-                },
-            )
+    for key in AGENT_KEYS:
+        with state_store.get_connection() as conn:
+            prompts = stored_prompts(conn, key.path[-1])
+        leaks = prompt_leaks(prompts)  # with the state store closed: it takes a while
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name="prompts_hold_no_personal_data",
+            passed=not leaks,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "prompts_checked": len(prompts),
+                "prompts_with_personal_data": len(leaks),
+                "sample": _sample_table(leaks),
+            },
+        )
 
 
 governance_checks = [

@@ -209,6 +209,21 @@ def estimate_tokens(request: LlmRequest, schema: dict[str, Any]) -> int:
     return math.ceil(chars / 4) + request.max_tokens
 
 
+# Chat templates wrap each message in a few special tokens (OpenAI: 3 or 4 a message, and 3
+# to start the answer); counted generously.
+_TOKENS_PER_MESSAGE = 8
+_TOKENS_PER_REQUEST = 16
+
+
+def worst_case_prompt_tokens(messages: list[dict], schema: dict[str, Any]) -> int:
+    """An upper bound on the prompt tokens a request can be billed for, whatever its text:
+    the UTF-8 bytes of its messages and of the output schema (which structured outputs add
+    to the prompt), as JSON, since a byte-level tokenizer never makes more tokens than bytes;
+    plus the chat template's tokens around each message."""
+    text = json.dumps({"messages": messages, "schema": schema}, ensure_ascii=False)
+    return len(text.encode("utf-8")) + _TOKENS_PER_MESSAGE * len(messages) + _TOKENS_PER_REQUEST
+
+
 def _retry_after_seconds(headers: Any) -> float | None:
     """The server's requested wait from ``retry-after-ms`` or ``retry-after`` (seconds or an
     HTTP date), or None when absent, unparseable or unreasonably long."""

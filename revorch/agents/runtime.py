@@ -4,10 +4,11 @@
    input) is re-used, so an unchanged input is never sent again.
 2. The offline tier decides every new input (it is cheap and needs no network).
 3. The agent's ``llm_when`` rule picks the uncertain or high-value ones for the LLM tier, as
-   many as the run and day budgets allow at the worst-case price; the rest keep the offline
-   decision, marked with why (``budget_exhausted``). The worst case of the calls planned is
-   reserved in ``agents.budget_reservations`` before any call, so runs that overlap cannot
-   overspend together.
+   many as the run and day budgets allow at the worst-case price (an upper bound for any
+   text: a token per UTF-8 byte of the redacted request, and the full completion); the rest
+   keep the offline decision, marked with why (``budget_exhausted``). The worst case of the
+   calls planned is reserved in ``agents.budget_reservations`` before any call, so runs that
+   overlap cannot overspend together.
 4. LLM calls run concurrently within the provider's limits. A call that fails (after retries)
    or answers outside the schema keeps the offline decision, marked with the reason.
 5. Every new decision is written to ``agents.decisions`` and the money to ``agents.cost_ledger``,
@@ -20,6 +21,7 @@ connection (and no writer lock) is held while the model answers.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -34,7 +36,13 @@ from pydantic import BaseModel
 
 from revorch.agents import prompts
 from revorch.agents.config import AgentsConfig, AgentSettings
-from revorch.agents.llm import LlmClient, LlmRequest, LlmResult
+from revorch.agents.llm import (
+    LlmClient,
+    LlmRequest,
+    LlmResult,
+    strict_json_schema,
+    worst_case_prompt_tokens,
+)
 from revorch.agents.memo import canonical_json, decision_id, input_hash
 from revorch.agents.redact import known_names, redact
 
@@ -133,12 +141,20 @@ def run_agent(
     reservation, redacted = None, {}
     if wanted:
         with connect() as conn:
-            reservation = _reserve(
-                conn, spec, settings, config, [todo[i][0] for i in wanted], run_id, day
-            )
-            asked = wanted[: reservation.calls]
-            names = known_names(conn, [todo[i][0] for i in asked]) if asked else []
-        redacted = {i: redact(todo[i][0], known) for i, known in zip(asked, names, strict=True)}
+            names = known_names(conn, [todo[i][0] for i in wanted])
+            room = _room(conn, spec, settings, day)
+        # Redacted before the reservation, as the worst case is counted on what is sent, and
+        # only as many as the room left now could pay for (it can only shrink meanwhile).
+        sent, worst = {}, []
+        for i, known in zip(wanted, names, strict=True):
+            sent[i] = redact(todo[i][0], known)
+            worst.append(worst_case_cost(spec, settings, config, sent[i]))
+            if math.fsum(worst) > room:
+                break
+        with connect() as conn:
+            reservation = _reserve(conn, spec, settings, worst, run_id, day)
+        asked = wanted[: reservation.calls]
+        redacted = {i: sent[i] for i in asked}
     fallback = {i: "budget_exhausted" for i in wanted[len(asked) :]}
 
     requests = [
@@ -215,36 +231,45 @@ class Reservation:
 def worst_case_cost(
     spec: AgentSpec, settings: AgentSettings, config: AgentsConfig, item: dict
 ) -> float:
-    """The most one call for this item can cost: every prompt token fresh, two characters a
-    token (real tokenizers average about four), and the full completion."""
+    """The most one call sending ``item`` (as redacted) can cost, whatever its text: every
+    prompt token fresh at the dearer input price, the full completion, and a prompt of
+    :func:`~revorch.agents.llm.worst_case_prompt_tokens` tokens (a byte-level tokenizer
+    never makes more tokens than the text has UTF-8 bytes)."""
     messages = prompts.messages(spec.name, settings.prompt_version, item)
-    prompt_tokens = sum(len(m["content"]) for m in messages) // 2 + 16
-    return config.prices[settings.model].cost(prompt_tokens, 0, MAX_COMPLETION_TOKENS)
+    tokens = worst_case_prompt_tokens(messages, strict_json_schema(spec.output_model))
+    price = config.prices[settings.model]
+    dearest = price.model_copy(update={"input": max(price.input, price.cached_input)})
+    return dearest.cost(tokens, 0, MAX_COMPLETION_TOKENS)
 
 
-def _reserve(conn, spec, settings, config, items: list[dict], run_id, day: date) -> Reservation:
-    """Reserve the worst-case cost of as many of these items as the run and day budgets allow,
-    counting what was spent today and what other runs have reserved and not settled. One
-    transaction on the writer's connection, so concurrent runs reserve one after the other."""
+def _room(conn, spec: AgentSpec, settings: AgentSettings, day: date) -> float:
+    """What the run may still spend: the run's budget, or what is left of the day's after what
+    was spent today and what other runs have reserved and not settled."""
+    spent_today = conn.execute(
+        """
+        SELECT (SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger
+                WHERE agent = $agent AND day = $day)
+             + (SELECT coalesce(sum(reserved_usd), 0) FROM agents.budget_reservations
+                WHERE agent = $agent AND day = $day)
+        """,
+        {"agent": spec.name, "day": day},
+    ).fetchone()[0]
+    return min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
+
+
+def _reserve(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
+    """Reserve the worst-case cost of as many of these calls (in order) as the room left
+    allows. One transaction on the writer's connection, so concurrent runs reserve one after
+    the other."""
     reservation = Reservation(str(uuid.uuid4()), 0, 0.0)
     conn.execute("BEGIN TRANSACTION")
     try:
-        spent_today = conn.execute(
-            """
-            SELECT (SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger
-                    WHERE agent = $agent AND day = $day)
-                 + (SELECT coalesce(sum(reserved_usd), 0) FROM agents.budget_reservations
-                    WHERE agent = $agent AND day = $day)
-            """,
-            {"agent": spec.name, "day": day},
-        ).fetchone()[0]
-        room = min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
-        for item in items:
-            worst = worst_case_cost(spec, settings, config, item)
-            if reservation.reserved_usd + worst > room:
+        room = _room(conn, spec, settings, day)
+        for cost in worst:
+            if reservation.reserved_usd + cost > room:
                 break
             reservation = Reservation(
-                reservation.reservation_id, reservation.calls + 1, reservation.reserved_usd + worst
+                reservation.reservation_id, reservation.calls + 1, reservation.reserved_usd + cost
             )
         if reservation.calls:
             conn.execute(

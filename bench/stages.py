@@ -64,9 +64,7 @@ def _step(kind: str, workdir: Path, contacts: int) -> dict:
         return {"events": summary.events, "seconds": time.perf_counter() - start}
     # full: rebuild from the whole change log; incremental: ingest the batch, recompute what
     # it touched.
-    materialize(
-        THROUGH_HANDOFFS, database=database, landing=zone.root, full_rebuild=kind == "full"
-    )
+    materialize(THROUGH_HANDOFFS, database=database, landing=zone.root, full_rebuild=kind == "full")
     seconds = time.perf_counter() - start
     with duckdb.connect(str(database), read_only=True) as conn:
         touched = conn.execute(

@@ -27,11 +27,9 @@ import dagster as dg
 import duckdb
 import pytest
 
+from conftest import ingest_and_stage
 from fake_openai import FakeOpenAI
 from orch_assets.governance.checks import prompts_hold_no_personal_data
-from orch_assets.ingestion.change_log import ingest_pending
-from orch_assets.ingestion.current_state import refresh_current_state
-from orch_assets.stages.refresh import refresh_all_stages
 from resources import LlmResource, StateStore
 from revorch.agents import runtime
 from revorch.agents.config import Budget, LlmWhen, load_agents_config
@@ -49,7 +47,6 @@ from revorch.agents.redact import (
 )
 from revorch.agents.registry import INPUTS, OUTPUTS, agent_specs
 from revorch.agents.runtime import keep_open, run_agent, worst_case_cost
-from revorch.lifecycle.config import load_lifecycle_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = load_agents_config()
@@ -488,10 +485,10 @@ def planted_crm(copy_crm):
     conn = home.connect()
     events, ids, planted = _plant(conn)
     home.landing.write_events("pii", events)
-    landed = ingest_pending(conn, home.landing)
-    assert landed.loaded == len(events) and landed.quarantined == 0
-    refresh_current_state(conn)
-    refresh_all_stages(conn, load_lifecycle_config())
+    conn.close()
+    landed = ingest_and_stage(home.database, home.landing)["crm/change_log"]
+    assert landed["loaded"] == len(events) and landed["quarantined"] == 0
+    conn = home.connect()
     yield home, conn, ids, planted
     conn.close()
 

@@ -676,6 +676,17 @@ def test_the_screen_finds_outside_addresses_links_and_instructions():
     ]
 
 
+def test_the_screen_holds_personal_data_a_model_wrote_but_spends_nothing_on_offline_words():
+    screen = Screen(frozenset(), frozenset())
+    words = ["Call her on +49 30 12345678 and pay to DE89 3704 0044 0532 0130 00 today"]
+    by_model = {"model_text": {"written_by": "agent:deal_risk (llm tier)", "reasons": words}}
+    assert screen.findings(by_model) == ["personal data (iban)", "personal data (phone)"]
+    unknown = {"model_text": {"reasons": words}}  # no author: taken as a model's
+    assert screen.findings(unknown) == screen.findings(by_model)
+    offline = {"model_text": {"written_by": "agent:deal_risk (offline tier)", "reasons": words}}
+    assert screen.findings(offline) == []
+
+
 def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_path):
     resources = {
         "state_store": StateStore(database=str(tmp_path / "revorch.duckdb")),

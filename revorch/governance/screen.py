@@ -7,7 +7,10 @@ dispatcher sends an action, its model text is screened for:
 - **outside links**: a URL whose host is not a domain the CRM holds (companies' domains and
   the domains of the addresses it holds);
 - **instructions**: words aimed at a tool or a person that a recommendation never needs
-  (:data:`INSTRUCTIONS`; short on purpose, documented in docs/governance.md).
+  (:data:`INSTRUCTIONS`; short on purpose, documented in docs/governance.md);
+- **personal data** in what a model wrote: phones, IBANs, card numbers, national ids, IPs
+  (the recognizers redaction uses). The model only ever saw placeholders, so such a value is
+  invented or planted, never the CRM's.
 
 Any finding holds the action for a person (verdict ``approve``, the finding named among the
 verdict's rules, so it is in the audit trail); the text is never changed.
@@ -22,6 +25,7 @@ from urllib.parse import urlsplit
 
 import duckdb
 
+from revorch.agents import recognizers
 from revorch.governance.actions import MODEL_TEXT
 from revorch.governance.policy import STRICTNESS, Judgement
 
@@ -95,6 +99,9 @@ class Screen:
             if not self._holds_domain(host):
                 found.append(f"outside link {host}")
         found += [f"instruction ({name})" for name, p in INSTRUCTIONS.items() if p.search(text)]
+        if _model_wrote(payload):  # our own offline tier's words need no recognizer's time
+            kinds = {f.kind for f in recognizers.find(text)} - {"EMAIL"}  # emails: above
+            found += [f"personal data ({kind.lower()})" for kind in sorted(kinds)]
         return found
 
     def _holds_domain(self, host: str) -> bool:
@@ -122,6 +129,14 @@ def model_text_of(payload: dict) -> str:
     else:
         walk(text)
     return "\n".join(strings)
+
+
+def _model_wrote(payload: dict) -> bool:
+    """Whether a model wrote the payload's text (``written_by`` names the llm tier); unknown
+    counts as written by a model."""
+    text = payload.get(MODEL_TEXT)
+    written_by = text.get("written_by") if isinstance(text, dict) else None
+    return not isinstance(written_by, str) or not written_by.endswith("(offline tier)")
 
 
 def _host(url: str) -> str:

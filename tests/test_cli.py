@@ -23,6 +23,7 @@ def _revorch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_quickstart_fills_the_state_store_and_prints_the_funnel(tmp_path):
     done = _revorch("quickstart", "--contacts", "1000", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -67,6 +68,7 @@ def test_import_of_a_missing_file_is_a_clear_error(tmp_path):
     assert "no such file" in done.stderr
 
 
+@pytest.mark.slow
 def test_rebuild_recomputes_everything_and_keeps_the_same_state(tmp_path):
     assert _revorch("quickstart", "--contacts", "1000", cwd=tmp_path).returncode == 0
     database = tmp_path / ".revorch" / "revorch.duckdb"
@@ -84,6 +86,7 @@ def test_rebuild_recomputes_everything_and_keeps_the_same_state(tmp_path):
     assert len(before) > 1000
 
 
+@pytest.mark.slow
 def test_setting_an_llm_url_switches_the_agents_to_the_llm_tier(tmp_path):
     from fake_openai import FakeOpenAI
 
@@ -115,6 +118,7 @@ def test_setting_an_llm_url_switches_the_agents_to_the_llm_tier(tmp_path):
     assert llm_decisions > 0 and ledger_calls == calls
 
 
+@pytest.mark.slow
 def test_a_person_approves_and_rejects_from_the_command_line_and_dispatch_sends_once(tmp_path):
     assert _revorch("quickstart", "--contacts", "1000", cwd=tmp_path).returncode == 0
     listed = _revorch("approvals", cwd=tmp_path)

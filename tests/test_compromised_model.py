@@ -36,6 +36,9 @@ from revorch.agents.config import DEFAULT_PATH as AGENTS_CONFIG
 from revorch.governance.actions import CUSTOMER_FACING
 from revorch.governance.audit import DIGEST_SQL, canonical, chain_hash
 
+# It runs `revorch simulate` and `revorch ingest` as processes, with a model server.
+pytestmark = pytest.mark.slow
+
 OUTSIDE_ADDRESS = "attacker@evil.example"
 OUTSIDE_LINK = "http://evil.example/renewal-offer"
 ATTACK_TEXT = [

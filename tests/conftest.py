@@ -14,6 +14,7 @@ from filelock import FileLock
 
 from resources.state_store import CONNECTION_CONFIG
 from revorch import clock
+from revorch.governance.audit import DIGEST_SQL, chain_hash
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 from revorch.state.migrate import migrate
@@ -260,3 +261,23 @@ def copy_crm(simulated_crm: SimulatedCrm, tmp_path: Path) -> Callable[..., CrmHo
         return simulated_crm.copy(step, tmp_path / f"crm-{step}")
 
     return copy
+
+
+def forge_approval(conn: duckdb.DuckDBPyConnection, action_id: str) -> int:
+    """Append an approval by mallory with a consistent chain and no anchor; its seq."""
+    seq, head = conn.execute(
+        "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO governance.audit_log (seq, recorded_at, event, actor, action_id, detail, "
+        "prev_hash, hash) VALUES (?, now(), 'approved', 'human:mallory', ?, '{}', ?, '')",
+        [seq + 1, action_id, head],
+    )
+    digest = conn.execute(
+        f"SELECT {DIGEST_SQL} FROM governance.audit_log WHERE seq = ?", [seq + 1]
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE governance.audit_log SET hash = ? WHERE seq = ?",
+        [chain_hash(head, digest), seq + 1],
+    )
+    return seq + 1

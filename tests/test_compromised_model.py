@@ -31,10 +31,10 @@ import duckdb
 import pytest
 import yaml
 
+from conftest import forge_approval
 from fake_openai import FakeOpenAI, example_from_schema
 from revorch.agents.config import DEFAULT_PATH as AGENTS_CONFIG
 from revorch.governance.actions import CUSTOMER_FACING
-from revorch.governance.audit import DIGEST_SQL, canonical, chain_hash
 
 # It runs `revorch simulate` and `revorch ingest` as processes, with a model server.
 pytestmark = pytest.mark.slow
@@ -288,28 +288,13 @@ def test_the_audit_trail_is_anchored_and_a_forged_tail_or_a_lost_anchor_fails_ve
 
     # Mallory appends an approval with a consistent chain, and no anchor.
     with attacked.connect(read_only=False) as conn:
-        seq, head = conn.execute(
-            "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
         action_id = conn.execute(
             "SELECT action_id FROM governance.actions ORDER BY action_id LIMIT 1"
         ).fetchone()[0]
-        conn.execute(
-            "INSERT INTO governance.audit_log (seq, recorded_at, run_id, event, actor, action_id, "
-            "detail, prev_hash, hash) VALUES (?, now(), NULL, 'approved', 'human:mallory', ?, ?, "
-            "?, '')",
-            [seq + 1, action_id, canonical({"comment": "looks fine"}), head],
-        )
-        digest = conn.execute(
-            f"SELECT {DIGEST_SQL} FROM governance.audit_log WHERE seq = ?", [seq + 1]
-        ).fetchone()[0]
-        conn.execute(
-            "UPDATE governance.audit_log SET hash = ? WHERE seq = ?",
-            [chain_hash(head, digest), seq + 1],
-        )
+        seq = forge_approval(conn, action_id)
     forged = attacked.revorch("audit", "verify")
     assert forged.returncode != 0, forged.stdout
-    assert f"rows {seq + 1}-{seq + 1} are unanchored" in forged.stdout
+    assert f"rows {seq}-{seq} are unanchored" in forged.stdout
     assert "tampered" not in forged.stdout  # the chain itself is consistent: only anchors tell
 
     attacked.anchor.rename(attacked.anchor.with_suffix(".moved"))

@@ -22,6 +22,7 @@ import polars as pl
 import pytest
 import yaml
 
+from conftest import forge_approval
 from orch_assets.governance.assets import approval_queue, governance_assets
 from orch_assets.governance.checks import (
     audit_chain_intact,
@@ -356,30 +357,10 @@ def test_a_removed_tail_or_a_rewritten_chain_breaks_the_anchors(gov):
     assert chain_only.unanchored == chain_only.rows
 
 
-def _forge_approval(conn: duckdb.DuckDBPyConnection, action_id: str) -> int:
-    """Append an approval by mallory with a consistent chain and no anchor; its seq."""
-    seq, head = conn.execute(
-        "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
-    ).fetchone()
-    conn.execute(
-        "INSERT INTO governance.audit_log (seq, recorded_at, event, actor, action_id, detail, "
-        "prev_hash, hash) VALUES (?, now(), 'approved', 'human:mallory', ?, '{}', ?, '')",
-        [seq + 1, action_id, head],
-    )
-    digest = conn.execute(
-        f"SELECT {DIGEST_SQL} FROM governance.audit_log WHERE seq = ?", [seq + 1]
-    ).fetchone()[0]
-    conn.execute(
-        "UPDATE governance.audit_log SET hash = ? WHERE seq = ?",
-        [chain_hash(head, digest), seq + 1],
-    )
-    return seq + 1
-
-
 def test_a_forged_tail_is_unanchored_and_a_missing_anchor_file_is_an_error(gov):
     gov.propose_and_judge()
     assert verify(gov.conn, gov.anchor).intact
-    forged = _forge_approval(gov.conn, gov.ids("status = 'pending_approval'")[0])
+    forged = forge_approval(gov.conn, gov.ids("status = 'pending_approval'")[0])
     report = verify(gov.conn, gov.anchor)
     assert not report.problems and not report.intact  # the chain is consistent ...
     # ... but nothing outside the database vouches for the row.

@@ -230,7 +230,7 @@ UNION SELECT 'COMPANY', domain FROM companies
 # The record's own people: their emails and phones as the CRM writes them.
 RECORD_CONTACTS_SQL = """
 SELECT id, company_id, email, phone FROM contacts
-WHERE list_contains($companies, company_id) OR list_contains($contacts, id)
+WHERE company_id IN (SELECT unnest($companies)) OR id IN (SELECT unnest($contacts))
 """
 
 

@@ -64,7 +64,7 @@ def review(
         found = dict(
             conn.execute(
                 "SELECT action_id, status FROM governance.actions "
-                "WHERE list_contains(?, action_id)",
+                "WHERE action_id IN (SELECT unnest(?))",
                 [ids],
             ).fetchall()
         )
@@ -84,7 +84,7 @@ def review(
                 approved_by = CASE WHEN $status = 'approved' THEN $reviewer END,
                 resolution = CASE WHEN $status = 'rejected'
                                   THEN 'rejected by ' || $reviewer || ': ' || $comment END
-            WHERE list_contains($ids, action_id)
+            WHERE action_id IN (SELECT unnest($ids))
             """,
             {"status": status, "reviewer": review.reviewer, "comment": review.comment, "ids": ids},
         )
@@ -213,6 +213,6 @@ def _notice(action_id, action_type, reason, due, settings, now, run_id) -> dict:
 def _actions(conn, ids: list[str]) -> list[tuple]:
     return conn.execute(
         "SELECT action_id, action_type, entity_type, entity_id, company_id "
-        "FROM governance.actions WHERE list_contains(?, action_id) ORDER BY action_id",
+        "FROM governance.actions WHERE action_id IN (SELECT unnest(?)) ORDER BY action_id",
         [ids],
     ).fetchall()

@@ -312,7 +312,7 @@ def _match(
     report.anchors_checked += len(anchors)
     stored = dict(
         conn.execute(
-            "SELECT seq, hash FROM governance.audit_log WHERE list_contains(?, seq)",
+            "SELECT seq, hash FROM governance.audit_log WHERE seq IN (SELECT unnest(?))",
             [sorted({a.seq for a in anchors})],
         ).fetchall()
     )

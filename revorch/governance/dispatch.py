@@ -61,14 +61,14 @@ ORDER BY proposed_at, action_id
 
 ATTEMPTED_SQL = """
 SELECT action_id, action_type, entity_type, entity_id, company_id, attempts
-FROM governance.actions WHERE list_contains($ids, action_id)
+FROM governance.actions WHERE action_id IN (SELECT unnest($ids))
 """
 
 # Attempts already in the trail: a fold whose journal clean-up was cut short adds nothing twice.
 FOLDED_SQL = """
 SELECT action_id, CAST(detail->>'attempt' AS INTEGER) FROM governance.audit_log
 WHERE event IN ('dispatched', 'dispatch_failed', 'dispatch_interrupted')
-  AND list_contains($ids, action_id)
+  AND action_id IN (SELECT unnest($ids))
 """
 
 
@@ -222,7 +222,7 @@ def _personal_data(
         return {}
     rows = conn.execute(
         "SELECT decision_id, any_value(CAST(input AS VARCHAR)) FROM agents.decisions "
-        "WHERE list_contains(?, decision_id) GROUP BY decision_id",
+        "WHERE decision_id IN (SELECT unnest(?)) GROUP BY decision_id",
         [wanted],
     ).fetchall()
     records = {decision_id: json.loads(text) for decision_id, text in rows}

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 import duckdb
 
-from revorch.agents import recognizers
 from revorch.governance.actions import MODEL_TEXT
 from revorch.governance.policy import STRICTNESS, Judgement
 
@@ -100,6 +99,8 @@ class Screen:
                 found.append(f"outside link {host}")
         found += [f"instruction ({name})" for name, p in INSTRUCTIONS.items() if p.search(text)]
         if _model_wrote(payload):  # our own offline tier's words need no recognizer's time
+            from revorch.agents import recognizers  # Presidio takes seconds to import
+
             kinds = {f.kind for f in recognizers.find(text)} - {"EMAIL"}  # emails: above
             found += [f"personal data ({kind.lower()})" for kind in sorted(kinds)]
         return found

@@ -1,10 +1,16 @@
 """The definitions load, and the asset graph is the one we expect."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, UPSTREAM
 from revorch.definitions import defs
 from sensors.landing_zone import landing_zone_sensor
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED_ASSETS = {
     "crm/change_log",
@@ -159,3 +165,19 @@ def test_sensor_waits_while_a_run_of_the_main_job_waits_to_start(zone):
             dg.build_sensor_context(instance=instance, resources=resources)
         )
         assert isinstance(requested, dg.RunRequest)
+
+
+def test_loading_the_definitions_imports_no_heavy_package():
+    """Every run's process loads the definitions first: Great Expectations, scikit-learn (with
+    SciPy) and openai cost seconds of CPU to import, so they load only when a check, a model
+    fit or the LLM tier runs (Presidio's test is in tests/test_redaction.py)."""
+    script = (
+        "import sys, revorch.definitions; "
+        "print(' '.join(m for m in ('great_expectations', 'sklearn', 'scipy', 'openai') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

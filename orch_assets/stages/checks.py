@@ -18,15 +18,16 @@ from dataclasses import dataclass
 
 import dagster as dg
 import duckdb
-import great_expectations.expectations as gxe
 
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from orch_assets.stages.assets import ACCOUNT_LIFECYCLE, CONTACT_LIFECYCLE
 from resources import LifecycleConfigResource, StateStore
 from revorch.lifecycle.config import NEW, LifecycleConfig, StateMachine
 from revorch.quality.expectations import (
+    Expectation,
     Suite,
     between,
+    expect,
     has_columns,
     is_key,
     not_before,
@@ -52,7 +53,7 @@ def handoff(name: str) -> dg.AssetKey:
     return dg.AssetKey(["handoffs", name])
 
 
-def allowed_moves(machine: StateMachine) -> gxe.Expectation:
+def allowed_moves(machine: StateMachine) -> Expectation:
     """The ``move`` column ('from -> to') is a move config/lifecycle.yaml allows ('new' is the
     stage before the first)."""
     moves = [
@@ -60,8 +61,11 @@ def allowed_moves(machine: StateMachine) -> gxe.Expectation:
         for source, targets in machine.transitions.items()
         for target in targets
     ]
-    return gxe.ExpectColumnValuesToBeInSet(
-        column="move", value_set=moves, description="from_stage -> to_stage is an allowed move"
+    return expect(
+        "ExpectColumnValuesToBeInSet",
+        column="move",
+        value_set=moves,
+        description="from_stage -> to_stage is an allowed move",
     )
 
 
@@ -237,7 +241,8 @@ def lifecycle_checks(
                 is_key("entity_id", "seq"),
                 between("seq", 1),
                 allowed_moves(machine(config)),
-                gxe.ExpectColumnPairValuesToBeEqual(
+                expect(
+                    "ExpectColumnPairValuesToBeEqual",
                     column_A="first_move",
                     column_B="from_new",
                     description=f"only the first move starts from '{NEW}'",
@@ -263,13 +268,15 @@ def lifecycle_checks(
         return Suite(
             FRESHNESS_SQL,
             [
-                gxe.ExpectTableRowCountToEqual(value=1, description="the state machine ran"),
-                gxe.ExpectColumnPairValuesToBeEqual(
+                expect("ExpectTableRowCountToEqual", value=1, description="the state machine ran"),
+                expect(
+                    "ExpectColumnPairValuesToBeEqual",
                     column_A="load_id_seen",
                     column_B="newest_load_id",
                     description="every loaded change was seen",
                 ),
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                expect(
+                    "ExpectColumnPairValuesAToBeGreaterThanB",
                     column_A="ran_at_clock",
                     column_B="data_clock",
                     or_equal=True,
@@ -491,10 +498,13 @@ def expansion_signals_are_unique_and_known(config):
         "SELECT * FROM stages.expansion",
         [
             has_columns("company_id", "subscription_id", "open_expansion_deal_id", "signal"),
-            gxe.ExpectColumnValuesToNotBeNull(
-                column="subscription_id", description="subscription_id is set"
+            expect(
+                "ExpectColumnValuesToNotBeNull",
+                column="subscription_id",
+                description="subscription_id is set",
             ),
-            gxe.ExpectCompoundColumnsToBeUnique(
+            expect(
+                "ExpectCompoundColumnsToBeUnique",
                 column_list=["subscription_id", "open_expansion_deal_id"],
                 description="(subscription_id, open_expansion_deal_id) is unique",
             ),
@@ -588,7 +598,7 @@ def references_are_known(config):
     return Suite(
         "SELECT * FROM stages.waiting_references",
         # Row-wise, so each waiting record is counted and sampled in the check's metadata.
-        [gxe.ExpectColumnValuesToBeNull(column="missing_id", description="no record waits")],
+        [expect("ExpectColumnValuesToBeNull", column="missing_id", description="no record waits")],
         sample_columns=["record_type", "record_id", "reference", "missing_id"],
     )
 

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
-from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from revorch.agents.offline.inputs import FEATURE_DAYS
 from revorch.agents.offline.lead_model import LeadModel, lead_examples
@@ -97,6 +96,8 @@ def backtest_lead_scorer(
 ) -> BacktestReport:
     """Train before ``split`` (ISO date; default: leaves the last 30% of contacts with final
     labels for testing), test after it, and report discrimination and calibration."""
+    from sklearn.metrics import brier_score_loss, roc_auc_score  # a slow import: only here
+
     if split is None:
         split_at = conn.execute(
             DEFAULT_SPLIT_SQL, {"test_share": TEST_SHARE, "horizon_days": horizon_days}

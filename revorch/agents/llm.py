@@ -26,11 +26,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 import pydantic
-from openai.types.chat import ChatCompletion
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletion
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,8 @@ class LlmClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        import openai  # about a second to import: only when the LLM tier is used
+
         self.settings = settings
         self._clock, self._sleep = clock, sleep
         # Retries are ours (max_retries=0 in the SDK) so that each result can report how many
@@ -380,6 +384,9 @@ class LlmClient:
         )
 
     def _attempt(self, request: LlmRequest, schema: dict[str, Any]) -> _Attempt:
+        import openai
+        from openai.types.chat import ChatCompletion
+
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 model=self.settings.model,

@@ -2,6 +2,10 @@
 describe what failed (counts per expectation, a markdown table of results, a sample of failing
 rows). Plain Python; the Dagster checks of the stage assets (orch_assets/stages/checks.py) turn
 a :class:`Validation` into an asset check result (docs/data_quality.md).
+
+Expectations are declared as plain data (:class:`Expectation`) and built into Great
+Expectations only when a suite runs: importing GX takes seconds, which every process that
+loads the definitions would otherwise pay before its run starts.
 """
 
 from __future__ import annotations
@@ -9,17 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import great_expectations as gx
-import great_expectations.expectations as gxe
-import pandas as pd
-from great_expectations.data_context.types.base import (
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The ingestion quarantines changes dated more than a day ahead of the wall clock; a later
 # timestamp in a stage table can only come from corruption.
@@ -31,32 +30,63 @@ RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_
 # --- The vocabulary the checks are declared in -----------------------------------------------
 
 
-def has_columns(*columns: str) -> gxe.Expectation:
-    return gxe.ExpectTableColumnsToMatchSet(
-        column_set=list(columns), exact_match=False, description="has its columns"
+@dataclass(frozen=True)
+class Expectation:
+    """A Great Expectations 1.x expectation as plain data: the name of its class in
+    ``great_expectations.expectations``, its description (the label of its result, unique in
+    its suite) and its arguments."""
+
+    kind: str
+    description: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        """The GX expectation (imports Great Expectations, if not yet: seconds)."""
+        import great_expectations.expectations as gxe
+
+        return getattr(gxe, self.kind)(description=self.description, **self.arguments)
+
+
+def expect(kind: str, *, description: str, **arguments: Any) -> Expectation:
+    """Any GX expectation by its class name, e.g.
+    ``expect("ExpectColumnValuesToBeNull", column="x", description="x is not set")``."""
+    return Expectation(kind, description, arguments)
+
+
+def has_columns(*columns: str) -> Expectation:
+    return expect(
+        "ExpectTableColumnsToMatchSet",
+        column_set=list(columns),
+        exact_match=False,
+        description="has its columns",
     )
 
 
-def is_key(*columns: str) -> list[gxe.Expectation]:
+def is_key(*columns: str) -> list[Expectation]:
     """Every column of the key is set, and no two rows share the key."""
     named = ", ".join(columns)
     unique = (
-        gxe.ExpectColumnValuesToBeUnique(column=columns[0], description=f"{named} is unique")
+        expect("ExpectColumnValuesToBeUnique", column=columns[0], description=f"{named} is unique")
         if len(columns) == 1
-        else gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=list(columns), description=f"({named}) is unique"
+        else expect(
+            "ExpectCompoundColumnsToBeUnique",
+            column_list=list(columns),
+            description=f"({named}) is unique",
         )
     )
     not_null = [
-        gxe.ExpectColumnValuesToNotBeNull(column=column, description=f"{column} is set")
+        expect("ExpectColumnValuesToNotBeNull", column=column, description=f"{column} is set")
         for column in columns
     ]
     return [*not_null, unique]
 
 
-def one_of(column: str, values: Sequence[object]) -> gxe.Expectation:
-    return gxe.ExpectColumnValuesToBeInSet(
-        column=column, value_set=list(values), description=f"{column} is one of {list(values)}"
+def one_of(column: str, values: Sequence[object]) -> Expectation:
+    return expect(
+        "ExpectColumnValuesToBeInSet",
+        column=column,
+        value_set=list(values),
+        description=f"{column} is one of {list(values)}",
     )
 
 
@@ -72,9 +102,12 @@ class Reference:
     def flag(self) -> str:
         return f"{self.column}_in_{self.table}"
 
-    def expectation(self) -> gxe.Expectation:
-        return gxe.ExpectColumnValuesToBeInSet(
-            column=self.flag, value_set=[True], description=f"{self.column} exists in {self.table}"
+    def expectation(self) -> Expectation:
+        return expect(
+            "ExpectColumnValuesToBeInSet",
+            column=self.flag,
+            value_set=[True],
+            description=f"{self.column} exists in {self.table}",
         )
 
 
@@ -82,29 +115,35 @@ def refers_to(column: str, table: str) -> Reference:
     return Reference(column, table)
 
 
-def between(column: str, low: float | None = None, high: float | None = None) -> gxe.Expectation:
+def between(column: str, low: float | None = None, high: float | None = None) -> Expectation:
     if high is None:
         description = f"{column} is at least {low}"
     elif low is None:
         description = f"{column} is at most {high}"
     else:
         description = f"{column} is between {low} and {high}"
-    return gxe.ExpectColumnValuesToBeBetween(
-        column=column, min_value=low, max_value=high, description=description
+    return expect(
+        "ExpectColumnValuesToBeBetween",
+        column=column,
+        min_value=low,
+        max_value=high,
+        description=description,
     )
 
 
-def not_in_future(column: str) -> gxe.Expectation:
+def not_in_future(column: str) -> Expectation:
     """Not after the wall clock (with the ingestion's tolerance), whatever the data clock says."""
-    return gxe.ExpectColumnValuesToBeBetween(
+    return expect(
+        "ExpectColumnValuesToBeBetween",
         column=column,
         max_value=datetime.now(UTC) + FUTURE_TOLERANCE,
         description=f"{column} is not in the future",
     )
 
 
-def not_before(later: str, earlier: str) -> gxe.Expectation:
-    return gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+def not_before(later: str, earlier: str) -> Expectation:
+    return expect(
+        "ExpectColumnPairValuesAToBeGreaterThanB",
         column_A=later,
         column_B=earlier,
         or_equal=True,
@@ -124,7 +163,7 @@ class Suite:
     """
 
     sql: str
-    expectations: list[gxe.Expectation | Reference | list[gxe.Expectation]]
+    expectations: list[Expectation | Reference | list[Expectation]]
     sample_columns: list[str]
     parameters: dict[str, object] = field(default_factory=dict)
 
@@ -181,10 +220,18 @@ def validate(conn: duckdb.DuckDBPyConnection, suite: Suite) -> Validation:
     )
 
 
-def run_suite(frame: pd.DataFrame, expectations: list[gxe.Expectation]) -> list[tuple[str, Any]]:
+def run_suite(frame: pd.DataFrame, expectations: list[Expectation]) -> list[tuple[str, Any]]:
     """Validate the frame against the expectations as one Great Expectations suite; return
     each expectation's description (its label) and result, in the order given."""
-    labels = [_label(e) for e in expectations]
+    # Seconds to import: here, when a suite runs, not when the checks are declared.
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    labels = [e.description for e in expectations]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two expectations of one suite share a description: {labels}")
     context = gx.get_context(
@@ -201,14 +248,10 @@ def run_suite(frame: pd.DataFrame, expectations: list[gxe.Expectation]) -> list[
         .add_batch_definition_whole_dataframe("all_rows")
         .get_batch(batch_parameters={"dataframe": frame})
     )
-    suite = gx.ExpectationSuite(name="stage_check", expectations=expectations)
+    suite = gx.ExpectationSuite(name="stage_check", expectations=[e.build() for e in expectations])
     validation = batch.validate(suite, result_format=RESULT_FORMAT)
-    by_label = {_label(result.expectation_config): result for result in validation.results}
+    by_label = {result.expectation_config.description: result for result in validation.results}
     return [(label, by_label[label]) for label in labels]
-
-
-def _label(expectation) -> str:
-    return expectation.description or f"{expectation.type} {expectation.kwargs}"
 
 
 def _failing_count(result) -> int:

@@ -16,7 +16,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import polars as pl
-from sklearn.metrics import precision_recall_curve
 
 from revorch.agents.offline.inputs import (
     ENGAGEMENT_COUNTS,
@@ -151,6 +150,8 @@ class LeadModel:
         created_before: datetime | None = None,
     ) -> LeadModel:
         """Fit on rows from :func:`lead_examples` (sorted by id, so the fit is repeatable)."""
+        from sklearn.metrics import precision_recall_curve  # a slow import: only when fitting
+
         examples = examples.sort("id")
         if examples.height < 50:
             raise ValueError(f"too few past contacts to learn from ({examples.height})")

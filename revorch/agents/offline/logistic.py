@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sklearn.linear_model import LogisticRegression
 
 # Rounded so the JSON (and with it the version hash) does not depend on the last float bits.
 _DIGITS = 10
@@ -62,6 +61,9 @@ class LogisticModel:
         Categories seen fewer than ``min_category_count`` times are treated as unknown, so a
         handful of rows cannot earn a coefficient of their own.
         """
+        # scikit-learn (with SciPy) takes about a second to import: only when a model is fitted.
+        from sklearn.linear_model import LogisticRegression
+
         labels = np.asarray(labels, dtype=np.int64)
         if len(np.unique(labels)) < 2:
             raise ValueError("training needs both outcomes among the labels")

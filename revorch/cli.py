@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument(
         "query", help='e.g. "SELECT lifecycle_stage, count(*) FROM contacts GROUP BY 1"'
     )
+    sql.add_argument(
+        "--format",
+        choices=["box", "csv", "json", "markdown"],
+        default="box",
+        help="box (for reading, at most 100 rows shown) or every row as csv, json or markdown",
+    )
     sql.set_defaults(handler=_sql)
 
     backtest = commands.add_parser(
@@ -363,9 +369,17 @@ def _report_text() -> str:
 
 
 def _sql(args: argparse.Namespace) -> int:
+    from revorch.reports.formats import render  # polars: imported only when needed
+
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
         try:
-            conn.sql(args.query).show(max_rows=100)
+            result = conn.sql(args.query)
+            if result is None:  # a statement with no result, such as SET
+                return 0
+            if args.format == "box":
+                result.show(max_rows=100)
+            else:
+                sys.stdout.write(render(result, args.format).rstrip("\n") + "\n")
         except duckdb.Error as error:
             raise RevorchError(f"{str(error).splitlines()[0]}; check the query") from error
     return 0

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from decimal import Decimal
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -212,3 +213,36 @@ def test_head_takes_the_first_line_of_a_long_output_without_a_traceback(publishe
         timeout=300,
     )
     assert (done.returncode, done.stdout, done.stderr) == (141, "range\n", "")
+
+
+def test_analysts_read_the_published_copy_while_a_run_holds_the_working_file(copy_crm):
+    home = copy_crm()
+    published = home.root / "published" / "revorch.duckdb"
+    with duckdb.connect(str(published), read_only=True) as conn:
+        contacts = conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    writer = home.connect()  # as a run holds it: no other process may open the working file
+    try:
+        done = _revorch(home, "sql", "SELECT count(*) AS n FROM contacts", "--format", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [{"n": contacts}]
+
+        # The DuckDB CLI of the `analyst` extra, as docs/schema.md shows it.
+        cli = Path(sys.executable).with_name("duckdb")
+        if not cli.exists():
+            pytest.skip("the DuckDB CLI is not installed (pip install -e '.[analyst]')")
+        shell = subprocess.run(
+            [
+                str(cli),
+                "-readonly",
+                str(published),
+                "-csv",
+                "-c",
+                "SELECT count(*) AS n FROM contacts",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (shell.returncode, shell.stdout) == (0, f"n\n{contacts}\n"), shell.stderr
+    finally:
+        writer.close()

@@ -15,6 +15,8 @@ revorch ui                    start the Dagster UI (dagster dev) on this project
 
 A mistake (a missing file, an invalid config, no state store yet) prints one line saying what
 is wrong and what to do, and exits with code 2; `revorch --debug ...` shows the traceback.
+When the reader of the output stops early (`revorch report funnel | head -1`), revorch stops
+quietly with code 141, as a command ended by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -40,13 +42,26 @@ class RevorchError(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader that left early is found here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_left()
     except Exception as error:
         if args.debug:
             raise
         message, code = _explain(error)
         print(f"revorch {args.command}: {message}", file=sys.stderr)
         return code
+
+
+def _reader_left() -> int:
+    """The reader closed our stdout early (`revorch report funnel | head -1`): stop quietly
+    with 141, the code a shell shows for a process ended by SIGPIPE, as `cat` would end."""
+    # The recipe from Python's signal docs: stdout to devnull, so the flush at exit is silent.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def _explain(error: Exception) -> tuple[str, int]:
@@ -125,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="run a read-only SQL query on the state store")
     sql.add_argument(
         "query", help='e.g. "SELECT lifecycle_stage, count(*) FROM contacts GROUP BY 1"'
+    )
+    sql.add_argument(
+        "--format",
+        choices=["box", "csv", "json", "markdown"],
+        default="box",
+        help="box (for reading, at most 100 rows shown) or every row as csv, json or markdown",
     )
     sql.set_defaults(handler=_sql)
 
@@ -363,9 +384,17 @@ def _report_text() -> str:
 
 
 def _sql(args: argparse.Namespace) -> int:
+    from revorch.reports.formats import render  # polars: imported only when needed
+
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
         try:
-            conn.sql(args.query).show(max_rows=100)
+            result = conn.sql(args.query)
+            if result is None:  # a statement with no result, such as SET
+                return 0
+            if args.format == "box":
+                result.show(max_rows=100)
+            else:
+                sys.stdout.write(render(result, args.format).rstrip("\n") + "\n")
         except duckdb.Error as error:
             raise RevorchError(f"{str(error).splitlines()[0]}; check the query") from error
     return 0
@@ -386,6 +415,7 @@ def _replay(args: argparse.Namespace) -> int:
     from revorch.agents.replay import replay_run, what_if
 
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        _check_run_recorded(conn, args.run_id)
         specs = agent_specs(offline_tier(conn))
         if not args.what_if:
             print(replay_run(conn, args.run_id, specs).to_text())
@@ -404,6 +434,23 @@ def _replay(args: argparse.Namespace) -> int:
             what_if(conn, args.run_id, specs, prompt_version=args.prompt_version, llm=llm).to_text()
         )
     return 0
+
+
+RUNS_SQL = (
+    "SELECT run_id, count(*) AS decisions, max(decided_at) AS decided_at "
+    "FROM agents.decisions GROUP BY run_id ORDER BY decided_at DESC"
+)
+
+
+def _check_run_recorded(conn: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    recorded = conn.execute(
+        "SELECT count(*) FROM agents.decisions WHERE run_id = ?", [run_id]
+    ).fetchone()[0]
+    if not recorded:
+        raise RevorchError(
+            f"no run {run_id!r} has recorded decisions; list the runs that have with "
+            f'revorch sql "{RUNS_SQL}"'
+        )
 
 
 def _approvals(args: argparse.Namespace) -> int:

@@ -5,17 +5,19 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
-from orch_assets.stages.assets import ACCOUNT_LIFECYCLE, CONTACT_LIFECYCLE
+from orch_assets.stages.assets import ACCOUNT_LIFECYCLE
 from resources import StateStore
 from revorch import settings
 from revorch.reports.funnel import funnel_summary
 
 FUNNEL_REPORT = dg.AssetKey(["reports", "funnel_report"])
+FUNNEL_CONVERSION = dg.AssetKey(["metrics", "funnel_conversion"])
 
 
 @dg.asset(
     key=FUNNEL_REPORT,
-    deps=[CONTACT_LIFECYCLE, ACCOUNT_LIFECYCLE, dg.AssetKey(["crm", "deals"])],
+    # The funnel is metrics.funnel_conversion's, so the report waits for that metric.
+    deps=[FUNNEL_CONVERSION, ACCOUNT_LIFECYCLE, dg.AssetKey(["crm", "deals"])],
     group_name="reports",
     kinds={"duckdb"},
     pool=DUCKDB_WRITER_POOL,

@@ -1,17 +1,23 @@
-"""A short funnel summary of the state store, for the terminal."""
+"""A short summary of the state store for the terminal: the funnel, deals, customers, intake.
+
+The funnel is ``metrics.funnel_conversion``'s (docs/metrics.md), so this summary, the
+Monday report and the metric's plots in the Dagster UI show the same numbers.
+"""
 
 from __future__ import annotations
 
 import duckdb
 
-LIFECYCLE = ["lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer"]
+# The funnel is Revorch's: contacts as its stage machine places them (metrics.funnel_conversion,
+# every lead source), the stages the product governs, not the CRM's lifecycle_stage labels.
+# The two differ (a contact the CRM still calls a lead can be an MQL by engagement).
+FUNNEL_HEADING = (
+    "Funnel (contacts that reached each stage, as Revorch's stage machine places them):"
+)
 
-# Contacts that ever reached each lifecycle stage, from the change log (not only the current one).
-REACHED_SQL = """
-SELECT properties->>'lifecycle_stage' AS stage, count(DISTINCT object_id) AS contacts
-FROM change_log
-WHERE object_type = 'contact' AND json_exists(properties, '$.lifecycle_stage')
-GROUP BY stage
+FUNNEL_SQL = """
+SELECT stage, reached, conversion_to_next FROM metrics.funnel_conversion
+WHERE lead_source = '(all)' ORDER BY stage_order
 """
 
 DEALS_SQL = """
@@ -34,14 +40,12 @@ FROM landing_batches
 
 
 def funnel_summary(conn: duckdb.DuckDBPyConnection) -> str:
-    reached = dict(conn.execute(REACHED_SQL).fetchall())
-    lines = ["Funnel (contacts that reached each stage):"]
-    previous = None
-    for stage in LIFECYCLE:
-        count = reached.get(stage, 0)
-        rate = f"  ({count / previous:.1%} of previous)" if previous else ""
-        lines.append(f"  {stage:<24}{count:>10,}{rate}")
-        previous = count or None
+    lines = [FUNNEL_HEADING]
+    previous_rate = None
+    for stage, reached, conversion_to_next in conn.execute(FUNNEL_SQL).fetchall():
+        rate = f"  ({previous_rate:.1%} of previous)" if previous_rate is not None else ""
+        lines.append(f"  {stage:<24}{reached:>10,}{rate}")
+        previous_rate = conversion_to_next
     open_deals, won, lost, pipeline = conn.execute(DEALS_SQL).fetchone()
     win_rate = f"{won / (won + lost):.1%}" if won + lost else "n/a"
     arr, active = conn.execute(ARR_SQL).fetchone()

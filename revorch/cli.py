@@ -3,6 +3,7 @@
 revorch quickstart            simulate a CRM, run the main job, print the funnel
 revorch simulate [--live]     write simulated CRM changes into the landing zone
 revorch import FILE           put a file of change events into the landing zone
+revorch import --mapping M FILE|DIR...   land CRM exports (CSV) through a mapping file
 revorch ingest                run the main job (ingest waiting batches, refresh assets)
 revorch report funnel         print the funnel summary
 revorch approvals [list]      actions waiting for a person
@@ -116,8 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--max-batches", type=int, default=None, help="stop after N live batches")
     sim.set_defaults(handler=_simulate)
 
-    imp = commands.add_parser("import", help="put a file of change events into the landing zone")
-    imp.add_argument("file", type=Path, help="newline-delimited JSON, one event per line")
+    imp = commands.add_parser(
+        "import", help="put a file of change events, or CRM exports (CSV), into the landing zone"
+    )
+    imp.add_argument(
+        "file",
+        type=Path,
+        nargs="+",
+        help="newline-delimited JSON, one event per line; with --mapping, CSV files or folders",
+    )
+    imp.add_argument(
+        "--mapping",
+        help="a mapping file, or the name of a shipped one (hubspot_export, salesforce_export, "
+        "maven_crm): read the files as CRM exports (docs/sources/csv_import.md)",
+    )
     imp.add_argument(
         "--source",
         default="import",
@@ -235,16 +248,51 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    if args.file.is_dir():
-        raise RevorchError(f"{args.file} is a folder; give one NDJSON file (one event per line)")
-    if not args.file.is_file():
-        raise RevorchError(f"no such file: {args.file}")
+    if args.mapping:
+        return _import_exports(args)
+    if len(args.file) > 1:
+        raise RevorchError("give one NDJSON file, or CSV exports with --mapping")
+    file = args.file[0]
+    if file.is_dir():
+        raise RevorchError(f"{file} is a folder; give one NDJSON file (one event per line)")
+    if not file.is_file():
+        raise RevorchError(f"no such file: {file}")
     if not args.force:
-        _check_ndjson(args.file)
+        _check_ndjson(file)
     zone = _zone()
     with zone.open_batch(args.source) as tmp:
-        shutil.copyfile(args.file, tmp)
-    print(f"Landed {args.file} as a batch in {zone.incoming_dir}; run `revorch ingest` to load it")
+        shutil.copyfile(file, tmp)
+    print(f"Landed {file} as a batch in {zone.incoming_dir}; run `revorch ingest` to load it")
+    return 0
+
+
+def _import_exports(args: argparse.Namespace) -> int:
+    """CSV exports through a mapping: every row landed or quarantined, with a report."""
+    from revorch.sources.csv_import import MappingError, import_files, load_mapping
+    from revorch.sources.csv_import.mapping import shipped_mapping
+
+    try:
+        mapping_path = shipped_mapping(args.mapping)
+        mapping = load_mapping(mapping_path)
+        report = import_files(
+            args.file,
+            mapping,
+            _zone(),
+            settings.revorch_home() / "imports",
+            mapping_name=str(mapping_path),
+            # A bar on a terminal only: not in CI logs, pipes or tests.
+            progress=sys.stderr.isatty() and not os.environ.get("CI"),
+        )
+    except MappingError as error:
+        raise RevorchError(str(error)) from error
+    print("\n".join(report.lines()))
+    if report.batch:
+        print(f"Landed {report.loaded:,} events as batch {report.batch}; run `revorch ingest`")
+    else:
+        print("Nothing landed: every row was quarantined")
+    print(f"Report: {report.report_path}")
+    if report.quarantine_path:
+        print(f"Quarantined rows: {report.quarantine_path}")
     return 0
 
 

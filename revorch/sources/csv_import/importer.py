@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from revorch.landing import LandingZone
 from revorch.sources.csv_import.mapping import (
+    Condition,
     FieldRule,
     FileMapping,
     IdRule,
@@ -77,14 +79,17 @@ class ImportReport:
 
     def lines(self) -> list[str]:
         """The report as a person reads it in a terminal."""
-        out = [f"{'file':<32} {'object':<12} {'rows':>8} {'loaded':>8} {'quarantined':>11}"]
+        width = max([len("total"), *(len(f.file) for f in self.files)])
+        out = [f"{'file':<{width}}  {'object':<12} {'rows':>8} {'loaded':>8} {'quarantined':>11}"]
         for f in self.files:
             out.append(
-                f"{f.file:<32} {f.object_type:<12} {f.rows:>8,} {f.loaded:>8,} {f.quarantined:>11,}"
+                f"{f.file:<{width}}  {f.object_type:<12} {f.rows:>8,} {f.loaded:>8,} "
+                f"{f.quarantined:>11,}"
             )
-            out += [f"    {count:>8,} {reason}" for reason, count in sorted(f.reasons.items())]
+            out += [f"  {count:>8,} {reason}" for reason, count in sorted(f.reasons.items())]
         out.append(
-            f"{'total':<32} {'':<12} {self.rows:>8,} {self.loaded:>8,} {self.quarantined:>11,}"
+            f"{'total':<{width}}  {'':<12} {self.rows:>8,} {self.loaded:>8,} "
+            f"{self.quarantined:>11,}"
         )
         if self.ignored:
             out.append(f"not in the mapping, not read: {', '.join(self.ignored)}")
@@ -329,12 +334,13 @@ def _event_columns(
     known = state_field_types()[entry.object_type]
     values = []
     for name, rule in {**entry.fields, **entry.custom}.items():
-        if rule.column is not None and rule.column not in header:
+        if {rule.column, rule.when and rule.when.column} - {None} - header:
             continue  # an optional column this export does not have
         data_type = rule.type or known[name]
         value, checks = _field(name, rule, data_type, mapping)
         values.append(value.alias(name))
-        problems += checks
+        # A delete carries no properties, so its fields cannot be wrong.
+        problems += [pl.when(op == "upsert").then(check) for check in checks]
     properties = pl.struct(values).struct.json_encode() if values else pl.lit("{}")
     return [
         object_id.alias("object_id"),
@@ -356,12 +362,14 @@ def _field(
         raw = _blank_to_null(raw.str.split(rule.split).list.first().str.strip_chars())
     text = raw
     if rule.values:
-        keys = list(rule.values)
+        # Keys match ignoring case, spaces and punctuation: "Closed Won" takes "closedwon".
+        keys = [_folded(key) for key in rule.values]
         mapped = [_text(value) for value in rule.values.values()]
-        known = raw.is_in(keys)
+        folded = _fold(raw)
+        known = folded.is_in(keys)
         text = (
             pl.when(known)
-            .then(raw.replace(keys, mapped))
+            .then(folded.replace(keys, mapped))
             .otherwise(raw if rule.unmapped == "keep" else pl.lit(None, pl.String))
         )
         if rule.unmapped == "quarantine":
@@ -372,6 +380,8 @@ def _field(
                     pl.format("{} holds {} (not in its values map)", pl.lit(where), _shown(raw)),
                 )
             )
+    if rule.when is not None:
+        text = pl.when(_holds(rule.when)).then(text)
     if rule.ref is not None:
         return _id(mapping.files[rule.ref].id, text), checks + _required(rule, text, where)
     value = _typed(text, data_type, rule, mapping)
@@ -383,6 +393,22 @@ def _field(
         )
     )
     return value, checks + _required(rule, text, where)
+
+
+def _holds(condition: Condition) -> pl.Expr:
+    wanted = [_folded(value) for value in condition.values]
+    return _fold(_cell(condition.column)).is_in(wanted).fill_null(False)
+
+
+_PUNCTUATION = r"[\W_]+"  # the same pattern in polars (Rust) and in Python
+
+
+def _fold(text: pl.Expr) -> pl.Expr:
+    return text.str.to_lowercase().str.replace_all(_PUNCTUATION, "")
+
+
+def _folded(value: str) -> str:
+    return re.sub(_PUNCTUATION, "", value.lower())
 
 
 def _required(rule: FieldRule, text: pl.Expr, where: str) -> list[pl.Expr]:
@@ -411,7 +437,13 @@ def _typed(text: pl.Expr, data_type: str, rule: FieldRule, mapping: Mapping) -> 
         lower = text.str.to_lowercase()
         return pl.when(lower.is_in(TRUE)).then(True).when(lower.is_in(FALSE)).then(False)
     if data_type == "date":
-        return text.str.to_date(rule.format or "%Y-%m-%d", strict=False).dt.strftime("%Y-%m-%d")
+        if rule.format:
+            return text.str.to_date(rule.format, strict=False).dt.strftime("%Y-%m-%d")
+        # A date, or the date of a timestamp written without an offset (as CRMs export).
+        parsed = [
+            text.str.to_datetime(each, strict=False) for each in ISO_FORMATS if "z" not in each
+        ]
+        return pl.coalesce(parsed).dt.strftime("%Y-%m-%d")
     if data_type == "timestamp":
         return _timestamp(text, rule.format, rule.timezone or mapping.timezone)
     return text

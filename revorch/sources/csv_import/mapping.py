@@ -10,6 +10,7 @@ entry that does not exist is one clear line before anything is read or landed.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -71,11 +72,11 @@ class TimestampColumn(_Strict):
     timezone: str | None = None
 
 
-class DeletedRule(_Strict):
-    """Rows whose ``column`` holds one of ``values`` become deletes of the record."""
+class Condition(_Strict):
+    """Rows whose ``column`` holds one of ``values`` (any case)."""
 
     column: str
-    values: list[str] = Field(default_factory=lambda: ["true", "1"])
+    values: list[str]
 
 
 class FieldRule(_Strict):
@@ -92,6 +93,7 @@ class FieldRule(_Strict):
     scale: float | None = None
     split: str | None = None
     ref: str | None = None
+    when: Condition | None = None
     required: bool = False
     optional: bool = False
 
@@ -104,6 +106,14 @@ class FieldRule(_Strict):
     def _one_source(self) -> FieldRule:
         if (self.column is None) == (self.value is None):
             raise ValueError("give either column or value (a constant), not both or neither")
+        folded: dict[str, object] = {}
+        for key, value in self.values.items():
+            same = folded.setdefault(re.sub(r"[\W_]+", "", key.lower()), value)
+            if same != value:
+                raise ValueError(
+                    f"values: {key!r} and another key differ only in case, spaces or "
+                    "punctuation (which are ignored) but map to different values"
+                )
         if self.unmapped == "quarantine" and not self.values:
             raise ValueError("unmapped: quarantine needs a values map")
         if self.timezone:
@@ -118,7 +128,9 @@ class FileMapping(_Strict):
     object_type: ObjectType
     id: IdRule
     occurred_at: Literal["import_time"] | TimestampColumn
-    deleted: DeletedRule | None = None
+    deleted: Condition | None = Field(
+        default=None, description="rows that become deletes of the record"
+    )
     fields: dict[str, FieldRule] = Field(default_factory=dict)
     custom: dict[str, FieldRule] = Field(default_factory=dict)
 
@@ -141,6 +153,8 @@ class FileMapping(_Strict):
         for rule in [*self.fields.values(), *self.custom.values()]:
             if rule.column is not None:
                 needed[rule.column] = needed.get(rule.column, False) or not rule.optional
+            if rule.when is not None:
+                needed[rule.when.column] = needed.get(rule.when.column, False) or not rule.optional
         return needed
 
 

@@ -280,8 +280,7 @@ def _import_exports(args: argparse.Namespace) -> int:
             _zone(),
             settings.revorch_home() / "imports",
             mapping_name=str(mapping_path),
-            # A bar on a terminal only: not in CI logs, pipes or tests.
-            progress=sys.stderr.isatty() and not os.environ.get("CI"),
+            progress=_progress_bar_wanted(),
         )
     except MappingError as error:
         raise RevorchError(str(error)) from error
@@ -294,6 +293,11 @@ def _import_exports(args: argparse.Namespace) -> int:
     if report.quarantine_path:
         print(f"Quarantined rows: {report.quarantine_path}")
     return 0
+
+
+def _progress_bar_wanted() -> bool:
+    """A bar on a terminal only: not in CI logs, pipes or files."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 NDJSON_HINT = "each line must be one JSON event (docs/landing_zone.md); --force lands it anyway"

@@ -268,3 +268,28 @@ def test_a_file_no_entry_takes_is_refused_by_name(in_empty_folder, capsys):
     assert main(["import", "--mapping", "salesforce_export", "Accounts2.csv"]) == 2
     error = capsys.readouterr().err
     assert "Accounts2.csv matches no entry of the mapping" in error and "Account.csv" in error
+
+
+def test_a_progress_bar_on_a_terminal_only(in_empty_folder, capsys, monkeypatch):
+    from revorch import cli
+    from revorch.sources.csv_import import import_files, load_mapping
+
+    export = in_empty_folder / "companies.csv"
+    export.write_text("id,name,headcount\n1,Acme,120\n2,Globex,40\n")
+    (in_empty_folder / "plain.yaml").write_text(PLAIN)
+    mapping = load_mapping(in_empty_folder / "plain.yaml")
+    zone = LandingZone(in_empty_folder / "landing")
+    import_files([export], mapping, zone, in_empty_folder / "reports", progress=True)
+    assert "import: " in capsys.readouterr().err
+    import_files([export], mapping, zone, in_empty_folder / "reports", progress=False)
+    assert capsys.readouterr().err == ""
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(cli.sys, "stderr", Terminal())
+    monkeypatch.delenv("CI", raising=False)
+    assert cli._progress_bar_wanted()
+    monkeypatch.setenv("CI", "true")
+    assert not cli._progress_bar_wanted()

@@ -178,7 +178,11 @@ def _header(path: Path, mapping: Mapping) -> list[str]:
         header = next(csv.reader(handle, delimiter=mapping.delimiter), None)
     if not header:
         raise MappingError(f"{path} is empty; an export starts with a header line")
-    return [name.strip() for name in header]
+    names = [name.strip() for name in header]
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
+    if twice:
+        raise MappingError(f"{path.name} has the column(s) {twice} more than once in its header")
+    return names
 
 
 def _check_columns(path: Path, header: list[str], entry: FileMapping, name: str) -> None:
@@ -239,12 +243,11 @@ def _import_file(
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     report = FileReport(path.name, name, entry.object_type, digest)
     frame, bad = _read(path, mapping, header)
+    bar.total = (bar.total or 0) + frame.height  # known once the file is read
+    bar.refresh()
     for row in bad:
         row["file"] = path.name
-    shaped = frame.select(
-        pl.col("_row"),
-        *_event_columns(entry, mapping, set(header), imported_at),
-    )
+    shaped = frame.select(pl.col("_row"), *_event_columns(entry, mapping, frame, imported_at))
     # A record twice in one export (at the same time): the first row stands, later ones wait.
     key = ["object_id", "occurred_at"]
     shaped = shaped.with_columns(
@@ -299,10 +302,11 @@ def _import_file(
 
 
 def _event_columns(
-    entry: FileMapping, mapping: Mapping, header: set[str], imported_at: str
+    entry: FileMapping, mapping: Mapping, frame: pl.DataFrame, imported_at: str
 ) -> list[pl.Expr]:
     """object_id, occurred_at, op, properties (JSON text) and the first problem of each row
-    (``reason<SEP>detail``, null when the row is fine)."""
+    (``reason<SEP>detail``, null when the row is fine). Value maps, conditions and date
+    formats look at the file's distinct values first, so each row costs a lookup."""
     problems: list[pl.Expr] = []
     object_id = _id(entry.id, _cell(entry.id.column))
     problems.append(
@@ -311,12 +315,13 @@ def _event_columns(
 
     if isinstance(entry.occurred_at, TimestampColumn):
         rule = entry.occurred_at
-        occurred_at = _timestamp(_cell(rule.column), rule.format, rule.timezone or mapping.timezone)
+        cell = _cell(rule.column)
+        occurred_at = _timestamp(frame, cell, rule.format, rule.timezone or mapping.timezone)
         problems.append(
             _problem(
                 occurred_at.is_null(),
                 "invalid_occurred_at",
-                pl.format("column '{}' holds {}", pl.lit(rule.column), _shown(_cell(rule.column))),
+                pl.format("column '{}' holds {}", pl.lit(rule.column), _shown(cell)),
             )
         )
     else:
@@ -324,20 +329,16 @@ def _event_columns(
 
     op = pl.lit("upsert")
     if entry.deleted:
-        wanted = [value.lower() for value in entry.deleted.values]
-        op = (
-            pl.when(_cell(entry.deleted.column).str.to_lowercase().is_in(wanted))
-            .then(pl.lit("delete"))
-            .otherwise(op)
-        )
+        op = pl.when(_holds(frame, entry.deleted)).then(pl.lit("delete")).otherwise(op)
 
     known = state_field_types()[entry.object_type]
+    header = set(frame.columns)
     values = []
     for name, rule in {**entry.fields, **entry.custom}.items():
         if {rule.column, rule.when and rule.when.column} - {None} - header:
             continue  # an optional column this export does not have
         data_type = rule.type or known[name]
-        value, checks = _field(name, rule, data_type, mapping)
+        value, checks = _field(frame, name, rule, data_type, mapping)
         values.append(value.alias(name))
         # A delete carries no properties, so its fields cannot be wrong.
         problems += [pl.when(op == "upsert").then(check) for check in checks]
@@ -352,7 +353,7 @@ def _event_columns(
 
 
 def _field(
-    name: str, rule: FieldRule, data_type: str, mapping: Mapping
+    frame: pl.DataFrame, name: str, rule: FieldRule, data_type: str, mapping: Mapping
 ) -> tuple[pl.Expr, list[pl.Expr]]:
     """The typed value of one field, and the checks that quarantine a row for it."""
     checks: list[pl.Expr] = []
@@ -362,14 +363,17 @@ def _field(
         raw = _blank_to_null(raw.str.split(rule.split).list.first().str.strip_chars())
     text = raw
     if rule.values:
-        # Keys match ignoring case, spaces and punctuation: "Closed Won" takes "closedwon".
-        keys = [_folded(key) for key in rule.values]
-        mapped = [_text(value) for value in rule.values.values()]
-        folded = _fold(raw)
-        known = folded.is_in(keys)
+        by_key = {_folded(key): _text(value) for key, value in rule.values.items()}
+        found = {
+            value: by_key[_folded(value)]
+            for value in _distinct(frame, raw)
+            if _folded(value) in by_key
+        }
+        known = raw.is_in(list(found)) if found else pl.lit(False)
+        mapped = raw.replace_strict(found, default=None, return_dtype=pl.String)
         text = (
             pl.when(known)
-            .then(folded.replace(keys, mapped))
+            .then(mapped if found else pl.lit(None, pl.String))
             .otherwise(raw if rule.unmapped == "keep" else pl.lit(None, pl.String))
         )
         if rule.unmapped == "quarantine":
@@ -381,10 +385,10 @@ def _field(
                 )
             )
     if rule.when is not None:
-        text = pl.when(_holds(rule.when)).then(text)
+        text = pl.when(_holds(frame, rule.when)).then(text)
     if rule.ref is not None:
         return _id(mapping.files[rule.ref].id, text), checks + _required(rule, text, where)
-    value = _typed(text, data_type, rule, mapping)
+    value = _typed(frame, text, data_type, rule, mapping)
     checks.append(
         _problem(
             text.is_not_null() & value.is_null(),
@@ -395,27 +399,31 @@ def _field(
     return value, checks + _required(rule, text, where)
 
 
-def _holds(condition: Condition) -> pl.Expr:
-    wanted = [_folded(value) for value in condition.values]
-    return _fold(_cell(condition.column)).is_in(wanted).fill_null(False)
+def _holds(frame: pl.DataFrame, condition: Condition) -> pl.Expr:
+    """Rows whose column holds one of the condition's values (ignoring case, spaces and
+    punctuation, as value maps do)."""
+    wanted = {_folded(value) for value in condition.values}
+    cell = _cell(condition.column)
+    found = [value for value in _distinct(frame, cell) if _folded(value) in wanted]
+    return cell.is_in(found).fill_null(False) if found else pl.lit(False)
 
 
-_PUNCTUATION = r"[\W_]+"  # the same pattern in polars (Rust) and in Python
-
-
-def _fold(text: pl.Expr) -> pl.Expr:
-    return text.str.to_lowercase().str.replace_all(_PUNCTUATION, "")
+def _distinct(frame: pl.DataFrame, text: pl.Expr) -> list[str]:
+    return frame.select(text.drop_nulls().unique()).to_series().to_list()
 
 
 def _folded(value: str) -> str:
-    return re.sub(_PUNCTUATION, "", value.lower())
+    """A value map's key, or a cell, without case, spaces or punctuation."""
+    return re.sub(r"[\W_]+", "", value.lower())
 
 
 def _required(rule: FieldRule, text: pl.Expr, where: str) -> list[pl.Expr]:
     return [_problem(text.is_null(), "missing_value", f"{where} is blank")] if rule.required else []
 
 
-def _typed(text: pl.Expr, data_type: str, rule: FieldRule, mapping: Mapping) -> pl.Expr:
+def _typed(
+    frame: pl.DataFrame, text: pl.Expr, data_type: str, rule: FieldRule, mapping: Mapping
+) -> pl.Expr:
     if rule.scale is not None and data_type in ("integer", "number"):
         scaled = text.cast(pl.Float64, strict=False) * rule.scale
         return (
@@ -440,19 +448,20 @@ def _typed(text: pl.Expr, data_type: str, rule: FieldRule, mapping: Mapping) -> 
         if rule.format:
             return text.str.to_date(rule.format, strict=False).dt.strftime("%Y-%m-%d")
         # A date, or the date of a timestamp written without an offset (as CRMs export).
+        naive = [each for each in ISO_FORMATS if "z" not in each]
         parsed = [
-            text.str.to_datetime(each, strict=False) for each in ISO_FORMATS if "z" not in each
+            text.str.to_datetime(each, strict=False) for each in _formats_in(frame, text, naive)
         ]
         return pl.coalesce(parsed).dt.strftime("%Y-%m-%d")
     if data_type == "timestamp":
-        return _timestamp(text, rule.format, rule.timezone or mapping.timezone)
+        return _timestamp(frame, text, rule.format, rule.timezone or mapping.timezone)
     return text
 
 
-def _timestamp(text: pl.Expr, fmt: str | None, timezone: str) -> pl.Expr:
+def _timestamp(frame: pl.DataFrame, text: pl.Expr, fmt: str | None, timezone: str) -> pl.Expr:
     """ISO 8601 in UTC; a value without an offset is read in ``timezone``. Without a format,
     ISO 8601 with or without an offset, a space for the T, or a date alone."""
-    formats = [fmt] if fmt else ISO_FORMATS
+    formats = [fmt] if fmt else _formats_in(frame, text, ISO_FORMATS)
     return (
         pl.coalesce([_parse_timestamp(text, each, timezone) for each in formats])
         .dt.convert_time_zone("UTC")
@@ -468,6 +477,18 @@ ISO_FORMATS = [
     "%Y-%m-%d %H:%M",
     "%Y-%m-%d",
 ]
+
+
+def _formats_in(frame: pl.DataFrame, text: pl.Expr, formats: list[str]) -> list[str]:
+    """The formats that read some of the column's distinct values (a sample of 1,000): each
+    row is then parsed with those only. None read any: the first, so the rows are refused."""
+    sample = frame.select(text.drop_nulls().unique().head(1_000).alias("v"))
+    found = [
+        each
+        for each in formats
+        if sample.select(pl.col("v").str.to_datetime(each, strict=False).is_not_null().any()).item()
+    ]
+    return found or formats[:1]
 
 
 def _parse_timestamp(text: pl.Expr, fmt: str, timezone: str) -> pl.Expr:

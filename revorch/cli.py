@@ -249,6 +249,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     if args.mapping:
+        if args.source != "import" or args.force:
+            raise RevorchError(
+                "--source and --force are for NDJSON files; with --mapping, the mapping's "
+                "source: names the batch"
+            )
         return _import_exports(args)
     if len(args.file) > 1:
         raise RevorchError("give one NDJSON file, or CSV exports with --mapping")

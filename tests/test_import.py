@@ -293,3 +293,26 @@ def test_a_progress_bar_on_a_terminal_only(in_empty_folder, capsys, monkeypatch)
     assert cli._progress_bar_wanted()
     monkeypatch.setenv("CI", "true")
     assert not cli._progress_bar_wanted()
+
+
+def test_a_record_twice_in_one_file_keeps_its_first_good_row(in_empty_folder, capsys):
+    (in_empty_folder / "plain.yaml").write_text(PLAIN)
+    export = in_empty_folder / "companies.csv"
+    export.write_text(
+        "id,name,headcount\n1,Acme,lots\n1,Acme,120\n1,Acme Inc,130\n2,Globex,4\n2,Globex,4\n"
+    )
+    report = _import(in_empty_folder, "plain.yaml", str(export))
+    _accounted_for(report)
+    assert report["files"][0]["reasons"] == {"wrong_type": 1, "duplicate_id": 2}
+    quarantined = Path(report["quarantine_path"]).read_text().splitlines()[1:]
+    assert [line.split(",")[1] for line in quarantined] == ["1", "3", "5"]
+    # Row 1 is refused for its value, so row 2 is the first good row of acct-1.
+    assert "same id as row 2" in quarantined[1] and "same id as row 4" in quarantined[2]
+    batch = LandingZone(in_empty_folder / ".revorch" / "landing").pending()[0]
+    events = [json.loads(line) for line in batch.read_text().splitlines()]
+    assert [(e["object_id"], e["properties"]["employees"]) for e in events] == [
+        ("acct-1", 120),
+        ("acct-2", 4),
+    ]
+    assert main(["import", "--mapping", "plain.yaml", "--source", "x", str(export)]) == 2
+    assert "--source and --force are for NDJSON files" in capsys.readouterr().err

@@ -171,9 +171,8 @@ def _choose(paths: list[Path], mapping: Mapping, report: ImportReport) -> list[t
 
 
 def _header(path: Path, mapping: Mapping) -> list[str]:
-    encoding = (
-        "utf-8-sig" if mapping.encoding.lower().replace("_", "-") == "utf-8" else mapping.encoding
-    )
+    # Python reads a UTF-8 byte-order mark as part of the first name unless told it may be there.
+    encoding = "utf-8-sig" if mapping.encoding == "utf-8" else mapping.encoding
     with open(path, newline="", encoding=encoding) as handle:
         header = next(csv.reader(handle, delimiter=mapping.delimiter), None)
     if not header:
@@ -250,10 +249,9 @@ def _import_file(
     shaped = frame.select(pl.col("_row"), *_event_columns(entry, mapping, frame, imported_at))
     # A record twice in one export (at the same time): the first row stands, later ones wait.
     key = ["object_id", "occurred_at"]
+    fine = pl.col("problem").is_null()
     shaped = shaped.with_columns(
-        pl.when(pl.col("problem").is_null() & pl.col("object_id").is_not_null())
-        .then(pl.col("_row").first().over(key))
-        .alias("first_row")
+        pl.when(fine).then(pl.when(fine).then(pl.col("_row")).min().over(key)).alias("first_row")
     ).with_columns(
         pl.when(pl.col("problem").is_null() & (pl.col("first_row") != pl.col("_row")))
         .then(pl.format("duplicate_id{}same id as row {}", pl.lit(_SEP), pl.col("first_row")))

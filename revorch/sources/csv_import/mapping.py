@@ -167,7 +167,7 @@ class Mapping(_Strict):
     source: str
     timezone: str = "UTC"
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
-    encoding: str = "utf-8"
+    encoding: Literal["utf-8", "utf-16", "latin-1"] = "utf-8"  # what DuckDB's reader decodes
     files: dict[str, FileMapping]
 
     @model_validator(mode="after")

@@ -247,14 +247,12 @@ def _import_file(
     for row in bad:
         row["file"] = path.name
     shaped = frame.select(pl.col("_row"), *_event_columns(entry, mapping, frame, imported_at))
-    # A record twice in one export (at the same time): the first row stands, later ones wait.
-    key = ["object_id", "occurred_at"]
+    # A record twice in one export (at the same time): its first good row stands.
     fine = pl.col("problem").is_null()
+    first_good = pl.when(fine).then(pl.col("_row")).min().over("object_id", "occurred_at")
     shaped = shaped.with_columns(
-        pl.when(fine).then(pl.when(fine).then(pl.col("_row")).min().over(key)).alias("first_row")
-    ).with_columns(
-        pl.when(pl.col("problem").is_null() & (pl.col("first_row") != pl.col("_row")))
-        .then(pl.format("duplicate_id{}same id as row {}", pl.lit(_SEP), pl.col("first_row")))
+        pl.when(fine & (first_good != pl.col("_row")))
+        .then(pl.format("duplicate_id{}same id as row {}", pl.lit(_SEP), first_good))
         .otherwise(pl.col("problem"))
         .alias("problem")
     )

@@ -14,6 +14,8 @@ import pytest
 from conftest import ingest_and_stage
 from revorch.cli import main
 from revorch.landing import LandingZone
+from revorch.sources.csv_import import load_mapping
+from revorch.sources.csv_import.mapping import shipped_mapping
 
 DATA = Path(__file__).parent / "data"
 MAVEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "maven_crm_sales_opportunities"
@@ -55,6 +57,11 @@ def test_the_maven_export_imports_with_every_row_accounted_for(in_empty_folder, 
     assert "sales_pipeline.csv" in printed and "8,800" in printed
 
     with _ingest(in_empty_folder) as conn:
+        # Ingestion takes every landed event: its own strict checks refuse none.
+        assert conn.sql("SELECT sum(loaded), sum(quarantined) FROM landing_batches").fetchone() == (
+            8_920,
+            0,
+        )
         stages = dict(conn.sql("SELECT stage, count(*) FROM deals GROUP BY 1").fetchall())
         assert stages == {
             "closedwon": 4_238,
@@ -147,6 +154,9 @@ def test_hubspot_contacts_keep_stages_and_typed_custom_properties(in_empty_folde
             " json_type(properties->'unsubscribed') FROM change_log WHERE object_id = '504'"
         ).fetchone()
         assert custom == ("UBIGINT", "DOUBLE", "BOOLEAN")
+    declared = load_mapping(shipped_mapping("hubspot_export")).custom_properties()
+    assert declared["contact"]["page_views"] == "integer"
+    assert declared["contact"]["unsubscribed"] == "boolean"
 
 
 def test_re_importing_the_same_files_has_no_second_effect(in_empty_folder):
@@ -272,7 +282,7 @@ def test_a_file_no_entry_takes_is_refused_by_name(in_empty_folder, capsys):
 
 def test_a_progress_bar_on_a_terminal_only(in_empty_folder, capsys, monkeypatch):
     from revorch import cli
-    from revorch.sources.csv_import import import_files, load_mapping
+    from revorch.sources.csv_import import import_files
 
     export = in_empty_folder / "companies.csv"
     export.write_text("id,name,headcount\n1,Acme,120\n2,Globex,40\n")

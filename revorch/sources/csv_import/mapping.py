@@ -193,6 +193,15 @@ class Mapping(_Strict):
                     )
         return self
 
+    def custom_properties(self) -> dict[str, dict[str, str]]:
+        """The custom properties this mapping lands, with their declared types, per object
+        type (``{"contact": {"page_views": "integer"}}``): what a model may read from them."""
+        declared: dict[str, dict[str, str]] = {}
+        for entry in self.files.values():
+            for name, rule in entry.custom.items():
+                declared.setdefault(entry.object_type, {})[name] = rule.type or "string"
+        return declared
+
     def entry_for(self, file: Path) -> str | None:
         """The entry whose ``match`` takes this file's name (MappingError if several do)."""
         names = [name for name, entry in self.files.items() if file.match(entry.match)]

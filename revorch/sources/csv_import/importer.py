@@ -242,6 +242,7 @@ def _import_file(
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     report = FileReport(path.name, name, entry.object_type, digest)
     frame, bad = _read(path, mapping, header)
+    report.rows = frame.height + len(bad)  # the lines the reader could not split are rows too
     bar.total = (bar.total or 0) + frame.height  # known once the file is read
     bar.refresh()
     for row in bad:
@@ -256,11 +257,30 @@ def _import_file(
         .otherwise(pl.col("problem"))
         .alias("problem")
     )
-    good = shaped.filter(pl.col("problem").is_null())
+    # The refused rows as they came, then only what the events need: a file's copies are
+    # let go as soon as they are used, as a large export holds several.
+    refused = shaped.filter(pl.col("problem").is_not_null()).select("_row", "problem")
+    raw = frame.filter(pl.col("_row").is_in(refused["_row"].implode())).select(
+        "_row", pl.struct(pl.exclude("_row")).struct.json_encode().alias("raw")
+    )
+    for row_number, problem, raw_row in refused.join(raw, on="_row").sort("_row").iter_rows():
+        reason, _, detail = problem.partition(_SEP)
+        bad.append(
+            {
+                "file": path.name,
+                "row": row_number,
+                "line": None,
+                "reason": reason,
+                "detail": detail,
+                "raw": raw_row,
+            }
+        )
+    good = shaped.filter(pl.col("problem").is_null()).select(
+        "object_id", "occurred_at", "op", "properties"
+    )
+    del frame, shaped
     occurred_key = None if isinstance(entry.occurred_at, TimestampColumn) else digest
-    for i, (object_id, occurred_at, op, properties) in enumerate(
-        good.select("object_id", "occurred_at", "op", "properties").iter_rows()
-    ):
+    for i, (object_id, occurred_at, op, properties) in enumerate(good.iter_rows()):
         identity = _SEP.join(
             (entry.object_type, object_id, op, occurred_key or occurred_at, properties or "")
         )
@@ -274,23 +294,6 @@ def _import_file(
         if i % 10_000 == 9_999:
             bar.update(10_000)
     bar.update(good.height % 10_000)
-    rejected = shaped.filter(pl.col("problem").is_not_null()).join(
-        frame.select("_row", pl.struct(pl.exclude("_row")).struct.json_encode().alias("raw")),
-        on="_row",
-    )
-    for row_number, problem, raw in rejected.select("_row", "problem", "raw").iter_rows():
-        reason, _, detail = problem.partition(_SEP)
-        bad.append(
-            {
-                "file": path.name,
-                "row": row_number,
-                "line": None,
-                "reason": reason,
-                "detail": detail,
-                "raw": raw,
-            }
-        )
-    report.rows = frame.height + sum(1 for row in bad if row["reason"] == "malformed_csv_line")
     report.loaded = good.height
     report.quarantined = len(bad)
     report.reasons = dict(Counter(row["reason"] for row in bad))

@@ -15,11 +15,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import duckdb
 import polars as pl
@@ -539,10 +543,11 @@ def _iso(moment: datetime) -> str:
 
 
 def _write_report(report: ImportReport, quarantined: list[dict], folder: Path) -> None:
+    """The quarantined rows, then the report, each flushed to disk before it is named."""
     folder.mkdir(parents=True, exist_ok=True)
     if quarantined:
         quarantine = folder / "quarantined.csv"
-        with open(quarantine, "w", newline="") as handle:
+        with _durable(quarantine) as handle:
             writer = csv.DictWriter(handle, ["file", "row", "line", "reason", "detail", "raw"])
             writer.writeheader()
             writer.writerows(quarantined)
@@ -553,7 +558,19 @@ def _write_report(report: ImportReport, quarantined: list[dict], folder: Path) -
         "loaded": report.loaded,
         "quarantined": report.quarantined,
     }
-    Path(report.report_path).write_text(json.dumps(payload, indent=2) + "\n")
+    with _durable(Path(report.report_path)) as handle:
+        handle.write(json.dumps(payload, indent=2) + "\n")
+
+
+@contextmanager
+def _durable(path: Path) -> Iterator[TextIO]:
+    """Write to a temporary name, fsync, then rename: the file is whole or absent."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 __all__ = ["FileReport", "ImportReport", "import_files"]

@@ -16,7 +16,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from revorch.sources.csv_import.mapping import (
     Mapping,
     MappingError,
     TimestampColumn,
+    fold,
     state_field_types,
 )
 
@@ -366,11 +366,9 @@ def _field(
         raw = _blank_to_null(raw.str.split(rule.split).list.first().str.strip_chars())
     text = raw
     if rule.values:
-        by_key = {_folded(key): _text(value) for key, value in rule.values.items()}
+        by_key = {fold(key): _text(value) for key, value in rule.values.items()}
         found = {
-            value: by_key[_folded(value)]
-            for value in _distinct(frame, raw)
-            if _folded(value) in by_key
+            value: by_key[fold(value)] for value in _distinct(frame, raw) if fold(value) in by_key
         }
         known = raw.is_in(list(found)) if found else pl.lit(False)
         mapped = raw.replace_strict(found, default=None, return_dtype=pl.String)
@@ -405,19 +403,14 @@ def _field(
 def _holds(frame: pl.DataFrame, condition: Condition) -> pl.Expr:
     """Rows whose column holds one of the condition's values (ignoring case, spaces and
     punctuation, as value maps do)."""
-    wanted = {_folded(value) for value in condition.values}
+    wanted = {fold(value) for value in condition.values}
     cell = _cell(condition.column)
-    found = [value for value in _distinct(frame, cell) if _folded(value) in wanted]
+    found = [value for value in _distinct(frame, cell) if fold(value) in wanted]
     return cell.is_in(found).fill_null(False) if found else pl.lit(False)
 
 
 def _distinct(frame: pl.DataFrame, text: pl.Expr) -> list[str]:
     return frame.select(text.drop_nulls().unique()).to_series().to_list()
-
-
-def _folded(value: str) -> str:
-    """A value map's key, or a cell, without case, spaces or punctuation."""
-    return re.sub(r"[\W_]+", "", value.lower())
 
 
 def _required(rule: FieldRule, text: pl.Expr, where: str) -> list[pl.Expr]:

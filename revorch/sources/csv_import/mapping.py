@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
@@ -25,6 +25,7 @@ from revorch.state.migrate import migrate
 
 FieldType = Literal["string", "integer", "number", "boolean", "date", "timestamp"]
 ObjectType = Literal["owner", "company", "contact", "deal", "activity", "ticket", "subscription"]
+FIELD_TYPES = get_args(FieldType)
 Scalar = str | int | float | bool
 
 # The state store's column types, as the mapping calls them.
@@ -45,6 +46,11 @@ _REFERENCE_FIELDS = {
     "deal_id": "deal",
     "renewal_of": "subscription",
 }
+
+
+def fold(value: str) -> str:
+    """A value as value maps and conditions compare it: no case, spaces or punctuation."""
+    return re.sub(r"[\W_]+", "", value.lower())
 
 
 class MappingError(ValueError):
@@ -103,12 +109,12 @@ class FieldRule(_Strict):
         return {"column": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
-    def _one_source(self) -> FieldRule:
+    def _consistent(self) -> FieldRule:
         if (self.column is None) == (self.value is None):
             raise ValueError("give either column or value (a constant), not both or neither")
         folded: dict[str, object] = {}
         for key, value in self.values.items():
-            same = folded.setdefault(re.sub(r"[\W_]+", "", key.lower()), value)
+            same = folded.setdefault(fold(key), value)
             if same != value:
                 raise ValueError(
                     f"values: {key!r} and another key differ only in case, spaces or "
@@ -156,9 +162,6 @@ class FileMapping(_Strict):
             if rule.when is not None:
                 needed[rule.when.column] = needed.get(rule.when.column, False) or not rule.optional
         return needed
-
-
-FIELD_TYPES = ("string", "integer", "number", "boolean", "date", "timestamp")
 
 
 class Mapping(_Strict):

@@ -25,7 +25,7 @@ import uvicorn
 from filelock import FileLock
 from starlette.applications import Starlette
 
-from revorch.server.inbox import InboxSettings, inbox_routes
+from revorch.server.inbox import InboxConfigError, InboxSettings, inbox_routes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOKENS = {"alice": "alice-token-4f9c2a7e1b", "bob": "bob-token-8d3e6f0a2c5"}
@@ -282,3 +282,22 @@ def test_a_reviewer_in_chromium_approves_one_rejects_another_and_only_one_is_sen
             (rejected, "rejected", "human:alice", "we call strategic accounts ourselves"),
         ],
     )
+
+
+@pytest.mark.parametrize(
+    ("tokens", "complaint"),
+    [
+        ("alice-token-4f9c2a7e1b", "entry 1 is not NAME:TOKEN"),
+        ("alice:short", "shorter than 16 characters"),
+        ("alice:same-token-0123456789,bob:same-token-0123456789", "the same token"),
+        ("al/ice:alice-token-4f9c2a7e1b", "reviewer name 'al/ice'"),
+    ],
+)
+def test_tokens_that_cannot_be_used_stop_the_inbox_with_the_reason(tokens, complaint):
+    with pytest.raises(InboxConfigError, match=complaint) as raised:
+        InboxSettings.from_env({"REVORCH_INBOX_TOKENS": tokens})
+    assert "4f9c2a7e1b" not in str(raised.value)  # a token is never repeated in the message
+    found = InboxSettings.from_env(
+        {"REVORCH_INBOX_TOKENS": ",".join(f"{n}:{t}" for n, t in TOKENS.items())}
+    )
+    assert found.tokens == TOKENS

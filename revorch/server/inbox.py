@@ -105,13 +105,12 @@ class InboxSettings:
         session cookie; random when unset) and REVORCH_INBOX_SECURE_COOKIES (1 behind HTTPS)."""
         env = os.environ if environ is None else environ
         tokens: dict[str, str] = {}
-        for entry in re.split(r"[,\s]+", env.get("REVORCH_INBOX_TOKENS", "").strip()):
-            if not entry:
-                continue
+        entries = re.split(r"[,\s]+", env.get("REVORCH_INBOX_TOKENS", "").strip())
+        for number, entry in enumerate(filter(None, entries), start=1):
             name, colon, token = entry.partition(":")
-            if not colon:
+            if not colon:  # the entry may be a bare token: not repeated in the message
                 raise InboxConfigError(
-                    f"REVORCH_INBOX_TOKENS: {name[:12]!r}... is not NAME:TOKEN "
+                    f"REVORCH_INBOX_TOKENS: entry {number} is not NAME:TOKEN "
                     "(entries separated by commas)"
                 )
             if name in tokens:
@@ -445,7 +444,9 @@ def inbox_routes(inbox: InboxSettings | None = None) -> list[BaseRoute]:
         secret_key=inbox.session_secret,
         session_cookie="revorch_inbox",
         max_age=int(inbox.session_hours * 3600),
-        same_site="strict",
+        # Lax: a link from elsewhere (chat, mail) opens the inbox logged in; posts from other
+        # sites carry no cookie, and the CSRF token guards the rest.
+        same_site="lax",
         https_only=inbox.secure_cookies,
     )
     return [Mount(MOUNT_PATH, routes=routes, middleware=[session], name="inbox")]

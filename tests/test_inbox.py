@@ -226,8 +226,41 @@ def test_a_review_says_busy_and_applies_nothing_while_the_writer_is_held(home, i
         assert busy.headers["retry-after"] == "10"
         assert "Busy" in busy.text and "writing the state store" in busy.text
         assert _statuses_and_reviews(home, [action]) == ({action: "pending_approval"}, [])
+        # A step of another run holds the duckdb_writer pool's one slot.
+        with dg.DagsterInstance.get() as instance:
+            storage = instance.event_log_storage
+            storage.set_concurrency_slots("duckdb_writer", 1)
+            storage.claim_concurrency_slot("duckdb_writer", "f00dcafe-run", "crm__change_log")
+            try:
+                busy = client.post(f"{inbox}/review", data={**review, "csrf": csrf})
+            finally:
+                storage.free_concurrency_slots_for_run("f00dcafe-run")
+        assert busy.status_code == 503
+        assert "run f00dcafe (a run) is in step crm__change_log" in busy.text
         again = client.post(f"{inbox}/review", data={**review, "csrf": csrf})
         assert again.status_code == 303
+    assert _statuses_and_reviews(home, [action])[0] == {action: "approved"}
+
+
+def test_a_review_that_outlasts_the_wait_is_reported_as_applying_then_applied(home):
+    action = _pending(home)[0]
+    settings = InboxSettings(tokens=TOKENS, review_wait_seconds=0.01)
+    with (
+        serving(Starlette(routes=inbox_routes(settings))) as base,
+        httpx.Client(timeout=TIMEOUT) as client,
+    ):
+        inbox = f"{base}/approvals"
+        _login(client, inbox, TOKENS["alice"])
+        csrf = _csrf(client.get(f"{inbox}/").text)
+        review = {"csrf": csrf, "action_id": action, "decision": "approve"}
+        applying = client.post(f"{inbox}/review", data=review)
+        assert applying.status_code == 202
+        assert "Still applying" in applying.text
+        deadline = time.monotonic() + TIMEOUT
+        while "review-applying" in (page := client.get(f"{inbox}/").text):
+            assert time.monotonic() < deadline, "the review never finished"
+            time.sleep(0.5)
+    assert 'class="review-applied">' in page and action in page
     assert _statuses_and_reviews(home, [action])[0] == {action: "approved"}
 
 

@@ -225,6 +225,7 @@ def test_a_review_says_busy_and_applies_nothing_while_the_writer_is_held(home, i
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "10"
         assert "Busy" in busy.text and "writing the state store" in busy.text
+        assert f'name="action_id" value="{action}"' in busy.text  # a form to send it again
         assert _statuses_and_reviews(home, [action]) == ({action: "pending_approval"}, [])
         # A step of another run holds the duckdb_writer pool's one slot.
         with dg.DagsterInstance.get() as instance:

@@ -70,3 +70,9 @@ def dispatch_journal_path() -> Path:
     database = database_path()
     default = revorch_home() / "outbox" / f"{database.stem}.dispatch-journal.sqlite3"
     return Path(os.environ.get("REVORCH_DISPATCH_JOURNAL", default)).resolve()
+
+
+def inbox_url() -> str:
+    """Where reviewers open the approvals inbox (served by `revorch serve` under /approvals);
+    set REVORCH_INBOX_URL when it is reached through a proxy or on another port."""
+    return os.environ.get("REVORCH_INBOX_URL", "http://127.0.0.1:8000/approvals")

@@ -17,6 +17,7 @@ from orch_assets.agents.assets import agent_assets
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import DispatcherResource, GovernanceResource, StateStore
+from revorch import settings
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
 from revorch.governance.audit import Anchor
@@ -120,8 +121,9 @@ def approval_queue(
     state_store: StateStore,
     governance: GovernanceResource,
 ):
-    """Actions waiting for a person. Applies a review when one is given; escalates approvals
-    past their SLA (a notify_approver action) and closes those past expiry."""
+    """Actions waiting for a person: open the approvals inbox (the ``inbox`` link) to review
+    them. Applies a review when one is given; escalates approvals past their SLA (a
+    notify_approver action) and closes those past expiry."""
     policy = governance.policy()
     reviewed = 0
     with state_store.get_connection() as conn:
@@ -148,6 +150,8 @@ def approval_queue(
             "reviewed": reviewed,
             "escalated": escalated,
             "expired": expired,
+            # A link in the UI to the page where reviewers approve or reject them.
+            "inbox": dg.MetadataValue.url(settings.inbox_url()),
         }
     )
 

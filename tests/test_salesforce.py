@@ -1,0 +1,345 @@
+"""Salesforce as a source, against an org on 127.0.0.1: the REST poller (SOQL on
+SystemModstamp with nextRecordsUrl paging, the deleted-records resource) and the Change Data
+Capture subscriber (a real gRPC server speaking the published pubsub_api.proto, Avro
+payloads), landed and ingested through the real asset graph."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from simple_salesforce import Salesforce
+
+from conftest import ingest_and_stage
+from revorch.landing import LandingZone
+from revorch.sources.salesforce import (
+    ChangeEventSubscriber,
+    CursorFile,
+    PubSubAuth,
+    SalesforcePoller,
+    pubsub_channel,
+)
+from salesforce_fakes import (
+    ORG_ID,
+    TOKEN,
+    FakePubSub,
+    FakeRestOrg,
+    change_event,
+    sf_time,
+    start_pubsub,
+)
+
+T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
+INGEST = dg.AssetSelection.groups("ingestion", "crm_state").without_checks()
+OWNER = "005xx000001Sv6AAAS"
+ACME = "001xx000003DGb1AAG"
+
+
+def at(minutes: float) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+def contact(record_id: str, minutes: float, **fields) -> dict:
+    return {
+        "Id": record_id,
+        "SystemModstamp": sf_time(at(minutes)),
+        "CreatedDate": sf_time(T0),
+        "AccountId": ACME,
+        "OwnerId": OWNER,
+        "FirstName": "Ada",
+        "LastName": record_id[-4:],
+        "Email": f"{record_id.lower()}@acme.example",
+        "LeadSource": "Web",
+        "Level__c": "Primary",
+        "LastModifiedDate": sf_time(at(minutes)),
+    } | fields
+
+
+@pytest.fixture
+def org(tmp_path: Path):
+    org = FakeRestOrg(tmp_path, page_size=2)
+    org.records = {
+        "User": [
+            {
+                "Id": OWNER,
+                "SystemModstamp": sf_time(T0),
+                "Email": "ae@acme.example",
+                "FirstName": "Grace",
+                "LastName": "Hopper",
+                "IsActive": True,
+                "CreatedDate": sf_time(T0),
+            }
+        ],
+        "Account": [
+            {
+                "Id": ACME,
+                "SystemModstamp": sf_time(T0),
+                "Name": "Acme",
+                "Website": "https://www.acme.example/",
+                "NumberOfEmployees": 120,
+                "AnnualRevenue": 5e6,
+                "OwnerId": OWNER,
+                "CreatedDate": sf_time(T0),
+            }
+        ],
+        "Contact": [contact(f"003xx00000{n}AAAA", n) for n in range(1, 6)],
+        "Lead": [
+            {
+                "Id": "00Qxx000001LeadAAA",
+                "SystemModstamp": sf_time(at(1)),
+                "FirstName": "Lin",
+                "LastName": "Lee",
+                "Company": "Lee Ltd",
+                "Status": "Closed - Not Converted",
+                "IsConverted": False,
+                "OwnerId": "00Gxx000000QueueAA",
+                "CreatedDate": sf_time(T0),
+            },
+        ],
+        "Opportunity": [
+            {
+                "Id": "006xx000001OppAAAA",
+                "SystemModstamp": sf_time(at(2)),
+                "Name": "Acme - New",
+                "AccountId": ACME,
+                "OwnerId": OWNER,
+                "StageName": "Closed Won",
+                "IsClosed": True,
+                "Type": "New Customer",
+                "Amount": 24000.0,
+                "CloseDate": "2026-03-02",
+                "CreatedDate": sf_time(T0),
+            },
+        ],
+        "Task": [],
+    }
+    yield org
+    org.close()
+
+
+def client(org: FakeRestOrg) -> Salesforce:
+    return Salesforce(instance_url=org.url, session_id=TOKEN, session=org.session())
+
+
+def poller(org: FakeRestOrg, home: Path, now: list[dt.datetime]) -> SalesforcePoller:
+    return SalesforcePoller(
+        client(org),
+        LandingZone(home / "landing").ensure(),
+        CursorFile(home / "salesforce-rest.json"),
+        now=lambda: now[0],
+    )
+
+
+def state(database: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(database), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_poller_lands_changes_and_deletes_and_resumes_from_its_cursor(org, tmp_path):
+    zone = LandingZone(tmp_path / "landing")
+    database = tmp_path / "revorch.duckdb"
+    now = [at(10)]
+    first = poller(org, tmp_path, now).poll()
+    assert first.changed == {
+        "User": 1,
+        "Account": 1,
+        "Contact": 5,
+        "Lead": 1,
+        "Opportunity": 1,
+        "Task": 0,
+    }
+    # Five contacts, two to a page: the query went on through nextRecordsUrl.
+    assert len(zone.pending()) == first.batches == 5
+    ingest_and_stage(database, zone, selection=INGEST)
+    assert state(database, "SELECT count(*) FROM contacts WHERE NOT _deleted") == [(6,)]
+    assert state(
+        database,
+        "SELECT company_id, owner_id, email, lead_source FROM contacts WHERE id = '003xx000001AAAA'",
+    ) == [(ACME, OWNER, "003xx000001aaaa@acme.example", "Web")]
+    assert state(
+        database, "SELECT lead_status, owner_id FROM contacts WHERE id = '00Qxx000001LeadAAA'"
+    ) == [("unqualified", None)]
+    assert state(database, "SELECT domain, employees FROM companies") == [("acme.example", 120)]
+    assert state(database, "SELECT stage, deal_type, amount, closed_at::VARCHAR FROM deals") == [
+        ("closedwon", "new_business", 24000.0, "2026-03-02 00:00:00+00")
+    ]
+    # Unmapped fields are kept as custom properties in the change log.
+    assert state(
+        database,
+        "SELECT properties->>'Level__c' FROM change_log WHERE object_id = '003xx000001AAAA'",
+    ) == [("Primary",)]
+
+    # In Salesforce: one contact changes, one is deleted, the lead is converted.
+    org.records["Contact"][1] |= {"Email": "new@acme.example", "SystemModstamp": sf_time(at(12))}
+    org.records["Contact"] = [r for r in org.records["Contact"] if r["Id"] != "003xx000003AAAA"]
+    org.deleted.append(("Contact", "003xx000003AAAA", at(13)))
+    org.records["Lead"][0] |= {
+        "IsConverted": True,
+        "Status": "Closed - Converted",
+        "SystemModstamp": sf_time(at(14)),
+    }
+    now[0] = at(20)
+    org.queries.clear()
+    second = poller(org, tmp_path, now).poll()  # a new poller: only the cursor file carries over
+    assert second.changed["Contact"] == 1 and second.changed["Lead"] == 1
+    assert second.deleted["Contact"] == 1
+    contact_query = next(q for q in org.queries if "FROM Contact" in q)
+    assert "SystemModstamp > 2026-03-02T09:05:00Z" in contact_query
+    ingest_and_stage(database, zone, selection=INGEST)
+    assert state(database, "SELECT email FROM contacts WHERE id = '003xx000002AAAA'") == [
+        ("new@acme.example",)
+    ]
+    assert state(database, "SELECT id FROM contacts WHERE _deleted ORDER BY id") == [
+        ("003xx000003AAAA",),
+        ("00Qxx000001LeadAAA",),
+    ]
+
+    # Polled again with nothing new: nothing is landed, and the deletes are asked for from
+    # where the last answer's coverage ended.
+    now[0] = at(30)
+    third = poller(org, tmp_path, now).poll()
+    assert (sum(third.changed.values()), sum(third.deleted.values()), zone.pending()) == (0, 0, [])
+    assert org.deleted_calls[-1][:2] == ("Task", "2026-03-02T09:20:00+00:00")
+    assert state(database, "SELECT count(*), count(DISTINCT event_id) FROM change_log") == [
+        (12, 12)
+    ]
+
+
+@pytest.fixture
+def pubsub():
+    servicer = FakePubSub()
+    server, address = start_pubsub(servicer)
+    yield servicer, address
+    server.stop(0)
+
+
+def subscriber(org, address, home: Path, now) -> ChangeEventSubscriber:
+    return ChangeEventSubscriber(
+        pubsub_channel(address, tls=False),
+        PubSubAuth(access_token=TOKEN, instance_url=org.url, tenant_id=ORG_ID),
+        LandingZone(home / "landing").ensure(),
+        CursorFile(home / "salesforce-cdc.json"),
+        poller(org, home, now),
+        first_start="EARLIEST",
+        batch_size=2,
+    )
+
+
+def test_cdc_resumes_from_its_replay_id_rereads_gaps_and_skips_its_own_writes(
+    org, pubsub, tmp_path
+):
+    servicer, address = pubsub
+    zone = LandingZone(tmp_path / "landing")
+    database = tmp_path / "revorch.duckdb"
+    now = [at(10)]
+    a, b, c = "003xx00000AAAAAAAA", "003xx00000BBBBBBBB", "003xx00000CCCCCCCC"
+    for record_id in (b, c):
+        servicer.publish(
+            change_event(
+                "CREATE",
+                [record_id],
+                at(1),
+                Email=f"{record_id}@acme.example",
+                AccountId=ACME,
+                OwnerId=OWNER,
+                Name={"FirstName": "Bo", "LastName": record_id[-4:], "Salutation": None},
+                CreatedDate=int(at(1).timestamp() * 1000),
+            )
+        )
+    servicer.publish(
+        change_event(
+            "CREATE",
+            [a],
+            at(2),
+            Email="a@acme.example",
+            AccountId=ACME,
+            OwnerId=OWNER,
+            Title="CTO",
+            Name={"Salutation": None, "FirstName": "Ada", "LastName": "Lovelace"},
+            CreatedDate=int(at(2).timestamp() * 1000),
+            Level__c="Primary",
+        )
+    )
+    servicer.publish(
+        change_event(
+            "UPDATE",
+            [a],
+            at(3),
+            changed=["Email", "Name.LastName", "LastModifiedDate"],
+            nulled=["Title"],
+            Email="ada@acme.example",
+            Name={"Salutation": None, "FirstName": None, "LastName": "King"},
+            LastModifiedDate=int(at(3).timestamp() * 1000),
+        )
+    )
+    # Revorch's own write-back, echoed by CDC: skipped.
+    servicer.publish(
+        change_event(
+            "UPDATE",
+            [a],
+            at(4),
+            origin="com/salesforce/api/rest/59.0;client=revorch",
+            changed=["Title"],
+            Title="Written by Revorch",
+        )
+    )
+    # A gap: no field values, the record is read again through REST.
+    org.records["Contact"].append(contact(b, 5, Email="gap@acme.example", FirstName="Bo"))
+    servicer.publish(change_event("GAP_UPDATE", [b], at(5)))
+
+    first = subscriber(org, address, tmp_path, now).run(idle_seconds=1.0, max_seconds=60)
+    assert (first.received, first.skipped_own, first.reread) == (6, 1, 1)
+    assert servicer.first_requests[0].replay_preset == 1  # EARLIEST, nothing stored yet
+    assert any(f"Id IN ('{b}')" in q for q in org.queries)
+    assert {m["instanceurl"] for m in servicer.metadata} == {org.url}
+    stored = json.loads((tmp_path / "salesforce-cdc.json").read_text())["replay_id"]
+    assert stored == servicer.events[-1][0].hex()
+    before_crash = tmp_path / "cursor-after-first-run.json"
+    shutil.copy(tmp_path / "salesforce-cdc.json", before_crash)
+
+    # Salesforce goes on while the subscriber is down: a delete, and an update of two records.
+    servicer.publish(change_event("DELETE", [c], at(6)))
+    servicer.publish(
+        change_event(
+            "UPDATE",
+            [a, b],
+            at(7),
+            changed=["LeadSource"],
+            LeadSource="Partner",
+        )
+    )
+    second = subscriber(org, address, tmp_path, now).run(idle_seconds=1.0, max_seconds=60)
+    assert servicer.first_requests[1].replay_preset == 2  # CUSTOM
+    assert servicer.first_requests[1].replay_id.hex() == stored
+    assert (second.received, second.landed) == (2, 3)
+
+    ingest_and_stage(database, zone, selection=INGEST)
+    assert state(
+        database, f"SELECT email, last_name, job_title, lead_source FROM contacts WHERE id = '{a}'"
+    ) == [("ada@acme.example", "King", None, "Partner")]
+    assert state(database, f"SELECT email, lead_source FROM contacts WHERE id = '{b}'") == [
+        ("gap@acme.example", "Partner")
+    ]
+    assert state(database, "SELECT id FROM contacts WHERE _deleted") == [(c,)]
+    assert state(
+        database,
+        "SELECT count(*) FROM change_log WHERE properties->>'job_title' = 'Written by Revorch'",
+    ) == [(0,)]
+    loaded = state(database, "SELECT count(*) FROM change_log")
+
+    # A crash after landing and before the replay id was stored: the events come again, with
+    # the same ids, and change nothing.
+    shutil.copy(before_crash, tmp_path / "salesforce-cdc.json")
+    again = subscriber(org, address, tmp_path, now).run(idle_seconds=1.0, max_seconds=60)
+    assert again.received == 2
+    ingest_and_stage(database, zone, selection=INGEST)
+    assert state(database, "SELECT count(*) FROM change_log") == loaded
+    assert state(
+        database,
+        "SELECT loaded, duplicates FROM landing_batches ORDER BY ingested_at DESC, batch_id LIMIT 1",
+    ) == [(0, 3)]

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -343,3 +346,47 @@ def test_cdc_resumes_from_its_replay_id_rereads_gaps_and_skips_its_own_writes(
         database,
         "SELECT loaded, duplicates FROM landing_batches ORDER BY ingested_at DESC, batch_id LIMIT 1",
     ) == [(0, 3)]
+
+
+def test_dagster_job_and_command_read_their_credentials_from_the_environment(
+    org, tmp_path, monkeypatch
+):
+    from orch_assets.sources.salesforce import salesforce_sync
+    from resources import LandingZoneResource, SalesforceResource
+
+    env = {
+        "SALESFORCE_INSTANCE_URL": org.url,
+        "SALESFORCE_ACCESS_TOKEN": TOKEN,
+        "REQUESTS_CA_BUNDLE": str(org.cert),  # the org's self-signed certificate
+        "REVORCH_HOME": str(tmp_path / "home"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    landing = tmp_path / "home" / "landing"
+    result = salesforce_sync.execute_in_process(
+        resources={
+            "salesforce": SalesforceResource(
+                instance_url=dg.EnvVar("SALESFORCE_INSTANCE_URL"),
+                access_token=dg.EnvVar("SALESFORCE_ACCESS_TOKEN"),
+                cursor_folder=str(tmp_path / "home" / "sources"),
+            ),
+            "landing_zone": LandingZoneResource(path=str(landing)),
+        }
+    )
+    assert result.success
+    output = next(e for e in result.all_events if e.is_successful_output)
+    assert output.event_specific_data.metadata["changed"].value == 9
+    assert len(LandingZone(landing).pending()) == 5
+
+    # The command continues from the job's cursors: only the new change comes.
+    org.records["Contact"][0] |= {"Title": "CFO", "SystemModstamp": sf_time(at(40))}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("revorch")), "poll", "salesforce"],
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Contact 1," in done.stdout and "User 0" in done.stdout
+    assert len(LandingZone(landing).pending()) == 6

@@ -14,9 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from simple_salesforce import Salesforce
+from typing import TYPE_CHECKING, Any
 
 from revorch.landing import LandingZone
 from revorch.sources.salesforce.cursor import CursorFile
@@ -28,6 +26,9 @@ from revorch.sources.salesforce.mapping import (
     iso_timestamp,
     to_properties,
 )
+
+if TYPE_CHECKING:  # simple-salesforce (with zeep) takes most of a second to import
+    from simple_salesforce import Salesforce
 
 SOURCE = "salesforce"
 # Compound fields (addresses, geolocations) come again as their component fields.

@@ -42,6 +42,7 @@ def default_resources() -> dict[str, object]:
             journal_path=str(settings.dispatch_journal_path()),
             webhook_url=_from_env("REVORCH_WEBHOOK_URL"),
             webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
+            salesforce_writeback=os.environ.get("REVORCH_SALESFORCE_WRITEBACK") or "off",
         ),
         # Used only by the salesforce_sync job (docs/sources/salesforce.md).
         "salesforce": SalesforceResource(

@@ -80,6 +80,10 @@ class FakeRestOrg:
         self.queries: list[str] = []
         self.deleted_calls: list[tuple[str, str, str]] = []
         self._cursors: dict[str, list[dict]] = {}
+        self.writes: list[tuple[str, str, dict, str | None]] = []
+        self.api_usage = (18, 15_000)  # requests used today, and the org's daily allowance
+        # Where a write's change event goes (a FakePubSub), as Salesforce's CDC would send it.
+        self.change_events: FakePubSub | None = None
         self.cert, key = self_signed_cert(folder)
         org = self
 
@@ -92,6 +96,20 @@ class FakeRestOrg:
                     return self._send(401, [{"errorCode": "INVALID_SESSION_ID"}])
                 status, body = org.answer(self.path)
                 self._send(status, body)
+
+            def do_PATCH(self) -> None:
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._send(401, [{"errorCode": "INVALID_SESSION_ID"}])
+                fields = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                origin = self.headers.get("Sforce-Call-Options")
+                status, body = org.write(self.path, fields, origin)
+                if status == 204:
+                    self.send_response(204)
+                    used, allowed = org.api_usage
+                    self.send_header("Sforce-Limit-Info", f"api-usage={used}/{allowed}")
+                    self.end_headers()
+                else:
+                    self._send(status, body)
 
             def _send(self, status: int, body: object) -> None:
                 data = json.dumps(body).encode()
@@ -147,6 +165,37 @@ class FakeRestOrg:
         if match := re.fullmatch(rf"{API}/query/([\w-]+)", url.path):
             return 200, self._page(self._cursors.pop(match[1]), locator=match[1])
         return 404, [{"errorCode": "NOT_FOUND", "message": path}]
+
+    def write(self, path: str, fields: dict, call_options: str | None) -> tuple[int, object]:
+        """PATCH sobjects/<Object>/<Id> (update) or sobjects/<Object>/<Field>/<value> (upsert
+        on an external id: 201 created, 204 updated)."""
+        match = re.fullmatch(rf"{API}/sobjects/(\w+)/(?:(\w+__c)/)?([\w-]+)", urlparse(path).path)
+        if not match:
+            return 404, [{"errorCode": "NOT_FOUND", "message": path}]
+        sobject, external_field, key = match.groups()
+        self.writes.append((sobject, key, fields, call_options))
+        records = self.records.setdefault(sobject, [])
+        field = external_field or "Id"
+        record = next((r for r in records if r.get(field) == key), None)
+        now = dt.datetime.now(dt.UTC)
+        change = "UPDATE"
+        if record is None:
+            if not external_field:
+                return 404, [{"errorCode": "NOT_FOUND", "message": key}]
+            record = {"Id": f"00T{len(records):015d}", field: key}
+            records.append(record)
+            change = "CREATE"
+        record |= fields | {"SystemModstamp": sf_time(now)}
+        if self.change_events is not None:
+            client = (call_options or "").removeprefix("client=")
+            origin = "com/salesforce/api/rest/59.0" + (f";client={client}" if client else "")
+            self.change_events.publish(
+                change_event(change, [record["Id"]], now, origin=origin, entity=sobject),
+                schema_id=TASK_SCHEMA_ID if sobject == "Task" else CONTACT_SCHEMA_ID,
+            )
+        if change == "CREATE":
+            return 201, {"id": record["Id"], "success": True, "errors": [], "created": True}
+        return 204, None
 
     def _run(self, soql: str) -> list[dict]:
         match = re.fullmatch(r"SELECT (.+) FROM (\w+)(?: WHERE (.+?))? ORDER BY (.+)", soql)
@@ -257,6 +306,28 @@ CONTACT_SCHEMA = {
     ],
 }
 CONTACT_SCHEMA_ID = "contact-schema-1"
+TASK_SCHEMA = {
+    "type": "record",
+    "name": "TaskChangeEvent",
+    "namespace": "com.sforce.eventbus",
+    "fields": [
+        CONTACT_SCHEMA["fields"][0],
+        *(
+            _optional(name, "string")
+            for name in (
+                "WhoId",
+                "WhatId",
+                "OwnerId",
+                "Subject",
+                "Description",
+                "Status",
+                "Revorch_Action_Id__c",
+            )
+        ),
+    ],
+}
+TASK_SCHEMA_ID = "task-schema-1"
+SCHEMAS = {CONTACT_SCHEMA_ID: CONTACT_SCHEMA, TASK_SCHEMA_ID: TASK_SCHEMA}
 POSITIONS = {f["name"]: i for i, f in enumerate(CONTACT_SCHEMA["fields"])}
 
 
@@ -309,13 +380,13 @@ class FakePubSub(pb2_grpc.PubSubServicer):
         self.events: list[tuple[bytes, bytes]] = []
         self.first_requests: list[pb2.FetchRequest] = []
         self.metadata: list[dict] = []
-        self._parsed = fastavro.parse_schema(CONTACT_SCHEMA)
+        self._parsed = {key: fastavro.parse_schema(schema) for key, schema in SCHEMAS.items()}
 
-    def publish(self, payload: dict) -> bytes:
+    def publish(self, payload: dict, schema_id: str = CONTACT_SCHEMA_ID) -> bytes:
         replay_id = (1_000 + 7 * len(self.events)).to_bytes(8, "big")
         buffer = io.BytesIO()
-        fastavro.schemaless_writer(buffer, self._parsed, payload)
-        self.events.append((replay_id, buffer.getvalue()))
+        fastavro.schemaless_writer(buffer, self._parsed[schema_id], payload)
+        self.events.append((replay_id, buffer.getvalue(), schema_id))
         return replay_id
 
     def _check(self, context: grpc.ServicerContext) -> None:
@@ -335,15 +406,17 @@ class FakePubSub(pb2_grpc.PubSubServicer):
 
     def GetSchema(self, request, context):
         self._check(context)
-        if request.schema_id != CONTACT_SCHEMA_ID:
+        if request.schema_id not in SCHEMAS:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such schema")
-        return pb2.SchemaInfo(schema_json=json.dumps(CONTACT_SCHEMA), schema_id=CONTACT_SCHEMA_ID)
+        return pb2.SchemaInfo(
+            schema_json=json.dumps(SCHEMAS[request.schema_id]), schema_id=request.schema_id
+        )
 
     def Subscribe(self, request_iterator, context):
         self._check(context)
         first = next(request_iterator)
         self.first_requests.append(first)
-        ids = [replay_id for replay_id, _ in self.events]
+        ids = [replay_id for replay_id, _, _ in self.events]
         if first.replay_preset == pb2.ReplayPreset.CUSTOM:
             if first.replay_id not in ids:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "replay id not valid")
@@ -361,12 +434,10 @@ class FakePubSub(pb2_grpc.PubSubServicer):
                 yield pb2.FetchResponse(
                     events=[
                         pb2.ConsumerEvent(
-                            event=pb2.ProducerEvent(
-                                id=r.hex(), schema_id=CONTACT_SCHEMA_ID, payload=p
-                            ),
+                            event=pb2.ProducerEvent(id=r.hex(), schema_id=schema, payload=p),
                             replay_id=r,
                         )
-                        for r, p in sent
+                        for r, p, schema in sent
                     ],
                     latest_replay_id=sent[-1][0],
                     pending_num_requested=credit,

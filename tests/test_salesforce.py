@@ -390,3 +390,65 @@ def test_dagster_job_and_command_read_their_credentials_from_the_environment(
     assert done.returncode == 0, done.stderr
     assert "Contact 1," in done.stdout and "User 0" in done.stdout
     assert len(LandingZone(landing).pending()) == 6
+
+
+def test_write_back_happens_once_and_its_change_event_is_not_read_back(
+    org, pubsub, tmp_path, monkeypatch
+):
+    from resources import DispatcherResource
+
+    servicer, address = pubsub
+    org.change_events = servicer
+    contact_id = org.records["Contact"][0]["Id"]
+    lead_id = org.records["Lead"][0]["Id"]
+    follow_up = {
+        "action_id": "act-0001",
+        "action_type": "send_follow_up",
+        "source": "lead_qualification",
+        "decision_id": "dec-1",
+        "entity_type": "contact",
+        "entity_id": contact_id,
+        "company_id": ACME,
+        "reason": "lead_qualification recommends accelerate_follow_up",
+        "payload": {"to": {"role": "owner", "owner_id": OWNER}, "cadence": "2 days"},
+        "approved_by": "sam",
+        "proposed_at": T0.isoformat(),
+    }
+    disqualify = follow_up | {
+        "action_id": "act-0002",
+        "action_type": "update_crm_field",
+        "entity_id": lead_id,
+        "payload": {"to": {"role": "crm"}, "field": "lead_status", "value": "unqualified"},
+    }
+
+    # Dry run (the default): the requests go to the outbox file, none to Salesforce.
+    outbox = tmp_path / "outbox.jsonl"
+    assert DispatcherResource(outbox_path=str(outbox)).target().name == "outbox"
+    dispatcher = DispatcherResource(outbox_path=str(outbox), salesforce_writeback="dry_run")
+    dry = dispatcher.target().deliver([follow_up])
+    assert dry[0].ok and org.writes == []
+    assert json.loads(outbox.read_text())["salesforce_request"][0] == "Task"
+
+    monkeypatch.setenv("SALESFORCE_INSTANCE_URL", org.url)
+    monkeypatch.setenv("SALESFORCE_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(org.cert))
+    live = DispatcherResource(outbox_path=str(outbox), salesforce_writeback="live").target()
+    # The dispatcher sends an action again after a crash: still one Task.
+    for _ in range(2):
+        assert [d.ok for d in live.deliver([follow_up, disqualify])] == [True, True]
+    tasks = [t for t in org.records["Task"] if t.get("Revorch_Action_Id__c") == "act-0001"]
+    assert len(tasks) == 1 and tasks[0]["WhoId"] == contact_id and tasks[0]["OwnerId"] == OWNER
+    assert org.records["Lead"][0]["Status"] == "Closed - Not Converted"
+    assert {options for *_, options in org.writes} == {"client=revorch"}
+
+    # Near the org's daily API allowance, write-back waits (the dispatcher retries later).
+    org.api_usage = (14_000, 15_000)
+    assert live.deliver([follow_up])[0].ok  # this answer tells the client the usage
+    held = live.deliver([follow_up])[0]
+    assert (held.ok, held.retryable) == (False, True)
+
+    # Salesforce sends a change event for each of those writes; none is landed.
+    now = [at(10)]
+    echoed = subscriber(org, address, tmp_path, now).run(idle_seconds=1.0, max_seconds=60)
+    assert (echoed.received, echoed.skipped_own, echoed.landed) == (5, 5, 0)
+    assert LandingZone(tmp_path / "landing").pending() == []

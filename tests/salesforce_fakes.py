@@ -88,6 +88,9 @@ class FakeRestOrg:
         org = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: one TLS handshake per client
+            disable_nagle_algorithm = True  # headers and body in two writes: no 40 ms wait
+
             def log_message(self, *args) -> None:
                 pass
 
@@ -198,7 +201,7 @@ class FakeRestOrg:
         return 204, None
 
     def _run(self, soql: str) -> list[dict]:
-        match = re.fullmatch(r"SELECT (.+) FROM (\w+)(?: WHERE (.+?))? ORDER BY (.+)", soql)
+        match = re.fullmatch(r"SELECT (.+) FROM (\w+)(?: WHERE (.+?))?(?: ORDER BY (.+))?", soql)
         assert match, soql
         fields, sobject, where, order = match.groups()
         records = {r["Id"]: r for r in self.records.get(sobject, [])}
@@ -209,7 +212,7 @@ class FakeRestOrg:
         sql_where = re.sub(
             r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", r"TIMESTAMPTZ '\1'", where or "true"
         )
-        ids = db.execute(f"SELECT Id FROM t WHERE {sql_where} ORDER BY {order}").fetchall()
+        ids = db.execute(f"SELECT Id FROM t WHERE {sql_where} ORDER BY {order or 'Id'}").fetchall()
         names = [f.strip() for f in fields.split(",")]
         return [
             {"attributes": {"type": sobject}} | {n: records[i].get(n) for n in names}

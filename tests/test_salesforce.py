@@ -349,7 +349,7 @@ def test_cdc_resumes_from_its_replay_id_rereads_gaps_and_skips_its_own_writes(
 
 
 def test_dagster_job_and_command_read_their_credentials_from_the_environment(
-    org, tmp_path, monkeypatch
+    org, pubsub, tmp_path, monkeypatch
 ):
     from orch_assets.sources.salesforce import salesforce_sync
     from resources import LandingZoneResource, SalesforceResource
@@ -378,17 +378,34 @@ def test_dagster_job_and_command_read_their_credentials_from_the_environment(
     assert output.event_specific_data.metadata["changed"].value == 9
     assert len(LandingZone(landing).pending()) == 5
 
-    # The command continues from the job's cursors: only the new change comes.
+    # The command continues from the job's cursors: only the new change comes. Then it
+    # subscribes to change events from the newest on, asking the org for its id first.
     org.records["Contact"][0] |= {"Title": "CFO", "SystemModstamp": sf_time(at(40))}
+    org.records["Organization"] = [{"Id": ORG_ID, "SystemModstamp": sf_time(T0)}]
+    servicer, address = pubsub
+    newest = servicer.publish(change_event("DELETE", ["003xx000001AAAA"], at(39)))
+    cdc = {"SALESFORCE_PUBSUB_ENDPOINT": address, "SALESFORCE_PUBSUB_TLS": "false"}
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("revorch")), "poll", "salesforce"],
-        env=os.environ | env,
+        [
+            str(Path(sys.executable).with_name("revorch")),
+            "poll",
+            "salesforce",
+            "--cdc",
+            "60",
+            "--idle",
+            "1",
+        ],
+        env=os.environ | env | cdc,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "Contact 1," in done.stdout and "User 0" in done.stdout
+    assert "CDC: 0 events" in done.stdout  # LATEST: what was published before is not replayed
+    assert servicer.first_requests[0].replay_preset == 0
+    cursor = json.loads((tmp_path / "home" / "sources" / "salesforce-cdc.json").read_text())
+    assert cursor["replay_id"] == newest.hex()  # from the keepalive: the next start is there
     assert len(LandingZone(landing).pending()) == 6
 
 
@@ -452,3 +469,46 @@ def test_write_back_happens_once_and_its_change_event_is_not_read_back(
     echoed = subscriber(org, address, tmp_path, now).run(idle_seconds=1.0, max_seconds=60)
     assert (echoed.received, echoed.skipped_own, echoed.landed) == (5, 5, 0)
     assert LandingZone(tmp_path / "landing").pending() == []
+
+
+def test_the_dispatcher_writes_each_allowed_action_to_salesforce_once(
+    org, copy_crm, tmp_path, monkeypatch
+):
+    """The whole governance graph on the shared simulated CRM, with the Salesforce write-back as
+    its target: what the policy allows (or a person approved) is written, once; what waits for
+    approval is not."""
+    from orch_assets.governance.assets import dispatched_actions, governance_assets
+    from resources import DispatcherResource, GovernanceResource, StateStore
+    from revorch.governance.policy import DEFAULT_PATH
+
+    home = copy_crm("decided")
+    monkeypatch.setenv("SALESFORCE_INSTANCE_URL", org.url)
+    monkeypatch.setenv("SALESFORCE_ACCESS_TOKEN", TOKEN)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(org.cert))
+    resources = {
+        "state_store": StateStore(database=str(home.database)),
+        "governance": GovernanceResource(
+            policy_path=str(DEFAULT_PATH), audit_anchor_path=str(home.anchor)
+        ),
+        "dispatcher": DispatcherResource(outbox_path=str(home.outbox), salesforce_writeback="live"),
+    }
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(governance_assets, resources=resources, instance=instance).success
+        written = {key for sobject, key, *_ in org.writes if sobject == "Task"}
+        by_status: dict[str, set[str]] = {}
+        for action_id, status in state(
+            home.database, "SELECT action_id, status FROM governance.actions"
+        ):
+            by_status.setdefault(status, set()).add(action_id)
+        assert len(by_status["sent"]) > 50 and written == by_status["sent"]
+        unsent = set().union(*(ids for status, ids in by_status.items() if status != "sent"))
+        assert unsent and not unsent & written  # waiting for a person, or forbidden
+        writes = len(org.writes)
+        # Dispatching again sends nothing twice.
+        assert dg.materialize(
+            [dispatched_actions],
+            resources=resources,
+            instance=instance,
+            selection=[dispatched_actions.key],
+        ).success
+        assert len(org.writes) == writes

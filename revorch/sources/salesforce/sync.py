@@ -129,13 +129,14 @@ def sync(
     polled = poller.poll()
     if cdc_seconds is None:
         return polled, None
-    subscriber = ChangeEventSubscriber(
-        pubsub_channel(config.pubsub_endpoint, tls=config.pubsub_tls),
-        pubsub_auth(sf, config.tenant_id),
-        zone,
-        CursorFile(folder / "salesforce-cdc.json"),
-        poller,
-        topic=config.topic,
-        own_change_origin=config.own_change_origin or None,
-    )
-    return polled, subscriber.run(idle_seconds=cdc_idle_seconds, max_seconds=cdc_seconds)
+    with pubsub_channel(config.pubsub_endpoint, tls=config.pubsub_tls) as channel:
+        subscriber = ChangeEventSubscriber(
+            channel,
+            pubsub_auth(sf, config.tenant_id),
+            zone,
+            CursorFile(folder / "salesforce-cdc.json"),
+            poller,
+            topic=config.topic,
+            own_change_origin=config.own_change_origin or None,
+        )
+        return polled, subscriber.run(idle_seconds=cdc_idle_seconds, max_seconds=cdc_seconds)

@@ -10,8 +10,10 @@ from resources.agents import AgentsConfigResource, LlmResource
 from resources.governance import DispatcherResource, GovernanceResource
 from resources.landing_zone import LandingZoneResource
 from resources.lifecycle_config import LifecycleConfigResource
+from resources.salesforce import SalesforceResource
 from resources.state_store import StateStore
 from revorch import settings
+from revorch.sources.salesforce.sync import cursor_folder
 
 
 def default_resources() -> dict[str, object]:
@@ -40,6 +42,17 @@ def default_resources() -> dict[str, object]:
             journal_path=str(settings.dispatch_journal_path()),
             webhook_url=_from_env("REVORCH_WEBHOOK_URL"),
             webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
+            salesforce_writeback=os.environ.get("REVORCH_SALESFORCE_WRITEBACK") or "off",
+        ),
+        # Used only by the salesforce_sync job (docs/sources/salesforce.md).
+        "salesforce": SalesforceResource(
+            instance_url=_from_env("SALESFORCE_INSTANCE_URL"),
+            access_token=_from_env("SALESFORCE_ACCESS_TOKEN"),
+            client_id=_from_env("SALESFORCE_CLIENT_ID"),
+            client_secret=_from_env("SALESFORCE_CLIENT_SECRET"),
+            domain=os.environ.get("SALESFORCE_DOMAIN") or "login",
+            org_id=_from_env("SALESFORCE_ORG_ID"),
+            cursor_folder=str(cursor_folder()),
         ),
     }
 
@@ -56,6 +69,7 @@ __all__ = [
     "LandingZoneResource",
     "LifecycleConfigResource",
     "LlmResource",
+    "SalesforceResource",
     "StateStore",
     "default_resources",
 ]

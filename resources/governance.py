@@ -1,6 +1,7 @@
 """The policy, the audit anchor and the dispatcher's target as Dagster resources."""
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -37,11 +38,27 @@ class DispatcherResource(dg.ConfigurableResource):
     webhook_secret: str | None = Field(default=None, description="HMAC key; environment only.")
     timeout_seconds: float = 10.0
     max_attempts: int = Field(default=5, description="Tries before an action is marked failed.")
+    salesforce_writeback: Literal["off", "dry_run", "live"] = Field(
+        default="off",
+        description="Write actions to Salesforce (REVORCH_SALESFORCE_WRITEBACK): dry_run writes "
+        "the requests to the outbox file; live makes them, signed in from the SALESFORCE_* "
+        "variables (docs/sources/salesforce.md).",
+    )
 
     def target(self) -> Target:
+        if self.salesforce_writeback != "off":
+            return self._salesforce()
         if self.webhook_url:
             return Webhook(self.webhook_url, self.webhook_secret, self.timeout_seconds)
         return OutboxFile(Path(self.outbox_path))
+
+    def _salesforce(self) -> Target:
+        from revorch.governance.salesforce_writeback import SalesforceWriteBack
+        from revorch.sources.salesforce.sync import SalesforceSettings, connect
+
+        live = self.salesforce_writeback == "live"
+        client = connect(SalesforceSettings.from_env()) if live else None
+        return SalesforceWriteBack(client, OutboxFile(Path(self.outbox_path)), dry_run=not live)
 
     @property
     def journal(self) -> Path:

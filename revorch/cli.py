@@ -4,6 +4,7 @@ revorch quickstart            simulate a CRM, run the main job, print the funnel
 revorch simulate [--live]     write simulated CRM changes into the landing zone
 revorch import FILE           put a file of change events into the landing zone
 revorch import --mapping M FILE|DIR...   land CRM exports (CSV) through a mapping file
+revorch poll salesforce       land Salesforce changes since the last poll (--cdc SECONDS: and CDC)
 revorch ingest                run the main job (ingest waiting batches, refresh assets)
 revorch report funnel         print the funnel summary
 revorch approvals [list]      actions waiting for a person
@@ -142,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.set_defaults(handler=_import)
 
+    poll = commands.add_parser("poll", help="land a CRM's changes since the last poll")
+    crms = poll.add_subparsers(required=True, metavar="SOURCE", dest="source")
+    _salesforce_poll_parser(crms)
+
     ingest = commands.add_parser("ingest", help="run the main job once")
     ingest.set_defaults(handler=_ingest)
 
@@ -208,6 +213,44 @@ def _parser() -> argparse.ArgumentParser:
         # `--debug` also after the command; SUPPRESS keeps the value given before it.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
+
+
+def _salesforce_poll_parser(crms: argparse._SubParsersAction) -> None:
+    salesforce = crms.add_parser(
+        "salesforce",
+        help="REST poll of every object since its cursor, then optionally CDC events",
+        description="Settings come from SALESFORCE_* variables (docs/sources/salesforce.md).",
+    )
+    salesforce.add_argument(
+        "--cdc",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="after the poll, take Change Data Capture events for at most SECONDS",
+    )
+    salesforce.add_argument(
+        "--idle", type=float, default=10.0, help="stop CDC once no event came for this long"
+    )
+    salesforce.set_defaults(handler=_poll_salesforce)
+
+
+def _poll_salesforce(args: argparse.Namespace) -> int:
+    from revorch.sources.salesforce.sync import SalesforceSettings, sync
+
+    try:
+        config = SalesforceSettings.from_env()
+        polled, streamed = sync(config, _zone(), cdc_seconds=args.cdc, cdc_idle_seconds=args.idle)
+    except ValueError as error:
+        raise RevorchError(str(error)) from error
+    changed = ", ".join(f"{name} {count}" for name, count in polled.changed.items())
+    print(f"Salesforce: changed {changed}; deleted {sum(polled.deleted.values())}")
+    if streamed is not None:
+        print(
+            f"CDC: {streamed.received} events, {streamed.landed} changes landed, "
+            f"{streamed.skipped_own} own writes skipped, {streamed.reread} re-read"
+        )
+    print("Run `revorch ingest` to load them (or let `revorch ui` pick them up)")
+    return 0
 
 
 def _simulation_options(parser: argparse.ArgumentParser) -> None:

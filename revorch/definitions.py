@@ -14,6 +14,7 @@ from orch_assets.publish.assets import published_state_asset
 from orch_assets.reports.assets import funnel_report
 from orch_assets.schedules import jobs as scheduled_jobs
 from orch_assets.schedules import schedules
+from orch_assets.sources.salesforce import salesforce_sync
 from orch_assets.sources.simulator import simulate_crm
 from orch_assets.stages.assets import stage_assets
 from orch_assets.stages.checks import stage_checks
@@ -61,7 +62,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 defs = dg.Definitions(
     assets=[*pipeline_assets, published_state],
     asset_checks=[*stage_checks, *governance_checks],
-    jobs=[revorch_main, simulate_crm, *scheduled_jobs],
+    jobs=[revorch_main, simulate_crm, salesforce_sync, *scheduled_jobs],
     schedules=schedules,
     sensors=[
         landing_zone_sensor,

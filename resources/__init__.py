@@ -8,10 +8,12 @@ import dagster as dg
 
 from resources.agents import AgentsConfigResource, LlmResource
 from resources.governance import DispatcherResource, GovernanceResource
+from resources.hubspot import HubSpotResource
 from resources.landing_zone import LandingZoneResource
 from resources.lifecycle_config import LifecycleConfigResource
 from resources.state_store import StateStore
 from revorch import settings
+from revorch.sources.hubspot import config as hubspot_config
 
 
 def default_resources() -> dict[str, object]:
@@ -40,7 +42,12 @@ def default_resources() -> dict[str, object]:
             journal_path=str(settings.dispatch_journal_path()),
             webhook_url=_from_env("REVORCH_WEBHOOK_URL"),
             webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
+            # REVORCH_DISPATCH_TARGET=hubspot: a dry run unless REVORCH_HUBSPOT_WRITEBACK=live.
+            crm=os.environ.get("REVORCH_DISPATCH_TARGET") or None,
+            hubspot_access_token=_from_env(hubspot_config.TOKEN_VARIABLE),
+            hubspot_live=hubspot_config.writeback_live(),
         ),
+        "hubspot": HubSpotResource(access_token=dg.EnvVar(hubspot_config.TOKEN_VARIABLE)),
     }
 
 
@@ -53,6 +60,7 @@ __all__ = [
     "AgentsConfigResource",
     "DispatcherResource",
     "GovernanceResource",
+    "HubSpotResource",
     "LandingZoneResource",
     "LifecycleConfigResource",
     "LlmResource",

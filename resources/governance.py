@@ -37,11 +37,36 @@ class DispatcherResource(dg.ConfigurableResource):
     webhook_secret: str | None = Field(default=None, description="HMAC key; environment only.")
     timeout_seconds: float = 10.0
     max_attempts: int = Field(default=5, description="Tries before an action is marked failed.")
+    crm: str | None = Field(
+        default=None, description="'hubspot' sends actions to HubSpot (REVORCH_DISPATCH_TARGET)."
+    )
+    hubspot_access_token: str | None = Field(default=None, description="Environment only.")
+    hubspot_live: bool = Field(
+        default=False, description="Write to HubSpot; False (the default) is a dry run."
+    )
 
     def target(self) -> Target:
+        if self.crm == "hubspot":
+            return self._hubspot()
         if self.webhook_url:
             return Webhook(self.webhook_url, self.webhook_secret, self.timeout_seconds)
         return OutboxFile(Path(self.outbox_path))
+
+    def _hubspot(self) -> Target:
+        from revorch.sources.hubspot import config
+        from revorch.sources.hubspot.api import HubSpotApi
+        from revorch.sources.hubspot.own_writes import OwnWrites
+        from revorch.sources.hubspot.writeback import HubSpotTarget
+
+        api = None
+        if self.hubspot_access_token:
+            api = HubSpotApi(self.hubspot_access_token, config.base_url(), config.limits())
+        return HubSpotTarget(
+            api,
+            OwnWrites(config.own_writes_path()),
+            dry_run=not self.hubspot_live,
+            dry_run_path=config.state_dir() / "dry-run.jsonl",
+        )
 
     @property
     def journal(self) -> Path:

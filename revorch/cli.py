@@ -3,6 +3,7 @@
 revorch quickstart            simulate a CRM, run the main job, print the funnel
 revorch simulate [--live]     write simulated CRM changes into the landing zone
 revorch import FILE           put a file of change events into the landing zone
+revorch poll hubspot          land what changed in HubSpot since the last poll
 revorch ingest                run the main job (ingest waiting batches, refresh assets)
 revorch report funnel         print the funnel summary
 revorch approvals [list]      actions waiting for a person
@@ -129,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.set_defaults(handler=_import)
 
+    poll = commands.add_parser("poll", help="land what changed in a CRM since the last poll")
+    poll.add_argument("crm", choices=["hubspot"])
+    poll.set_defaults(handler=_poll)
+
     ingest = commands.add_parser("ingest", help="run the main job once")
     ingest.set_defaults(handler=_ingest)
 
@@ -245,6 +250,20 @@ def _import(args: argparse.Namespace) -> int:
     with zone.open_batch(args.source) as tmp:
         shutil.copyfile(args.file, tmp)
     print(f"Landed {args.file} as a batch in {zone.incoming_dir}; run `revorch ingest` to load it")
+    return 0
+
+
+def _poll(args: argparse.Namespace) -> int:
+    from revorch.sources.hubspot import config
+    from revorch.sources.hubspot.own_writes import OwnWrites
+    from revorch.sources.hubspot.poller import poll
+
+    try:
+        api = config.api_from_env()
+    except ValueError as missing:
+        raise RevorchError(str(missing)) from missing
+    report = poll(api, _zone(), config.cursor_path(), OwnWrites(config.own_writes_path()))
+    print(f"HubSpot: {report}. Run `revorch ingest` to load it (or let `revorch ui` do it).")
     return 0
 
 

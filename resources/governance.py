@@ -60,7 +60,9 @@ class DispatcherResource(dg.ConfigurableResource):
 
         api = None
         if self.hubspot_access_token:
-            api = HubSpotApi(self.hubspot_access_token, config.base_url(), config.limits())
+            api = HubSpotApi(
+                self.hubspot_access_token, config.base_url(), config.limits(), retry_reads=False
+            )
         return HubSpotTarget(
             api,
             OwnWrites(config.own_writes_path()),

@@ -34,6 +34,7 @@ def poll_hubspot():
 
 
 hubspot_poll_schedule = dg.ScheduleDefinition(
+    name="hubspot_poll_schedule",
     job=poll_hubspot,
     # Every 5 minutes by default; REVORCH_HUBSPOT_POLL_CRON changes it (docs/sources/hubspot.md).
     cron_schedule=os.environ.get("REVORCH_HUBSPOT_POLL_CRON", "*/5 * * * *"),

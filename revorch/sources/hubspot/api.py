@@ -49,10 +49,15 @@ class HubSpotApi:
         base_url: str = DEFAULT_BASE_URL,
         limits: Limits | None = None,
         timeout_seconds: float = 30.0,
+        *,
+        retry_reads: bool = True,
     ) -> None:
+        """``retry_reads=False`` for writers: a request whose answer was lost may have been
+        acted on, so it is not sent again here (the write-back checks before it writes)."""
         limits = limits or Limits()
         retry = Retry(
             total=limits.max_retries,
+            read=None if retry_reads else 0,
             status_forcelist=(429,),
             allowed_methods=None,  # a 429 was not acted on, so even a POST may be sent again
             respect_retry_after_header=True,

@@ -136,8 +136,8 @@ def upsert_event(
     skip: frozenset[str] = frozenset(),
 ) -> dict:
     """A landing-zone upsert: mapped properties under Revorch's names, ``extra`` ones as they
-    are, associations as references. ``skip`` names HubSpot properties Revorch wrote itself
-    at this instant: they are left out, so a write-back never comes back as a change."""
+    are, associations as references. ``skip`` names HubSpot properties that hold what Revorch
+    wrote itself: they are left out, so a write-back never comes back as a change."""
     props: dict[str, object] = {}
     for name, column in mapping.columns.items():
         if name in skip or name not in properties:

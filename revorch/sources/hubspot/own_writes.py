@@ -1,10 +1,13 @@
 """What Revorch itself wrote to HubSpot: the write-back records each write here, the poller
 reads it so a write never comes back in as a change.
 
-One row per write: the record, the instant HubSpot stamped on it (its ``updatedAt``, which is
-the record's last-modified value the poller will see), the action and the properties
-written. A small SQLite file (WAL, ``synchronous=FULL``) shared by the dispatcher (writer)
-and the poller (reader), in different processes.
+One row per write: the record, the instant HubSpot stamped on it (its ``updatedAt``), the
+action and the properties written with their values. The poller leaves out of a record's
+snapshot every property that still holds the value Revorch last wrote to it: that value is
+Revorch's own, not news from the CRM. A person who changes it makes it news again.
+
+A small SQLite file (WAL, ``synchronous=FULL``) shared by the dispatcher (writer) and the
+poller (reader), in different processes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ CREATE TABLE IF NOT EXISTS writes (
     modified_ms INTEGER NOT NULL,  -- the record's last-modified instant after the write
     action_id   TEXT NOT NULL,
     properties  TEXT NOT NULL,     -- JSON object of the properties written
-    PRIMARY KEY (object_type, object_id, modified_ms)
+    PRIMARY KEY (object_type, object_id, modified_ms, action_id)
 );
 CREATE INDEX IF NOT EXISTS writes_by_action ON writes (action_id);
 """
@@ -56,24 +59,20 @@ class OwnWrites:
             ).fetchall()
         return [(t, i) for t, i in rows]
 
-    def written_at(self, object_type: str, keys: list[tuple[str, int]]) -> dict:
-        """For (record id, last-modified ms) pairs: the property names Revorch wrote at
-        exactly that instant, by pair. Pairs Revorch did not write are absent."""
-        if not keys or not self.path.exists():
+    def written(self, object_type: str, ids: list[str]) -> dict[str, dict[str, object]]:
+        """For each record id: the value Revorch last wrote to each property, if any."""
+        if not ids or not self.path.exists():
             return {}
-        wanted = set(keys)
-        ids = sorted({i for i, _ in keys})
-        found: dict[tuple[str, int], frozenset[str]] = {}
+        found: dict[str, dict[str, object]] = {}
         with closing(self._connect()) as conn:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(
-                    "SELECT object_id, modified_ms, properties FROM writes "
-                    f"WHERE object_type = ? AND object_id IN ({marks})",
+                    "SELECT object_id, properties FROM writes "
+                    f"WHERE object_type = ? AND object_id IN ({marks}) ORDER BY modified_ms",
                     (object_type, *chunk),
                 ).fetchall()
-                for object_id, modified_ms, props in rows:
-                    if (object_id, modified_ms) in wanted:
-                        found[(object_id, modified_ms)] = frozenset(json.loads(props))
+                for object_id, props in rows:
+                    found.setdefault(object_id, {}).update(json.loads(props))
         return found

@@ -19,8 +19,9 @@ duplicates. Nothing is lost and nothing counts twice.
 Archived records become deletes (``GET /crm/v3/objects/{type}?archived=true``; the listing
 cannot be filtered, so each poll pages through it and lands those archived since the
 cursor). Associations (contact->company, deal->company and deal->contact) are read per page
-through the v4 batch API and become ``company_id`` / ``contact_id``. Properties Revorch wrote
-itself (the write-back's ledger, :mod:`revorch.sources.hubspot.own_writes`) are left out.
+through the v4 batch API and become ``company_id`` / ``contact_id``. Properties that still
+hold a value Revorch wrote itself (the write-back's ledger,
+:mod:`revorch.sources.hubspot.own_writes`) are left out, so a write-back is never read back in.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def _upserts(
         column: api.associations(mapping.hubspot, to_type, ids)
         for to_type, column in mapping.associations.items()
     }
-    ours = own_writes.written_at(mapping.hubspot, [(r["id"], m) for r, m in fresh])
+    ours = own_writes.written(mapping.hubspot, ids)
     return [
         upsert_event(
             mapping,
@@ -254,10 +255,19 @@ def _upserts(
                 for column, found in associated.items()
             },
             extra=extra,
-            skip=ours.get((record["id"], modified), frozenset()),
+            skip=_still_ours(record["properties"], ours.get(record["id"], {})),
         )
         for record, modified in fresh
     ]
+
+
+def _still_ours(properties: dict, written: dict[str, object]) -> frozenset[str]:
+    """The properties that still hold the value Revorch wrote (HubSpot answers in text)."""
+    return frozenset(
+        name
+        for name, value in written.items()
+        if name in properties and str(properties[name]) == str(value)
+    )
 
 
 def _archived(api: HubSpotApi, mapping: ObjectMapping, batches: _Batches, lookback_ms: int) -> None:

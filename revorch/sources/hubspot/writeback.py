@@ -6,7 +6,8 @@ appended to a JSON-lines file, one line per action, and HubSpot is not called.
 
 What an action writes, on its record (the contact, deal or ticket; the company for the rest):
 
-- always ``revorch_action_id`` (the action's id) and ``revorch_last_action`` (its type);
+- always ``revorch_last_action`` (its type), and the action's id in ``revorch_action_id``
+  (which keeps the last 20 action ids written to the record, newest first);
 - ``update_crm_field``: the field it names (lead status, lifecycle stage, ...);
 - ``assign_owner``: ``hubspot_owner_id`` when the payload names an owner, and the intent score
   as ``revorch_intent_score``;
@@ -49,6 +50,9 @@ TASK_ACTIONS = frozenset(
         "offer_discount",
     }
 )
+# The record's marker keeps the ids of the last actions written to it, newest first, so each
+# can be found there after a crash (several actions may write to one record).
+MARKER_KEEPS = 20
 # HubSpot-defined association types from a task to its record.
 TASK_ASSOCIATION = {"contacts": 204, "companies": 192, "deals": 216, "tickets": 230}
 
@@ -107,11 +111,15 @@ class HubSpotTarget:
     def _patch(self, action_id: str, request: dict) -> None:
         object_type, object_id = request["object_type"], request["object_id"]
         current = self.api.get(object_type, object_id, [MARKER])
-        if current["properties"].get(MARKER) == action_id:
+        recent = marked_actions(current["properties"].get(MARKER))
+        if action_id in recent:
             # Written before a crash cut the ledger short: record it, do not write again.
             modified = to_millis(current["updated_at"])
         else:
-            written = self.api.update(object_type, object_id, request["properties"])
+            marker = ";".join([action_id, *recent][:MARKER_KEEPS])
+            written = self.api.update(
+                object_type, object_id, {**request["properties"], MARKER: marker}
+            )
             modified = to_millis(written["updated_at"])
         self.own_writes.record(object_type, object_id, modified, action_id, request["properties"])
 
@@ -145,10 +153,7 @@ def plan(message: dict) -> list[dict]:
         return []
     payload = message.get("payload") or {}
     action_type = message["action_type"]
-    properties: dict[str, object] = {
-        MARKER: message["action_id"],
-        "revorch_last_action": action_type,
-    }
+    properties: dict[str, object] = {"revorch_last_action": action_type}
     if action_type == "update_crm_field" and payload.get("field"):
         revorch_type = {"contacts": "contact", "deals": "deal"}.get(object_type, "company")
         name = HUBSPOT_PROPERTY.get(revorch_type, {}).get(payload["field"], payload["field"])
@@ -198,6 +203,11 @@ def plan(message: dict) -> list[dict]:
             }
         )
     return requests
+
+
+def marked_actions(marker: str | None) -> list[str]:
+    """The action ids a record's marker holds, newest first."""
+    return [a for a in (marker or "").split(";") if a]
 
 
 def _describe(request: dict) -> str:

@@ -31,8 +31,14 @@ class HubSpotResource(dg.ConfigurableResource):
         limits = Limits(self.requests_per_10s, self.searches_per_second)
         return HubSpotApi(self.access_token, self.base_url, limits)
 
+    extra_properties: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in config.extra_properties().items()},
+        description="More HubSpot properties to land as they are, by object type.",
+    )
+
     def poll_settings(self) -> PollSettings:
-        return PollSettings(lookback_seconds=self.lookback_seconds)
+        extra = {k: tuple(v) for k, v in self.extra_properties.items()}
+        return PollSettings(lookback_seconds=self.lookback_seconds, extra_properties=extra)
 
     @property
     def cursor_path(self) -> Path:

@@ -259,10 +259,11 @@ def _poll(args: argparse.Namespace) -> int:
     from revorch.sources.hubspot.poller import poll
 
     try:
-        api = config.api_from_env()
-    except ValueError as missing:
-        raise RevorchError(str(missing)) from missing
-    report = poll(api, _zone(), config.cursor_path(), OwnWrites(config.own_writes_path()))
+        api, wanted = config.api_from_env(), config.poll_settings()
+    except ValueError as wrong:
+        raise RevorchError(str(wrong)) from wrong
+    own_writes = OwnWrites(config.own_writes_path())
+    report = poll(api, _zone(), config.cursor_path(), own_writes, wanted)
     print(f"HubSpot: {report}. Run `revorch ingest` to load it (or let `revorch ui` do it).")
     return 0
 

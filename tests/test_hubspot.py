@@ -84,6 +84,7 @@ def small_portal() -> Portal:
             lifecyclestage=stage,
             hs_lead_status="NEW",
             hubspot_owner_id="11",
+            region="emea",
         )
     portal.associate("contacts", "101", "companies", "5002", 279)  # unlabeled
     portal.associate("contacts", "101", "companies", "5001", 1)  # primary
@@ -156,7 +157,8 @@ def test_archived_records_end_deleted_and_associations_become_references(tmp_pat
     zone = LandingZone(tmp_path / "landing")
     with FakeHubSpot(portal) as hubspot:
         api = api_for(hubspot)
-        poll(api, zone, tmp_path / "cursor.json", OwnWrites(tmp_path / "o"))
+        custom = PollSettings(extra_properties={"contacts": ("region",)})
+        poll(api, zone, tmp_path / "cursor.json", OwnWrites(tmp_path / "o"), custom)
         portal.archive("contacts", "103", int(time.time() * 1000))
         portal.modify("contacts", "102", lifecyclestage="salesqualifiedlead")
         again = poll(api, zone, tmp_path / "cursor.json", OwnWrites(tmp_path / "o"))
@@ -189,6 +191,10 @@ def test_archived_records_end_deleted_and_associations_become_references(tmp_pat
         "Ada",
     )
     assert conn.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
+    # A property Revorch has no column for is kept in the change log, as HubSpot sent it.
+    assert conn.execute(
+        "SELECT properties->>'region' FROM change_log WHERE object_id = '101'"
+    ).fetchall() == [("emea",)]
 
 
 def test_the_dagster_job_polls_into_the_landing_zone(tmp_path):

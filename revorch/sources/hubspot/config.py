@@ -7,6 +7,8 @@
 ``REVORCH_HUBSPOT_REQUESTS_PER_10S``     default 150 (HubSpot allows private apps 190)
 ``REVORCH_HUBSPOT_SEARCHES_PER_SECOND``  default 4
 ``REVORCH_HUBSPOT_WRITEBACK``            ``live`` writes to HubSpot; anything else is a dry run
+``REVORCH_HUBSPOT_EXTRA_PROPERTIES``     more HubSpot properties to land as they are, e.g.
+                                         ``contacts=hs_lead_score,region;deals=forecast``
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from revorch import settings
 from revorch.sources.hubspot.api import DEFAULT_BASE_URL, HubSpotApi, Limits
+from revorch.sources.hubspot.mapping import OBJECTS
+from revorch.sources.hubspot.poller import PollSettings
 
 TOKEN_VARIABLE = "HUBSPOT_ACCESS_TOKEN"
 
@@ -42,6 +46,26 @@ def limits() -> Limits:
         requests_per_10s=int(os.environ.get("REVORCH_HUBSPOT_REQUESTS_PER_10S", 150)),
         searches_per_second=int(os.environ.get("REVORCH_HUBSPOT_SEARCHES_PER_SECOND", 4)),
     )
+
+
+def extra_properties() -> dict[str, tuple[str, ...]]:
+    """``contacts=a,b;deals=c`` -> {"contacts": ("a", "b"), "deals": ("c",)}."""
+    extra: dict[str, tuple[str, ...]] = {}
+    for part in os.environ.get("REVORCH_HUBSPOT_EXTRA_PROPERTIES", "").split(";"):
+        if not part.strip():
+            continue
+        object_type, _, names = part.partition("=")
+        if object_type.strip() not in OBJECTS or not names.strip():
+            raise ValueError(
+                f"REVORCH_HUBSPOT_EXTRA_PROPERTIES: {part!r} must read OBJECT=prop,prop with "
+                f"OBJECT one of {', '.join(OBJECTS)}"
+            )
+        extra[object_type.strip()] = tuple(n.strip() for n in names.split(",") if n.strip())
+    return extra
+
+
+def poll_settings() -> PollSettings:
+    return PollSettings(extra_properties=extra_properties())
 
 
 def writeback_live() -> bool:

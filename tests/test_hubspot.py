@@ -18,7 +18,7 @@ import pytest
 from hubspot.crm.objects import ApiException
 
 from fake_hubspot import FakeHubSpot, Portal
-from resources import LandingZoneResource, StateStore
+from resources import DispatcherResource, LandingZoneResource, StateStore
 from resources.hubspot import HubSpotResource
 from revorch.definitions import materialize
 from revorch.governance.dispatch import dispatch
@@ -327,6 +327,10 @@ def test_a_write_back_happens_once_and_is_not_read_back_in(tmp_path):
                 run_id="test",
                 anchor_path=tmp_path / "anchors.jsonl",
             )
+
+        # The dispatcher's resource picks this target, as a dry run unless told otherwise.
+        chosen = DispatcherResource(outbox_path=str(tmp_path / "outbox.jsonl"), crm="hubspot")
+        assert isinstance(chosen.target(), HubSpotTarget) and chosen.target().dry_run
 
         # Dry run, the default: the plan is written down, HubSpot is not called.
         run_dispatch(HubSpotTarget(api, own, dry_run_path=tmp_path / "dry-run.jsonl"))

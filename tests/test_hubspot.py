@@ -381,3 +381,15 @@ def test_a_write_back_happens_once_and_is_not_read_back_in(tmp_path):
     assert conn.execute(
         "SELECT count(*) FROM change_log WHERE object_id = '101' AND object_type = 'contact'"
     ).fetchone() == (2,)
+
+
+def test_requests_count_against_the_rate_limit_before_they_are_sent():
+    with FakeHubSpot(small_portal()) as hubspot:
+        api = HubSpotApi(TOKEN, hubspot.url, Limits(requests_per_10s=3, searches_per_second=100))
+        for _ in range(2):
+            api.get("contacts", "101", ["email"])
+        # Two of the three requests allowed per 10 seconds are spent: one more may go now,
+        # the one after it would have to wait.
+        assert api._requests.try_acquire("request", blocking=False)
+        assert not api._requests.try_acquire("request", blocking=False)
+    assert hubspot.portal.count("GET", "/crm/v3/objects/contacts/101") == 2

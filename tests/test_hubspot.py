@@ -224,7 +224,7 @@ def test_a_poll_killed_with_sigkill_resumes_from_its_cursor_without_loss_or_doub
     portal = Portal(TOKEN)
     for n in range(3_000):
         portal.add("contacts", str(n + 1), BASE + n * 1000, email=f"c{n}@x.example")
-    portal.search_delay = 0.02  # so the kill lands while pages are still being read
+    portal.search_delay = 0.05  # so the kill lands while pages are still being read
     home = tmp_path / "home"
     with FakeHubSpot(portal) as hubspot:
         env = {

@@ -8,12 +8,14 @@ import dagster as dg
 
 from resources.agents import AgentsConfigResource, LlmResource
 from resources.governance import DispatcherResource, GovernanceResource
+from resources.hubspot import HubSpotResource
 from resources.landing_zone import LandingZoneResource
 from resources.lifecycle_config import LifecycleConfigResource
 from resources.salesforce import SalesforceResource
 from resources.state_store import StateStore
 from revorch import settings
 from revorch.sources.salesforce.sync import cursor_folder
+from revorch.sources.hubspot import config as hubspot_config
 
 
 def default_resources() -> dict[str, object]:
@@ -43,6 +45,10 @@ def default_resources() -> dict[str, object]:
             webhook_url=_from_env("REVORCH_WEBHOOK_URL"),
             webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
             salesforce_writeback=os.environ.get("REVORCH_SALESFORCE_WRITEBACK") or "off",
+            # REVORCH_DISPATCH_TARGET=hubspot: a dry run unless REVORCH_HUBSPOT_WRITEBACK=live.
+            crm=os.environ.get("REVORCH_DISPATCH_TARGET") or None,
+            hubspot_access_token=_from_env(hubspot_config.TOKEN_VARIABLE),
+            hubspot_live=hubspot_config.writeback_live(),
         ),
         # Used only by the salesforce_sync job (docs/sources/salesforce.md).
         "salesforce": SalesforceResource(
@@ -54,6 +60,7 @@ def default_resources() -> dict[str, object]:
             org_id=_from_env("SALESFORCE_ORG_ID"),
             cursor_folder=str(cursor_folder()),
         ),
+        "hubspot": HubSpotResource(access_token=dg.EnvVar(hubspot_config.TOKEN_VARIABLE)),
     }
 
 
@@ -66,6 +73,7 @@ __all__ = [
     "AgentsConfigResource",
     "DispatcherResource",
     "GovernanceResource",
+    "HubSpotResource",
     "LandingZoneResource",
     "LifecycleConfigResource",
     "LlmResource",

@@ -44,8 +44,17 @@ class DispatcherResource(dg.ConfigurableResource):
         "the requests to the outbox file; live makes them, signed in from the SALESFORCE_* "
         "variables (docs/sources/salesforce.md).",
     )
+    crm: str | None = Field(
+        default=None, description="'hubspot' sends actions to HubSpot (REVORCH_DISPATCH_TARGET)."
+    )
+    hubspot_access_token: str | None = Field(default=None, description="Environment only.")
+    hubspot_live: bool = Field(
+        default=False, description="Write to HubSpot; False (the default) is a dry run."
+    )
 
     def target(self) -> Target:
+        if self.crm == "hubspot":
+            return self._hubspot()
         if self.salesforce_writeback != "off":
             return self._salesforce()
         if self.webhook_url:
@@ -53,12 +62,30 @@ class DispatcherResource(dg.ConfigurableResource):
         return OutboxFile(Path(self.outbox_path))
 
     def _salesforce(self) -> Target:
-        from revorch.governance.salesforce_writeback import SalesforceWriteBack
+        from revorch.sources.salesforce.writeback import SalesforceWriteBack
         from revorch.sources.salesforce.sync import SalesforceSettings, connect
 
         live = self.salesforce_writeback == "live"
         client = connect(SalesforceSettings.from_env()) if live else None
         return SalesforceWriteBack(client, OutboxFile(Path(self.outbox_path)), dry_run=not live)
+
+    def _hubspot(self) -> Target:
+        from revorch.sources.hubspot import config
+        from revorch.sources.hubspot.api import HubSpotApi
+        from revorch.sources.hubspot.own_writes import OwnWrites
+        from revorch.sources.hubspot.writeback import HubSpotTarget
+
+        api = None
+        if self.hubspot_access_token:
+            api = HubSpotApi(
+                self.hubspot_access_token, config.base_url(), config.limits(), retry_reads=False
+            )
+        return HubSpotTarget(
+            api,
+            OwnWrites(config.own_writes_path()),
+            dry_run=not self.hubspot_live,
+            dry_run_path=config.state_dir() / "dry-run.jsonl",
+        )
 
     @property
     def journal(self) -> Path:

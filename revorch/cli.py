@@ -5,6 +5,7 @@ revorch simulate [--live]     write simulated CRM changes into the landing zone
 revorch import FILE           put a file of change events into the landing zone
 revorch import --mapping M FILE|DIR...   land CRM exports (CSV) through a mapping file
 revorch poll salesforce       land Salesforce changes since the last poll (--cdc SECONDS: and CDC)
+revorch poll hubspot          land what changed in HubSpot since the last poll
 revorch ingest                run the main job (ingest waiting batches, refresh assets)
 revorch report funnel         print the funnel summary
 revorch approvals [list]      actions waiting for a person
@@ -146,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     poll = commands.add_parser("poll", help="land a CRM's changes since the last poll")
     crms = poll.add_subparsers(required=True, metavar="SOURCE", dest="source")
     _salesforce_poll_parser(crms)
+    crms.add_parser(
+        "hubspot",
+        help="contacts, companies, deals and owners changed since the cursor",
+        description="Settings come from HUBSPOT_* variables (docs/sources/hubspot.md).",
+    ).set_defaults(handler=_poll_hubspot)
 
     ingest = commands.add_parser("ingest", help="run the main job once")
     ingest.set_defaults(handler=_ingest)
@@ -346,6 +352,21 @@ def _import_exports(args: argparse.Namespace) -> int:
 def _progress_bar_wanted() -> bool:
     """A bar on a terminal only: not in CI logs, pipes or files."""
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def _poll_hubspot(args: argparse.Namespace) -> int:
+    from revorch.sources.hubspot import config
+    from revorch.sources.hubspot.own_writes import OwnWrites
+    from revorch.sources.hubspot.poller import poll
+
+    try:
+        api, wanted = config.api_from_env(), config.poll_settings()
+    except ValueError as wrong:
+        raise RevorchError(str(wrong)) from wrong
+    own_writes = OwnWrites(config.own_writes_path())
+    report = poll(api, _zone(), config.cursor_path(), own_writes, wanted)
+    print(f"HubSpot: {report}. Run `revorch ingest` to load it (or let `revorch ui` do it).")
+    return 0
 
 
 NDJSON_HINT = "each line must be one JSON event (docs/landing_zone.md); --force lands it anyway"

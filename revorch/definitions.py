@@ -15,6 +15,7 @@ from orch_assets.reports.assets import funnel_report
 from orch_assets.schedules import jobs as scheduled_jobs
 from orch_assets.schedules import schedules
 from orch_assets.sources.salesforce import salesforce_sync
+from orch_assets.sources.hubspot import hubspot_poll_schedule, poll_hubspot
 from orch_assets.sources.simulator import simulate_crm
 from orch_assets.stages.assets import stage_assets
 from orch_assets.stages.checks import stage_checks
@@ -62,8 +63,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 defs = dg.Definitions(
     assets=[*pipeline_assets, published_state],
     asset_checks=[*stage_checks, *governance_checks],
-    jobs=[revorch_main, simulate_crm, salesforce_sync, *scheduled_jobs],
-    schedules=schedules,
+    jobs=[revorch_main, simulate_crm, poll_hubspot, salesforce_sync, *scheduled_jobs],
+    schedules=[*schedules, hubspot_poll_schedule],
     sensors=[
         landing_zone_sensor,
         approved_actions_sensor,

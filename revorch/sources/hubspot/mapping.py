@@ -1,0 +1,206 @@
+"""HubSpot records as landing-zone events: which properties Revorch reads, under which
+column names, and the marker Revorch's own writes carry so they are never read back in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+SOURCE = "hubspot"
+# Written by the write-back on every record it changes, with the action's id; a custom
+# property the portal needs (docs/sources/hubspot.md). Never landed as a change.
+MARKER = "revorch_action_id"
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+def _date(value: str) -> str:
+    # HubSpot's closedate is a datetime; Revorch's close_date is a date.
+    return value[:10]
+
+
+DEAL_TYPES = {"newbusiness": "new_business", "existingbusiness": "expansion"}
+
+
+@dataclass(frozen=True)
+class ObjectMapping:
+    """One HubSpot object type: its API name, last-modified property, the HubSpot properties
+    Revorch maps to its own columns, and the associations that become references."""
+
+    hubspot: str  # the API's object type: contacts, companies, deals
+    revorch: str  # the landing zone's object_type
+    last_modified: str
+    columns: dict[str, str]  # HubSpot property -> Revorch column
+    convert: dict[str, Callable[[str], object]] = field(default_factory=dict)
+    # HubSpot object type associated -> Revorch column holding its id (the primary one).
+    associations: dict[str, str] = field(default_factory=dict)
+
+    def properties(self, extra: tuple[str, ...] = ()) -> list[str]:
+        """The properties to ask HubSpot for (mapped, extra kept as they are, the marker)."""
+        return sorted({*self.columns, *extra, self.last_modified, MARKER})
+
+
+CONTACTS = ObjectMapping(
+    "contacts",
+    "contact",
+    "lastmodifieddate",
+    {
+        "email": "email",
+        "firstname": "first_name",
+        "lastname": "last_name",
+        "jobtitle": "job_title",
+        "phone": "phone",
+        "lifecyclestage": "lifecycle_stage",
+        "hs_lead_status": "lead_status",
+        "hs_analytics_source": "lead_source",
+        "hubspot_owner_id": "owner_id",
+        "createdate": "created_at",
+    },
+    {"hs_lead_status": _lower, "hs_analytics_source": _lower},
+    {"companies": "company_id"},
+)
+COMPANIES = ObjectMapping(
+    "companies",
+    "company",
+    "hs_lastmodifieddate",
+    {
+        "name": "name",
+        "domain": "domain",
+        "industry": "industry",
+        "numberofemployees": "employees",
+        "annualrevenue": "annual_revenue",
+        "country": "country",
+        "hubspot_owner_id": "owner_id",
+        "createdate": "created_at",
+    },
+)
+DEALS = ObjectMapping(
+    "deals",
+    "deal",
+    "hs_lastmodifieddate",
+    {
+        "dealname": "name",
+        "dealstage": "stage",
+        "amount": "amount",
+        "deal_currency_code": "currency",
+        "closedate": "close_date",
+        "dealtype": "deal_type",
+        "closed_lost_reason": "lost_reason",
+        "hubspot_owner_id": "owner_id",
+        "createdate": "created_at",
+    },
+    {"closedate": _date, "dealtype": lambda v: DEAL_TYPES.get(v, v)},
+    {"companies": "company_id", "contacts": "contact_id"},
+)
+OBJECTS: dict[str, ObjectMapping] = {m.hubspot: m for m in (CONTACTS, COMPANIES, DEALS)}
+BY_REVORCH_TYPE: dict[str, ObjectMapping] = {m.revorch: m for m in OBJECTS.values()}
+# Revorch column -> HubSpot property, for the write-back.
+HUBSPOT_PROPERTY = {
+    m.revorch: {column: prop for prop, column in m.columns.items()} for m in OBJECTS.values()
+}
+# Association type ids HubSpot defines as "Primary" (contact->company 1, deal->company 5):
+# when a record has several, the primary one is Revorch's reference.
+PRIMARY_TYPE_IDS = frozenset({1, 5})
+
+
+def to_millis(value: str | datetime) -> int:
+    """Epoch milliseconds of a HubSpot timestamp (ISO 8601 text or a datetime)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def iso(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def event_id(object_type: str, object_id: str, millis: int, op: str = "upsert") -> str:
+    """The same record at the same last-modified instant is the same event, whoever reads it
+    and however often: a re-poll is a duplicate the change log drops."""
+    kind = "deleted:" if op == "delete" else ""
+    return f"{SOURCE}:{object_type}:{object_id}:{kind}{millis}"
+
+
+def upsert_event(
+    mapping: ObjectMapping,
+    record_id: str,
+    modified_ms: int,
+    properties: dict[str, object],
+    associated: dict[str, str | None],
+    *,
+    extra: tuple[str, ...] = (),
+    skip: frozenset[str] = frozenset(),
+) -> dict:
+    """A landing-zone upsert: mapped properties under Revorch's names, ``extra`` ones as they
+    are, associations as references. ``skip`` names HubSpot properties that hold what Revorch
+    wrote itself: they are left out, so a write-back never comes back as a change."""
+    props: dict[str, object] = {}
+    for name, column in mapping.columns.items():
+        if name in skip or name not in properties:
+            continue
+        value = properties[name]
+        if value == "":  # HubSpot sends "" for a cleared field
+            value = None
+        if value is not None and name in mapping.convert:
+            value = mapping.convert[name](str(value))
+        props[column] = value
+    for name in extra:
+        if name in properties and name not in skip:
+            props[name] = properties[name]
+    props.update(associated)
+    return {
+        "event_id": event_id(mapping.revorch, record_id, modified_ms),
+        "object_type": mapping.revorch,
+        "object_id": record_id,
+        "occurred_at": iso(modified_ms),
+        "op": "upsert",
+        "properties": props,
+    }
+
+
+def delete_event(object_type: str, record_id: str, archived_ms: int) -> dict:
+    return {
+        "event_id": event_id(object_type, record_id, archived_ms, "delete"),
+        "object_type": object_type,
+        "object_id": record_id,
+        "occurred_at": iso(archived_ms),
+        "op": "delete",
+    }
+
+
+def owner_event(owner: dict) -> dict:
+    """A HubSpot owner (``/crm/v3/owners``) as a landing-zone event."""
+    modified = to_millis(owner["updated_at"])
+    if owner.get("archived"):
+        return delete_event("owner", str(owner["id"]), modified)
+    return {
+        "event_id": event_id("owner", str(owner["id"]), modified),
+        "object_type": "owner",
+        "object_id": str(owner["id"]),
+        "occurred_at": iso(modified),
+        "op": "upsert",
+        "properties": {
+            "email": owner.get("email"),
+            "first_name": owner.get("first_name"),
+            "last_name": owner.get("last_name"),
+            "is_active": not owner.get("archived", False),
+            "created_at": iso(to_millis(owner["created_at"])),
+        },
+    }
+
+
+def primary_association(targets: list[dict]) -> str | None:
+    """The associated id Revorch keeps: the primary one, else the smallest id."""
+    if not targets:
+        return None
+    primary = [
+        t
+        for t in targets
+        if any(a.get("type_id") in PRIMARY_TYPE_IDS for a in t.get("association_types") or [])
+    ]
+    chosen = primary or targets
+    return str(min(chosen, key=lambda t: int(t["to_object_id"]))["to_object_id"])

@@ -1,0 +1,78 @@
+"""What Revorch itself wrote to HubSpot: the write-back records each write here, the poller
+reads it so a write never comes back in as a change.
+
+One row per write: the record, the instant HubSpot stamped on it (its ``updatedAt``), the
+action and the properties written with their values. The poller leaves out of a record's
+snapshot every property that still holds the value Revorch last wrote to it: that value is
+Revorch's own, not news from the CRM. A person who changes it makes it news again.
+
+A small SQLite file (WAL, ``synchronous=FULL``) shared by the dispatcher (writer) and the
+poller (reader), in different processes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS writes (
+    object_type TEXT NOT NULL,     -- HubSpot's: contacts, companies, deals, tasks
+    object_id   TEXT NOT NULL,
+    modified_ms INTEGER NOT NULL,  -- the record's last-modified instant after the write
+    action_id   TEXT NOT NULL,
+    properties  TEXT NOT NULL,     -- JSON object of the properties written
+    PRIMARY KEY (object_type, object_id, modified_ms, action_id)
+);
+CREATE INDEX IF NOT EXISTS writes_by_action ON writes (action_id);
+"""
+
+
+class OwnWrites:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def record(
+        self, object_type: str, object_id: str, modified_ms: int, action_id: str, properties: dict
+    ) -> None:
+        with closing(self._connect()) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO writes VALUES (?, ?, ?, ?, ?)",
+                (object_type, object_id, modified_ms, action_id, json.dumps(properties)),
+            )
+
+    def done(self, action_id: str) -> list[tuple[str, str]]:
+        """The records an action already wrote (object type, id); empty if none."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT object_type, object_id FROM writes WHERE action_id = ?", (action_id,)
+            ).fetchall()
+        return [(t, i) for t, i in rows]
+
+    def written(self, object_type: str, ids: list[str]) -> dict[str, dict[str, object]]:
+        """For each record id: the value Revorch last wrote to each property, if any."""
+        if not ids or not self.path.exists():
+            return {}
+        found: dict[str, dict[str, object]] = {}
+        with closing(self._connect()) as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT object_id, properties FROM writes "
+                    f"WHERE object_type = ? AND object_id IN ({marks}) ORDER BY modified_ms",
+                    (object_type, *chunk),
+                ).fetchall()
+                for object_id, props in rows:
+                    found.setdefault(object_id, {}).update(json.loads(props))
+        return found

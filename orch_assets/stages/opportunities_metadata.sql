@@ -1,0 +1,4 @@
+-- Open new-business deals now, their value, and the median days they have been open.
+SELECT count(*) AS "count", round(median(days_open), 1) AS median_days_in_stage,
+       sum(amount) AS pipeline_value
+FROM stages.opportunities

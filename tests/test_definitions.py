@@ -1,5 +1,6 @@
 """The definitions load, and the asset graph is the one we expect."""
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,32 @@ def test_loading_the_definitions_imports_no_heavy_package():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []
+
+
+LIFECYCLE_CHAIN = [
+    "contact_lifecycle",
+    "leads",
+    "mqls",
+    "sqls",
+    "opportunities",
+    "customers",
+    "onboarding",
+    "adoption_health",
+    "renewals",
+    "expansion",
+]
+
+
+def test_the_stage_assets_read_like_the_lifecycle():
+    """Each stage depends on the stage before it (not a sibling fed by the state machine), and
+    the lifecycle is one asset group."""
+    graph = defs.get_repository_def().asset_graph
+    chain = [dg.AssetKey(["stages", name]) for name in LIFECYCLE_CHAIN]
+    for previous, stage in itertools.pairwise(chain):
+        stages_upstream = {
+            key for key in graph.get(stage).parent_keys if key.path[0] == "stages"
+        } - {dg.AssetKey(["stages", "account_lifecycle"])}
+        assert stages_upstream == {previous}, stage
+    groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert {graph.get(key).group_name for key in chain} == {"stages"}
+    assert "lifecycle" not in groups

@@ -170,7 +170,7 @@ def test_the_lineage_reads_like_the_lifecycle_and_a_stage_page_shows_its_metadat
             window="2400,1600",
         )
         stage_page = rendered(
-            f"http://127.0.0.1:{port}/assets/stages/mqls?view=events",
+            f"http://127.0.0.1:{port}/assets/stages/mqls",
             screenshot=tmp_path / "mqls.png",
             window="1600,2400",
         )
@@ -213,5 +213,6 @@ def test_the_lineage_reads_like_the_lifecycle_and_a_stage_page_shows_its_metadat
     for label in ("count", "conversion_to_next_pct", "median_days_in_stage", "entered_this_run"):
         assert label in stage_page, label
     assert f"{mqls['conversion_to_next_pct']}" in stage_page
+    assert "Plots" in stage_page  # the metadata's toggle to plot them run after run
     assert (tmp_path / "lineage.png").stat().st_size > 0
     assert (tmp_path / "mqls.png").stat().st_size > 0

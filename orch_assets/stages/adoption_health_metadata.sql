@@ -9,7 +9,7 @@ WITH out_of_adoption AS (
 SELECT count(*) AS "count",
        count(*) FILTER (WHERE h.health_band = 'at_risk') AS at_risk,
        round(avg(h.health_score), 1) AS mean_health_score,
-       round(median(date_diff('day', CAST(s.start_date AS TIMESTAMPTZ), clock_now())), 1)
+       round(median(epoch(clock_now()) - epoch(CAST(s.start_date AS TIMESTAMP))) / 86400, 1)
            AS median_days_in_stage,
        (SELECT round(100 * to_renewal / nullif(moves, 0), 1) FROM out_of_adoption)
            AS conversion_to_next_pct

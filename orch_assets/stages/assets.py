@@ -178,7 +178,7 @@ def sql_asset(
                 # In the same transaction as the views, so a failed run keeps last time's.
                 conn.execute(
                     "CREATE OR REPLACE TEMP TABLE members_now AS SELECT DISTINCT "
-                    f"CAST(member_id AS VARCHAR) AS member_id FROM ({flow.members}) AS m(member_id)"
+                    f"hash(member_id) AS member FROM ({flow.members}) AS m(member_id)"
                 )
                 conn.execute(render(STAGE_FLOW_SQL.read_text(), {"stage": flow.stage}))
             conn.execute("COMMIT")
@@ -259,7 +259,7 @@ def chain_stage(
     )
 
 
-def contact_stage(name: str, stage: str, next_stage: str, previous, description: str):
+def contact_stage(name: str, stage: str, next_stage: str, previous, description: str, **kwargs):
     """leads, mqls, sqls: contacts in one stage of the contact state machine."""
     return chain_stage(
         name,
@@ -269,10 +269,21 @@ def contact_stage(name: str, stage: str, next_stage: str, previous, description:
         description=description,
         metadata_sql=("contacts_in_stage_metadata.sql", "contact_conversion.sql"),
         parameters={"stage": stage, "next_stage": next_stage},
+        **kwargs,
     )
 
 
-leads = contact_stage("leads", "lead", "mql", CONTACT_LIFECYCLE, "Contacts in the lead stage.")
+# The head of the chain also counts the contact funnel (stages.contact_funnel), once per run,
+# for the conversions of every contact stage after it.
+leads = contact_stage(
+    "leads",
+    "lead",
+    "mql",
+    CONTACT_LIFECYCLE,
+    "Contacts in the lead stage; and stages.contact_funnel, how many contacts reached each "
+    "funnel stage.",
+    sql_files=("leads.sql", "contact_funnel.sql"),
+)
 mqls = contact_stage(
     "mqls", "mql", "sql", stage_key("leads"), "Marketing-qualified leads (CRM or engagement)."
 )

@@ -13,7 +13,7 @@ won AS (
     WHERE deal_type = 'new_business' AND stage = 'closedwon' AND NOT _deleted
 )
 SELECT count(*) AS "count", sum(c.active_arr) AS active_arr,
-       round(median(date_diff('day', s.since, clock_now())), 1) AS median_days_in_stage,
+       round(median(epoch(clock_now()) - epoch(s.since)) / 86400, 1) AS median_days_in_stage,
        round(100 * count(*) FILTER (WHERE c.company_id IN (SELECT company_id FROM won))
              / nullif(count(*), 0), 1) AS conversion_to_next_pct
 FROM stages.customers AS c

@@ -4,8 +4,8 @@
 SELECT count(*) FILTER (WHERE status <> 'activated') AS "count",
        count(*) FILTER (WHERE status = 'in_progress') AS in_progress,
        count(*) FILTER (WHERE status = 'overdue') AS overdue,
-       round(median(date_diff('day', started_at, clock_now()))
-             FILTER (WHERE status <> 'activated'), 1) AS median_days_in_stage,
+       round(median(epoch(clock_now()) - epoch(started_at))
+             FILTER (WHERE status <> 'activated') / 86400, 1) AS median_days_in_stage,
        round(100 * count(*) FILTER (WHERE status = 'activated')
              / nullif(count(*) FILTER (WHERE status IN ('activated', 'overdue')), 0), 1)
            AS conversion_to_next_pct

@@ -211,3 +211,15 @@ def test_the_stage_assets_read_like_the_lifecycle():
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert {graph.get(key).group_name for key in chain} == {"stages"}
     assert "lifecycle" not in groups
+
+
+def test_through_handoffs_selects_every_crm_stage_and_handoff_asset():
+    """What tests and benchmarks build before the agents: a group renamed or left out would
+    silently drop assets from it (the state machines, once in a group of their own)."""
+    from revorch.definitions import THROUGH_HANDOFFS
+
+    selected = THROUGH_HANDOFFS.resolve(defs.get_repository_def().asset_graph)
+    expected = {
+        key for key in EXPECTED_ASSETS if key.split("/")[0] in {"crm", "stages", "handoffs"}
+    }
+    assert {key.to_user_string() for key in selected} == expected

@@ -3,7 +3,9 @@ onboarding -> adoption/health -> renewal -> expansion.
 
 Two assets run the state machines (contacts, accounts) incrementally; every stage asset
 after them is a view or a small table over their result, with its SQL in a file beside this
-module.
+module. The stages form one chain in the asset graph, each after the one before it, and each
+reports its count, who entered and left, its median days in stage and its conversion to the
+next stage (docs/lifecycle.md).
 """
 
 from dataclasses import dataclass

@@ -81,7 +81,7 @@ FULL_REBUILD_STEPS = ("crm_current_state", "stages__contact_lifecycle", "stages_
 # data-quality checks: what a test or a benchmark builds before it looks at stages, agents or
 # governance.
 THROUGH_HANDOFFS = dg.AssetSelection.groups(
-    "ingestion", "crm_state", "lifecycle", "stages", "handoffs"
+    "ingestion", "crm_state", "stages", "handoffs"
 ).without_checks()
 
 

@@ -41,7 +41,7 @@ CRM = SimulationConfig(contacts=300, seed=6)
 # only read the stages; the steps after the outbox act on actions, and the offline models are
 # retrained daily, not per run: without them the agents decide by their rules.)
 SELECTION = (
-    dg.AssetSelection.groups("ingestion", "crm_state", "lifecycle", "stages", "handoffs", "agents")
+    dg.AssetSelection.groups("ingestion", "crm_state", "stages", "handoffs", "agents")
     | dg.AssetSelection.assets(PROPOSED_ACTIONS)
 ) - dg.AssetSelection.assets(OFFLINE_MODELS)
 WAITING = dg.AssetKey(["stages", "waiting_references"])
@@ -267,7 +267,11 @@ def test_corruption_still_fails_its_check(tmp_path, monkeypatch):
     with dg.instance_for_test() as instance:
         revorch = Revorch(tmp_path, monkeypatch)
         revorch.deliver(crm_events("contact", "deal", "activity"))
-        revorch.run(instance, dg.AssetSelection.groups("ingestion", "crm_state", "lifecycle"))
+        revorch.run(
+            instance,
+            dg.AssetSelection.groups("ingestion", "crm_state")
+            | dg.AssetSelection.assets(lifecycle, dg.AssetKey(["stages", "account_lifecycle"])),
+        )
         with revorch.connect(read_only=False) as conn:
             conn.execute(
                 "UPDATE stages.entity_stages SET entity_id = 'c-ghost' WHERE entity_id = "

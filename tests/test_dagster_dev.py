@@ -115,8 +115,9 @@ def test_dagster_dev_shows_the_assets_sensors_and_schedules(dagster_dev):
     assert schedules == dict.fromkeys(SCHEDULES, "RUNNING")
 
 
-def rendered(url: str) -> str:
-    """The page's DOM after its scripts ran, from headless Chromium."""
+def rendered(url: str, screenshot: Path | None = None, window: str = "1400,9000") -> str:
+    """The page's DOM after its scripts ran, from headless Chromium; with ``screenshot``, a
+    PNG of the window too."""
     done = subprocess.run(
         [
             CHROMIUM,
@@ -129,7 +130,8 @@ def rendered(url: str) -> str:
             "--disable-component-update",
             "--disable-sync",
             "--virtual-time-budget=20000",
-            "--window-size=1400,9000",  # the asset list renders only the rows on screen
+            f"--window-size={window}",  # the asset list renders only the rows on screen
+            *([f"--screenshot={screenshot}"] if screenshot else []),
             "--dump-dom",
             url,
         ],

@@ -1,6 +1,7 @@
 """The definitions load, and the asset graph is the one we expect."""
 
 import os
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,44 @@ def test_loading_the_definitions_imports_no_heavy_package():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []
+
+
+LIFECYCLE_CHAIN = [
+    "contact_lifecycle",
+    "leads",
+    "mqls",
+    "sqls",
+    "opportunities",
+    "customers",
+    "onboarding",
+    "adoption_health",
+    "renewals",
+    "expansion",
+]
+
+
+def test_the_stage_assets_read_like_the_lifecycle():
+    """Each stage depends on the stage before it (not a sibling fed by the state machine), and
+    the lifecycle is one asset group."""
+    graph = defs.get_repository_def().asset_graph
+    chain = [dg.AssetKey(["stages", name]) for name in LIFECYCLE_CHAIN]
+    for previous, stage in itertools.pairwise(chain):
+        stages_upstream = {
+            key for key in graph.get(stage).parent_keys if key.path[0] == "stages"
+        } - {dg.AssetKey(["stages", "account_lifecycle"])}
+        assert stages_upstream == {previous}, stage
+    groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert {graph.get(key).group_name for key in chain} == {"stages"}
+    assert "lifecycle" not in groups
+
+
+def test_through_handoffs_selects_every_crm_stage_and_handoff_asset():
+    """What tests and benchmarks build before the agents: a group renamed or left out would
+    silently drop assets from it (the state machines, once in a group of their own)."""
+    from revorch.definitions import THROUGH_HANDOFFS
+
+    selected = THROUGH_HANDOFFS.resolve(defs.get_repository_def().asset_graph)
+    expected = {
+        key for key in EXPECTED_ASSETS if key.split("/")[0] in {"crm", "stages", "handoffs"}
+    }
+    assert {key.to_user_string() for key in selected} == expected

@@ -307,6 +307,24 @@ def test_the_whole_graph_materializes_on_a_simulated_crm(simulated_crm):
     assert metadata["handoffs/sla_escalations"]["breached"].value >= 0
 
 
+def test_each_contact_stage_reports_the_funnels_conversion_in_percent(simulated_crm):
+    """A stage's conversion to the next is the funnel's (metrics.funnel_conversion), rounded."""
+    metadata = simulated_crm.metadata
+    funnel = metadata["metrics/funnel_conversion"]
+    steps = {"leads": "lead_to_mql", "mqls": "mql_to_sql", "sqls": "sql_to_opportunity"}
+    steps["opportunities"] = "opportunity_to_customer"
+    for stage, step in steps.items():
+        reported = metadata[f"stages/{stage}"]
+        conversion = reported["conversion_to_next_pct"].value
+        assert conversion == funnel[f"{step}_conversion_pct"].value, stage
+        assert 0 < conversion < 100 and conversion == round(conversion, 1), stage
+        assert reported["next_stage"].value == step.split("_to_")[1]
+        # One build, so every record in a stage entered it in this run.
+        assert reported["count"].value == reported["entered_this_run"].value > 0
+        assert reported["left_this_run"].value == 0
+        assert reported["median_days_in_stage"].value >= 0
+
+
 def test_a_deleted_contact_leaves_the_stage_views(crm, conn):
     crm.change("contact", "c-1", 0, lifecycle_stage="marketingqualifiedlead", owner_id="own-ae")
     crm.change("contact", "c-2", 0, lifecycle_stage="marketingqualifiedlead", owner_id="own-ae")

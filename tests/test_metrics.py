@@ -418,13 +418,13 @@ def test_materialize_reports_the_metrics_as_numbers(conn, db_path):
     set_clock(conn)
     conn.close()
     metadata = _materialize(db_path)
-    assert metadata["metrics/funnel_conversion"]["mql_to_sql_conversion"] == pytest.approx(0.75)
+    assert metadata["metrics/funnel_conversion"]["mql_to_sql_conversion_pct"] == 75.0
     assert metadata["metrics/funnel_conversion"]["reached_customer"] == 1
     velocity = metadata["metrics/stage_velocity"]
     assert velocity["median_days_in_onboarding"] == pytest.approx(45.0)
     assert velocity["completed_stays_in_onboarding"] == 1
-    assert metadata["metrics/win_rate"]["win_rate"] == pytest.approx(3 / 7)
-    assert metadata["metrics/win_rate"]["win_rate_latest_quarter"] == pytest.approx(1 / 4)
+    assert metadata["metrics/win_rate"]["win_rate_pct"] == 42.9  # 3 / 7, in percent, rounded
+    assert metadata["metrics/win_rate"]["win_rate_latest_quarter_pct"] == 25.0
     pipeline = metadata["metrics/pipeline"]
     # pipeline_data's five open deals, and no open deal among the other data sets
     assert (pipeline["open_deals"], pipeline["pipeline_value"]) == (5, 650.0)
@@ -434,10 +434,10 @@ def test_materialize_reports_the_metrics_as_numbers(conn, db_path):
     # contacts' 6 entries into mql or sql (c1 twice, c2, c3, c5 twice) and velocity's 9 (v0..v3
     # twice, v-open once).
     assert (sla["sla_met"], sla["sla_missed"], sla["sla_pending"]) == (2, 4 + 6 + 9, 2)
-    assert sla["sla_compliance"] == pytest.approx(2 / 21)
+    assert sla["sla_compliance_pct"] == 9.5  # 2 / 21
     retention = metadata["metrics/revenue_retention"]
-    assert retention["nrr"] == pytest.approx(10700 / 11000)
-    assert retention["grr"] == pytest.approx(9500 / 11000)
+    assert retention["nrr_pct"] == 97.3  # 10700 / 11000
+    assert retention["grr_pct"] == 86.4  # 9500 / 11000
     assert all(
         isinstance(value, int | float) for values in metadata.values() for value in values.values()
     )
@@ -447,10 +447,10 @@ def test_materialize_without_data_reports_no_undefined_ratio(conn, db_path):
     conn.close()
     metadata = _materialize(db_path)
     assert set(metadata) == {f"metrics/{a.key.path[-1]}" for a in metric_assets}
-    assert "win_rate" not in metadata["metrics/win_rate"]
+    assert "win_rate_pct" not in metadata["metrics/win_rate"]
     assert metadata["metrics/win_rate"]["won_deals"] == 0
-    assert "nrr" not in metadata["metrics/revenue_retention"]
-    assert "grr" not in metadata["metrics/revenue_retention"]
-    assert "sla_compliance" not in metadata["metrics/sla_compliance"]
+    assert "nrr_pct" not in metadata["metrics/revenue_retention"]
+    assert "grr_pct" not in metadata["metrics/revenue_retention"]
+    assert "sla_compliance_pct" not in metadata["metrics/sla_compliance"]
     assert metadata["metrics/pipeline"]["pipeline_value"] == 0.0
-    assert "mql_to_sql_conversion" not in metadata["metrics/funnel_conversion"]
+    assert "mql_to_sql_conversion_pct" not in metadata["metrics/funnel_conversion"]

@@ -4,8 +4,10 @@ Each asset (re)creates its views from the SQL files beside this module, then rea
 headline numbers back as materialization metadata, so the UI plots them run after run.
 docs/metrics.md gives every formula, view and column.
 
-Undefined ratios (no closed deal, no SLA entry that is due, no starting ARR) are left out of
-the metadata rather than reported as 0; counts and sums are always there.
+Ratios (conversion, win rate, SLA compliance, retention) are reported in percent, rounded to
+one decimal (keys ending in ``_pct``). Undefined ratios (no closed deal, no SLA entry that is
+due, no starting ARR) are left out of the metadata rather than reported as 0; counts and sums
+are always there.
 """
 
 from pathlib import Path
@@ -58,6 +60,11 @@ def sla_parameters(config: LifecycleConfig) -> dict[str, object]:
     }
 
 
+def percent(ratio: float | None) -> float | None:
+    """A ratio as a percentage rounded to one decimal (0.38160 -> 38.2); None stays None."""
+    return None if ratio is None else round(100 * float(ratio), 1)
+
+
 def _defined_numbers(values: dict[str, object]) -> dict[str, float | int]:
     """Metadata without the undefined (NULL) values, numbers as plain floats and ints."""
     return {
@@ -78,7 +85,8 @@ def funnel_metadata(conn: duckdb.DuckDBPyConnection) -> dict[str, float | int]:
     reached = {stage: count for stage, count, _ in rows}
     rate = {stage: conversion for stage, _, conversion in rows}
     values: dict[str, object] = {
-        f"{stage}_to_{following}_conversion": rate.get(stage) for stage, following in FUNNEL_STEPS
+        f"{stage}_to_{following}_conversion_pct": percent(rate.get(stage))
+        for stage, following in FUNNEL_STEPS
     }
     values |= {f"reached_{stage}": reached.get(stage, 0) for stage, _ in FUNNEL_STEPS}
     values["reached_customer"] = reached.get("customer", 0)
@@ -109,8 +117,8 @@ def win_rate_metadata(conn: duckdb.DuckDBPyConnection) -> dict[str, float | int]
     won, lost, rate, amount = overall or (0, 0, None, 0.0)
     return _defined_numbers(
         {
-            "win_rate": rate,
-            "win_rate_latest_quarter": latest[0] if latest else None,
+            "win_rate_pct": percent(rate),
+            "win_rate_latest_quarter_pct": percent(latest[0]) if latest else None,
             "won_deals": won,
             "lost_deals": lost,
             "won_amount": amount,
@@ -141,13 +149,13 @@ def sla_metadata(conn: duckdb.DuckDBPyConnection) -> dict[str, float | int]:
     for stage, met, missed, pending, compliance in rows:
         if stage == "(all)":
             values |= {
-                "sla_compliance": compliance,
+                "sla_compliance_pct": percent(compliance),
                 "sla_met": met,
                 "sla_missed": missed,
                 "sla_pending": pending,
             }
         else:
-            values[f"sla_compliance_{stage}"] = compliance
+            values[f"sla_compliance_{stage}_pct"] = percent(compliance)
     return _defined_numbers(values)
 
 
@@ -156,8 +164,9 @@ def retention_metadata(conn: duckdb.DuckDBPyConnection) -> dict[str, float | int
         "SELECT grr, nrr, starting_arr, churned_arr, contraction_arr, expansion_arr, accounts "
         "FROM metrics.revenue_retention"
     ).fetchone()
-    keys = ["grr", "nrr", "starting_arr", "churned_arr", "contraction_arr", "expansion_arr"]
-    values: dict[str, object] = dict(zip(keys, row[:6], strict=True))
+    keys = ["starting_arr", "churned_arr", "contraction_arr", "expansion_arr"]
+    values: dict[str, object] = dict(zip(keys, row[2:6], strict=True))
+    values |= {"grr_pct": percent(row[0]), "nrr_pct": percent(row[1])}
     values["cohort_accounts"] = row[6]
     return _defined_numbers(values)
 

@@ -3,15 +3,18 @@ onboarding -> adoption/health -> renewal -> expansion.
 
 Two assets run the state machines (contacts, accounts) incrementally; every stage asset
 after them is a view or a small table over their result, with its SQL in a file beside this
-module.
+module. The stages form one chain in the asset graph, each after the one before it, and each
+reports its count, who entered and left, its median days in stage and its conversion to the
+next stage (docs/lifecycle.md).
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
 from orch_assets.ingestion.assets import CURRENT_STATE_TABLES, DUCKDB_WRITER_POOL, RebuildConfig
-from orch_assets.sql_files import run_sql_file
+from orch_assets.sql_files import render, run_sql_file
 from resources import LifecycleConfigResource, StateStore
 from revorch.lifecycle.config import LifecycleConfig
 from revorch.lifecycle.runner import refresh_account_lifecycle, refresh_contact_lifecycle
@@ -43,7 +46,7 @@ def lifecycle_asset(key, *, entity_type, refresh, deps, description) -> dg.Asset
         key=key,
         deps=deps,
         description=description,
-        group_name="lifecycle",
+        group_name="stages",
         kinds={"duckdb"},
         pool=DUCKDB_WRITER_POOL,
         automation_condition=EAGER,
@@ -114,6 +117,36 @@ def sql_parameters(config: LifecycleConfig) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class StageFlow:
+    """What a stage of the chain reports beside its rows: who entered and left it since its
+    last materialization (today's ``members`` against those kept then, stage_flow.sql) and
+    the one-row results of its ``metadata_sql`` files (count, median days in stage,
+    conversion to the next stage), which may name ``parameters`` as ``$name``."""
+
+    stage: str
+    next_stage: str  # what conversion_to_next_pct converts to, shown beside it
+    members: str  # a query of one column, member_id: the records in the stage now
+    metadata_sql: tuple[Path, ...]
+    parameters: dict[str, object]
+
+
+def _metadata_row(conn, sql: str) -> dict[str, dg.MetadataValue]:
+    """The one row ``sql`` returns, as metadata: integers as ints, other numbers as floats
+    (the SQL rounds them), NULLs (an undefined ratio, an empty stage's median) left out."""
+    cursor = conn.execute(sql)
+    names = [column[0] for column in cursor.description]
+    metadata: dict[str, dg.MetadataValue] = {}
+    for name, value in zip(names, cursor.fetchone(), strict=True):
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            metadata[name] = dg.MetadataValue.int(value)
+        else:
+            metadata[name] = dg.MetadataValue.float(float(value))
+    return metadata
+
+
 def sql_asset(
     key: list[str],
     *,
@@ -123,8 +156,10 @@ def sql_asset(
     description: str,
     group_name: str,
     summary_sql: str | None = None,
+    flow: StageFlow | None = None,
 ) -> dg.AssetsDefinition:
-    """An asset that runs its SQL files (views or tables) and reports rows and a summary."""
+    """An asset that runs its SQL files (views or tables) and reports rows and a summary
+    (``summary_sql``, one row) or, for a stage of the chain, its ``flow``."""
 
     @dg.asset(
         key=key,
@@ -141,18 +176,25 @@ def sql_asset(
             conn.execute("BEGIN TRANSACTION")
             for path in sql_files:
                 run_sql_file(conn, path, parameters)
+            if flow:
+                # In the same transaction as the views, so a failed run keeps last time's.
+                conn.execute(
+                    "CREATE OR REPLACE TEMP TABLE members_now AS SELECT DISTINCT "
+                    f"hash(member_id) AS member FROM ({flow.members}) AS m(member_id)"
+                )
+                conn.execute(render(STAGE_FLOW_SQL.read_text(), {"stage": flow.stage}))
             conn.execute("COMMIT")
-            metadata = {
+            metadata: dict[str, object] = {
                 "dagster/row_count": conn.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
             }
+            if flow:
+                for path in flow.metadata_sql:
+                    sql = render(path.read_text(), parameters | flow.parameters)
+                    metadata |= _metadata_row(conn, sql)
+                metadata["next_stage"] = dg.MetadataValue.text(flow.next_stage)
+                metadata |= _metadata_row(conn, "SELECT * FROM stage_flow")
             if summary_sql:
-                cursor = conn.execute(summary_sql.format(relation=relation))
-                names = [column[0] for column in cursor.description]
-                metadata |= {
-                    name: value
-                    for name, value in zip(names, cursor.fetchone(), strict=True)
-                    if value is not None
-                }
+                metadata |= _metadata_row(conn, summary_sql.format(relation=relation))
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset
@@ -170,55 +212,134 @@ def stage_view(name: str, deps: list[dg.AssetKey], description: str, summary_sql
     )
 
 
-leads = stage_view("leads", [CONTACT_LIFECYCLE, crm("contacts")], "Contacts in the lead stage.")
-mqls = stage_view(
-    "mqls", [CONTACT_LIFECYCLE, crm("contacts")], "Marketing-qualified leads (CRM or engagement)."
+# --- The chain: lead -> MQL -> SQL -> opportunity -> customer -> onboarding -> adoption ->
+# renewal -> expansion. A stage's records come from the stage before it, by the state
+# machines' moves (a lead becomes an MQL; a won opportunity's account a customer, who starts
+# onboarding, ...), so each stage asset depends on the previous one and the lineage reads
+# like the lifecycle. The state machines and the CRM tables are upstream of the chain's head
+# (and of customers, where the account machine starts), hence of every stage after them.
+
+
+def stage_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["stages", name])
+
+
+STAGE_FLOW_SQL = SQL_DIR / "stage_flow.sql"
+
+
+def chain_stage(
+    name: str,
+    *,
+    previous: dg.AssetKey,
+    next_stage: str,
+    members: str,
+    description: str,
+    deps: tuple[dg.AssetKey, ...] = (),
+    sql_files: tuple[str, ...] = (),
+    relation: str | None = None,
+    metadata_sql: tuple[str, ...] = (),
+    parameters: dict[str, object] | None = None,
+) -> dg.AssetsDefinition:
+    """A stage of the chain: its view or table (``<name>.sql``, or ``sql_files``) and, as
+    run metadata, who entered and left it since its last materialization (``members``) and
+    what its metadata files (``<name>_metadata.sql``, or ``metadata_sql``) report: count,
+    median days in stage, conversion to the next stage in percent."""
+    return sql_asset(
+        ["stages", name],
+        sql_files=[SQL_DIR / file for file in (sql_files or (f"{name}.sql",))],
+        relation=relation or f"stages.{name}",
+        deps=[previous, *deps],
+        description=description,
+        group_name="stages",
+        flow=StageFlow(
+            name,
+            next_stage,
+            members,
+            tuple(SQL_DIR / file for file in (metadata_sql or (f"{name}_metadata.sql",))),
+            parameters or {},
+        ),
+    )
+
+
+def contact_stage(name: str, stage: str, next_stage: str, previous, description: str, **kwargs):
+    """leads, mqls, sqls: contacts in one stage of the contact state machine."""
+    return chain_stage(
+        name,
+        previous=previous,
+        next_stage=next_stage,
+        members=f"SELECT contact_id FROM stages.{name}",
+        description=description,
+        metadata_sql=("contacts_in_stage_metadata.sql", "contact_conversion.sql"),
+        parameters={"stage": stage, "next_stage": next_stage},
+        **kwargs,
+    )
+
+
+# The head of the chain also counts the contact funnel (stages.contact_funnel), once per run,
+# for the conversions of every contact stage after it.
+leads = contact_stage(
+    "leads",
+    "lead",
+    "mql",
+    CONTACT_LIFECYCLE,
+    "Contacts in the lead stage; and stages.contact_funnel, how many contacts reached each "
+    "funnel stage.",
+    sql_files=("leads.sql", "contact_funnel.sql"),
 )
-sqls = stage_view("sqls", [CONTACT_LIFECYCLE, crm("contacts")], "Sales-qualified leads.")
-opportunities = stage_view(
+mqls = contact_stage(
+    "mqls", "mql", "sql", stage_key("leads"), "Marketing-qualified leads (CRM or engagement)."
+)
+sqls = contact_stage("sqls", "sql", "opportunity", stage_key("mqls"), "Sales-qualified leads.")
+opportunities = chain_stage(
     "opportunities",
-    [CONTACT_LIFECYCLE, crm("deals")],
-    "Open new-business deals with their contact's stage.",
-    "SELECT sum(amount) AS pipeline_value, median(days_open) AS median_days_open FROM {relation}",
+    next_stage="customer",
+    previous=stage_key("sqls"),
+    members="SELECT deal_id FROM stages.opportunities",
+    description="Open new-business deals with their contact's stage.",
+    metadata_sql=("opportunities_metadata.sql", "contact_conversion.sql"),
+    parameters={"stage": "opportunity", "next_stage": "customer"},
 )
-customers = stage_view(
+customers = chain_stage(
     "customers",
-    [ACCOUNT_LIFECYCLE, crm("companies"), crm("subscriptions")],
-    "Customer accounts (not churned) with their active ARR.",
-    "SELECT sum(active_arr) AS active_arr FROM {relation}",
+    next_stage="onboarding",
+    previous=stage_key("opportunities"),
+    deps=(ACCOUNT_LIFECYCLE,),
+    members="SELECT company_id FROM stages.customers",
+    description="Customer accounts (not churned) with their active ARR.",
 )
-onboarding = sql_asset(
-    ["stages", "onboarding"],
-    sql_files=[
-        SQL_DIR / "onboarding.sql",
-        SQL_DIR / "onboarding_progress.sql",
-    ],
+onboarding = chain_stage(
+    "onboarding",
+    next_stage="adoption (activated)",
+    previous=stage_key("customers"),
+    deps=(crm("owners"),),
+    sql_files=("onboarding.sql", "onboarding_progress.sql"),
     relation="stages.onboarding_progress",
-    deps=[crm("deals"), crm("subscriptions"), crm("owners")],
+    members="SELECT onboarding_id FROM stages.onboarding_progress WHERE status <> 'activated'",
     description="Handoff: every won new-business deal starts onboarding by itself, with a CSM "
     "and dated tasks; progress is activated, in_progress or overdue.",
-    group_name="stages",
-    summary_sql="SELECT count(*) FILTER (WHERE status = 'overdue') AS overdue, "
-    "count(*) FILTER (WHERE status = 'in_progress') AS in_progress FROM {relation}",
 )
-adoption_health = stage_view(
+adoption_health = chain_stage(
     "adoption_health",
-    [crm("subscriptions"), crm("tickets"), ACCOUNT_LIFECYCLE],
-    "Health of every active subscription: seat use, its trend, angry tickets.",
-    "SELECT count(*) FILTER (WHERE health_band = 'at_risk') AS at_risk, "
-    "avg(health_score) AS mean_health_score FROM {relation}",
+    next_stage="renewal",
+    previous=stage_key("onboarding"),
+    deps=(crm("tickets"),),
+    members="SELECT subscription_id FROM stages.adoption_health",
+    description="Health of every active subscription: seat use, its trend, angry tickets.",
 )
-renewals = stage_view(
+renewals = chain_stage(
     "renewals",
-    [dg.AssetKey(["stages", "adoption_health"])],
-    "Active subscriptions inside their renewal window, with their health.",
-    "SELECT sum(arr) AS arr_up_for_renewal, count(*) FILTER (WHERE at_risk) AS at_risk "
-    "FROM {relation}",
+    next_stage="renewed",
+    previous=stage_key("adoption_health"),
+    members="SELECT subscription_id FROM stages.renewals",
+    description="Active subscriptions inside their renewal window, with their health.",
 )
-expansion = stage_view(
+expansion = chain_stage(
     "expansion",
-    [dg.AssetKey(["stages", "adoption_health"]), crm("deals")],
-    "Accounts ready to grow: seats nearly all used, or an expansion deal open.",
+    next_stage="expanded (expansion deal won)",
+    previous=stage_key("renewals"),
+    members="SELECT subscription_id || '/' || coalesce(open_expansion_deal_id, '') "
+    "FROM stages.expansion",
+    description="Accounts ready to grow: seats nearly all used, or an expansion deal open.",
 )
 waiting_references = stage_view(
     "waiting_references",
@@ -234,6 +355,7 @@ waiting_references = stage_view(
     "round(max(epoch(now() - waiting_since)) / 3600, 2) AS longest_wait_hours FROM {relation}",
 )
 
+# What waits for a reference, then in lifecycle order: the state machines and the chain.
 stage_assets = [
     waiting_references,
     contact_lifecycle,

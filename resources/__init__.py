@@ -14,8 +14,8 @@ from resources.lifecycle_config import LifecycleConfigResource
 from resources.salesforce import SalesforceResource
 from resources.state_store import StateStore
 from revorch import settings
-from revorch.sources.salesforce.sync import cursor_folder
 from revorch.sources.hubspot import config as hubspot_config
+from revorch.sources.salesforce.sync import cursor_folder
 
 
 def default_resources() -> dict[str, object]:

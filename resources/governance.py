@@ -62,8 +62,8 @@ class DispatcherResource(dg.ConfigurableResource):
         return OutboxFile(Path(self.outbox_path))
 
     def _salesforce(self) -> Target:
-        from revorch.sources.salesforce.writeback import SalesforceWriteBack
         from revorch.sources.salesforce.sync import SalesforceSettings, connect
+        from revorch.sources.salesforce.writeback import SalesforceWriteBack
 
         live = self.salesforce_writeback == "live"
         client = connect(SalesforceSettings.from_env()) if live else None

@@ -14,8 +14,8 @@ from orch_assets.publish.assets import published_state_asset
 from orch_assets.reports.assets import funnel_report
 from orch_assets.schedules import jobs as scheduled_jobs
 from orch_assets.schedules import schedules
-from orch_assets.sources.salesforce import salesforce_sync
 from orch_assets.sources.hubspot import hubspot_poll_schedule, poll_hubspot
+from orch_assets.sources.salesforce import salesforce_sync
 from orch_assets.sources.simulator import simulate_crm
 from orch_assets.stages.assets import stage_assets
 from orch_assets.stages.checks import stage_checks

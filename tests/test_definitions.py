@@ -1,7 +1,7 @@
 """The definitions load, and the asset graph is the one we expect."""
 
-import os
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path

@@ -70,3 +70,31 @@ def dispatch_journal_path() -> Path:
     database = database_path()
     default = revorch_home() / "outbox" / f"{database.stem}.dispatch-journal.sqlite3"
     return Path(os.environ.get("REVORCH_DISPATCH_JOURNAL", default)).resolve()
+
+
+def hubspot_client_secret() -> str | None:
+    """The HubSpot app's client secret, which signs its webhooks (X-HubSpot-Signature-v3)."""
+    return os.environ.get("REVORCH_HUBSPOT_CLIENT_SECRET") or None
+
+
+WEBHOOK_SECRET_PREFIX = "REVORCH_WEBHOOK_SECRET_"
+
+
+def webhook_source_secrets() -> dict[str, str]:
+    """Standard Webhooks secrets by source: ``REVORCH_WEBHOOK_SECRET_BILLING=whsec_...``
+    signs ``POST /webhooks/billing``."""
+    return {
+        name.removeprefix(WEBHOOK_SECRET_PREFIX).lower(): value
+        for name, value in os.environ.items()
+        if name.startswith(WEBHOOK_SECRET_PREFIX) and value
+    }
+
+
+def webhook_public_url() -> str | None:
+    """The base URL webhook senders post to (``https://revorch.example.com``), if the
+    receiver runs behind a proxy that changes host or scheme."""
+    return os.environ.get("REVORCH_PUBLIC_URL") or None
+
+
+def webhook_max_body_bytes(default: int) -> int:
+    return int(os.environ.get("REVORCH_WEBHOOK_MAX_BODY_BYTES", default))

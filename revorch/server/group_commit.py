@@ -28,29 +28,32 @@ class _Waiting:
 class GroupCommitWriter:
     """Gathers the lines of concurrent requests into landing-zone batches (``source-...``)."""
 
-    def __init__(self, zone: LandingZone, source: str = "webhook") -> None:
+    def __init__(self, zone: LandingZone, source: str = "webhook", writers: int = 2) -> None:
         self.zone = zone
         self.source = source
+        self.writers = writers
         self.batches_written = 0
         self._queue: list[_Waiting] = []
         self._wake = asyncio.Event()
         self._stopping = False
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         await asyncio.to_thread(self.zone.ensure)
-        self._task = asyncio.create_task(self._run(), name="landing-group-commit")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"landing-writer-{n}")
+            for n in range(self.writers)
+        ]
 
     async def stop(self) -> None:
         """Write what is still waiting, then stop."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        await asyncio.gather(*self._tasks)
 
     async def land(self, lines: list[bytes]) -> str:
         """Return the id of the batch holding ``lines`` once it is durable in ``incoming/``."""
-        if self._stopping or self._task is None or self._task.done():
+        if self._stopping or not self._tasks:
             raise RuntimeError("the landing writer is not running")
         waiting = _Waiting(lines)
         self._queue.append(waiting)
@@ -60,13 +63,13 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            while not self._queue:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
             group, self._queue = self._queue, []
-            if group:
-                await self._write(group)
-            elif self._stopping:
-                return
+            await self._write(group)
 
     async def _write(self, group: list[_Waiting]) -> None:
         batch_id = self.zone.new_batch_id(self.source)

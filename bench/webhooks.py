@@ -29,13 +29,13 @@ import json
 import os
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -100,16 +100,16 @@ def standard_request(url: str, n: int, events: int) -> tuple[bytes, dict[str, st
     }
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen, str, list[str]]:
+def start_server(home: Path, workers: int) -> tuple[subprocess.Popen, str, list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
     env |= {
         "REVORCH_HOME": str(home),
         "REVORCH_HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
-        "REVORCH_WEBHOOK_SECRET_BENCH": "whsec_" + base64.b64encode(SOURCE_KEY).decode(),
+        "REVORCH_SOURCE_SECRET_BENCH": "whsec_" + base64.b64encode(SOURCE_KEY).decode(),
     }
     revorch = Path(sys.executable).with_name("revorch")
     server = subprocess.Popen(
-        [str(revorch), "serve", "--port", "0"],
+        [str(revorch), "serve", "--port", str(free_port()), "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -117,21 +117,33 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str, list[str]]:
         start_new_session=True,
     )
     log: list[str] = []
+    url, started = None, 0
     for line in server.stderr:
         log.append(line)
         if "Uvicorn running on " in line:
             url = line.split("Uvicorn running on ")[1].split()[0]
+        started += "Application startup complete" in line
+        if url and started == workers:
             break
     else:
+        os.killpg(server.pid, signal.SIGTERM)
         raise SystemExit("revorch serve did not start:\n" + "".join(log))
     # Keep reading its log (refusals are logged), so the pipe never fills.
     threading.Thread(target=lambda: log.extend(server.stderr), daemon=True).start()
     return server, url, log
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(session: int) -> float:
+    """CPU seconds of every live process in the server's session (its workers too)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[3]) == session:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def drive(
@@ -186,11 +198,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--events-per-request", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="revorch serve --workers")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="revorch-bench-webhooks-") as tmp:
         home = Path(tmp)
-        server, url, log = start_server(home)
+        server, url, log = start_server(home, args.workers)
         try:
             load_before = os.getloadavg()
             server_cpu = cpu_seconds(server.pid)
@@ -208,10 +221,10 @@ def main() -> None:
             server_cpu = cpu_seconds(server.pid) - server_cpu
             client_cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - client_cpu
             load_after = os.getloadavg()
-            batches = get_json(f"{url}/health")["batches_written"]
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(60)
+        batches = len(list((home / "landing" / "incoming").glob("*.ndjson")))
 
         landed = [
             json.loads(line)["event_id"]
@@ -228,13 +241,14 @@ def main() -> None:
         p = statistics.quantiles(latencies, n=100, method="inclusive")
         requests = len(latencies)
         print(
-            "| kind | connections | events/request | requests | non-2xx | requests/s | events/s "
-            "| p50 ms | p99 ms | max ms | requests per fsync | server CPU s | client CPU s "
-            "| load before -> after |"
+            "| kind | workers | connections | events/request | requests | non-2xx | requests/s "
+            "| events/s | p50 ms | p99 ms | max ms | requests per fsync | server CPU s "
+            "| client CPU s | load before -> after |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         print(
-            f"| {args.kind} | {args.concurrency} | {args.events_per_request} | {requests:,} "
+            f"| {args.kind} | {args.workers} | {args.concurrency} | {args.events_per_request} "
+            f"| {requests:,} "
             f"| {requests - ok} | {requests / run['elapsed']:,.0f} "
             f"| {expected / run['elapsed']:,.0f} | {p[49] * 1000:.1f} | {p[98] * 1000:.1f} "
             f"| {latencies[-1] * 1000:.1f} | {ok / max(batches, 1):.1f} | {server_cpu:.1f} "
@@ -242,9 +256,11 @@ def main() -> None:
         )
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
+def free_port() -> int:
+    # A port chosen here, as `--workers` needs a fixed one (workers share the socket).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 if __name__ == "__main__":

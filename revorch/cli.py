@@ -198,6 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes (each lands its own batches)"
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(handler=_serve)
     for command in commands.choices.values():
@@ -631,11 +634,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as invalid:
         raise RevorchError(f"{invalid}; fix the environment and start again") from invalid
     hubspot = "on" if config.hubspot_client_secret else "off (REVORCH_HUBSPOT_CLIENT_SECRET)"
-    sources = ", ".join(sorted(config.source_secrets)) or "none (REVORCH_WEBHOOK_SECRET_<NAME>)"
+    sources = ", ".join(sorted(config.source_secrets)) or "none (REVORCH_SOURCE_SECRET_<NAME>)"
     print(f"Landing webhooks in {config.landing}; HubSpot {hubspot}; other sources: {sources}")
     # uvicorn trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS (default 127.0.0.1), the
     # reverse proxy that terminates TLS in front of it.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+    options = {"host": args.host, "port": args.port, "access_log": args.access_log}
+    if args.workers > 1:  # each worker process builds its own app from the environment
+        uvicorn.run("revorch.server.app:create_app", factory=True, workers=args.workers, **options)
+    else:
+        uvicorn.run(app, **options)
     return 0
 
 

@@ -77,16 +77,16 @@ def hubspot_client_secret() -> str | None:
     return os.environ.get("REVORCH_HUBSPOT_CLIENT_SECRET") or None
 
 
-WEBHOOK_SECRET_PREFIX = "REVORCH_WEBHOOK_SECRET_"
+SOURCE_SECRET_PREFIX = "REVORCH_SOURCE_SECRET_"
 
 
 def webhook_source_secrets() -> dict[str, str]:
-    """Standard Webhooks secrets by source: ``REVORCH_WEBHOOK_SECRET_BILLING=whsec_...``
+    """Standard Webhooks secrets by source: ``REVORCH_SOURCE_SECRET_BILLING=whsec_...``
     signs ``POST /webhooks/billing``."""
     return {
-        name.removeprefix(WEBHOOK_SECRET_PREFIX).lower(): value
+        name.removeprefix(SOURCE_SECRET_PREFIX).lower(): value
         for name, value in os.environ.items()
-        if name.startswith(WEBHOOK_SECRET_PREFIX) and value
+        if name.startswith(SOURCE_SECRET_PREFIX) and value
     }
 
 

@@ -428,6 +428,8 @@ def test_standard_webhooks_refusals_land_nothing(
     response = post_standard(base_url, source, [event], **options)
     assert (response.status_code, response.json()["error"]) == (status, reason)
     assert zone.pending() == []
+    counted_as = "unknown" if kind == "unknown_source" else "billing"
+    assert health(base_url)["refused_requests"] == {f"{counted_as}:{reason}": 1}
 
 
 @pytest.mark.parametrize(
@@ -469,6 +471,19 @@ def test_the_signed_uri_is_the_public_one_behind_a_proxy(tmp_path: Path) -> None
         response = httpx.post(f"{url}/webhooks/hubspot", content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert len(landed_lines(zone)) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"), [("BILLING", "whsec_%%%"), ("HUBSPOT", "whsec_c2VjcmV0")]
+)
+def test_revorch_serve_refuses_a_bad_source_secret(
+    in_empty_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys, name: str, secret: str
+) -> None:
+    from revorch.cli import main
+
+    monkeypatch.setenv(f"REVORCH_SOURCE_SECRET_{name}", secret)
+    assert main(["serve", "--port", "0"]) == 2
+    assert f"webhook source '{name.lower()}'" in capsys.readouterr().err
 
 
 def test_revorch_serve_starts_answers_and_stops(tmp_path: Path) -> None:

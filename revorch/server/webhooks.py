@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hubspot.exceptions import InvalidSignatureTimestampError
 from hubspot.utils.signature import Signature
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -111,7 +111,9 @@ class Receiver:
         try:
             verifier = self._verifiers.get(source)
             if verifier is None:
-                raise Refused(404, "unknown_source", f"no secret is configured for {source!r}")
+                # Counted under one name: the path is the sender's to choose.
+                unknown = Refused(404, "unknown_source", f"no secret is configured for {source!r}")
+                return self._refuse(request, "unknown", unknown)
             body = await self._body(request)
             _verify_standard(verifier, body, request)
             events = _landing_events(_strict_json(body), source)
@@ -191,7 +193,7 @@ class Receiver:
         self.refused[f"{source}:{refused.reason}"] += 1
         client = request.client.host if request.client else "?"
         log.warning(
-            "refused %s %s from %s: %s (%s)",
+            "refused %s %r from %s: %s (%r)",
             request.method,
             request.url.path,
             client,
@@ -325,5 +327,5 @@ def _verifier(source: str, secret: str) -> Webhook:
         if source == "hubspot":
             raise ValueError("hubspot has its own receiver and signature")
         return Webhook(secret)
-    except ValueError as error:  # a bad name, or a secret that is not whsec_<base64>
+    except (ValueError, EmptyWebhookSecretError) as error:  # a bad name, or not whsec_<base64>
         raise ValueError(f"webhook source {source!r}: {error}") from None

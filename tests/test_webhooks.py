@@ -339,15 +339,28 @@ def test_hubspot_values_are_mapped_to_revorchs_columns() -> None:
             associationType="COMPANY_TO_DEAL",
             associationRemoved=True,
         ),
+        hubspot_event(
+            "object.propertyChange",
+            4,
+            at,
+            7,
+            objectTypeId="0-3",
+            propertyName="amount",
+            propertyValue="1200.50",
+        ),
+        hubspot_event("object.creation", 5, at, 8, objectTypeId="0-421"),  # a custom object
     ]
     mapped = hubspot.to_landing_events(events).events
+    assert len(mapped) == len(events) - 1
     assert [e["properties"] for e in mapped if e["op"] == "upsert"] == [
         {"lead_status": "bad_timing"},
         {"job_title": None},  # HubSpot clears a property with an empty value
         {"close_date": "2026-01-02"},
         {"stage": "qualifiedtobuy", "closed_at": None},
         {"company_id": None},
+        {"amount": "1200.50"},
     ]
+    assert (mapped[6]["object_type"], mapped[6]["object_id"]) == ("deal", "4")
     assert mapped[4] == {
         "event_id": hubspot.event_id(events[4]),
         "object_type": "company",
@@ -381,6 +394,8 @@ def test_standard_webhooks_source_is_accepted_when_signed(zone: LandingZone, bas
     response = post_standard(base_url, "billing", events)
     assert response.status_code == 200, response.text
     assert response.json()["landed"] == 2
+    # Its batch was in incoming/ before the answer was sent.
+    assert (zone.incoming_dir / f"{response.json()['batch_id']}.ndjson").exists()
     single = post_standard(base_url, "billing", {**events[0], "event_id": "billing:inv-3"})
     assert single.status_code == 200
     landed = landed_lines(zone)

@@ -20,6 +20,9 @@ from datetime import UTC, datetime
 
 # HubSpot's object names in subscription types -> Revorch's object types.
 OBJECT_TYPES = {"contact": "contact", "company": "company", "deal": "deal", "ticket": "ticket"}
+# Generic subscriptions (`object.creation`, `object.propertyChange`, ...) name the object by
+# its type id instead: HubSpot's ids of its standard objects.
+OBJECT_TYPE_IDS = {"0-1": "contact", "0-2": "company", "0-3": "deal", "0-5": "ticket"}
 
 # HubSpot's internal property names -> Revorch's columns (docs/schema.md). A property that is
 # not listed is kept under its HubSpot name, as a custom property of the change.
@@ -135,10 +138,13 @@ def to_landing_events(payload: object) -> Mapped:
 def _landing_event(event: dict) -> dict | None:
     subscription = _text(event, "subscriptionType")
     object_name, _, change = subscription.partition(".")
-    object_type = OBJECT_TYPES.get(object_name)
+    if object_name == "object":
+        object_type = OBJECT_TYPE_IDS.get(str(event.get("objectTypeId")))
+    else:
+        object_type = OBJECT_TYPES.get(object_name)
     handler = _HANDLERS.get(change)
-    if object_type is None or handler is None:
-        return None
+    if object_type is None or handler is None or (object_name, change) == ("object", _ASSOC):
+        return None  # generic association events carry other fields: not read yet
     occurred_ms = _integer(event, "occurredAt")
     landed = handler(event, object_type, occurred_ms)
     if landed is None:
@@ -166,6 +172,7 @@ def event_id(event: dict) -> str:
     parts = [
         event.get("portalId"),
         event.get("subscriptionType"),
+        event.get("objectTypeId"),
         event.get("objectId"),
         event.get("propertyName"),
         event.get("fromObjectId"),
@@ -226,13 +233,14 @@ def _association_changed(event: dict, object_type: str, at_ms: int):
     return holder_type, str(holder), "upsert", {column: str(other)}, at_ms
 
 
+_ASSOC = "associationChange"
 _HANDLERS: dict[str, Callable] = {
     "creation": _created,
     "restore": _restored,
     "deletion": _deleted,
     "privacyDeletion": _deleted,
     "propertyChange": _property_changed,
-    "associationChange": _association_changed,
+    _ASSOC: _association_changed,
 }
 
 

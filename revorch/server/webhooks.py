@@ -31,7 +31,7 @@ from revorch.server.group_commit import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # HubSpot sends at most 100 events per request
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # far above a HubSpot batch of events
 LANDING_OBJECT_TYPES = ("owner", "company", "contact", "deal", "activity", "ticket", "subscription")
 LANDING_FIELDS = (
     "event_id",

@@ -15,6 +15,7 @@ revorch audit verify          recompute the audit trail's hash chain against its
 revorch policy check          what a compromised model could get sent without a person
 revorch history COMPANY_ID    every decision and action about one company, in order
 revorch ui                    start the Dagster UI (dagster dev) on this project
+revorch serve                 receive webhooks (HubSpot, Standard Webhooks) into the landing zone
 
 A mistake (a missing file, an invalid config, no state store yet) prints one line saying what
 is wrong and what to do, and exits with code 2; `revorch --debug ...` shows the traceback.
@@ -215,6 +216,17 @@ def _parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev)")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=_ui)
+
+    serve = commands.add_parser(
+        "serve", help="receive webhooks into the landing zone (docs/sources/webhooks.md)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes (each lands its own batches)"
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=_serve)
     for command in commands.choices.values():
         # `--debug` also after the command; SUPPRESS keeps the value given before it.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -730,6 +742,29 @@ def _ui(args: argparse.Namespace) -> int:
     command = [str(dagster), "dev", "-m", "revorch.definitions", "-p", str(args.port)]
     print(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} {' '.join(command)}")
     os.execv(command[0], command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from revorch.server.app import create_app, settings_from_environment
+
+    config = settings_from_environment()
+    try:
+        app = create_app(config)
+    except ValueError as invalid:
+        raise RevorchError(f"{invalid}; fix the environment and start again") from invalid
+    hubspot = "on" if config.hubspot_client_secret else "off (REVORCH_HUBSPOT_CLIENT_SECRET)"
+    sources = ", ".join(sorted(config.source_secrets)) or "none (REVORCH_SOURCE_SECRET_<NAME>)"
+    print(f"Landing webhooks in {config.landing}; HubSpot {hubspot}; other sources: {sources}")
+    # uvicorn trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS (default 127.0.0.1), the
+    # reverse proxy that terminates TLS in front of it.
+    options = {"host": args.host, "port": args.port, "access_log": args.access_log}
+    if args.workers > 1:  # each worker process builds its own app from the environment
+        uvicorn.run("revorch.server.app:create_app", factory=True, workers=args.workers, **options)
+    else:
+        uvicorn.run(app, **options)
+    return 0
 
 
 if __name__ == "__main__":

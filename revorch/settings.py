@@ -76,3 +76,29 @@ def inbox_url() -> str:
     """Where reviewers open the approvals inbox (served by `revorch serve` under /approvals);
     set REVORCH_INBOX_URL when it is reached through a proxy or on another port."""
     return os.environ.get("REVORCH_INBOX_URL", "http://127.0.0.1:8000/approvals")
+def hubspot_client_secret() -> str | None:
+    """The HubSpot app's client secret, which signs its webhooks (X-HubSpot-Signature-v3)."""
+    return os.environ.get("REVORCH_HUBSPOT_CLIENT_SECRET") or None
+
+
+SOURCE_SECRET_PREFIX = "REVORCH_SOURCE_SECRET_"
+
+
+def webhook_source_secrets() -> dict[str, str]:
+    """Standard Webhooks secrets by source: ``REVORCH_SOURCE_SECRET_BILLING=whsec_...``
+    signs ``POST /webhooks/billing``."""
+    return {
+        name.removeprefix(SOURCE_SECRET_PREFIX).lower(): value
+        for name, value in os.environ.items()
+        if name.startswith(SOURCE_SECRET_PREFIX) and value
+    }
+
+
+def webhook_public_url() -> str | None:
+    """The base URL webhook senders post to (``https://revorch.example.com``), if the
+    receiver runs behind a proxy that changes host or scheme."""
+    return os.environ.get("REVORCH_PUBLIC_URL") or None
+
+
+def webhook_max_body_bytes(default: int) -> int:
+    return int(os.environ.get("REVORCH_WEBHOOK_MAX_BODY_BYTES", default))

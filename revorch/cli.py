@@ -748,20 +748,25 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from revorch.server.app import create_app, settings_from_environment
+    from revorch.server.inbox import InboxSettings, inbox_routes
 
     config = settings_from_environment()
     try:
-        app = create_app(config)
+        inbox = InboxSettings.from_env()
+        app = create_app(config, extra_routes=inbox_routes(inbox))
     except ValueError as invalid:
         raise RevorchError(f"{invalid}; fix the environment and start again") from invalid
     hubspot = "on" if config.hubspot_client_secret else "off (REVORCH_HUBSPOT_CLIENT_SECRET)"
     sources = ", ".join(sorted(config.source_secrets)) or "none (REVORCH_SOURCE_SECRET_<NAME>)"
     print(f"Landing webhooks in {config.landing}; HubSpot {hubspot}; other sources: {sources}")
+    reviewers = ", ".join(sorted(inbox.tokens)) or "none yet (REVORCH_INBOX_TOKENS)"
+    print(f"Approvals inbox at http://{args.host}:{args.port}/approvals; reviewers: {reviewers}")
     # uvicorn trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS (default 127.0.0.1), the
     # reverse proxy that terminates TLS in front of it.
     options = {"host": args.host, "port": args.port, "access_log": args.access_log}
     if args.workers > 1:  # each worker process builds its own app from the environment
-        uvicorn.run("revorch.server.app:create_app", factory=True, workers=args.workers, **options)
+        service = "revorch.server.app:create_service"
+        uvicorn.run(service, factory=True, workers=args.workers, **options)
     else:
         uvicorn.run(app, **options)
     return 0

@@ -506,6 +506,7 @@ def test_revorch_serve_starts_answers_and_stops(tmp_path: Path) -> None:
         **{k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))},
         "REVORCH_HOME": str(tmp_path),
         "REVORCH_HUBSPOT_CLIENT_SECRET": CLIENT_SECRET,
+        "REVORCH_INBOX_TOKENS": "alice:" + "a" * 24,
     }
     revorch = Path(sys.executable).with_name("revorch")
     process = subprocess.Popen(
@@ -526,6 +527,9 @@ def test_revorch_serve_starts_answers_and_stops(tmp_path: Path) -> None:
         events = [hubspot_event("contact.creation", 5, now_ms(), 1)]
         assert post_hubspot(url, events).status_code == 200
         assert health(url)["events_landed"] == 1
+        # The same service shows reviewers the approvals inbox, asking them to log in first.
+        inbox = httpx.get(f"{url}/approvals/", follow_redirects=True, timeout=30)
+        assert inbox.status_code == 200 and 'name="token"' in inbox.text
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         _, rest = process.communicate(timeout=30)

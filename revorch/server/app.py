@@ -47,3 +47,11 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.receiver = receiver
     return app
+
+
+def create_service() -> Starlette:
+    """The whole service as `revorch serve` runs it, from the environment: the webhook
+    receivers and the approvals inbox (each worker process of ``--workers`` builds its own)."""
+    from revorch.server.inbox import InboxSettings, inbox_routes
+
+    return create_app(extra_routes=inbox_routes(InboxSettings.from_env()))

@@ -37,7 +37,10 @@ BILLING_KEY = b"billing-secret-key-32-bytes-long"
 BILLING_SECRET = "whsec_" + base64.b64encode(BILLING_KEY).decode()
 MAX_BODY = 64 * 1024
 # Ingestion, current state and the contacts' lifecycle: enough to see a stage move.
-THROUGH_LIFECYCLE = dg.AssetSelection.groups("ingestion", "crm_state", "lifecycle").without_checks()
+THROUGH_LIFECYCLE = (
+    dg.AssetSelection.groups("ingestion", "crm_state")
+    | dg.AssetSelection.assets(["stages", "contact_lifecycle"], ["stages", "account_lifecycle"])
+).without_checks()
 
 
 @contextmanager

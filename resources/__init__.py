@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import get_args
 
 import dagster as dg
 
 from resources.agents import AgentsConfigResource, LlmResource
-from resources.governance import DispatcherResource, GovernanceResource
+from resources.governance import (
+    DispatcherResource,
+    DispatchTarget,
+    GovernanceResource,
+    WriteBackMode,
+)
 from resources.hubspot import HubSpotResource
 from resources.landing_zone import LandingZoneResource
 from resources.lifecycle_config import LifecycleConfigResource
@@ -38,17 +44,17 @@ def default_resources() -> dict[str, object]:
             policy_path=str(settings.policy_path()),
             audit_anchor_path=str(settings.audit_anchor_path()),
         ),
-        # No webhook URL: actions go to the outbox file.
+        # REVORCH_DISPATCH_TARGET: outbox (default; webhook when REVORCH_WEBHOOK_URL is set),
+        # webhook, hubspot or salesforce; REVORCH_WRITEBACK: dry_run (default) or live.
         "dispatcher": DispatcherResource(
             outbox_path=str(settings.outbox_path()),
             journal_path=str(settings.dispatch_journal_path()),
+            dispatch_target=_choice("REVORCH_DISPATCH_TARGET", DispatchTarget)
+            or ("webhook" if os.environ.get("REVORCH_WEBHOOK_URL") else "outbox"),
+            writeback=_choice("REVORCH_WRITEBACK", WriteBackMode) or "dry_run",
             webhook_url=_from_env("REVORCH_WEBHOOK_URL"),
             webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
-            salesforce_writeback=os.environ.get("REVORCH_SALESFORCE_WRITEBACK") or "off",
-            # REVORCH_DISPATCH_TARGET=hubspot: a dry run unless REVORCH_HUBSPOT_WRITEBACK=live.
-            crm=os.environ.get("REVORCH_DISPATCH_TARGET") or None,
             hubspot_access_token=_from_env(hubspot_config.TOKEN_VARIABLE),
-            hubspot_live=hubspot_config.writeback_live(),
         ),
         # Used only by the salesforce_sync job (docs/sources/salesforce.md).
         "salesforce": SalesforceResource(
@@ -62,6 +68,15 @@ def default_resources() -> dict[str, object]:
         ),
         "hubspot": HubSpotResource(access_token=dg.EnvVar(hubspot_config.TOKEN_VARIABLE)),
     }
+
+
+def _choice(name: str, allowed: object) -> str | None:
+    """The variable's value if it is one of the ``Literal`` type's; a clear error if not."""
+    value = os.environ.get(name, "").strip()
+    choices = get_args(allowed)
+    if value and value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value or None
 
 
 def _from_env(name: str) -> dg.EnvVar | None:

@@ -24,9 +24,14 @@ class GovernanceResource(dg.ConfigurableResource):
         return Path(self.audit_anchor_path)
 
 
+DispatchTarget = Literal["outbox", "webhook", "hubspot", "salesforce"]
+WriteBackMode = Literal["dry_run", "live"]
+
+
 class DispatcherResource(dg.ConfigurableResource):
-    """Where actions go: the outbox file, or a webhook when ``webhook_url`` is set (from
-    REVORCH_WEBHOOK_URL; its signing secret from REVORCH_WEBHOOK_SECRET)."""
+    """Where actions go (REVORCH_DISPATCH_TARGET) and, for a CRM, whether the writes are made
+    (REVORCH_WRITEBACK); docs/operations.md. The webhook's URL comes from REVORCH_WEBHOOK_URL,
+    its signing secret from REVORCH_WEBHOOK_SECRET."""
 
     outbox_path: str = Field(description="JSON-lines file of sent actions (the default target).")
     journal_path: str | None = Field(
@@ -34,30 +39,30 @@ class DispatcherResource(dg.ConfigurableResource):
         description="SQLite journal of delivery attempts, for crash recovery (default: "
         "dispatch-journal.sqlite3 beside the outbox file).",
     )
-    webhook_url: str | None = Field(default=None, description="POST every action here instead.")
+    dispatch_target: DispatchTarget = Field(
+        default="outbox",
+        description="outbox (the file), webhook (POST to webhook_url), hubspot or salesforce "
+        "(the write-back, docs/sources/).",
+    )
+    writeback: WriteBackMode = Field(
+        default="dry_run",
+        description="For hubspot and salesforce: dry_run writes the requests down and calls "
+        "nothing; live makes them.",
+    )
+    webhook_url: str | None = Field(default=None, description="The webhook target's URL.")
     webhook_secret: str | None = Field(default=None, description="HMAC key; environment only.")
     timeout_seconds: float = 10.0
     max_attempts: int = Field(default=5, description="Tries before an action is marked failed.")
-    salesforce_writeback: Literal["off", "dry_run", "live"] = Field(
-        default="off",
-        description="Write actions to Salesforce (REVORCH_SALESFORCE_WRITEBACK): dry_run writes "
-        "the requests to the outbox file; live makes them, signed in from the SALESFORCE_* "
-        "variables (docs/sources/salesforce.md).",
-    )
-    crm: str | None = Field(
-        default=None, description="'hubspot' sends actions to HubSpot (REVORCH_DISPATCH_TARGET)."
-    )
     hubspot_access_token: str | None = Field(default=None, description="Environment only.")
-    hubspot_live: bool = Field(
-        default=False, description="Write to HubSpot; False (the default) is a dry run."
-    )
 
     def target(self) -> Target:
-        if self.crm == "hubspot":
+        if self.dispatch_target == "hubspot":
             return self._hubspot()
-        if self.salesforce_writeback != "off":
+        if self.dispatch_target == "salesforce":
             return self._salesforce()
-        if self.webhook_url:
+        if self.dispatch_target == "webhook":
+            if not self.webhook_url:
+                raise ValueError("the webhook target needs a URL (REVORCH_WEBHOOK_URL)")
             return Webhook(self.webhook_url, self.webhook_secret, self.timeout_seconds)
         return OutboxFile(Path(self.outbox_path))
 
@@ -65,7 +70,7 @@ class DispatcherResource(dg.ConfigurableResource):
         from revorch.sources.salesforce.sync import SalesforceSettings, connect
         from revorch.sources.salesforce.writeback import SalesforceWriteBack
 
-        live = self.salesforce_writeback == "live"
+        live = self.writeback == "live"
         client = connect(SalesforceSettings.from_env()) if live else None
         return SalesforceWriteBack(client, OutboxFile(Path(self.outbox_path)), dry_run=not live)
 
@@ -83,7 +88,7 @@ class DispatcherResource(dg.ConfigurableResource):
         return HubSpotTarget(
             api,
             OwnWrites(config.own_writes_path()),
-            dry_run=not self.hubspot_live,
+            dry_run=self.writeback != "live",
             dry_run_path=config.state_dir() / "dry-run.jsonl",
         )
 

@@ -890,3 +890,35 @@ def test_no_action_is_proposed_for_a_contact_deleted_in_the_crm(gov):
         [deleted],
     ).fetchone()[0]
     assert proposed == 0
+
+
+def test_one_setting_chooses_the_target_and_one_the_write_back_mode(tmp_path, monkeypatch):
+    """REVORCH_DISPATCH_TARGET picks where actions go, REVORCH_WRITEBACK whether a CRM is
+    written; a value that is neither says which values there are."""
+    from resources import default_resources
+    from revorch.sources.hubspot.writeback import HubSpotTarget
+
+    monkeypatch.setenv("REVORCH_HOME", str(tmp_path))
+    for name in ("REVORCH_DISPATCH_TARGET", "REVORCH_WRITEBACK", "REVORCH_WEBHOOK_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(default_resources()["dispatcher"].target(), OutboxFile)
+    monkeypatch.setenv("REVORCH_WEBHOOK_URL", "http://127.0.0.1:9/actions")
+    assert isinstance(default_resources()["dispatcher"].target(), Webhook)
+
+    monkeypatch.setenv("REVORCH_DISPATCH_TARGET", "hubspot")
+    dry = default_resources()["dispatcher"].target()
+    assert isinstance(dry, HubSpotTarget) and dry.dry_run
+    monkeypatch.setenv("HUBSPOT_ACCESS_TOKEN", "pat-test")
+    monkeypatch.setenv("REVORCH_WRITEBACK", "live")
+    live = default_resources()["dispatcher"].target()
+    assert isinstance(live, HubSpotTarget) and not live.dry_run
+
+    monkeypatch.setenv("REVORCH_WRITEBACK", "yes")
+    with pytest.raises(ValueError, match="REVORCH_WRITEBACK='yes' is not one of dry_run, live"):
+        default_resources()
+    monkeypatch.setenv("REVORCH_WRITEBACK", "dry_run")
+    monkeypatch.setenv("REVORCH_DISPATCH_TARGET", "hubsport")
+    with pytest.raises(ValueError, match="outbox, webhook, hubspot, salesforce"):
+        default_resources()
+    with pytest.raises(Exception, match="dispatch_target"):
+        DispatcherResource(outbox_path=str(tmp_path / "o.jsonl"), dispatch_target="crm")

@@ -329,7 +329,8 @@ def test_a_write_back_happens_once_and_is_not_read_back_in(tmp_path):
             )
 
         # The dispatcher's resource picks this target, as a dry run unless told otherwise.
-        chosen = DispatcherResource(outbox_path=str(tmp_path / "outbox.jsonl"), crm="hubspot")
+        outbox = str(tmp_path / "outbox.jsonl")
+        chosen = DispatcherResource(outbox_path=outbox, dispatch_target="hubspot")
         assert isinstance(chosen.target(), HubSpotTarget) and chosen.target().dry_run
 
         # Dry run, the default: the plan is written down, HubSpot is not called.

@@ -441,7 +441,7 @@ def test_write_back_happens_once_and_its_change_event_is_not_read_back(
     # Dry run (the default): the requests go to the outbox file, none to Salesforce.
     outbox = tmp_path / "outbox.jsonl"
     assert DispatcherResource(outbox_path=str(outbox)).target().name == "outbox"
-    dispatcher = DispatcherResource(outbox_path=str(outbox), salesforce_writeback="dry_run")
+    dispatcher = DispatcherResource(outbox_path=str(outbox), dispatch_target="salesforce")
     dry = dispatcher.target().deliver([follow_up])
     assert dry[0].ok and org.writes == []
     assert json.loads(outbox.read_text())["salesforce_request"][0] == "Task"
@@ -449,7 +449,9 @@ def test_write_back_happens_once_and_its_change_event_is_not_read_back(
     monkeypatch.setenv("SALESFORCE_INSTANCE_URL", org.url)
     monkeypatch.setenv("SALESFORCE_ACCESS_TOKEN", TOKEN)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(org.cert))
-    live = DispatcherResource(outbox_path=str(outbox), salesforce_writeback="live").target()
+    live = DispatcherResource(
+        outbox_path=str(outbox), dispatch_target="salesforce", writeback="live"
+    ).target()
     # The dispatcher sends an action again after a crash: still one Task.
     for _ in range(2):
         assert [d.ok for d in live.deliver([follow_up, disqualify])] == [True, True]
@@ -490,7 +492,9 @@ def test_the_dispatcher_writes_each_allowed_action_to_salesforce_once(
         "governance": GovernanceResource(
             policy_path=str(DEFAULT_PATH), audit_anchor_path=str(home.anchor)
         ),
-        "dispatcher": DispatcherResource(outbox_path=str(home.outbox), salesforce_writeback="live"),
+        "dispatcher": DispatcherResource(
+            outbox_path=str(home.outbox), dispatch_target="salesforce", writeback="live"
+        ),
     }
     with dg.instance_for_test() as instance:
         assert dg.materialize(governance_assets, resources=resources, instance=instance).success

@@ -27,19 +27,25 @@ import pytest
 import uvicorn
 
 from conftest import ingest_and_stage
+from fake_hubspot import FakeHubSpot, Portal
 from revorch.landing import LandingZone
-from revorch.server import hubspot
 from revorch.server.app import create_app
 from revorch.server.webhooks import ReceiverSettings
+from revorch.sources.hubspot import webhook as hubspot
+from revorch.sources.hubspot.api import HubSpotApi, Limits
+from revorch.sources.hubspot.mapping import MARKER
+from revorch.sources.hubspot.own_writes import OwnWrites
+from revorch.sources.hubspot.writeback import HubSpotTarget
 
 CLIENT_SECRET = "8f3b0a5e-6a2c-4c1e-9d2f-5b7e1c0a9d31"
+TOKEN = "pat-test"
 BILLING_KEY = b"billing-secret-key-32-bytes-long"
 BILLING_SECRET = "whsec_" + base64.b64encode(BILLING_KEY).decode()
 MAX_BODY = 64 * 1024
 # Ingestion, current state and the contacts' lifecycle: enough to see a stage move.
 THROUGH_LIFECYCLE = (
     dg.AssetSelection.groups("ingestion", "crm_state")
-    | dg.AssetSelection.assets(["stages", "contact_lifecycle"], ["stages", "account_lifecycle"])
+    | dg.AssetSelection.assets(["stages", "contact_lifecycle"])
 ).without_checks()
 
 
@@ -375,6 +381,50 @@ def test_hubspot_values_are_mapped_to_revorchs_columns() -> None:
     # A removal is dated just before an addition HubSpot makes at the same instant.
     assert (mapped[5]["object_type"], mapped[5]["object_id"]) == ("deal", "2")
     assert mapped[5]["occurred_at"] == "2025-12-31T23:59:59.999Z"
+
+
+def test_a_write_backs_own_change_delivered_as_a_webhook_lands_nothing(
+    zone: LandingZone, tmp_path: Path
+) -> None:
+    """HubSpot pushes Revorch's own write back as property changes: they land nothing, as the
+    poller leaves them out; a person's later change of the same property is news again."""
+    own = OwnWrites(tmp_path / "hubspot" / "own-writes.sqlite3")
+    portal = Portal(TOKEN)
+    portal.add("contacts", "101", now_ms() - 60_000, hs_lead_status="NEW")
+    action = {
+        "action_id": "a-disqualify",
+        "action_type": "update_crm_field",
+        "entity_type": "contact",
+        "entity_id": "101",
+        "payload": {"field": "lead_status", "value": "unqualified"},
+    }
+    with FakeHubSpot(portal) as crm:
+        api = HubSpotApi(TOKEN, crm.url, Limits(10_000, 1_000), retry_reads=False)
+        assert HubSpotTarget(api, own, dry_run=False).deliver([action])[0].ok
+    written = portal.records["contacts"]["101"]["properties"]
+    assert written["hs_lead_status"] == "UNQUALIFIED"
+    at = now_ms()
+    # What HubSpot sends for that one PATCH: a change of each property it wrote.
+    echoes = [
+        hubspot_event("contact.propertyChange", 101, at, n, propertyName=name, propertyValue=value)
+        for n, name in enumerate(("hs_lead_status", "revorch_last_action", MARKER), start=1)
+        for value in [written[name]]
+    ]
+    person = hubspot_event(
+        "contact.propertyChange",
+        101,
+        at + 5_000,
+        9,
+        propertyName="hs_lead_status",
+        propertyValue="OPEN",
+    )
+    with serving(zone.root, hubspot_own_writes=own.path) as url:
+        echoed = post_hubspot(url, echoes)
+        assert echoed.status_code == 200, echoed.text
+        assert echoed.json()["landed"] == 0 and echoed.json()["skipped"] == 3
+        assert landed_lines(zone) == []
+        assert post_hubspot(url, [person]).json()["landed"] == 1
+    assert [line["properties"] for line in landed_lines(zone)] == [{"lead_status": "open"}]
 
 
 def test_standard_webhooks_source_is_accepted_when_signed(zone: LandingZone, base_url: str) -> None:

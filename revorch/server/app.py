@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute
 
 from revorch import settings
 from revorch.server.webhooks import DEFAULT_MAX_BODY_BYTES, Receiver, ReceiverSettings
+from revorch.sources.hubspot import config as hubspot_config
 
 
 def settings_from_environment() -> ReceiverSettings:
@@ -17,6 +18,7 @@ def settings_from_environment() -> ReceiverSettings:
     return ReceiverSettings(
         landing=settings.landing_path(),
         hubspot_client_secret=settings.hubspot_client_secret(),
+        hubspot_own_writes=hubspot_config.own_writes_path(),
         source_secrets=settings.webhook_source_secrets(),
         public_url=settings.webhook_public_url(),
         max_body_bytes=settings.webhook_max_body_bytes(DEFAULT_MAX_BODY_BYTES),

@@ -26,8 +26,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from revorch.landing import LandingZone, check_source_name
-from revorch.server import hubspot
 from revorch.server.group_commit import GroupCommitWriter
+from revorch.sources.hubspot import webhook as hubspot
+from revorch.sources.hubspot.own_writes import OwnWrites
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class ReceiverSettings:
 
     landing: Path
     hubspot_client_secret: str | None = None
+    # The HubSpot write-back's ledger (revorch.sources.hubspot.own_writes): a pushed change
+    # that still holds what Revorch wrote is its own echo and lands nothing.
+    hubspot_own_writes: Path | None = None
     # source name -> Standard Webhooks secret (``whsec_<base64>``)
     source_secrets: Mapping[str, str] = field(default_factory=dict)
     # The base URL senders post to (https://revorch.example.com), which HubSpot signs; by
@@ -72,6 +76,8 @@ class Receiver:
     def __init__(self, config: ReceiverSettings) -> None:
         self.config = config
         self.writer = GroupCommitWriter(LandingZone(config.landing), source="webhook")
+        ledger = config.hubspot_own_writes
+        self.own_writes = OwnWrites(ledger) if ledger else None
         self._verifiers = {
             source: _verifier(source, secret) for source, secret in config.source_secrets.items()
         }
@@ -98,7 +104,7 @@ class Receiver:
                 )
             body = await self._body(request)
             self._verify_hubspot(request, body)
-            mapped = hubspot.to_landing_events(_strict_json(body))
+            mapped = hubspot.to_landing_events(_strict_json(body), self.own_writes)
         except hubspot.MalformedEvent as error:
             return self._refuse(request, "hubspot", Refused(422, "malformed_event", str(error)))
         except Refused as refused:

@@ -6,7 +6,6 @@
                                          (default ``$REVORCH_HOME/hubspot``)
 ``REVORCH_HUBSPOT_REQUESTS_PER_10S``     default 150 (HubSpot allows private apps 190)
 ``REVORCH_HUBSPOT_SEARCHES_PER_SECOND``  default 4
-``REVORCH_HUBSPOT_WRITEBACK``            ``live`` writes to HubSpot; anything else is a dry run
 ``REVORCH_HUBSPOT_EXTRA_PROPERTIES``     more HubSpot properties to land as they are, e.g.
                                          ``contacts=hs_lead_score,region;deals=forecast``
 """
@@ -66,10 +65,6 @@ def extra_properties() -> dict[str, tuple[str, ...]]:
 
 def poll_settings() -> PollSettings:
     return PollSettings(extra_properties=extra_properties())
-
-
-def writeback_live() -> bool:
-    return os.environ.get("REVORCH_HUBSPOT_WRITEBACK", "dry-run").strip().lower() == "live"
 
 
 def api_from_env() -> HubSpotApi:

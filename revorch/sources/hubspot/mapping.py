@@ -1,5 +1,9 @@
 """HubSpot records as landing-zone events: which properties Revorch reads, under which
-column names, and the marker Revorch's own writes carry so they are never read back in."""
+column names, and the marker Revorch's own writes carry so they are never read back in.
+
+The one mapping of HubSpot properties: the poller (records from the search API) and the
+webhook receiver (``revorch.sources.hubspot.webhook``, one property change at a time) both
+read it, so a property lands the same way whether it was polled or pushed."""
 
 from __future__ import annotations
 
@@ -17,11 +21,18 @@ def _lower(value: str) -> str:
     return value.lower()
 
 
+def _moment(value: str) -> str:
+    # The search API answers ISO 8601 text, webhooks send epoch milliseconds.
+    return iso(int(value)) if value.isdigit() else value
+
+
 def _date(value: str) -> str:
     # HubSpot's closedate is a datetime; Revorch's close_date is a date.
-    return value[:10]
+    return _moment(value)[:10]
 
 
+# HubSpot's two default deal types; Revorch tells renewals from expansions, HubSpot does not,
+# so an existing customer's deal counts as an expansion unless the portal sends "renewal".
 DEAL_TYPES = {"newbusiness": "new_business", "existingbusiness": "expansion"}
 
 
@@ -58,8 +69,11 @@ CONTACTS = ObjectMapping(
         "hs_analytics_source": "lead_source",
         "hubspot_owner_id": "owner_id",
         "createdate": "created_at",
+        # The primary company, as webhooks announce it (the poller reads the associations).
+        "associatedcompanyid": "company_id",
     },
-    {"hs_lead_status": _lower, "hs_analytics_source": _lower},
+    # HubSpot's enumeration values are upper case; config/lifecycle.yaml names them lower case.
+    {"hs_lead_status": _lower, "hs_analytics_source": _lower, "createdate": _moment},
     {"companies": "company_id"},
 )
 COMPANIES = ObjectMapping(
@@ -76,6 +90,7 @@ COMPANIES = ObjectMapping(
         "hubspot_owner_id": "owner_id",
         "createdate": "created_at",
     },
+    {"createdate": _moment},
 )
 DEALS = ObjectMapping(
     "deals",
@@ -92,10 +107,26 @@ DEALS = ObjectMapping(
         "hubspot_owner_id": "owner_id",
         "createdate": "created_at",
     },
-    {"closedate": _date, "dealtype": lambda v: DEAL_TYPES.get(v, v)},
+    {"closedate": _date, "dealtype": lambda v: DEAL_TYPES.get(v, v), "createdate": _moment},
     {"companies": "company_id", "contacts": "contact_id"},
 )
-OBJECTS: dict[str, ObjectMapping] = {m.hubspot: m for m in (CONTACTS, COMPANIES, DEALS)}
+TICKETS = ObjectMapping(
+    "tickets",
+    "ticket",
+    "hs_lastmodifieddate",
+    {
+        "subject": "subject",
+        "content": "body",
+        "hs_ticket_category": "category",
+        "hs_ticket_priority": "priority",
+        "hubspot_owner_id": "owner_id",
+        "createdate": "created_at",
+        "closed_date": "closed_at",
+    },
+    {"createdate": _moment, "closed_date": _moment},
+    {"companies": "company_id", "contacts": "contact_id"},
+)
+OBJECTS: dict[str, ObjectMapping] = {m.hubspot: m for m in (CONTACTS, COMPANIES, DEALS, TICKETS)}
 BY_REVORCH_TYPE: dict[str, ObjectMapping] = {m.revorch: m for m in OBJECTS.values()}
 # Revorch column -> HubSpot property, for the write-back.
 HUBSPOT_PROPERTY = {
@@ -149,7 +180,7 @@ def upsert_event(
             value = mapping.convert[name](str(value))
         props[column] = value
     for name in extra:
-        if name in properties and name not in skip:
+        if name in properties and name not in skip and name != MARKER:
             props[name] = properties[name]
     props.update(associated)
     return {

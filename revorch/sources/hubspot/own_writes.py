@@ -1,13 +1,14 @@
 """What Revorch itself wrote to HubSpot: the write-back records each write here, the poller
-reads it so a write never comes back in as a change.
+and the webhook receiver read it so a write never comes back in as a change.
 
 One row per write: the record, the instant HubSpot stamped on it (its ``updatedAt``), the
 action and the properties written with their values. The poller leaves out of a record's
-snapshot every property that still holds the value Revorch last wrote to it: that value is
-Revorch's own, not news from the CRM. A person who changes it makes it news again.
+snapshot, and the webhook receiver out of a property change, every property that still holds
+the value Revorch last wrote to it (:func:`still_ours`): that value is Revorch's own, not news
+from the CRM. A person who changes it makes it news again.
 
-A small SQLite file (WAL, ``synchronous=FULL``) shared by the dispatcher (writer) and the
-poller (reader), in different processes.
+A small SQLite file (WAL, ``synchronous=FULL``) shared by the dispatcher (writer), the poller
+and the webhook receiver (readers), in different processes.
 """
 
 from __future__ import annotations
@@ -76,3 +77,12 @@ class OwnWrites:
                 for object_id, props in rows:
                     found.setdefault(object_id, {}).update(json.loads(props))
         return found
+
+
+def still_ours(properties: dict, written: dict[str, object]) -> frozenset[str]:
+    """The properties that still hold the value Revorch wrote (HubSpot answers in text)."""
+    return frozenset(
+        name
+        for name, value in written.items()
+        if name in properties and str(properties[name]) == str(value)
+    )

@@ -47,7 +47,7 @@ from revorch.sources.hubspot.mapping import (
     to_millis,
     upsert_event,
 )
-from revorch.sources.hubspot.own_writes import OwnWrites
+from revorch.sources.hubspot.own_writes import OwnWrites, still_ours
 
 
 @dataclass(frozen=True)
@@ -255,19 +255,10 @@ def _upserts(
                 for column, found in associated.items()
             },
             extra=extra,
-            skip=_still_ours(record["properties"], ours.get(record["id"], {})),
+            skip=still_ours(record["properties"], ours.get(record["id"], {})),
         )
         for record, modified in fresh
     ]
-
-
-def _still_ours(properties: dict, written: dict[str, object]) -> frozenset[str]:
-    """The properties that still hold the value Revorch wrote (HubSpot answers in text)."""
-    return frozenset(
-        name
-        for name, value in written.items()
-        if name in properties and str(properties[name]) == str(value)
-    )
 
 
 def _archived(api: HubSpotApi, mapping: ObjectMapping, batches: _Batches, lookback_ms: int) -> None:

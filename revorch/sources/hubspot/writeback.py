@@ -32,7 +32,7 @@ from hubspot.crm.objects.exceptions import ApiException
 
 from revorch.governance.targets import Delivery, OutboxFile
 from revorch.sources.hubspot.api import HubSpotApi
-from revorch.sources.hubspot.mapping import HUBSPOT_PROPERTY, MARKER, to_millis
+from revorch.sources.hubspot.mapping import HUBSPOT_PROPERTY, MARKER, OBJECTS, to_millis
 from revorch.sources.hubspot.own_writes import OwnWrites
 
 RECORD_OF = {"contact": "contacts", "deal": "deals", "ticket": "tickets"}
@@ -155,8 +155,8 @@ def plan(message: dict) -> list[dict]:
     action_type = message["action_type"]
     properties: dict[str, object] = {"revorch_last_action": action_type}
     if action_type == "update_crm_field" and payload.get("field"):
-        revorch_type = {"contacts": "contact", "deals": "deal"}.get(object_type, "company")
-        name = HUBSPOT_PROPERTY.get(revorch_type, {}).get(payload["field"], payload["field"])
+        columns = HUBSPOT_PROPERTY[OBJECTS[object_type].revorch]
+        name = columns.get(payload["field"], payload["field"])
         value = payload.get("value")
         # HubSpot's lead statuses are upper case (UNQUALIFIED); Revorch keeps them lower case.
         properties[name] = value.upper() if name == "hs_lead_status" and value else value

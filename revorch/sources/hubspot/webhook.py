@@ -10,78 +10,28 @@ Each becomes at most one landing event (docs/landing_zone.md). HubSpot retries a
 a higher ``attemptNumber`` and does not promise that ``eventId`` is unique, so the event id
 is built from the fields that identify the change and never from ``attemptNumber``: a retried
 delivery lands an event ingestion already has, and is counted as a duplicate.
+
+Properties map as the poller maps them (:mod:`revorch.sources.hubspot.mapping`). A change of
+Revorch's marker property, or of a property that still holds the value Revorch last wrote to it
+(:mod:`revorch.sources.hubspot.own_writes`), lands nothing: a write-back's own change, pushed
+back by HubSpot, is not news.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-# HubSpot's object names in subscription types -> Revorch's object types.
-OBJECT_TYPES = {"contact": "contact", "company": "company", "deal": "deal", "ticket": "ticket"}
+from revorch.sources.hubspot.mapping import BY_REVORCH_TYPE, MARKER, SOURCE, ObjectMapping, iso
+from revorch.sources.hubspot.own_writes import OwnWrites, still_ours
+
+# Subscription types name HubSpot's objects as Revorch names its object types (contact, deal).
 # Generic subscriptions (`object.creation`, `object.propertyChange`, ...) name the object by
 # its type id instead: HubSpot's ids of its standard objects.
 OBJECT_TYPE_IDS = {"0-1": "contact", "0-2": "company", "0-3": "deal", "0-5": "ticket"}
 
-# HubSpot's internal property names -> Revorch's columns (docs/schema.md). A property that is
-# not listed is kept under its HubSpot name, as a custom property of the change.
-PROPERTY_COLUMNS: dict[str, dict[str, str]] = {
-    "contact": {
-        "email": "email",
-        "firstname": "first_name",
-        "lastname": "last_name",
-        "jobtitle": "job_title",
-        "phone": "phone",
-        "lifecyclestage": "lifecycle_stage",
-        "hs_lead_status": "lead_status",
-        "hs_analytics_source": "lead_source",
-        "hubspot_owner_id": "owner_id",
-        "associatedcompanyid": "company_id",  # the contact's primary company
-        "createdate": "created_at",
-    },
-    "company": {
-        "name": "name",
-        "domain": "domain",
-        "industry": "industry",
-        "numberofemployees": "employees",
-        "annualrevenue": "annual_revenue",
-        "country": "country",
-        "hubspot_owner_id": "owner_id",
-        "createdate": "created_at",
-    },
-    "deal": {
-        "dealname": "name",
-        "dealstage": "stage",
-        "dealtype": "deal_type",
-        "amount": "amount",
-        "deal_currency_code": "currency",
-        "closedate": "close_date",
-        "closed_lost_reason": "lost_reason",
-        "hubspot_owner_id": "owner_id",
-        "createdate": "created_at",
-    },
-    "ticket": {
-        "subject": "subject",
-        "content": "body",
-        "hs_ticket_category": "category",
-        "hs_ticket_priority": "priority",
-        "hubspot_owner_id": "owner_id",
-        "createdate": "created_at",
-        "closed_date": "closed_at",
-    },
-}
-
-# HubSpot's enumeration values, in upper case (hs_lead_status, hs_analytics_source), read as
-# the lower-case values Revorch's config names (config/lifecycle.yaml: unqualified, bad_timing).
-_LOWER_CASE = {"lead_status", "lead_source"}
-# HubSpot's two default deal types; Revorch tells renewals from expansions, HubSpot does not,
-# so an existing customer's deal counts as an expansion unless the portal sends "renewal".
-DEAL_TYPES = {"newbusiness": "new_business", "existingbusiness": "expansion"}
 CLOSED_DEAL_STAGES = {"closedwon", "closedlost"}
-# Columns that hold a moment (HubSpot sends epoch milliseconds) or a calendar day.
-_TIMESTAMPS = {"created_at", "closed_at"}
-_DATES = {"close_date"}
 
 # associationType -> (object type of the record that holds the reference, its column,
 # whether the record is the "from" side). Revorch keeps one company and one contact per
@@ -112,15 +62,17 @@ class Mapped:
     skipped: int
 
 
-def to_landing_events(payload: object) -> Mapped:
+def to_landing_events(payload: object, own_writes: OwnWrites | None = None) -> Mapped:
     """The landing events for a parsed HubSpot request body (a JSON array of events).
 
     Raises :class:`MalformedEvent` if the body is not an array of objects or an event lacks
-    a field its subscription type needs; event types Revorch does not use are skipped.
+    a field its subscription type needs; event types Revorch does not use, changes of the
+    marker and property changes that still hold what Revorch wrote (``own_writes``) are
+    skipped.
     """
     if not isinstance(payload, list):
         raise MalformedEvent("the body must be a JSON array of HubSpot events")
-    events, skipped = [], 0
+    mapped: list[tuple[dict, tuple[str, str, str, object] | None]] = []
     for position, event in enumerate(payload):
         if not isinstance(event, dict):
             raise MalformedEvent(f"event {position} is not an object")
@@ -128,25 +80,47 @@ def to_landing_events(payload: object) -> Mapped:
             landed = _landing_event(event)
         except MalformedEvent as error:
             raise MalformedEvent(f"event {position}: {error}") from None
-        if landed is None:
-            skipped += 1
-        else:
-            events.append(landed)
-    return Mapped(events, skipped)
+        if landed is not None:
+            mapped.append(landed)
+    ours = _own_values([change for _, change in mapped if change], own_writes)
+    events = [
+        out
+        for out, change in mapped
+        if change is None or change[2] not in still_ours({change[2]: change[3]}, ours[change[:2]])
+    ]
+    return Mapped(events, len(payload) - len(events))
 
 
-def _landing_event(event: dict) -> dict | None:
+def _own_values(
+    changes: list[tuple[str, str, str, object]], own_writes: OwnWrites | None
+) -> defaultdict[tuple[str, str], dict[str, object]]:
+    """(HubSpot object type, id) -> what Revorch last wrote to its properties."""
+    ours: defaultdict[tuple[str, str], dict[str, object]] = defaultdict(dict)
+    if own_writes is None:
+        return ours
+    ids: defaultdict[str, set[str]] = defaultdict(set)
+    for hubspot_type, record_id, _, _ in changes:
+        ids[hubspot_type].add(record_id)
+    for hubspot_type, records in ids.items():
+        for record_id, written in own_writes.written(hubspot_type, sorted(records)).items():
+            ours[hubspot_type, record_id] = written
+    return ours
+
+
+def _landing_event(event: dict) -> tuple[dict, tuple[str, str, str, object] | None] | None:
+    """The landing event, and for a property change what changed (HubSpot object type, id,
+    property, value), or None for an event Revorch does not keep."""
     subscription = _text(event, "subscriptionType")
     object_name, _, change = subscription.partition(".")
     if object_name == "object":
         object_type = OBJECT_TYPE_IDS.get(str(event.get("objectTypeId")))
     else:
-        object_type = OBJECT_TYPES.get(object_name)
+        object_type = object_name if object_name in BY_REVORCH_TYPE else None
     handler = _HANDLERS.get(change)
     if object_type is None or handler is None or (object_name, change) == ("object", _ASSOC):
         return None  # generic association events carry other fields: not read yet
     occurred_ms = _integer(event, "occurredAt")
-    landed = handler(event, object_type, occurred_ms)
+    landed = handler(event, BY_REVORCH_TYPE[object_type], occurred_ms)
     if landed is None:
         return None
     record_type, record_id, op, properties, at_ms = landed
@@ -156,11 +130,14 @@ def _landing_event(event: dict) -> dict | None:
         "object_id": record_id,
         "occurred_at": _iso_timestamp(at_ms),
         "op": op,
-        "source": "hubspot",
+        "source": SOURCE,
     }
     if op == "upsert":
         out["properties"] = properties
-    return out
+    if change != "propertyChange":
+        return out, None
+    hubspot_type = BY_REVORCH_TYPE[object_type].hubspot
+    return out, (hubspot_type, record_id, event["propertyName"], event["propertyValue"])
 
 
 def event_id(event: dict) -> str:
@@ -185,35 +162,38 @@ def event_id(event: dict) -> str:
     return "hubspot:" + ":".join("" if part is None else str(part) for part in parts)
 
 
-def _created(event: dict, object_type: str, at_ms: int):
+def _created(event: dict, mapping: ObjectMapping, at_ms: int):
     created = {"created_at": _iso_timestamp(at_ms)}
-    return object_type, str(_integer(event, "objectId")), "upsert", created, at_ms
+    return mapping.revorch, str(_integer(event, "objectId")), "upsert", created, at_ms
 
 
-def _restored(event: dict, object_type: str, at_ms: int):
+def _restored(event: dict, mapping: ObjectMapping, at_ms: int):
     # An upsert after a delete makes the record current again (docs/schema.md, `_deleted`).
-    return object_type, str(_integer(event, "objectId")), "upsert", {}, at_ms
+    return mapping.revorch, str(_integer(event, "objectId")), "upsert", {}, at_ms
 
 
-def _deleted(event: dict, object_type: str, at_ms: int):
-    return object_type, str(_integer(event, "objectId")), "delete", {}, at_ms
+def _deleted(event: dict, mapping: ObjectMapping, at_ms: int):
+    return mapping.revorch, str(_integer(event, "objectId")), "delete", {}, at_ms
 
 
-def _property_changed(event: dict, object_type: str, at_ms: int):
+def _property_changed(event: dict, mapping: ObjectMapping, at_ms: int):
     name = _text(event, "propertyName")
     if "propertyValue" not in event:
         raise MalformedEvent("propertyChange without propertyValue")
-    raw = event["propertyValue"]
-    column = PROPERTY_COLUMNS[object_type].get(name)
-    properties = {column or name: _value(column, raw)}
-    if column == "stage" and object_type == "deal":
+    if name == MARKER:
+        return None  # Revorch's own bookkeeping on the record, never a change
+    # Mapped as the poller maps it; a property not in the mapping keeps its HubSpot name,
+    # as a custom property of the change (the portal's subscriptions chose it).
+    column = mapping.columns.get(name, name)
+    properties = {column: _value(mapping, name, event["propertyValue"])}
+    if column == "stage" and mapping.revorch == "deal":
         # The moment a deal closed is the moment its stage became closed (stages read it).
         closed = properties["stage"] in CLOSED_DEAL_STAGES
         properties["closed_at"] = _iso_timestamp(at_ms) if closed else None
-    return object_type, str(_integer(event, "objectId")), "upsert", properties, at_ms
+    return mapping.revorch, str(_integer(event, "objectId")), "upsert", properties, at_ms
 
 
-def _association_changed(event: dict, object_type: str, at_ms: int):
+def _association_changed(event: dict, mapping: ObjectMapping, at_ms: int):
     kept = ASSOCIATIONS.get(_text(event, "associationType"))
     if kept is None:
         return None
@@ -244,29 +224,24 @@ _HANDLERS: dict[str, Callable] = {
 }
 
 
-def _value(column: str | None, raw: object) -> object:
+def _value(mapping: ObjectMapping, name: str, raw: object) -> object:
     """A HubSpot property value (always sent as text) as Revorch's column takes it."""
     if raw is None or raw == "":
         return None  # HubSpot sends an empty value when a property is cleared
-    if column is None or not isinstance(raw, str):
+    convert = mapping.convert.get(name)
+    if convert is None:
         return raw
-    if column in _LOWER_CASE:
-        return raw.lower()
-    if column == "deal_type":
-        return DEAL_TYPES.get(raw, raw)
-    if column in _TIMESTAMPS and raw.isdigit():
-        return _iso_timestamp(int(raw))
-    if column in _DATES and raw.isdigit():
-        return _iso_timestamp(int(raw))[:10]
-    return raw
+    try:
+        return convert(str(raw))
+    except (OverflowError, OSError, ValueError) as error:
+        raise MalformedEvent(f"{name}: {raw!r} is not a value HubSpot sends") from error
 
 
 def _iso_timestamp(epoch_ms: int) -> str:
     try:
-        moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+        return iso(epoch_ms)
     except (OverflowError, OSError, ValueError) as error:
         raise MalformedEvent(f"{epoch_ms} is not a time in epoch milliseconds") from error
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(event: dict, name: str) -> str:

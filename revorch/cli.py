@@ -262,12 +262,54 @@ def _run_main_job(*, full_rebuild: bool = False) -> str | None:
     from revorch.definitions import full_rebuild_config
 
     _check_configs()
-    result = _run_job("revorch_main", full_rebuild_config()["ops"] if full_rebuild else {})
+    llm = _llm_preflight()
+    result = _run_job(
+        "revorch_main",
+        full_rebuild_config()["ops"] if full_rebuild else {},
+        resources={"llm": llm},
+        tags={"revorch/llm_tier": llm.tier},
+    )
     return None if result.success else _failure(result)
 
 
-def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
-    """Run one of Revorch's jobs in this process, recorded in the project's instance."""
+def _llm_preflight():
+    """Check the LLM endpoint once before a run that may call it; print what the agents will
+    use. A failed check gives the run an LLM resource that is switched off, so its agents
+    decide offline at once instead of spending every call's timeout and retries."""
+    from resources import LlmResource, default_resources, llm_base_url
+    from revorch.agents.config import load_agents_config
+    from revorch.agents.preflight import check_llm_endpoint
+
+    configured = default_resources()["llm"]
+    if not configured.enabled:
+        print(
+            "LLM tier: off (neither OPENAI_API_KEY nor REVORCH_LLM_BASE_URL is set); "
+            "the agents decide offline.",
+            flush=True,
+        )
+        return configured
+    config = load_agents_config(settings.agents_config_path())
+    found = check_llm_endpoint(
+        llm_base_url(),
+        os.environ.get("OPENAI_API_KEY") or "no-key",
+        {agent.model for agent in config.agents.values()},
+    )
+    print(found.line, flush=True)
+    if found.online:
+        return configured
+    return LlmResource(offline_reason=found.offline_reason)
+
+
+def _run_job(
+    name: str,
+    ops: dict,
+    *,
+    log_level: str = "WARNING",
+    resources: dict | None = None,
+    tags: dict | None = None,
+):
+    """Run one of Revorch's jobs in this process, recorded in the project's instance;
+    ``resources`` replace the definitions' by key for this run."""
     import dagster as dg
 
     ensure_dagster_home()
@@ -286,7 +328,8 @@ def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
             instance=instance,
             run_config=run_config,
             raise_on_error=False,
-            tags=in_process_run_tags(),
+            tags={**in_process_run_tags(), **(tags or {})},
+            resources=resources,
         )
 
 

@@ -257,8 +257,9 @@ def _check_configs() -> None:
         raise RevorchError(f"{invalid}; fix it and run again") from invalid
 
 
-def _run_main_job(*, full_rebuild: bool = False) -> str | None:
-    """Run the main job; None when it succeeded, else what made it fail."""
+def _run_main_job(command: str, *, full_rebuild: bool = False) -> int:
+    """Run the main job and print what it did: the funnel and this run's summary when it
+    succeeded, what failed and what to do otherwise. The exit code."""
     from revorch.definitions import full_rebuild_config
 
     _check_configs()
@@ -269,7 +270,43 @@ def _run_main_job(*, full_rebuild: bool = False) -> str | None:
         resources={"llm": llm},
         tags={"revorch/llm_tier": llm.tier},
     )
-    return None if result.success else _failure(result)
+    if result.success:
+        print()
+        print(_report_text())
+    else:
+        print(f"revorch {command}: the main job failed: {_failure(result)}", file=sys.stderr)
+    print()
+    print(_summary_of(result), flush=True)
+    return 0 if result.success else 1
+
+
+def _summary_of(result) -> str:
+    """This run's summary (revorch/reports/run_summary.py) from the events of its steps."""
+    from revorch.reports.run_summary import RunOutcome, run_summary
+
+    metadata = {
+        "/".join(event.asset_key.path): {
+            key: value.value for key, value in event.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+    failed = {
+        event.step_key: _step_error(event.step_failure_data)
+        for event in result.all_events
+        if event.is_step_failure
+    }
+    return run_summary(RunOutcome(result.run_id, metadata, failed))
+
+
+def _step_error(data) -> str:
+    """A failed step's own words: its dg.Failure, else the first line of the innermost error
+    (Dagster wraps what the step raised in an error of its own)."""
+    if data.user_failure_data:
+        return data.user_failure_data.description
+    error = data.error
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0]
 
 
 def _llm_preflight():
@@ -334,21 +371,11 @@ def _run_job(
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    failure = _run_main_job()
-    if failure:
-        print(f"revorch ingest: the main job failed: {failure}", file=sys.stderr)
-        return 1
-    print(_report_text())
-    return 0
+    return _run_main_job("ingest")
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    failure = _run_main_job(full_rebuild=True)
-    if failure:
-        print(f"revorch rebuild: the rebuild failed: {failure}", file=sys.stderr)
-        return 1
-    print(_report_text())
-    return 0
+    return _run_main_job("rebuild", full_rebuild=True)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -358,28 +385,10 @@ def _quickstart(args: argparse.Namespace) -> int:
     zone = _zone()
     summary = simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=args.seed))
     print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
-    failure = _run_main_job()
-    if failure:
-        print(f"revorch quickstart: the main job failed: {failure}", file=sys.stderr)
-        return 1
+    if code := _run_main_job("quickstart"):
+        return code
     print()
-    print(_report_text())
-    print()
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
-        decided = conn.execute(
-            "SELECT agent, tier, count(*), sum(cost_usd) FROM agents.decisions "
-            "GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
-        actions = dict(
-            conn.execute("SELECT status, count(*) FROM governance.actions GROUP BY ALL").fetchall()
-        )
-    print("Agent decisions:   " + ", ".join(f"{a} {n:,} {t}" for a, t, n, _ in decided))
-    print(
-        f"Actions:           {actions.get('sent', 0):,} sent to {settings.outbox_path()}, "
-        f"{actions.get('pending_approval', 0):,} wait for approval (revorch approvals), "
-        f"{actions.get('forbidden', 0):,} forbidden by the policy"
-    )
-    print()
+    print(f"Outbox (actions sent): {settings.outbox_path()}")
     print(f"DuckDB state store: {settings.database_path()}")
     print(f"  analysts' copy:    {settings.published_path()} (refreshed after every run)")
     print('  query it:          .venv/bin/revorch sql "SELECT * FROM contacts LIMIT 5"')
@@ -516,10 +525,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _failure(result) -> str:
     """What made a run fail, in the words of the step that failed."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.user_failure_data:
-            return event.step_failure_data.user_failure_data.description
         if event.is_step_failure:
-            return event.step_failure_data.error.message.strip()
+            return _step_error(event.step_failure_data)
     return "the run failed; see it in the Dagster UI"
 
 

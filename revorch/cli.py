@@ -20,9 +20,11 @@ is wrong and what to do, and exits with code 2; `revorch --debug ...` shows the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -121,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="run the main job, rebuilding state and stages from the whole change log"
     )
     rebuild.set_defaults(handler=_rebuild)
+    for runs_main_job in (quick, ingest, rebuild):
+        runs_main_job.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="a line per Dagster step as it starts and ends (default: on a terminal, not "
+            "under CI=true)",
+        )
 
     sql = commands.add_parser("sql", help="run a read-only SQL query on the state store")
     sql.add_argument(
@@ -257,19 +267,29 @@ def _check_configs() -> None:
         raise RevorchError(f"{invalid}; fix it and run again") from invalid
 
 
-def _run_main_job(command: str, *, full_rebuild: bool = False) -> int:
+def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | None = None) -> int:
     """Run the main job and print what it did: the funnel and this run's summary when it
-    succeeded, what failed and what to do otherwise. The exit code."""
+    succeeded, what failed and what to do otherwise; what was kept when Ctrl-C or SIGTERM
+    stopped it (exit code 128 + the signal's number). The exit code."""
     from revorch.definitions import full_rebuild_config
 
     _check_configs()
     llm = _llm_preflight()
-    result = _run_job(
-        "revorch_main",
-        full_rebuild_config()["ops"] if full_rebuild else {},
-        resources={"llm": llm},
-        tags={"revorch/llm_tier": llm.tier},
-    )
+    if progress is None:
+        progress = sys.stdout.isatty() and os.environ.get("CI", "").lower() != "true"
+    with _signals_received() as received:
+        try:
+            result = _run_job(
+                "revorch_main",
+                full_rebuild_config()["ops"] if full_rebuild else {},
+                resources={"llm": llm},
+                tags={"revorch/llm_tier": llm.tier},
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            result = None  # before or after Dagster's own handling of the signal
+    if received:
+        return _stopped(command, received[0], result)
     if result.success:
         print()
         print(_report_text())
@@ -280,7 +300,74 @@ def _run_main_job(command: str, *, full_rebuild: bool = False) -> int:
     return 0 if result.success else 1
 
 
-def _summary_of(result) -> str:
+@contextlib.contextmanager
+def _signals_received():
+    """The signals (SIGINT, SIGTERM) that arrive meanwhile, in order. SIGTERM stops the run
+    as Ctrl-C does (Dagster treats both as an interrupt inside a run; outside one they raise
+    KeyboardInterrupt). Dagster replaces the handlers during the run, so the signals are
+    read from the wakeup fd, which sees every signal whatever handler is installed."""
+    import signal
+    import socket
+
+    received: list[int] = []
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGTERM, previous_term)
+        with contextlib.suppress(BlockingIOError):
+            received.extend(n for n in reader.recv(64) if n in (signal.SIGINT, signal.SIGTERM))
+        reader.close()
+        writer.close()
+
+
+def _stopped(command: str, signal_number: int, result) -> int:
+    """Say what a stopped run kept: ingestion commits all of a run's batches in one DuckDB
+    transaction, so either the change log has them all or it is as before."""
+    import signal
+
+    name = signal.Signals(signal_number).name
+    stopped_in = ""
+    if result is not None:
+        stopped_in = "".join(
+            f" in step {event.step_key}" for event in result.all_events if event.is_step_failure
+        )
+    print(f"\nrevorch {command}: stopped by {name}{stopped_in}.", file=sys.stderr)
+    intake = None
+    summary = _summary_of(result, with_failures=False) if result is not None else ""
+    if "\n" in summary:  # more than its heading: some steps finished
+        print(summary, file=sys.stderr)
+        intake = next(
+            (
+                event.materialization.metadata
+                for event in result.get_asset_materialization_events()
+                if event.asset_key.path == ["crm", "change_log"]
+            ),
+            None,
+        )
+    if intake is None:
+        print(
+            "Nothing was ingested: ingestion commits a run's batches in one transaction, and a "
+            "stop before that commit writes nothing. The batches wait in the landing zone; "
+            "`revorch ingest` loads them.",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"Committed: {intake['loaded'].value:,} changes from {intake['batches'].value:,} "
+            "batches are in the change log, with the steps that finished before the stop. "
+            "`revorch ingest` brings the rest up to date.",
+            file=sys.stderr,
+        )
+    return 128 + signal_number
+
+
+def _summary_of(result, *, with_failures: bool = True) -> str:
     """This run's summary (revorch/reports/run_summary.py) from the events of its steps."""
     from revorch.reports.run_summary import RunOutcome, run_summary
 
@@ -293,7 +380,7 @@ def _summary_of(result) -> str:
     failed = {
         event.step_key: _step_error(event.step_failure_data)
         for event in result.all_events
-        if event.is_step_failure
+        if event.is_step_failure and with_failures
     }
     return run_summary(RunOutcome(result.run_id, metadata, failed))
 
@@ -344,9 +431,11 @@ def _run_job(
     log_level: str = "WARNING",
     resources: dict | None = None,
     tags: dict | None = None,
+    progress: bool = False,
 ):
     """Run one of Revorch's jobs in this process, recorded in the project's instance;
-    ``resources`` replace the definitions' by key for this run."""
+    ``resources`` replace the definitions' by key for this run; ``progress`` prints a line
+    per step as it starts and ends."""
     import dagster as dg
 
     ensure_dagster_home()
@@ -361,21 +450,62 @@ def _run_job(
         # A run killed earlier would hold the duckdb_writer slot and block this one forever.
         for recovered in recover_abandoned_runs(instance):
             print(recovered, flush=True)
-        return defs.resolve_job_def(name).execute_in_process(
-            instance=instance,
-            run_config=run_config,
-            raise_on_error=False,
-            tags={**in_process_run_tags(), **(tags or {})},
-            resources=resources,
-        )
+        run_id = str(uuid.uuid4())  # known before the run starts, for the progress lines
+        with _step_progress(instance, run_id) if progress else contextlib.nullcontext():
+            return defs.resolve_job_def(name).execute_in_process(
+                instance=instance,
+                run_config=run_config,
+                raise_on_error=False,
+                tags={**in_process_run_tags(), **(tags or {})},
+                resources=resources,
+                run_id=run_id,
+            )
+
+
+@contextlib.contextmanager
+def _step_progress(instance, run_id: str):
+    """A line per step as it starts and ends, read from the run's event log by a thread (the
+    run itself executes in this one)."""
+    import threading
+
+    import dagster as dg
+
+    kinds = {
+        dg.DagsterEventType.STEP_START: "started",
+        dg.DagsterEventType.STEP_SUCCESS: "done",
+        dg.DagsterEventType.STEP_FAILURE: "FAILED",
+    }
+    stop = threading.Event()
+    cursor = None
+
+    def print_new() -> None:
+        nonlocal cursor
+        found = instance.get_records_for_run(run_id, cursor=cursor, of_type=set(kinds))
+        cursor = found.cursor
+        for record in found.records:
+            event = record.event_log_entry
+            print(f"  step {event.step_key} {kinds[event.dagster_event_type]}", flush=True)
+
+    def follow() -> None:
+        while not stop.wait(0.5):
+            print_new()
+
+    follower = threading.Thread(target=follow, name="step-progress", daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        follower.join()
+        print_new()
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    return _run_main_job("ingest")
+    return _run_main_job("ingest", progress=args.progress)
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    return _run_main_job("rebuild", full_rebuild=True)
+    return _run_main_job("rebuild", full_rebuild=True, progress=args.progress)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -385,7 +515,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     zone = _zone()
     summary = simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=args.seed))
     print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
-    if code := _run_main_job("quickstart"):
+    if code := _run_main_job("quickstart", progress=args.progress):
         return code
     print()
     print(f"Outbox (actions sent): {settings.outbox_path()}")

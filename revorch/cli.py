@@ -123,13 +123,13 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="run the main job, rebuilding state and stages from the whole change log"
     )
     rebuild.set_defaults(handler=_rebuild)
-    for runs_main_job in (quick, ingest, rebuild):
-        runs_main_job.add_argument(
+    for long_work in (quick, sim, ingest, rebuild):
+        long_work.add_argument(
             "--progress",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="a line per Dagster step as it starts and ends (default: on a terminal, not "
-            "under CI=true)",
+            help="progress: a bar while simulating, a line per Dagster step as it starts and "
+            "ends (default: on a terminal, not under CI=true)",
         )
 
     sql = commands.add_parser("sql", help="run a read-only SQL query on the state store")
@@ -205,7 +205,7 @@ def _simulate(args: argparse.Namespace) -> int:
         duplicate_share=args.duplicates,
     )
     zone = _zone()
-    summary = simulate_history(zone, config)
+    summary = simulate_history(zone, config, progress=_progress_bar("Writing batches", args))
     print(f"Wrote {summary.events:,} events in {summary.batches} batches to {zone.incoming_dir}")
     if args.live:
         print(f"Streaming a batch every {args.interval}s (Ctrl-C to stop)...")
@@ -221,6 +221,25 @@ def _simulate(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _progress_bar(what: str, args: argparse.Namespace):
+    """A tqdm bar on stderr around an iterable of known length, or None when progress is off
+    (see ``_wants_progress``)."""
+    if not _wants_progress(args.progress):
+        return None
+    from tqdm import tqdm
+
+    print(f"Simulating {args.contacts:,} contacts (the whole history is planned first)...")
+    return lambda items, total: tqdm(items, total=total, desc=what, unit="batch", file=sys.stderr)
+
+
+def _wants_progress(asked: bool | None) -> bool:
+    """Progress when asked (--progress), else on a terminal and not under CI=true, so that
+    pipes, logs and tests stay clean."""
+    if asked is not None:
+        return asked
+    return sys.stdout.isatty() and os.environ.get("CI", "").lower() != "true"
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -275,8 +294,7 @@ def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | 
 
     _check_configs()
     llm = _llm_preflight()
-    if progress is None:
-        progress = sys.stdout.isatty() and os.environ.get("CI", "").lower() != "true"
+    progress = _wants_progress(progress)
     with _signals_received() as received:
         try:
             result = _run_job(
@@ -513,7 +531,11 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     _check_configs()
     zone = _zone()
-    summary = simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=args.seed))
+    summary = simulate_history(
+        zone,
+        SimulationConfig(contacts=args.contacts, seed=args.seed),
+        progress=_progress_bar("Writing batches", args),
+    )
     print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
     if code := _run_main_job("quickstart", progress=args.progress):
         return code

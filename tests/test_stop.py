@@ -91,3 +91,23 @@ def test_sigterm_stops_the_ingest_like_ctrl_c(tmp_path):
     assert code == 143, err
     assert "revorch ingest: stopped by SIGTERM in step crm_change_log." in err
     _said_what_was_kept(err, _change_log_rows(tmp_path))
+
+
+def test_simulate_shows_a_progress_bar_only_when_asked(tmp_path):
+    def simulate(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "revorch.cli", "simulate", "--contacts", "300", *flags],
+            cwd=tmp_path,
+            env={**_env(), "CI": "true"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    shown = simulate("--progress")
+    assert shown.returncode == 0, shown.stderr
+    assert "Simulating 300 contacts" in shown.stdout
+    assert "Writing batches: 100%" in shown.stderr and "1/1" in shown.stderr
+    quiet = simulate()  # a pipe, under CI=true
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Writing batches" not in quiet.stderr and "Simulating" not in quiet.stdout

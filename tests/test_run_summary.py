@@ -35,21 +35,21 @@ def test_an_ingest_ends_with_its_summary_and_a_failed_step_says_what_to_do(tmp_p
     assert failed.returncode == 1
     summary = failed.stdout[failed.stdout.index("This run (") :].splitlines()
     assert summary[1] == (
-        '  Ingested: 1 batches, 1 changes loaded, 0 duplicates, 1 quarantined (revorch sql "SELECT'
+        '- Ingested: 1 batches, 1 changes loaded, 0 duplicates, 1 quarantined (revorch sql "SELECT'
         ' * FROM quarantine")'
     )
-    assert summary[2].startswith("  Decided:  nothing new to decide; LLM tier offline")
-    assert summary[3].startswith("  Proposed: 0 actions")
+    assert summary[2].startswith("- Decided:  nothing new to decide; LLM tier offline")
+    assert summary[3].startswith("- Proposed: 0 actions")
     assert (
-        "  FAILED:   step governance__dispatched_actions: FileExistsError: [Errno 17] "
+        "- FAILED:   step governance__dispatched_actions: FileExistsError: [Errno 17] "
         f"File exists: '{tmp_path / 'a-file'}'" in summary
     )
-    assert summary[-1].startswith("  To see the failed step's log: revorch ui, then Runs > ")
+    assert summary[-1].startswith("- To see the failed step's log: revorch ui, then Runs > ")
     assert "FileExistsError" in failed.stderr.splitlines()[-1]  # the one-line reason
 
     again = revorch("ingest")
     assert again.returncode == 0, again.stderr
     summary = again.stdout[again.stdout.index("This run (") :].splitlines()
-    assert summary[1].startswith("  Ingested: 0 batches, 0 changes loaded")
-    assert summary[-1].startswith("  Sent:     to outbox")
+    assert summary[1].startswith("- Ingested: 0 batches, 0 changes loaded")
+    assert summary[-1].startswith("- Sent:     to outbox")
     assert not any("FAILED" in line for line in summary)

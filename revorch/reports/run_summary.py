@@ -24,7 +24,7 @@ def run_summary(run: RunOutcome) -> str:
     intake = run.metadata.get("crm/change_log")
     if intake is not None:
         lines.append(
-            f"  Ingested: {intake.get('batches', 0):,} batches, {intake.get('loaded', 0):,} "
+            f"- Ingested: {intake.get('batches', 0):,} batches, {intake.get('loaded', 0):,} "
             f"changes loaded, {intake.get('duplicates', 0):,} duplicates, "
             f"{intake.get('quarantined', 0):,} quarantined"
             + (' (revorch sql "SELECT * FROM quarantine")' if intake.get("quarantined") else "")
@@ -43,14 +43,14 @@ def run_summary(run: RunOutcome) -> str:
         ]
         tiers = sorted({str(values.get("llm_tier", "")) for values in agents.values()} - {""})
         lines.append(
-            f"  Decided:  {', '.join(decided) or 'nothing new to decide'}"
+            f"- Decided:  {', '.join(decided) or 'nothing new to decide'}"
             + (f"; LLM tier {', '.join(tiers)}" if tiers else "")
         )
     proposed = run.metadata.get("governance/proposed_actions")
     verdicts = run.metadata.get("governance/policy_verdicts", {})
     if proposed is not None:
         lines.append(
-            f"  Proposed: {proposed.get('proposed', 0):,} actions: "
+            f"- Proposed: {proposed.get('proposed', 0):,} actions: "
             f"{verdicts.get('verdict/allow', 0):,} allowed, "
             f"{verdicts.get('verdict/approve', 0):,} held for approval, "
             f"{verdicts.get('verdict/forbid', 0):,} forbidden by the policy"
@@ -58,7 +58,7 @@ def run_summary(run: RunOutcome) -> str:
     queue = run.metadata.get("governance/approval_queue")
     if queue is not None:
         lines.append(
-            f"  Waiting:  {queue.get('approvals_pending', 0):,} actions wait for a person "
+            f"- Waiting:  {queue.get('approvals_pending', 0):,} actions wait for a person "
             "(revorch approvals)"
         )
     sent = run.metadata.get("governance/dispatched_actions")
@@ -69,14 +69,14 @@ def run_summary(run: RunOutcome) -> str:
             if key.startswith("dispatch/")
         }
         lines.append(
-            f"  Sent:     to {sent.get('target', 'the outbox')}: "
+            f"- Sent:     to {sent.get('target', 'the outbox')}: "
             + (", ".join(f"{n:,} {outcome}" for outcome, n in outcomes.items()) or "nothing due")
         )
     for step, message in run.failed_steps.items():
-        lines.append(f"  FAILED:   step {step}: {message}")
+        lines.append(f"- FAILED:   step {step}: {message}")
     if run.failed_steps:
         lines.append(
-            f"  To see the failed step's log: revorch ui, then Runs > {run.run_id}; "
+            f"- To see the failed step's log: revorch ui, then Runs > {run.run_id}; "
             "fix the cause and run the command again."
         )
     return "\n".join(lines)

@@ -42,6 +42,10 @@ import pytest
 
 Responder = Callable[[dict[str, Any]], dict[str, Any]]
 
+# Without ``served_model`` the server answers as whichever model is asked for; its models
+# listing (what the CLI's preflight reads) names the models config/agents.yaml prices.
+LISTED_BY_DEFAULT = ("gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini")
+
 # OpenAI's prompt cache starts at 1,024 tokens and grows in 128-token steps.
 _CACHE_MIN_TOKENS = 1024
 _CACHE_STEP_TOKENS = 128
@@ -329,12 +333,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(401, *_ERROR_TYPES[401], code="invalid_api_key")
             return
         self.server_state.models_listed += 1
-        model = self.server_state.served_model or "fake-model"
+        served = self.server_state.served_model
         self._send_json(
             200,
             {
                 "object": "list",
-                "data": [{"id": model, "object": "model", "created": 0, "owned_by": "revorch"}],
+                "data": [
+                    {"id": model, "object": "model", "created": 0, "owned_by": "revorch"}
+                    for model in ([served] if served else LISTED_BY_DEFAULT)
+                ],
             },
         )
 

@@ -27,7 +27,7 @@ def default_resources() -> dict[str, object]:
         "agents": AgentsConfigResource(path=str(settings.agents_config_path())),
         # No key and no URL: the agents run on the offline tier only.
         "llm": LlmResource(
-            base_url=os.environ.get("REVORCH_LLM_BASE_URL") or None,
+            base_url=llm_base_url(),
             api_key=dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else None,
         ),
         "governance": GovernanceResource(
@@ -42,6 +42,11 @@ def default_resources() -> dict[str, object]:
             webhook_secret=_from_env("REVORCH_WEBHOOK_SECRET"),
         ),
     }
+
+
+def llm_base_url() -> str | None:
+    """The LLM endpoint from the environment (None: OpenAI's own, if OPENAI_API_KEY is set)."""
+    return os.environ.get("REVORCH_LLM_BASE_URL") or None
 
 
 def _from_env(name: str) -> dg.EnvVar | None:

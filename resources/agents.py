@@ -25,10 +25,21 @@ class LlmResource(dg.ConfigurableResource):
 
     base_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:11434/v1")
     api_key: str | None = Field(default=None, description="Secret; from the environment only.")
+    offline_reason: str | None = Field(
+        default=None,
+        description="Set (e.g. by the CLI's preflight) to switch the LLM tier off for a run.",
+    )
 
     @property
     def enabled(self) -> bool:
-        return bool(self.api_key or self.base_url)
+        return bool(self.api_key or self.base_url) and self.offline_reason is None
+
+    @property
+    def tier(self) -> str:
+        """What the agents use in this run, for the run's metadata."""
+        if self.offline_reason:
+            return f"offline ({self.offline_reason})"
+        return "llm" if self.enabled else "offline (no LLM endpoint set)"
 
     def client(self, config: AgentsConfig, model: str) -> LlmClient | None:
         if not self.enabled:

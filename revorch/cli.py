@@ -22,9 +22,11 @@ quietly with code 141, as a command ended by SIGPIPE does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -136,6 +138,14 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="run the main job, rebuilding state and stages from the whole change log"
     )
     rebuild.set_defaults(handler=_rebuild)
+    for long_work in (quick, sim, ingest, rebuild):
+        long_work.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress: a bar while simulating, a line per Dagster step as it starts and "
+            "ends (default: on a terminal, not under CI=true)",
+        )
 
     sql = commands.add_parser("sql", help="run a read-only SQL query on the state store")
     sql.add_argument(
@@ -216,7 +226,7 @@ def _simulate(args: argparse.Namespace) -> int:
         duplicate_share=args.duplicates,
     )
     zone = _zone()
-    summary = simulate_history(zone, config)
+    summary = simulate_history(zone, config, progress=_progress_bar("Writing batches", args))
     print(f"Wrote {summary.events:,} events in {summary.batches} batches to {zone.incoming_dir}")
     if args.live:
         print(f"Streaming a batch every {args.interval}s (Ctrl-C to stop)...")
@@ -232,6 +242,25 @@ def _simulate(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _progress_bar(what: str, args: argparse.Namespace):
+    """A tqdm bar on stderr around an iterable of known length, or None when progress is off
+    (see ``_wants_progress``)."""
+    if not _wants_progress(args.progress):
+        return None
+    from tqdm import tqdm
+
+    print(f"Simulating {args.contacts:,} contacts (the whole history is planned first)...")
+    return lambda items, total: tqdm(items, total=total, desc=what, unit="batch", file=sys.stderr)
+
+
+def _wants_progress(asked: bool | None) -> bool:
+    """Progress when asked (--progress), else on a terminal and not under CI=true, so that
+    pipes, logs and tests stay clean."""
+    if asked is not None:
+        return asked
+    return sys.stdout.isatty() and os.environ.get("CI", "").lower() != "true"
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -278,17 +307,174 @@ def _check_configs() -> None:
         raise RevorchError(f"{invalid}; fix it and run again") from invalid
 
 
-def _run_main_job(*, full_rebuild: bool = False) -> str | None:
-    """Run the main job; None when it succeeded, else what made it fail."""
+def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | None = None) -> int:
+    """Run the main job and print what it did: the funnel and this run's summary when it
+    succeeded, what failed and what to do otherwise; what was kept when Ctrl-C or SIGTERM
+    stopped it (exit code 128 + the signal's number). The exit code."""
     from revorch.definitions import full_rebuild_config
 
     _check_configs()
-    result = _run_job("revorch_main", full_rebuild_config()["ops"] if full_rebuild else {})
-    return None if result.success else _failure(result)
+    llm = _llm_preflight()
+    progress = _wants_progress(progress)
+    with _signals_received() as received:
+        try:
+            result = _run_job(
+                "revorch_main",
+                full_rebuild_config()["ops"] if full_rebuild else {},
+                resources={"llm": llm},
+                tags={"revorch/llm_tier": llm.tier},
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            result = None  # before or after Dagster's own handling of the signal
+    if received:
+        return _stopped(command, received[0], result)
+    if result.success:
+        print()
+        print(_report_text())
+    else:
+        print(f"revorch {command}: the main job failed: {_failure(result)}", file=sys.stderr)
+    print()
+    print(_summary_of(result), flush=True)
+    return 0 if result.success else 1
 
 
-def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
-    """Run one of Revorch's jobs in this process, recorded in the project's instance."""
+@contextlib.contextmanager
+def _signals_received():
+    """The signals (SIGINT, SIGTERM) that arrive meanwhile, in order. SIGTERM stops the run
+    as Ctrl-C does (Dagster treats both as an interrupt inside a run; outside one they raise
+    KeyboardInterrupt). Dagster replaces the handlers during the run, so the signals are
+    read from the wakeup fd, which sees every signal whatever handler is installed."""
+    import signal
+    import socket
+
+    received: list[int] = []
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGTERM, previous_term)
+        with contextlib.suppress(BlockingIOError):
+            received.extend(n for n in reader.recv(64) if n in (signal.SIGINT, signal.SIGTERM))
+        reader.close()
+        writer.close()
+
+
+def _stopped(command: str, signal_number: int, result) -> int:
+    """Say what a stopped run kept: ingestion commits all of a run's batches in one DuckDB
+    transaction, so either the change log has them all or it is as before."""
+    import signal
+
+    name = signal.Signals(signal_number).name
+    stopped_in = ""
+    if result is not None:
+        stopped_in = "".join(
+            f" in step {event.step_key}" for event in result.all_events if event.is_step_failure
+        )
+    print(f"\nrevorch {command}: stopped by {name}{stopped_in}.", file=sys.stderr)
+    intake = None
+    summary = _summary_of(result, with_failures=False) if result is not None else ""
+    if "\n" in summary:  # more than its heading: some steps finished
+        print(summary, file=sys.stderr)
+        intake = next(
+            (
+                event.materialization.metadata
+                for event in result.get_asset_materialization_events()
+                if event.asset_key.path == ["crm", "change_log"]
+            ),
+            None,
+        )
+    if intake is None:
+        print(
+            "Nothing was ingested: ingestion commits a run's batches in one transaction, and a "
+            "stop before that commit writes nothing. The batches wait in the landing zone; "
+            "`revorch ingest` loads them.",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"Committed: {intake['loaded'].value:,} changes from {intake['batches'].value:,} "
+            "batches are in the change log, with the steps that finished before the stop. "
+            "`revorch ingest` brings the rest up to date.",
+            file=sys.stderr,
+        )
+    return 128 + signal_number
+
+
+def _summary_of(result, *, with_failures: bool = True) -> str:
+    """This run's summary (revorch/reports/run_summary.py) from the events of its steps."""
+    from revorch.reports.run_summary import RunOutcome, run_summary
+
+    metadata = {
+        "/".join(event.asset_key.path): {
+            key: value.value for key, value in event.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+    failed = {
+        event.step_key: _step_error(event.step_failure_data)
+        for event in result.all_events
+        if event.is_step_failure and with_failures
+    }
+    return run_summary(RunOutcome(result.run_id, metadata, failed))
+
+
+def _step_error(data) -> str:
+    """A failed step's own words: its dg.Failure, else the first line of the innermost error
+    (Dagster wraps what the step raised in an error of its own)."""
+    if data.user_failure_data:
+        return data.user_failure_data.description
+    error = data.error
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0]
+
+
+def _llm_preflight():
+    """Check the LLM endpoint once before a run that may call it; print what the agents will
+    use. A failed check gives the run an LLM resource that is switched off, so its agents
+    decide offline at once instead of spending every call's timeout and retries."""
+    from resources import LlmResource, default_resources, llm_base_url
+    from revorch.agents.config import load_agents_config
+    from revorch.agents.preflight import check_llm_endpoint
+
+    configured = default_resources()["llm"]
+    if not configured.enabled:
+        print(
+            "LLM tier: off (neither OPENAI_API_KEY nor REVORCH_LLM_BASE_URL is set); "
+            "the agents decide offline.",
+            flush=True,
+        )
+        return configured
+    config = load_agents_config(settings.agents_config_path())
+    found = check_llm_endpoint(
+        llm_base_url(),
+        os.environ.get("OPENAI_API_KEY") or "no-key",
+        {agent.model for agent in config.agents.values()},
+    )
+    print(found.line, flush=True)
+    if found.online:
+        return configured
+    return LlmResource(offline_reason=found.offline_reason)
+
+
+def _run_job(
+    name: str,
+    ops: dict,
+    *,
+    log_level: str = "WARNING",
+    resources: dict | None = None,
+    tags: dict | None = None,
+    progress: bool = False,
+):
+    """Run one of Revorch's jobs in this process, recorded in the project's instance;
+    ``resources`` replace the definitions' by key for this run; ``progress`` prints a line
+    per step as it starts and ends."""
     import dagster as dg
 
     ensure_dagster_home()
@@ -303,30 +489,62 @@ def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
         # A run killed earlier would hold the duckdb_writer slot and block this one forever.
         for recovered in recover_abandoned_runs(instance):
             print(recovered, flush=True)
-        return defs.resolve_job_def(name).execute_in_process(
-            instance=instance,
-            run_config=run_config,
-            raise_on_error=False,
-            tags=in_process_run_tags(),
-        )
+        run_id = str(uuid.uuid4())  # known before the run starts, for the progress lines
+        with _step_progress(instance, run_id) if progress else contextlib.nullcontext():
+            return defs.resolve_job_def(name).execute_in_process(
+                instance=instance,
+                run_config=run_config,
+                raise_on_error=False,
+                tags={**in_process_run_tags(), **(tags or {})},
+                resources=resources,
+                run_id=run_id,
+            )
+
+
+@contextlib.contextmanager
+def _step_progress(instance, run_id: str):
+    """A line per step as it starts and ends, read from the run's event log by a thread (the
+    run itself executes in this one)."""
+    import threading
+
+    import dagster as dg
+
+    kinds = {
+        dg.DagsterEventType.STEP_START: "started",
+        dg.DagsterEventType.STEP_SUCCESS: "done",
+        dg.DagsterEventType.STEP_FAILURE: "FAILED",
+    }
+    stop = threading.Event()
+    cursor = None
+
+    def print_new() -> None:
+        nonlocal cursor
+        found = instance.get_records_for_run(run_id, cursor=cursor, of_type=set(kinds))
+        cursor = found.cursor
+        for record in found.records:
+            event = record.event_log_entry
+            print(f"  step {event.step_key} {kinds[event.dagster_event_type]}", flush=True)
+
+    def follow() -> None:
+        while not stop.wait(0.5):
+            print_new()
+
+    follower = threading.Thread(target=follow, name="step-progress", daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        follower.join()
+        print_new()
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    failure = _run_main_job()
-    if failure:
-        print(f"revorch ingest: the main job failed: {failure}", file=sys.stderr)
-        return 1
-    print(_report_text())
-    return 0
+    return _run_main_job("ingest", progress=args.progress)
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    failure = _run_main_job(full_rebuild=True)
-    if failure:
-        print(f"revorch rebuild: the rebuild failed: {failure}", file=sys.stderr)
-        return 1
-    print(_report_text())
-    return 0
+    return _run_main_job("rebuild", full_rebuild=True, progress=args.progress)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -334,30 +552,16 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     _check_configs()
     zone = _zone()
-    summary = simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=args.seed))
-    print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
-    failure = _run_main_job()
-    if failure:
-        print(f"revorch quickstart: the main job failed: {failure}", file=sys.stderr)
-        return 1
-    print()
-    print(_report_text())
-    print()
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
-        decided = conn.execute(
-            "SELECT agent, tier, count(*), sum(cost_usd) FROM agents.decisions "
-            "GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
-        actions = dict(
-            conn.execute("SELECT status, count(*) FROM governance.actions GROUP BY ALL").fetchall()
-        )
-    print("Agent decisions:   " + ", ".join(f"{a} {n:,} {t}" for a, t, n, _ in decided))
-    print(
-        f"Actions:           {actions.get('sent', 0):,} sent to {settings.outbox_path()}, "
-        f"{actions.get('pending_approval', 0):,} wait for approval (revorch approvals), "
-        f"{actions.get('forbidden', 0):,} forbidden by the policy"
+    summary = simulate_history(
+        zone,
+        SimulationConfig(contacts=args.contacts, seed=args.seed),
+        progress=_progress_bar("Writing batches", args),
     )
+    print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
+    if code := _run_main_job("quickstart", progress=args.progress):
+        return code
     print()
+    print(f"Outbox (actions sent): {settings.outbox_path()}")
     print(f"DuckDB state store: {settings.database_path()}")
     print(f"  analysts' copy:    {settings.published_path()} (refreshed after every run)")
     print('  query it:          .venv/bin/revorch sql "SELECT * FROM contacts LIMIT 5"')
@@ -520,10 +724,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _failure(result) -> str:
     """What made a run fail, in the words of the step that failed."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.user_failure_data:
-            return event.step_failure_data.user_failure_data.description
         if event.is_step_failure:
-            return event.step_failure_data.error.message.strip()
+            return _step_error(event.step_failure_data)
     return "the run failed; see it in the Dagster UI"
 
 

@@ -97,7 +97,7 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
             run_id=context.run_id,
         )
         context.log.info(f"{name}: {report.as_metadata()}")
-        return dg.MaterializeResult(metadata=report.as_metadata())
+        return dg.MaterializeResult(metadata={**report.as_metadata(), "llm_tier": llm.tier})
 
     return _agent
 

@@ -28,6 +28,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def in_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's ``tmp_path`` as the working folder, with no Revorch or Dagster variables."""
+    for name in list(os.environ):
+        if name.startswith(("REVORCH_", "DAGSTER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def zone(tmp_path: Path) -> LandingZone:
     return LandingZone(tmp_path / "landing").ensure()
 

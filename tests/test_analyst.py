@@ -26,13 +26,9 @@ ROWS = [
 
 
 @pytest.fixture
-def published(tmp_path, monkeypatch):
+def published(in_empty_folder):
     """A real DuckDB file where `revorch sql` looks first: the published copy."""
-    for name in list(os.environ):
-        if name.startswith(("REVORCH_", "DAGSTER_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / ".revorch" / "published" / "revorch.duckdb"
+    path = in_empty_folder / ".revorch" / "published" / "revorch.duckdb"
     path.parent.mkdir(parents=True)
     with duckdb.connect(str(path)) as conn:
         conn.execute(

@@ -162,15 +162,6 @@ def test_a_person_approves_and_rejects_from_the_command_line_and_dispatch_sends_
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
-@pytest.fixture
-def in_empty_folder(tmp_path, monkeypatch):
-    for name in list(os.environ):
-        if name.startswith(("REVORCH_", "DAGSTER_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _mistake(capsys, *argv: str) -> str:
     """Run `revorch argv` in this process; the one line it printed on stderr."""
     try:

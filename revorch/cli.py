@@ -138,14 +138,6 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="run the main job, rebuilding state and stages from the whole change log"
     )
     rebuild.set_defaults(handler=_rebuild)
-    for long_work in (quick, sim, ingest, rebuild):
-        long_work.add_argument(
-            "--progress",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="progress: a bar while simulating, a line per Dagster step as it starts and "
-            "ends (default: on a terminal, not under CI=true)",
-        )
 
     sql = commands.add_parser("sql", help="run a read-only SQL query on the state store")
     sql.add_argument(
@@ -164,6 +156,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--split", help="first day of the test period (YYYY-MM-DD)")
     backtest.set_defaults(handler=_backtest)
+    for long_work in (quick, sim, ingest, rebuild, backtest):
+        long_work.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress: a bar while simulating or backtesting, a line per Dagster step "
+            "as it starts and ends (default: on a terminal, not under CI=true)",
+        )
 
     replay = commands.add_parser("replay", help="replay a run's agent decisions from the record")
     replay.add_argument("run_id")
@@ -315,20 +315,17 @@ def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | 
 
     _check_configs()
     llm = _llm_preflight()
-    progress = _wants_progress(progress)
-    with _signals_received() as received:
-        try:
-            result = _run_job(
-                "revorch_main",
-                full_rebuild_config()["ops"] if full_rebuild else {},
-                resources={"llm": llm},
-                tags={"revorch/llm_tier": llm.tier},
-                progress=progress,
-            )
-        except KeyboardInterrupt:
-            result = None  # before or after Dagster's own handling of the signal
-    if received:
-        return _stopped(command, received[0], result)
+    try:
+        result = _run_job(
+            "revorch_main",
+            full_rebuild_config()["ops"] if full_rebuild else {},
+            resources={"llm": llm},
+            tags={"revorch/llm_tier": llm.tier},
+            progress=_wants_progress(progress),
+            stoppable=True,
+        )
+    except _Stopped as stopped:
+        return _stopped(command, stopped.stop, stopped.result)
     if result.success:
         print()
         print(_report_text())
@@ -339,43 +336,24 @@ def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | 
     return 0 if result.success else 1
 
 
-@contextlib.contextmanager
-def _signals_received():
-    """The signals (SIGINT, SIGTERM) that arrive meanwhile, in order. SIGTERM stops the run
-    as Ctrl-C does (Dagster treats both as an interrupt inside a run; outside one they raise
-    KeyboardInterrupt). Dagster replaces the handlers during the run, so the signals are
-    read from the wakeup fd, which sees every signal whatever handler is installed."""
-    import signal
-    import socket
+class _Stopped(Exception):
+    """Ctrl-C or SIGTERM stopped a run; ``result`` is None when it stopped before the run
+    could report."""
 
-    received: list[int] = []
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield received
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGTERM, previous_term)
-        with contextlib.suppress(BlockingIOError):
-            received.extend(n for n in reader.recv(64) if n in (signal.SIGINT, signal.SIGTERM))
-        reader.close()
-        writer.close()
+    def __init__(self, stop, result) -> None:
+        super().__init__(stop.name)
+        self.stop = stop
+        self.result = result
 
 
-def _stopped(command: str, signal_number: int, result) -> int:
+def _stopped(command: str, stop, result) -> int:
     """Say what a stopped run kept: ingestion commits all of a run's batches in one DuckDB
     transaction, so either the change log has them all or it is as before."""
-    import signal
-
-    name = signal.Signals(signal_number).name
+    name = stop.name
     stopped_in = ""
     if result is not None:
-        stopped_in = "".join(
-            f" in step {event.step_key}" for event in result.all_events if event.is_step_failure
-        )
+        interrupted = [event.step_key for event in result.all_events if event.is_step_failure]
+        stopped_in = f" in step {', '.join(interrupted)}" if interrupted else ""
     print(f"\nrevorch {command}: stopped by {name}{stopped_in}.", file=sys.stderr)
     intake = None
     summary = _summary_of(result, with_failures=False) if result is not None else ""
@@ -389,7 +367,14 @@ def _stopped(command: str, signal_number: int, result) -> int:
             ),
             None,
         )
-    if intake is None:
+    if result is None:
+        print(
+            "The run stopped before it could report its steps. Ingestion commits a run's "
+            "batches in one transaction: the change log holds all of them or none. "
+            "`revorch ingest` loads what waits and brings the rest up to date.",
+            file=sys.stderr,
+        )
+    elif intake is None:
         print(
             "Nothing was ingested: ingestion commits a run's batches in one transaction, and a "
             "stop before that commit writes nothing. The batches wait in the landing zone; "
@@ -403,7 +388,7 @@ def _stopped(command: str, signal_number: int, result) -> int:
             "`revorch ingest` brings the rest up to date.",
             file=sys.stderr,
         )
-    return 128 + signal_number
+    return stop.exit_code
 
 
 def _summary_of(result, *, with_failures: bool = True) -> str:
@@ -471,10 +456,12 @@ def _run_job(
     resources: dict | None = None,
     tags: dict | None = None,
     progress: bool = False,
+    stoppable: bool = False,
 ):
     """Run one of Revorch's jobs in this process, recorded in the project's instance;
     ``resources`` replace the definitions' by key for this run; ``progress`` prints a line
-    per step as it starts and ends."""
+    per step as it starts and ends. ``stoppable``: Ctrl-C or SIGTERM cancels the run within
+    seconds (revorch/stopping.py) and raises :class:`_Stopped`."""
     import dagster as dg
 
     ensure_dagster_home()
@@ -489,16 +476,67 @@ def _run_job(
         # A run killed earlier would hold the duckdb_writer slot and block this one forever.
         for recovered in recover_abandoned_runs(instance):
             print(recovered, flush=True)
-        run_id = str(uuid.uuid4())  # known before the run starts, for the progress lines
-        with _step_progress(instance, run_id) if progress else contextlib.nullcontext():
-            return defs.resolve_job_def(name).execute_in_process(
-                instance=instance,
-                run_config=run_config,
-                raise_on_error=False,
-                tags={**in_process_run_tags(), **(tags or {})},
-                resources=resources,
-                run_id=run_id,
-            )
+        run_id = str(uuid.uuid4())  # known before the run starts, for progress and stopping
+        with contextlib.ExitStack() as stack:
+            if progress:
+                stack.enter_context(_step_progress(instance, run_id))
+            stop = stack.enter_context(_cancel_on_signal(instance, run_id)) if stoppable else None
+            result = None
+            try:
+                result = defs.resolve_job_def(name).execute_in_process(
+                    instance=instance,
+                    run_config=run_config,
+                    raise_on_error=False,
+                    tags={**in_process_run_tags(), **(tags or {})},
+                    resources=resources,
+                    run_id=run_id,
+                )
+            except KeyboardInterrupt:
+                if stop is None:
+                    raise
+                # Before or after Dagster's own handling of the signal: the run is not done.
+        if stop:
+            raise _Stopped(stop, result)
+        return result
+
+
+@contextlib.contextmanager
+def _cancel_on_signal(instance, run_id: str):
+    """On Ctrl-C or SIGTERM, mark the run as canceling, so Dagster's own interrupt handling
+    (raised in the step that runs, or when the next one starts) ends it as canceled, and
+    interrupt its DuckDB query. A run still going after the grace period is marked canceled
+    and the process exits."""
+    from revorch.stopping import GRACE_SECONDS, stop_on_signal
+
+    def on_stop(number: int) -> None:
+        print(
+            f"\nStopping ({_signal_name(number)}): the step that runs is interrupted, no "
+            "further step starts...",
+            file=sys.stderr,
+            flush=True,
+        )
+        if run := instance.get_run_by_id(run_id):
+            instance.report_run_canceling(run)
+
+    def on_timeout(number: int) -> None:
+        print(
+            f"revorch: the run did not stop within {GRACE_SECONDS:.0f} s of "
+            f"{_signal_name(number)}; exiting now. DuckDB keeps only committed transactions "
+            "(ingestion commits a run's batches in one); `revorch ingest` loads what waits.",
+            file=sys.stderr,
+            flush=True,
+        )
+        if run := instance.get_run_by_id(run_id):
+            instance.report_run_canceled(run)
+
+    with stop_on_signal(on_stop, on_timeout=on_timeout) as stop:
+        yield stop
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    return signal.Signals(number).name
 
 
 @contextlib.contextmanager
@@ -605,10 +643,23 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from revorch.agents.backtest import backtest_lead_scorer
+    from revorch.agents.backtest import PHASES, backtest_lead_scorer
 
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
-        print(backtest_lead_scorer(conn, split=args.split).to_text())
+        if not _wants_progress(args.progress):
+            report = backtest_lead_scorer(conn, split=args.split)
+        else:
+            from tqdm import tqdm
+
+            with tqdm(total=len(PHASES), desc="Backtest", unit="phase", file=sys.stderr) as bar:
+
+                def phase(name: str) -> None:
+                    bar.update(PHASES.index(name) - bar.n)  # the phases before it are done
+                    bar.set_postfix_str(name)
+
+                report = backtest_lead_scorer(conn, split=args.split, progress=phase)
+                bar.update(bar.total - bar.n)
+        print(report.to_text())
     return 0
 
 

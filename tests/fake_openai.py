@@ -203,7 +203,8 @@ class FakeOpenAI:
 
     Settable while running: ``latency_seconds`` (added to every answer), ``responder``,
     ``served_model`` (the model named in answers; default: the one requested),
-    ``api_key`` (when set, other keys get 401), ``worst_case_usage`` (see the module). Read: ``total_requests``,
+    ``api_key`` (when set, other keys get 401), ``worst_case_usage`` (see the module),
+    ``failing`` (a :class:`Fault` every request gets once the planned ones are used up). Read: ``total_requests``,
     ``models_listed`` (successful ``GET /v1/models``), ``status_counts``
     (a Counter by HTTP status; a request the client gave up on is counted when answered),
     ``in_flight``, ``max_in_flight``, ``received`` (each request's body, headers and arrival
@@ -224,6 +225,7 @@ class FakeOpenAI:
         self.latency_seconds = latency_seconds
         self.served_model = served_model
         self.api_key = api_key
+        self.failing: Fault | None = None  # when set, every unplanned request gets this fault
         self.total_requests = 0  # chat completions; a models listing is counted apart
         self.models_listed = 0
         self.status_counts: Counter[int] = Counter()
@@ -296,7 +298,7 @@ class FakeOpenAI:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.received.append({"body": body, "headers": headers, "at": time.monotonic()})
-            return self._faults.popleft() if self._faults else None
+            return self._faults.popleft() if self._faults else self.failing
 
     def _leave(self, status: int) -> None:
         with self._lock:

@@ -46,6 +46,12 @@ def run_summary(run: RunOutcome) -> str:
             f"- Decided:  {', '.join(decided) or 'nothing new to decide'}"
             + (f"; LLM tier {', '.join(tiers)}" if tiers else "")
         )
+        broken = next((tier for tier in tiers if tier.startswith("off after")), None)
+        if broken:
+            lines.append(
+                f"- LLM:      switched {broken}; the rest of the run decided offline at once. "
+                "Check the endpoint and key; the next run asks the model again for them."
+            )
     proposed = run.metadata.get("governance/proposed_actions")
     verdicts = run.metadata.get("governance/policy_verdicts", {})
     if proposed is not None:

@@ -406,7 +406,24 @@ def _summary_of(result, *, with_failures: bool = True) -> str:
         for event in result.all_events
         if event.is_step_failure and with_failures
     }
-    return run_summary(RunOutcome(result.run_id, metadata, failed))
+    return run_summary(RunOutcome(result.run_id, metadata, failed, _config_snapshot(result)))
+
+
+def _config_snapshot(result) -> dict[str, str]:
+    """The config files the run read when it started, by name, with their content hashes
+    (tagged on the run while it ran, so read back from the instance)."""
+    import dagster as dg
+
+    from resources.config_snapshot import TAG_PREFIX
+
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(result.run_id)
+    tags = run.tags if run is not None else {}
+    return {
+        name.removeprefix(TAG_PREFIX): value
+        for name, value in sorted(tags.items())
+        if name.startswith(TAG_PREFIX)
+    }
 
 
 def _step_error(data) -> str:

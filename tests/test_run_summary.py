@@ -34,6 +34,9 @@ def test_an_ingest_ends_with_its_summary_and_a_failed_step_says_what_to_do(tmp_p
     failed = revorch("ingest", REVORCH_DISPATCH_JOURNAL=str(tmp_path / "a-file" / "j.sqlite3"))
     assert failed.returncode == 1
     summary = failed.stdout[failed.stdout.index("This run (") :].splitlines()
+    assert summary[1].startswith("- Config:   agents.yaml ")  # each file with its hash
+    assert "lifecycle.yaml" in summary[1] and "policy.yaml" in summary[1]
+    summary.pop(1)
     assert summary[1] == (
         '- Ingested: 1 batches, 1 changes loaded, 0 duplicates, 1 quarantined (revorch sql "SELECT'
         ' * FROM quarantine")'
@@ -50,6 +53,26 @@ def test_an_ingest_ends_with_its_summary_and_a_failed_step_says_what_to_do(tmp_p
     again = revorch("ingest")
     assert again.returncode == 0, again.stderr
     summary = again.stdout[again.stdout.index("This run (") :].splitlines()
-    assert summary[1].startswith("- Ingested: 0 batches, 0 changes loaded")
+    assert summary[2].startswith("- Ingested: 0 batches, 0 changes loaded")
     assert summary[-1].startswith("- Sent:     to outbox")
     assert not any("FAILED" in line for line in summary)
+
+
+def test_the_summary_says_when_the_llm_tier_broke_mid_run():
+    from revorch.reports.run_summary import RunOutcome, run_summary
+
+    tier = "off after 5 consecutive failures (server_error: HTTP 503: overloaded)"
+    text = run_summary(
+        RunOutcome(
+            "r1",
+            {
+                "agents/deal_risk": {"decisions_offline": 3, "decisions_llm": 2, "llm_tier": "llm"},
+                "agents/lead_qualification": {"decisions_offline": 9, "llm_tier": tier},
+            },
+        )
+    )
+    assert f"- LLM:      switched {tier}; the rest of the run decided offline at once." in text
+    healthy = run_summary(
+        RunOutcome("r2", {"agents/deal_risk": {"decisions_offline": 3, "llm_tier": "llm"}})
+    )
+    assert "- LLM:" not in healthy

@@ -1,5 +1,6 @@
 """What one run of the main job did, in a few lines for the terminal, from what its steps
-recorded (their materialization metadata): ingested, decided, proposed, sent, held, failed."""
+recorded (their materialization metadata): the config it read, ingested, decided, proposed,
+sent, held, failed."""
 
 from __future__ import annotations
 
@@ -17,10 +18,17 @@ class RunOutcome:
     run_id: str
     metadata: Mapping[str, Mapping[str, object]]
     failed_steps: dict[str, str] = field(default_factory=dict)
+    config: dict[str, str] = field(default_factory=dict)  # file name -> content hash
 
 
 def run_summary(run: RunOutcome) -> str:
     lines = [f"This run ({run.run_id}):"]
+    if run.config:
+        lines.append(
+            "- Config:   "
+            + ", ".join(f"{name} {digest}" for name, digest in run.config.items())
+            + " (read once at the start; an edit applies from the next run)"
+        )
     intake = run.metadata.get("crm/change_log")
     if intake is not None:
         lines.append(

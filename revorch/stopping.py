@@ -50,6 +50,11 @@ def interruptible(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyCo
         _open.add(conn)
     try:
         yield conn
+    except BaseException:
+        # DuckDB may hand a signal back as "Query interrupted" while its threads still run
+        # the query, and closing the connection would then wait for the query to finish.
+        conn.interrupt()
+        raise
     finally:
         with _open_guard:
             _open.discard(conn)

@@ -325,7 +325,7 @@ def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | 
             stoppable=True,
         )
     except _Stopped as stopped:
-        return _stopped(command, stopped.stop, stopped.result)
+        return _stopped(command, stopped)
     if result.success:
         print()
         print(_report_text())
@@ -337,58 +337,63 @@ def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | 
 
 
 class _Stopped(Exception):
-    """Ctrl-C or SIGTERM stopped a run; ``result`` is None when it stopped before the run
-    could report."""
+    """Ctrl-C or SIGTERM stopped run ``run_id``; ``result`` is None when it stopped before
+    the run could report."""
 
-    def __init__(self, stop, result) -> None:
+    def __init__(self, stop, run_id: str, result) -> None:
         super().__init__(stop.name)
         self.stop = stop
+        self.run_id = run_id
         self.result = result
 
 
-def _stopped(command: str, stop, result) -> int:
-    """Say what a stopped run kept: ingestion commits all of a run's batches in one DuckDB
-    transaction, so either the change log has them all or it is as before."""
-    name = stop.name
-    stopped_in = ""
-    if result is not None:
-        interrupted = [event.step_key for event in result.all_events if event.is_step_failure]
-        stopped_in = f" in step {', '.join(interrupted)}" if interrupted else ""
-    print(f"\nrevorch {command}: stopped by {name}{stopped_in}.", file=sys.stderr)
-    intake = None
-    summary = _summary_of(result, with_failures=False) if result is not None else ""
-    if "\n" in summary:  # more than its heading: some steps finished
+def _stopped(command: str, stopped: _Stopped) -> int:
+    """Say where the run stopped and what it committed to the change log, read from the
+    state store itself: ingestion commits all of a run's batches in one DuckDB transaction
+    with their rows in ``landing_batches``, so either they are all there or none is."""
+    interrupted = []
+    if stopped.result is not None:
+        interrupted = [e.step_key for e in stopped.result.all_events if e.is_step_failure]
+        summary = _summary_of(stopped.result, with_failures=False)
         print(summary, file=sys.stderr)
-        intake = next(
-            (
-                event.materialization.metadata
-                for event in result.get_asset_materialization_events()
-                if event.asset_key.path == ["crm", "change_log"]
-            ),
-            None,
-        )
-    if result is None:
+    where = f" in step {', '.join(interrupted)}" if interrupted else ""
+    print(f"\nrevorch {command}: stopped by {stopped.stop.name}{where}.", file=sys.stderr)
+    batches, loaded = _committed_by(stopped.run_id)
+    if batches == 0:
         print(
-            "The run stopped before it could report its steps. Ingestion commits a run's "
-            "batches in one transaction: the change log holds all of them or none. "
-            "`revorch ingest` loads what waits and brings the rest up to date.",
-            file=sys.stderr,
-        )
-    elif intake is None:
-        print(
-            "Nothing was ingested: ingestion commits a run's batches in one transaction, and a "
-            "stop before that commit writes nothing. The batches wait in the landing zone; "
+            "Nothing was ingested: the stop came before ingestion committed, and a run's "
+            "batches are committed in one transaction. They wait in the landing zone; "
             "`revorch ingest` loads them.",
             file=sys.stderr,
         )
     else:
         print(
-            f"Committed: {intake['loaded'].value:,} changes from {intake['batches'].value:,} "
-            "batches are in the change log, with the steps that finished before the stop. "
-            "`revorch ingest` brings the rest up to date.",
+            f"Committed: {loaded:,} changes from {batches:,} batches are in the change log, "
+            "with the steps that finished before the stop. `revorch ingest` brings the rest "
+            "up to date.",
             file=sys.stderr,
         )
-    return stop.exit_code
+    return stopped.stop.exit_code
+
+
+def _committed_by(run_id: str) -> tuple[int, int]:
+    """Batches and changes run ``run_id`` committed to the change log."""
+    from resources.state_store import CONNECTION_CONFIG
+
+    database = settings.database_path()
+    if not database.exists():
+        return 0, 0
+    # The run's connections are closed; opened as the state store opens it all the same.
+    with duckdb.connect(str(database), config=CONNECTION_CONFIG) as conn:
+        if not conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'landing_batches'"
+        ).fetchone()[0]:
+            return 0, 0
+        batches, loaded = conn.execute(
+            "SELECT count(*), coalesce(sum(loaded), 0) FROM landing_batches WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
+    return batches, int(loaded)
 
 
 def _summary_of(result, *, with_failures: bool = True) -> str:
@@ -513,7 +518,7 @@ def _run_job(
                     raise
                 # Before or after Dagster's own handling of the signal: the run is not done.
         if stop:
-            raise _Stopped(stop, result)
+            raise _Stopped(stop, run_id, result)
         return result
 
 

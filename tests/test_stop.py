@@ -77,14 +77,11 @@ def _change_log(cwd) -> tuple[int, int]:
         return conn.execute("SELECT count(*), count(DISTINCT event_id) FROM change_log").fetchone()
 
 
-def _said_what_was_kept(err: str, kept: int, written: int) -> None:
-    if "Nothing was ingested" in err:
-        assert kept == 0
-    elif "Committed:" in err:
+def _said_what_was_kept(err: str, kept: int) -> None:
+    if kept == 0:
+        assert "Nothing was ingested" in err
+    else:
         assert f"Committed: {kept:,} changes" in err
-    else:  # stopped before the run could report: all of the batches or none
-        assert "stopped before it could report" in err
-        assert kept in (0, written)
 
 
 def _ingest_completes(cwd) -> subprocess.CompletedProcess:
@@ -104,7 +101,7 @@ def _ingest_completes(cwd) -> subprocess.CompletedProcess:
 def test_a_signal_stops_the_ingest_and_the_next_one_loads_everything(tmp_path, signal_number, code):
     written = simulate_history(
         LandingZone(tmp_path / ".revorch" / "landing").ensure(),
-        SimulationConfig(contacts=3_000, seed=7),
+        SimulationConfig(contacts=1_000, seed=7),
     ).events
     exit_code, out, err = _stop_while_a_step_runs(tmp_path, signal_number)
     name = signal.Signals(signal_number).name
@@ -113,7 +110,7 @@ def test_a_signal_stops_the_ingest_and_the_next_one_loads_everything(tmp_path, s
     assert "This run (" not in out  # the summary of a finished run is not printed
     kept, distinct = _change_log(tmp_path)
     assert kept == distinct
-    _said_what_was_kept(err, kept, written)
+    _said_what_was_kept(err, kept)
 
     again = _ingest_completes(tmp_path)
     assert "step " not in again.stdout  # progress lines only on a terminal or when asked

@@ -8,7 +8,7 @@ import sys
 import duckdb
 import pytest
 
-from fake_openai import FakeOpenAI
+from fake_openai import FakeOpenAI, Fault
 from revorch.agents.preflight import check_llm_endpoint
 
 MODELS = {"gpt-4o-mini"}
@@ -83,3 +83,39 @@ def test_an_ingest_with_a_refused_key_decides_offline_without_calling_the_model(
         )
     # Decisions the LLM tier would have been asked for (122 with a good key) were taken offline.
     assert set(tiers) == {"offline"} and tiers["offline"] > 0
+
+
+@pytest.mark.slow
+def test_an_endpoint_that_breaks_mid_run_trips_the_breaker_and_the_summary_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
+    env.pop("OPENAI_API_KEY", None)
+    revorch = [sys.executable, "-m", "revorch.cli"]
+    simulated = subprocess.run(
+        [*revorch, "simulate", "--contacts", "300"], cwd=tmp_path, env=env, timeout=300
+    )
+    assert simulated.returncode == 0
+    # The models listing passes the preflight; then every completion fails.
+    with FakeOpenAI(served_model="gpt-4o-mini") as server:
+        server.failing = Fault.status(503)
+        env["REVORCH_LLM_BASE_URL"] = server.base_url
+        done = subprocess.run(
+            [*revorch, "ingest"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        sent = server.total_requests
+    assert done.returncode == 0, done.stderr
+    assert "LLM tier: the agents will use gpt-4o-mini" in done.stdout
+    summary = done.stdout[done.stdout.index("This run (") :]
+    assert (
+        "- LLM:      switched off after 5 consecutive failures (server_error: HTTP 503" in summary
+    )
+    database = tmp_path / ".revorch" / "revorch.duckdb"
+    with duckdb.connect(str(database), read_only=True) as conn:
+        reasons = dict(
+            conn.execute(
+                "SELECT fallback_reason, count(*) FROM agents.decisions GROUP BY ALL"
+            ).fetchall()
+        )
+    # Calls in flight when the breaker opened finish their retries; no other call is sent.
+    opened_at = 5 + 8  # the threshold, plus the calls already in flight (max_concurrency)
+    assert sent <= opened_at * (1 + 3)  # each with its retries (max_retries: 3)
+    assert reasons["circuit_open"] > sent  # the rest of the run went offline without a call

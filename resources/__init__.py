@@ -37,7 +37,7 @@ def default_resources() -> dict[str, object]:
         "agents": AgentsConfigResource(path=str(settings.agents_config_path())),
         # No key and no URL: the agents run on the offline tier only.
         "llm": LlmResource(
-            base_url=os.environ.get("REVORCH_LLM_BASE_URL") or None,
+            base_url=llm_base_url(),
             api_key=dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else None,
         ),
         "governance": GovernanceResource(
@@ -77,6 +77,11 @@ def _choice(name: str, allowed: object) -> str | None:
     if value and value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
     return value or None
+
+
+def llm_base_url() -> str | None:
+    """The LLM endpoint from the environment (None: OpenAI's own, if OPENAI_API_KEY is set)."""
+    return os.environ.get("REVORCH_LLM_BASE_URL") or None
 
 
 def _from_env(name: str) -> dg.EnvVar | None:

@@ -6,18 +6,23 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from resources.config_snapshot import ConfigFileResource
 from revorch.governance.policy import Policy, load_policy
 from revorch.governance.targets import OutboxFile, Target, Webhook
 
 
-class GovernanceResource(dg.ConfigurableResource):
+class GovernanceResource(ConfigFileResource):
     """The policy file (config/policy.yaml) and the file the audit trail's head is anchored in."""
 
     policy_path: str = Field(description="Path of the policy YAML file.")
     audit_anchor_path: str = Field(description="Append-only file of the audit trail's heads.")
 
+    def config_path(self) -> str:
+        return self.policy_path
+
     def policy(self) -> Policy:
-        return load_policy(self.policy_path)
+        """The policy as the run read it when it started."""
+        return load_policy(self.policy_path, text=self.snapshot_text())
 
     @property
     def anchor(self) -> Path:

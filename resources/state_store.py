@@ -15,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from revorch.clock import bind as bind_clock
 from revorch.state.migrate import migrate
+from revorch.stopping import interruptible, raise_if_stopping
 
 # How dagster-duckdb configures every connection it opens. DuckDB shares one database between
 # a process's connections only when their configurations match: a test or a benchmark that
@@ -37,7 +38,15 @@ class StateStore(DuckDBResource):
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         # closing(): Dagster's resource does not close the connection when the block raises.
-        with writer_lock(self.database), super().get_connection() as conn, closing(conn):
+        # After Ctrl-C or SIGTERM no step starts its work, and the running query is cancelled
+        # (revorch/stopping.py).
+        raise_if_stopping()
+        with (
+            writer_lock(self.database),
+            super().get_connection() as conn,
+            closing(conn),
+            interruptible(conn),
+        ):
             conn.execute("SET TimeZone = 'UTC'")
             migrate(conn)
             bind_clock(conn, self.clock)

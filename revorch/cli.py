@@ -26,9 +26,11 @@ quietly with code 141, as a command ended by SIGPIPE does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -179,6 +181,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("--split", help="first day of the test period (YYYY-MM-DD)")
     backtest.set_defaults(handler=_backtest)
+    for long_work in (quick, sim, ingest, rebuild, backtest):
+        long_work.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress: a bar while simulating or backtesting, a line per Dagster step "
+            "as it starts and ends (default: on a terminal, not under CI=true)",
+        )
 
     replay = commands.add_parser("replay", help="replay a run's agent decisions from the record")
     replay.add_argument("run_id")
@@ -290,7 +300,7 @@ def _simulate(args: argparse.Namespace) -> int:
         duplicate_share=args.duplicates,
     )
     zone = _zone()
-    summary = simulate_history(zone, config)
+    summary = simulate_history(zone, config, progress=_progress_bar("Writing batches", args))
     print(f"Wrote {summary.events:,} events in {summary.batches} batches to {zone.incoming_dir}")
     if args.live:
         print(f"Streaming a batch every {args.interval}s (Ctrl-C to stop)...")
@@ -306,6 +316,25 @@ def _simulate(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _progress_bar(what: str, args: argparse.Namespace):
+    """A tqdm bar on stderr around an iterable of known length, or None when progress is off
+    (see ``_wants_progress``)."""
+    if not _wants_progress(args.progress):
+        return None
+    from tqdm import tqdm
+
+    print(f"Simulating {args.contacts:,} contacts (the whole history is planned first)...")
+    return lambda items, total: tqdm(items, total=total, desc=what, unit="batch", file=sys.stderr)
+
+
+def _wants_progress(asked: bool | None) -> bool:
+    """Progress when asked (--progress), else on a terminal and not under CI=true, so that
+    pipes, logs and tests stay clean."""
+    if asked is not None:
+        return asked
+    return sys.stdout.isatty() and os.environ.get("CI", "").lower() != "true"
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -411,17 +440,183 @@ def _check_configs() -> None:
         raise RevorchError(f"{invalid}; fix it and run again") from invalid
 
 
-def _run_main_job(*, full_rebuild: bool = False) -> str | None:
-    """Run the main job; None when it succeeded, else what made it fail."""
+def _run_main_job(command: str, *, full_rebuild: bool = False, progress: bool | None = None) -> int:
+    """Run the main job and print what it did: the funnel and this run's summary when it
+    succeeded, what failed and what to do otherwise; what was kept when Ctrl-C or SIGTERM
+    stopped it (exit code 128 + the signal's number). The exit code."""
     from revorch.definitions import full_rebuild_config
 
     _check_configs()
-    result = _run_job("revorch_main", full_rebuild_config()["ops"] if full_rebuild else {})
-    return None if result.success else _failure(result)
+    llm = _llm_preflight()
+    try:
+        result = _run_job(
+            "revorch_main",
+            full_rebuild_config()["ops"] if full_rebuild else {},
+            resources={"llm": llm},
+            tags={"revorch/llm_tier": llm.tier},
+            progress=_wants_progress(progress),
+            stoppable=True,
+        )
+    except _Stopped as stopped:
+        return _stopped(command, stopped)
+    if result.success:
+        print()
+        print(_report_text())
+    else:
+        print(f"revorch {command}: the main job failed: {_failure(result)}", file=sys.stderr)
+    print()
+    print(_summary_of(result), flush=True)
+    return 0 if result.success else 1
 
 
-def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
-    """Run one of Revorch's jobs in this process, recorded in the project's instance."""
+class _Stopped(Exception):
+    """Ctrl-C or SIGTERM stopped run ``run_id``; ``result`` is None when it stopped before
+    the run could report."""
+
+    def __init__(self, stop, run_id: str, result) -> None:
+        super().__init__(stop.name)
+        self.stop = stop
+        self.run_id = run_id
+        self.result = result
+
+
+def _stopped(command: str, stopped: _Stopped) -> int:
+    """Say where the run stopped and what it committed to the change log, read from the
+    state store itself: ingestion commits all of a run's batches in one DuckDB transaction
+    with their rows in ``landing_batches``, so either they are all there or none is."""
+    interrupted = []
+    if stopped.result is not None:
+        interrupted = [e.step_key for e in stopped.result.all_events if e.is_step_failure]
+        summary = _summary_of(stopped.result, with_failures=False)
+        print(summary, file=sys.stderr)
+    where = f" in step {', '.join(interrupted)}" if interrupted else ""
+    print(f"\nrevorch {command}: stopped by {stopped.stop.name}{where}.", file=sys.stderr)
+    batches, loaded = _committed_by(stopped.run_id)
+    if batches == 0:
+        print(
+            "Nothing was ingested: the stop came before ingestion committed, and a run's "
+            "batches are committed in one transaction. They wait in the landing zone; "
+            "`revorch ingest` loads them.",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"Committed: {loaded:,} changes from {batches:,} batches are in the change log, "
+            "with the steps that finished before the stop. `revorch ingest` brings the rest "
+            "up to date.",
+            file=sys.stderr,
+        )
+    return stopped.stop.exit_code
+
+
+def _committed_by(run_id: str) -> tuple[int, int]:
+    """Batches and changes run ``run_id`` committed to the change log."""
+    from resources.state_store import CONNECTION_CONFIG
+
+    database = settings.database_path()
+    if not database.exists():
+        return 0, 0
+    # The run's connections are closed; opened as the state store opens it all the same.
+    with duckdb.connect(str(database), config=CONNECTION_CONFIG) as conn:
+        if not conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'landing_batches'"
+        ).fetchone()[0]:
+            return 0, 0
+        batches, loaded = conn.execute(
+            "SELECT count(*), coalesce(sum(loaded), 0) FROM landing_batches WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
+    return batches, int(loaded)
+
+
+def _summary_of(result, *, with_failures: bool = True) -> str:
+    """This run's summary (revorch/reports/run_summary.py) from the events of its steps."""
+    from revorch.reports.run_summary import RunOutcome, run_summary
+
+    metadata = {
+        "/".join(event.asset_key.path): {
+            key: value.value for key, value in event.materialization.metadata.items()
+        }
+        for event in result.get_asset_materialization_events()
+    }
+    failed = {
+        event.step_key: _step_error(event.step_failure_data)
+        for event in result.all_events
+        if event.is_step_failure and with_failures
+    }
+    return run_summary(RunOutcome(result.run_id, metadata, failed, _config_snapshot(result)))
+
+
+def _config_snapshot(result) -> dict[str, str]:
+    """The config files the run read when it started, by name, with their content hashes
+    (tagged on the run while it ran, so read back from the instance)."""
+    import dagster as dg
+
+    from resources.config_snapshot import TAG_PREFIX
+
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(result.run_id)
+    tags = run.tags if run is not None else {}
+    return {
+        name.removeprefix(TAG_PREFIX): value
+        for name, value in sorted(tags.items())
+        if name.startswith(TAG_PREFIX)
+    }
+
+
+def _step_error(data) -> str:
+    """A failed step's own words: its dg.Failure, else the first line of the innermost error
+    (Dagster wraps what the step raised in an error of its own)."""
+    if data.user_failure_data:
+        return data.user_failure_data.description
+    error = data.error
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0]
+
+
+def _llm_preflight():
+    """Check the LLM endpoint once before a run that may call it; print what the agents will
+    use. A failed check gives the run an LLM resource that is switched off, so its agents
+    decide offline at once instead of spending every call's timeout and retries."""
+    from resources import LlmResource, default_resources, llm_base_url
+    from revorch.agents.config import load_agents_config
+    from revorch.agents.preflight import check_llm_endpoint
+
+    configured = default_resources()["llm"]
+    if not configured.enabled:
+        print(
+            "LLM tier: off (neither OPENAI_API_KEY nor REVORCH_LLM_BASE_URL is set); "
+            "the agents decide offline.",
+            flush=True,
+        )
+        return configured
+    config = load_agents_config(settings.agents_config_path())
+    found = check_llm_endpoint(
+        llm_base_url(),
+        os.environ.get("OPENAI_API_KEY") or "no-key",
+        {agent.model for agent in config.agents.values()},
+    )
+    print(found.line, flush=True)
+    if found.online:
+        return configured
+    return LlmResource(offline_reason=found.offline_reason)
+
+
+def _run_job(
+    name: str,
+    ops: dict,
+    *,
+    log_level: str = "WARNING",
+    resources: dict | None = None,
+    tags: dict | None = None,
+    progress: bool = False,
+    stoppable: bool = False,
+):
+    """Run one of Revorch's jobs in this process, recorded in the project's instance;
+    ``resources`` replace the definitions' by key for this run; ``progress`` prints a line
+    per step as it starts and ends. ``stoppable``: Ctrl-C or SIGTERM cancels the run within
+    seconds (revorch/stopping.py) and raises :class:`_Stopped`."""
     import dagster as dg
 
     ensure_dagster_home()
@@ -436,30 +631,113 @@ def _run_job(name: str, ops: dict, *, log_level: str = "WARNING"):
         # A run killed earlier would hold the duckdb_writer slot and block this one forever.
         for recovered in recover_abandoned_runs(instance):
             print(recovered, flush=True)
-        return defs.resolve_job_def(name).execute_in_process(
-            instance=instance,
-            run_config=run_config,
-            raise_on_error=False,
-            tags=in_process_run_tags(),
+        run_id = str(uuid.uuid4())  # known before the run starts, for progress and stopping
+        with contextlib.ExitStack() as stack:
+            if progress:
+                stack.enter_context(_step_progress(instance, run_id))
+            stop = stack.enter_context(_cancel_on_signal(instance, run_id)) if stoppable else None
+            result = None
+            try:
+                result = defs.resolve_job_def(name).execute_in_process(
+                    instance=instance,
+                    run_config=run_config,
+                    raise_on_error=False,
+                    tags={**in_process_run_tags(), **(tags or {})},
+                    resources=resources,
+                    run_id=run_id,
+                )
+            except KeyboardInterrupt:
+                if stop is None:
+                    raise
+                # Before or after Dagster's own handling of the signal: the run is not done.
+        if stop:
+            raise _Stopped(stop, run_id, result)
+        return result
+
+
+@contextlib.contextmanager
+def _cancel_on_signal(instance, run_id: str):
+    """On Ctrl-C or SIGTERM, mark the run as canceling, so Dagster's own interrupt handling
+    (raised in the step that runs, or when the next one starts) ends it as canceled, and
+    interrupt its DuckDB query. A run still going after the grace period is marked canceled
+    and the process exits."""
+    from revorch.stopping import GRACE_SECONDS, stop_on_signal
+
+    def on_stop(number: int) -> None:
+        print(
+            f"\nStopping ({_signal_name(number)}): the step that runs is interrupted, no "
+            "further step starts...",
+            file=sys.stderr,
+            flush=True,
         )
+        if run := instance.get_run_by_id(run_id):
+            instance.report_run_canceling(run)
+
+    def on_timeout(number: int) -> None:
+        print(
+            f"revorch: the run did not stop within {GRACE_SECONDS:.0f} s of "
+            f"{_signal_name(number)}; exiting now. DuckDB keeps only committed transactions "
+            "(ingestion commits a run's batches in one); `revorch ingest` loads what waits.",
+            file=sys.stderr,
+            flush=True,
+        )
+        if run := instance.get_run_by_id(run_id):
+            instance.report_run_canceled(run)
+
+    with stop_on_signal(on_stop, on_timeout=on_timeout) as stop:
+        yield stop
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    return signal.Signals(number).name
+
+
+@contextlib.contextmanager
+def _step_progress(instance, run_id: str):
+    """A line per step as it starts and ends, read from the run's event log by a thread (the
+    run itself executes in this one)."""
+    import threading
+
+    import dagster as dg
+
+    kinds = {
+        dg.DagsterEventType.STEP_START: "started",
+        dg.DagsterEventType.STEP_SUCCESS: "done",
+        dg.DagsterEventType.STEP_FAILURE: "FAILED",
+    }
+    stop = threading.Event()
+    cursor = None
+
+    def print_new() -> None:
+        nonlocal cursor
+        found = instance.get_records_for_run(run_id, cursor=cursor, of_type=set(kinds))
+        cursor = found.cursor
+        for record in found.records:
+            event = record.event_log_entry
+            print(f"  step {event.step_key} {kinds[event.dagster_event_type]}", flush=True)
+
+    def follow() -> None:
+        while not stop.wait(0.5):
+            print_new()
+
+    follower = threading.Thread(target=follow, name="step-progress", daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        follower.join()
+        print_new()
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    failure = _run_main_job()
-    if failure:
-        print(f"revorch ingest: the main job failed: {failure}", file=sys.stderr)
-        return 1
-    print(_report_text())
-    return 0
+    return _run_main_job("ingest", progress=args.progress)
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    failure = _run_main_job(full_rebuild=True)
-    if failure:
-        print(f"revorch rebuild: the rebuild failed: {failure}", file=sys.stderr)
-        return 1
-    print(_report_text())
-    return 0
+    return _run_main_job("rebuild", full_rebuild=True, progress=args.progress)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -467,30 +745,16 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     _check_configs()
     zone = _zone()
-    summary = simulate_history(zone, SimulationConfig(contacts=args.contacts, seed=args.seed))
-    print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
-    failure = _run_main_job()
-    if failure:
-        print(f"revorch quickstart: the main job failed: {failure}", file=sys.stderr)
-        return 1
-    print()
-    print(_report_text())
-    print()
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
-        decided = conn.execute(
-            "SELECT agent, tier, count(*), sum(cost_usd) FROM agents.decisions "
-            "GROUP BY ALL ORDER BY ALL"
-        ).fetchall()
-        actions = dict(
-            conn.execute("SELECT status, count(*) FROM governance.actions GROUP BY ALL").fetchall()
-        )
-    print("Agent decisions:   " + ", ".join(f"{a} {n:,} {t}" for a, t, n, _ in decided))
-    print(
-        f"Actions:           {actions.get('sent', 0):,} sent to {settings.outbox_path()}, "
-        f"{actions.get('pending_approval', 0):,} wait for approval (revorch approvals), "
-        f"{actions.get('forbidden', 0):,} forbidden by the policy"
+    summary = simulate_history(
+        zone,
+        SimulationConfig(contacts=args.contacts, seed=args.seed),
+        progress=_progress_bar("Writing batches", args),
     )
+    print(f"Simulated a CRM: {summary.events:,} change events in {summary.batches} batches.")
+    if code := _run_main_job("quickstart", progress=args.progress):
+        return code
     print()
+    print(f"Outbox (actions sent): {settings.outbox_path()}")
     print(f"DuckDB state store: {settings.database_path()}")
     print(f"  analysts' copy:    {settings.published_path()} (refreshed after every run)")
     print('  query it:          .venv/bin/revorch sql "SELECT * FROM contacts LIMIT 5"')
@@ -534,10 +798,23 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from revorch.agents.backtest import backtest_lead_scorer
+    from revorch.agents.backtest import PHASES, backtest_lead_scorer
 
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
-        print(backtest_lead_scorer(conn, split=args.split).to_text())
+        if not _wants_progress(args.progress):
+            report = backtest_lead_scorer(conn, split=args.split)
+        else:
+            from tqdm import tqdm
+
+            with tqdm(total=len(PHASES), desc="Backtest", unit="phase", file=sys.stderr) as bar:
+
+                def phase(name: str) -> None:
+                    bar.update(PHASES.index(name) - bar.n)  # the phases before it are done
+                    bar.set_postfix_str(name)
+
+                report = backtest_lead_scorer(conn, split=args.split, progress=phase)
+                bar.update(bar.total - bar.n)
+        print(report.to_text())
     return 0
 
 
@@ -653,10 +930,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _failure(result) -> str:
     """What made a run fail, in the words of the step that failed."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.user_failure_data:
-            return event.step_failure_data.user_failure_data.description
         if event.is_step_failure:
-            return event.step_failure_data.error.message.strip()
+            return _step_error(event.step_failure_data)
     return "the run failed; see it in the Dagster UI"
 
 

@@ -17,13 +17,19 @@ CONFIG_DIR = Path(__file__).parent / "config"
 
 
 def load_yaml_model(
-    path: str | Path, model: type[Model], error: type[ValueError], what: str
+    path: str | Path,
+    model: type[Model],
+    error: type[ValueError],
+    what: str,
+    *,
+    text: str | None = None,
 ) -> Model:
     """The file validated as ``model``; ``error`` names the file and the offending key, in
-    one line (the command line prints it as it is)."""
+    one line (the command line prints it as it is). ``text``: the file's content as read
+    earlier (a run's snapshot), instead of reading it now."""
     path = Path(path)
     try:
-        return model.model_validate(yaml.safe_load(path.read_text()))
+        return model.model_validate(yaml.safe_load(path.read_text() if text is None else text))
     except FileNotFoundError as missing:
         raise error(f"{what} not found: {path}") from missing
     except yaml.YAMLError as invalid:

@@ -42,6 +42,10 @@ import pytest
 
 Responder = Callable[[dict[str, Any]], dict[str, Any]]
 
+# Without ``served_model`` the server answers as whichever model is asked for; its models
+# listing (what the CLI's preflight reads) names the models config/agents.yaml prices.
+LISTED_BY_DEFAULT = ("gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini")
+
 # OpenAI's prompt cache starts at 1,024 tokens and grows in 128-token steps.
 _CACHE_MIN_TOKENS = 1024
 _CACHE_STEP_TOKENS = 128
@@ -199,7 +203,9 @@ class FakeOpenAI:
 
     Settable while running: ``latency_seconds`` (added to every answer), ``responder``,
     ``served_model`` (the model named in answers; default: the one requested),
-    ``api_key`` (when set, other keys get 401), ``worst_case_usage`` (see the module). Read: ``total_requests``, ``status_counts``
+    ``api_key`` (when set, other keys get 401), ``worst_case_usage`` (see the module),
+    ``failing`` (a :class:`Fault` every request gets once the planned ones are used up). Read: ``total_requests``,
+    ``models_listed`` (successful ``GET /v1/models``), ``status_counts``
     (a Counter by HTTP status; a request the client gave up on is counted when answered),
     ``in_flight``, ``max_in_flight``, ``received`` (each request's body, headers and arrival
     time on ``time.monotonic()``).
@@ -219,7 +225,9 @@ class FakeOpenAI:
         self.latency_seconds = latency_seconds
         self.served_model = served_model
         self.api_key = api_key
-        self.total_requests = 0
+        self.failing: Fault | None = None  # when set, every unplanned request gets this fault
+        self.total_requests = 0  # chat completions; a models listing is counted apart
+        self.models_listed = 0
         self.status_counts: Counter[int] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -290,7 +298,7 @@ class FakeOpenAI:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.received.append({"body": body, "headers": headers, "at": time.monotonic()})
-            return self._faults.popleft() if self._faults else None
+            return self._faults.popleft() if self._faults else self.failing
 
     def _leave(self, status: int) -> None:
         with self._lock:
@@ -322,12 +330,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/models":
             self._send_error(404, "invalid_request_error", f"Unknown path {self.path}")
             return
-        model = self.server_state.served_model or "fake-model"
+        key = self.server_state.api_key
+        if key is not None and self.headers.get("authorization") != f"Bearer {key}":
+            self._send_error(401, *_ERROR_TYPES[401], code="invalid_api_key")
+            return
+        self.server_state.models_listed += 1
+        served = self.server_state.served_model
         self._send_json(
             200,
             {
                 "object": "list",
-                "data": [{"id": model, "object": "model", "created": 0, "owned_by": "revorch"}],
+                "data": [
+                    {"id": model, "object": "model", "created": 0, "owned_by": "revorch"}
+                    for model in ([served] if served else LISTED_BY_DEFAULT)
+                ],
             },
         )
 

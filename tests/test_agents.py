@@ -169,3 +169,30 @@ def test_the_agent_assets_materialize_offline_with_cost_metadata(simulated_crm):
     assert lead["decisions_offline"].value > 0
     assert lead["llm_calls"].value == 0 and lead["cost_usd"].value == 0
     assert "latency_p95_ms" in lead
+
+
+def test_consecutive_llm_failures_switch_the_rest_of_the_run_offline_at_once(crm):
+    items = INPUTS[AGENT](crm)[:30]
+    limits = CONFIG.limits.model_copy(
+        update={"max_concurrency": 1, "max_retries": 1, "circuit_breaker_failures": 3}
+    )
+    config = CONFIG.model_copy(update={"limits": limits})
+    with FakeOpenAI() as server:
+        server.plan(*[Fault.delay(0)] * 5)  # five good answers, then the server breaks
+        server.failing = Fault.status(503)
+        llm = LlmResource(base_url=server.base_url, api_key="k")
+        report = run_agent(
+            keep_open(crm),
+            agent_specs(offline_tier(crm))[AGENT],
+            config,
+            items,
+            llm=llm.client(config, config.agents[AGENT].model),
+            run_id="run-broken",
+            settings=settings(),
+        )
+        # 5 answers, then 3 calls of 2 attempts each; after them nothing more is sent.
+        assert server.total_requests == 5 + 3 * 2
+    assert report.decisions_by_tier == {"llm": 5, "offline": 25}
+    assert report.fallbacks == {"server_error": 3, "circuit_open": 22}
+    assert llm.tier.startswith("off after 3 consecutive failures (server_error: HTTP 503")
+    assert count(crm, "SELECT count(*) FROM agents.decisions WHERE run_id = 'run-broken'") == 30

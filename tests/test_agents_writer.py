@@ -23,7 +23,8 @@ import yaml
 from conftest import event, ingest_and_stage
 from fake_openai import FakeOpenAI, example_from_schema
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets
-from resources import AgentsConfigResource, LlmResource, StateStore
+from resources import AgentsConfigResource, LifecycleConfigResource, LlmResource, StateStore
+from revorch import settings
 from revorch.agents.config import Budget, LlmWhen, load_agents_config
 from revorch.agents.models import offline_tier
 from revorch.agents.registry import INPUTS, agent_specs
@@ -145,6 +146,9 @@ def test_a_slow_model_does_not_delay_ingestion_of_other_changes(crm, tmp_path):
                 resources={
                     "state_store": crm,
                     "agents": AgentsConfigResource(path=str(agents_yaml)),
+                    "lifecycle": LifecycleConfigResource(
+                        path=str(settings.lifecycle_config_path())
+                    ),
                     "llm": LlmResource(base_url=server.base_url, api_key="test-key"),
                 },
                 instance=instance,

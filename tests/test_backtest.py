@@ -1,6 +1,9 @@
 """The lead-scorer backtest on a simulated CRM: it learns the signal, and it trains only on
 what was known at the split."""
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -60,3 +63,22 @@ def test_an_explicit_split_and_a_readable_report(crm, report):
         report.model_version,
     ):
         assert words in text
+
+
+def test_the_backtest_command_shows_its_phases_when_asked(scoring_crm, tmp_path):
+    home = scoring_crm.copy("stages", tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
+    backtest = subprocess.run(
+        [sys.executable, "-m", "revorch.cli", "backtest", "--progress"],
+        cwd=tmp_path,
+        env={**env, **home.env(), "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert backtest.returncode == 0, backtest.stderr
+    assert "AUC" in backtest.stdout
+    bar = backtest.stderr.replace("\r", "\n")
+    for phase in ("choosing the split", "training", "building the test set", "scoring the test"):
+        assert phase in bar
+    assert "Backtest: 100%" in bar and "4/4" in bar

@@ -9,7 +9,7 @@ model answers, and write in a short transaction (``run_agent``), so ingestion go
 import dagster as dg
 
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
-from resources import StateStore
+from resources import LifecycleConfigResource, StateStore
 from resources.agents import AgentsConfigResource, LlmResource
 from revorch.agents.models import offline_tier, train_and_store
 from revorch.agents.registry import INPUTS, agent_specs
@@ -52,11 +52,13 @@ HISTORY = [
     # history there is nothing new to learn (revorch_main leaves it out).
     automation_condition=dg.AutomationCondition.on_cron("0 5 * * *"),
 )
-def offline_models(context: dg.AssetExecutionContext, state_store: StateStore):
+def offline_models(
+    context: dg.AssetExecutionContext, state_store: StateStore, lifecycle: LifecycleConfigResource
+):
     """The offline tier's models (lead, deal, renewal), trained on the history in DuckDB and
     kept by version. Retrained once a day (on_cron); the agents use the newest."""
     with state_store.get_connection() as conn:
-        tier = train_and_store(conn)
+        tier = train_and_store(conn, config=lifecycle.load())
     for agent, why in tier.untrained.items():
         context.log.warning(f"{agent}: no model, rules decide ({why})")
     return dg.MaterializeResult(
@@ -83,11 +85,15 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
         state_store: StateStore,
         agents: AgentsConfigResource,
         llm: LlmResource,
+        lifecycle: LifecycleConfigResource,
     ):
         config = agents.load()
+        stages = lifecycle.load()
+        # The renewal window, like every rule, comes from the run's snapshot of the config.
+        by_config = {"config": stages} if name == "renewal_risk" else {}
         with state_store.get_connection() as conn:
-            spec = agent_specs(offline_tier(conn))[name]
-            items = INPUTS[name](conn)
+            spec = agent_specs(offline_tier(conn, config=stages))[name]
+            items = INPUTS[name](conn, **by_config)
         report = run_agent(
             state_store.get_connection,
             spec,
@@ -97,7 +103,7 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
             run_id=context.run_id,
         )
         context.log.info(f"{name}: {report.as_metadata()}")
-        return dg.MaterializeResult(metadata=report.as_metadata())
+        return dg.MaterializeResult(metadata={**report.as_metadata(), "llm_tier": llm.tier})
 
     return _agent
 

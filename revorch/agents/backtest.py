@@ -9,6 +9,7 @@ scoring time, exactly as it would have been in production.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -87,15 +88,22 @@ class BacktestReport:
         return "\n".join(lines)
 
 
+# What a backtest does, in order, for a progress display.
+PHASES = ("choosing the split", "training", "building the test set", "scoring the test set")
+
+
 def backtest_lead_scorer(
     conn: duckdb.DuckDBPyConnection,
     *,
     split: str | None = None,
     horizon_days: int = 90,
     feature_days: int = FEATURE_DAYS,
+    progress: Callable[[str], None] = lambda phase: None,
 ) -> BacktestReport:
     """Train before ``split`` (ISO date; default: leaves the last 30% of contacts with final
-    labels for testing), test after it, and report discrimination and calibration."""
+    labels for testing), test after it, and report discrimination and calibration.
+    ``progress`` is told each of :data:`PHASES` as it starts."""
+    progress(PHASES[0])
     from sklearn.metrics import brier_score_loss, roc_auc_score  # a slow import: only here
 
     if split is None:
@@ -108,15 +116,18 @@ def backtest_lead_scorer(
         cast = conn.execute("SELECT CAST($split AS TIMESTAMPTZ)", {"split": split})
         split_at = cast.fetchone()[0]
     train_before = split_at - timedelta(days=horizon_days)
+    progress(PHASES[1])
     model = LeadModel.train(
         conn, created_before=train_before, horizon_days=horizon_days, feature_days=feature_days
     )
+    progress(PHASES[2])
     test = lead_examples(
         conn, created_from=split_at, horizon_days=horizon_days, feature_days=feature_days
     )
     labels = test["label"].to_numpy()
     if test.height == 0 or len(np.unique(labels)) < 2:
         raise ValueError("the test period needs contacts with both outcomes")
+    progress(PHASES[3])
     predicted = model.predict_frame(test)
     top = np.argsort(-predicted, kind="stable")[: max(1, len(predicted) // 10)]
     base_train = model.metadata["base_rate"]

@@ -41,6 +41,9 @@ class Limits(_Strict):
     max_concurrency: int = Field(gt=0)
     timeout_seconds: float = Field(gt=0)
     max_retries: int = Field(ge=0)
+    # Consecutive failed calls (timeouts, lost connections, 5xx, 429 after their retries) that
+    # switch the LLM tier off for the rest of a run.
+    circuit_breaker_failures: int = Field(default=5, gt=0)
 
 
 class LlmWhen(_Strict):
@@ -91,5 +94,5 @@ class AgentsConfigError(ValueError):
     pass
 
 
-def load_agents_config(path: str | Path = DEFAULT_PATH) -> AgentsConfig:
-    return load_yaml_model(path, AgentsConfig, AgentsConfigError, "agents config")
+def load_agents_config(path: str | Path = DEFAULT_PATH, *, text: str | None = None) -> AgentsConfig:
+    return load_yaml_model(path, AgentsConfig, AgentsConfigError, "agents config", text=text)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from revorch.stopping import stopping
+
 if TYPE_CHECKING:
     import openai
     from openai.types.chat import ChatCompletion
@@ -44,7 +46,11 @@ ERROR_KINDS = (
     "server_error",
     "connection",
     "bad_request",
+    "circuit_open",
+    "stopped",
 )
+# Failures that say the endpoint, not the item, is wrong: consecutive ones open the breaker.
+ENDPOINT_FAILURES = frozenset({"timeout", "rate_limited", "server_error", "connection"})
 
 # Backoff between attempts when the server gives no retry-after: 0.5 s, 1 s, 2 s, ... up to 8 s,
 # each shortened by up to a quarter at random so that parallel workers do not retry in step.
@@ -271,6 +277,38 @@ class _Attempt:
     usage_reported: bool = False
 
 
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive endpoint failures (each counted after its
+    retries) among every call of a run: the rest of the run goes offline at once instead of
+    spending every call's timeout and retries. Any answer from the model closes the count.
+    Shared by every client of a run (one per agent), across their threads."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self._failures = 0
+        self._lock = threading.Lock()
+        self.opened_by: str | None = None  # the last error when it opened
+
+    @property
+    def open(self) -> bool:
+        return self.opened_by is not None
+
+    def record(self, error_kind: str | None, error: str | None) -> None:
+        with self._lock:
+            if error_kind not in ENDPOINT_FAILURES:
+                self._failures = 0
+                return
+            self._failures += 1
+            if self._failures >= self.threshold and self.opened_by is None:
+                self.opened_by = f"{error_kind}: {error}"[:200]
+                log.warning(
+                    "LLM tier off for the rest of this run after %d consecutive failures "
+                    "(last: %s); the agents decide offline",
+                    self._failures,
+                    self.opened_by,
+                )
+
+
 class LlmClient:
     """Calls one model with structured outputs, within rate and concurrency limits.
 
@@ -286,10 +324,12 @@ class LlmClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         import openai  # about a second to import: only when the LLM tier is used
 
         self.settings = settings
+        self.breaker = breaker
         self._clock, self._sleep = clock, sleep
         # Retries are ours (max_retries=0 in the SDK) so that each result can report how many
         # attempts it took, and so that every retry also waits for the rate limiter.
@@ -335,6 +375,15 @@ class LlmClient:
         started: float | None = None
         attempts = 0
         while True:
+            if stopping():  # Ctrl-C or SIGTERM: no new call, so the step ends at once
+                attempt = _Attempt(error_kind="stopped", error="the run is stopping")
+                break
+            if self.breaker is not None and self.breaker.open:
+                attempt = _Attempt(
+                    error_kind="circuit_open",
+                    error=f"the LLM tier is off for this run ({self.breaker.opened_by})",
+                )
+                break
             self._sleep(max(self._requests.reserve(1), self._tokens.reserve(estimate)))
             if started is None:
                 started = self._clock()
@@ -360,7 +409,10 @@ class LlmClient:
                 delay,
             )
             self._sleep(delay)
-        if attempt.error_kind is not None:
+        unsent = attempt.error_kind in ("circuit_open", "stopped")
+        if self.breaker is not None and not unsent:
+            self.breaker.record(attempt.error_kind, attempt.error)
+        if attempt.error_kind is not None and not unsent:
             log.warning(
                 "LLM request %s failed after %d attempt(s): %s: %s",
                 request.key,
@@ -376,7 +428,7 @@ class LlmClient:
             prompt_tokens=attempt.prompt_tokens,
             cached_tokens=attempt.cached_tokens,
             completion_tokens=attempt.completion_tokens,
-            latency_seconds=self._clock() - started,
+            latency_seconds=0.0 if started is None else self._clock() - started,
             attempts=attempts,
             request_id=attempt.request_id,
             model=attempt.model or self.settings.model,

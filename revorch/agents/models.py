@@ -5,13 +5,17 @@ from __future__ import annotations
 import duckdb
 
 from revorch.agents.offline import DealModel, LeadModel, OfflineTier, RenewalModel
+from revorch.lifecycle.config import LifecycleConfig
 
 KINDS = {"lead": LeadModel, "deal": DealModel, "renewal": RenewalModel}
 
 
-def train_and_store(conn: duckdb.DuckDBPyConnection) -> OfflineTier:
-    """Train every model the history supports and keep the ones not stored yet."""
-    tier = OfflineTier.train(conn)
+def train_and_store(
+    conn: duckdb.DuckDBPyConnection, *, config: LifecycleConfig | None = None
+) -> OfflineTier:
+    """Train every model the history supports and keep the ones not stored yet; ``config``:
+    the lifecycle config (the run's snapshot; default: the shipped file)."""
+    tier = OfflineTier.train(conn, config=config)
     for kind, model in (
         ("lead", tier.lead_model),
         ("deal", tier.deal_model),
@@ -30,7 +34,9 @@ def train_and_store(conn: duckdb.DuckDBPyConnection) -> OfflineTier:
     return tier
 
 
-def offline_tier(conn: duckdb.DuckDBPyConnection) -> OfflineTier:
+def offline_tier(
+    conn: duckdb.DuckDBPyConnection, *, config: LifecycleConfig | None = None
+) -> OfflineTier:
     """The newest stored models; trained from the history first if a kind is missing (a
     history too short for a model leaves that agent to its rules until it grows)."""
     rows = conn.execute(
@@ -39,6 +45,6 @@ def offline_tier(conn: duckdb.DuckDBPyConnection) -> OfflineTier:
         """
     ).fetchall()
     if {kind for kind, _ in rows} != set(KINDS):
-        return train_and_store(conn)
+        return train_and_store(conn, config=config)
     stored = {kind: KINDS[kind].from_json(text) for kind, text in rows if kind in KINDS}
-    return OfflineTier(stored.get("lead"), stored.get("deal"), stored.get("renewal"))
+    return OfflineTier(stored.get("lead"), stored.get("deal"), stored.get("renewal"), config=config)

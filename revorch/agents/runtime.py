@@ -172,6 +172,8 @@ def run_agent(
     rows = []
     for i, ((item, digest), decision) in enumerate(zip(todo, offline, strict=True)):
         result = results.get(i)
+        if result is not None and result.error_kind == "circuit_open":
+            fallback[i], result = "circuit_open", None  # never sent: the breaker was open
         if result is not None:
             report.calls += 1
             report.prompt_tokens += result.prompt_tokens

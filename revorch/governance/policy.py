@@ -250,5 +250,5 @@ def _known(kind: str, names: list[str], known: frozenset[str], where: str) -> No
         raise ValueError(f"{where}: unknown {kind} {unknown}; known: {sorted(known)}")
 
 
-def load_policy(path: str | Path = DEFAULT_PATH) -> Policy:
-    return load_yaml_model(path, Policy, PolicyError, "policy")
+def load_policy(path: str | Path = DEFAULT_PATH, *, text: str | None = None) -> Policy:
+    return load_yaml_model(path, Policy, PolicyError, "policy", text=text)

@@ -123,6 +123,10 @@ class LifecycleConfigError(ValueError):
     pass
 
 
-def load_lifecycle_config(path: str | Path = DEFAULT_PATH) -> LifecycleConfig:
+def load_lifecycle_config(
+    path: str | Path = DEFAULT_PATH, *, text: str | None = None
+) -> LifecycleConfig:
     """Read and validate the lifecycle file; errors name the file and the offending key."""
-    return load_yaml_model(path, LifecycleConfig, LifecycleConfigError, "lifecycle config")
+    return load_yaml_model(
+        path, LifecycleConfig, LifecycleConfigError, "lifecycle config", text=text
+    )

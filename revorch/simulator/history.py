@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,16 +46,25 @@ class SimulationSummary:
         return self.duplicate_events + self.redelivered_lines
 
 
-def simulate_history(zone: LandingZone, config: SimulationConfig) -> SimulationSummary:
+def simulate_history(
+    zone: LandingZone,
+    config: SimulationConfig,
+    *,
+    progress: Callable[[Iterator[Batch], int], Iterable[Batch]] | None = None,
+) -> SimulationSummary:
     """Generate the history window and publish it to ``zone`` as batches of ``config.source``.
 
     Batches are written one after the other, so their ids sort in delivery order.
+    ``progress`` wraps the batches as they are written, given their number (e.g. ``tqdm``).
     """
     started = time.perf_counter()
     plan = _plan(config)
     paths: list[Path] = []
     counts = _Counts()
-    for batch in plan.batches():
+    batches: Iterable[Batch] = plan.batches()
+    if progress is not None:
+        batches = progress(plan.batches(), plan.total_batches + (plan.redelivered is not None))
+    for batch in batches:
         counts.add(batch)
         with zone.open_batch(config.source) as tmp:
             tmp.write_bytes(batch_bytes(batch.frame))

@@ -17,7 +17,8 @@ import duckdb
 import pytest
 from hubspot.crm.objects import ApiException
 
-from fake_hubspot import FakeHubSpot, Portal
+from conftest import ingest_and_stage
+from fake_hubspot import FakeHubSpot, Portal, iso
 from resources import DispatcherResource, LandingZoneResource, StateStore
 from resources.hubspot import HubSpotResource
 from revorch.definitions import materialize
@@ -28,6 +29,7 @@ from revorch.sources.hubspot.api import HubSpotApi, Limits
 from revorch.sources.hubspot.mapping import MARKER
 from revorch.sources.hubspot.own_writes import OwnWrites
 from revorch.sources.hubspot.poller import PollSettings, poll
+from revorch.sources.hubspot.webhook import to_landing_events
 from revorch.sources.hubspot.writeback import HubSpotTarget
 
 TOKEN = "pat-test"
@@ -394,3 +396,58 @@ def test_requests_count_against_the_rate_limit_before_they_are_sent():
         assert api._requests.try_acquire("request", blocking=False)
         assert not api._requests.try_acquire("request", blocking=False)
     assert hubspot.portal.count("GET", "/crm/v3/objects/contacts/101") == 2
+
+
+def _won_deal_stages(tmp_path: Path, name: str, *, pushed: bool) -> dict:
+    """small_portal's deal won a day after BASE, polled (HubSpot's closedate on the record) or
+    pushed (a webhook's stage change after a poll of the open deal); what the stages made."""
+    portal = small_portal()
+    zone = LandingZone(tmp_path / name / "landing")
+    closed_ms = BASE + 86_400_000
+    if not pushed:
+        # Won before the first poll: HubSpot set closedate when the deal entered closedwon.
+        deal = portal.records["deals"]["7001"]
+        deal["properties"] |= {
+            "dealstage": "closedwon",
+            "closedate": iso(closed_ms),
+            "hs_lastmodifieddate": iso(closed_ms + 60_000),
+        }
+        deal["modified_ms"] = closed_ms + 60_000
+    with FakeHubSpot(portal) as hubspot:
+        poll(api_for(hubspot), zone, tmp_path / name / "cursor.json", OwnWrites(tmp_path / "o"))
+    if pushed:
+        change = {
+            "eventId": 1,
+            "subscriptionType": "deal.propertyChange",
+            "portalId": 33,
+            "occurredAt": closed_ms,
+            "attemptNumber": 0,
+            "objectId": 7001,
+            "propertyName": "dealstage",
+            "propertyValue": "closedwon",
+        }
+        zone.write_events("hubspot", to_landing_events([change]).events)
+    database = tmp_path / name / "revorch.duckdb"
+    ingest_and_stage(database, zone)
+    with duckdb.connect(str(database), read_only=True) as conn:
+        return {
+            "closed_at": conn.execute("SELECT closed_at FROM deals").fetchall(),
+            "onboarding": conn.execute(
+                "SELECT deal_id, company_id, started_at FROM stages.onboarding"
+            ).fetchall(),
+            "contact_101": conn.execute(
+                "SELECT stage FROM stages.entity_stages WHERE entity_id = '101'"
+            ).fetchall(),
+        }
+
+
+def test_a_polled_won_deal_reaches_the_customer_and_onboarding_stages_as_a_pushed_one_does(
+    tmp_path,
+):
+    closed = datetime.fromtimestamp((BASE + 86_400_000) / 1000, UTC)
+    polled = _won_deal_stages(tmp_path, "polled", pushed=False)
+    pushed = _won_deal_stages(tmp_path, "pushed", pushed=True)
+    assert pushed["closed_at"] == [(closed,)]
+    assert polled == pushed
+    assert polled["onboarding"] == [("7001", "5001", closed)]
+    assert polled["contact_101"] == [("customer",)]

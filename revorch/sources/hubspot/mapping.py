@@ -34,6 +34,18 @@ def _date(value: str) -> str:
 # HubSpot's two default deal types; Revorch tells renewals from expansions, HubSpot does not,
 # so an existing customer's deal counts as an expansion unless the portal sends "renewal".
 DEAL_TYPES = {"newbusiness": "new_business", "existingbusiness": "expansion"}
+# HubSpot's default pipeline's closed stages; HubSpot sets `closedate` when a deal enters one.
+CLOSED_DEAL_STAGES = frozenset({"closedwon", "closedlost"})
+
+
+def deal_closed_at(stage: object, closedate: object, at: str) -> str | None:
+    """When a deal in ``stage`` closed (stages and onboarding read it), the one rule for polled
+    and pushed deals: None while open; else HubSpot's ``closedate`` (which HubSpot sets to the
+    moment a deal is moved to closed won or lost), or ``at``, the moment of the change that
+    closed it, when the change does not carry ``closedate`` (a webhook's stage change)."""
+    if stage not in CLOSED_DEAL_STAGES:
+        return None
+    return _moment(str(closedate)) if closedate else at
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,9 @@ def upsert_event(
         if name in properties and name not in skip and name != MARKER:
             props[name] = properties[name]
     props.update(associated)
+    if mapping.revorch == "deal" and "stage" in props:
+        closedate = None if "closedate" in skip else properties.get("closedate")
+        props["closed_at"] = deal_closed_at(props["stage"], closedate, iso(modified_ms))
     return {
         "event_id": event_id(mapping.revorch, record_id, modified_ms),
         "object_type": mapping.revorch,

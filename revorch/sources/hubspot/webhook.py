@@ -23,15 +23,20 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from revorch.sources.hubspot.mapping import BY_REVORCH_TYPE, MARKER, SOURCE, ObjectMapping, iso
+from revorch.sources.hubspot.mapping import (
+    BY_REVORCH_TYPE,
+    MARKER,
+    SOURCE,
+    ObjectMapping,
+    deal_closed_at,
+    iso,
+)
 from revorch.sources.hubspot.own_writes import OwnWrites, still_ours
 
 # Subscription types name HubSpot's objects as Revorch names its object types (contact, deal).
 # Generic subscriptions (`object.creation`, `object.propertyChange`, ...) name the object by
 # its type id instead: HubSpot's ids of its standard objects.
 OBJECT_TYPE_IDS = {"0-1": "contact", "0-2": "company", "0-3": "deal", "0-5": "ticket"}
-
-CLOSED_DEAL_STAGES = {"closedwon", "closedlost"}
 
 # associationType -> (object type of the record that holds the reference, its column,
 # whether the record is the "from" side). Revorch keeps one company and one contact per
@@ -187,9 +192,8 @@ def _property_changed(event: dict, mapping: ObjectMapping, at_ms: int):
     column = mapping.columns.get(name, name)
     properties = {column: _value(mapping, name, event["propertyValue"])}
     if column == "stage" and mapping.revorch == "deal":
-        # The moment a deal closed is the moment its stage became closed (stages read it).
-        closed = properties["stage"] in CLOSED_DEAL_STAGES
-        properties["closed_at"] = _iso_timestamp(at_ms) if closed else None
+        # A stage change carries no closedate: the deal closed at the change.
+        properties["closed_at"] = deal_closed_at(properties["stage"], None, _iso_timestamp(at_ms))
     return mapping.revorch, str(_integer(event, "objectId")), "upsert", properties, at_ms
 
 

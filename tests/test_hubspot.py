@@ -451,3 +451,59 @@ def test_a_polled_won_deal_reaches_the_customer_and_onboarding_stages_as_a_pushe
     assert polled == pushed
     assert polled["onboarding"] == [("7001", "5001", closed)]
     assert polled["contact_101"] == [("customer",)]
+
+
+def test_tickets_are_polled_by_default_with_their_status_priority_and_primary_company(tmp_path):
+    portal = small_portal()
+    closed_ms = BASE + 5_000
+    portal.add(
+        "tickets",
+        "9001",
+        closed_ms,
+        subject="Cannot log in",
+        content="Since the update",
+        hs_pipeline_stage="4",  # Closed, in HubSpot's default support pipeline
+        hs_ticket_priority="HIGH",
+        closed_date=iso(closed_ms),
+        hubspot_owner_id="11",
+    )
+    portal.add("tickets", "9002", BASE + 6_000, subject="Invoice copy", hs_pipeline_stage="1")
+    portal.associate("tickets", "9001", "companies", "5001", 339)  # unlabeled, smaller id
+    portal.associate("tickets", "9001", "companies", "5002", 26)  # primary
+    portal.associate("tickets", "9001", "contacts", "101", 16)
+    zone = LandingZone(tmp_path / "landing")
+    with FakeHubSpot(portal) as hubspot:
+        report = poll(api_for(hubspot), zone, tmp_path / "cursor.json", OwnWrites(tmp_path / "o"))
+    assert report.counts["ticket/upserts"] == 2
+
+    conn = ingest(tmp_path, zone)
+    tickets = conn.execute(
+        "SELECT id, company_id, contact_id, owner_id, subject, body, priority, status, closed_at "
+        "FROM tickets ORDER BY id"
+    ).fetchall()
+    assert tickets == [
+        (
+            "9001",
+            "5002",
+            "101",
+            "11",
+            "Cannot log in",
+            "Since the update",
+            "high",
+            "closed",
+            datetime.fromtimestamp(closed_ms / 1000, UTC),
+        ),
+        ("9002", None, None, None, "Invoice copy", None, None, "new", None),
+    ]
+    assert conn.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
+
+
+def test_the_polled_object_types_come_from_the_environment(monkeypatch):
+    from revorch.sources.hubspot import config
+
+    assert config.poll_settings().objects == ("contacts", "companies", "deals", "tickets")
+    monkeypatch.setenv("REVORCH_HUBSPOT_OBJECTS", "contacts, deals")
+    assert config.poll_settings().objects == ("contacts", "deals")
+    monkeypatch.setenv("REVORCH_HUBSPOT_OBJECTS", "contacts,calls")
+    with pytest.raises(ValueError, match="calls not one of"):
+        config.poll_settings()

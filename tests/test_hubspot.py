@@ -507,3 +507,26 @@ def test_the_polled_object_types_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("REVORCH_HUBSPOT_OBJECTS", "contacts,calls")
     with pytest.raises(ValueError, match="calls not one of"):
         config.poll_settings()
+
+
+def test_the_ledger_is_opened_once_for_reads_and_sees_later_writes(tmp_path, monkeypatch):
+    """The webhook receiver reads the ledger on every request: one connection, not one per
+    read, and still every write the dispatcher commits later, or a ledger started afresh."""
+    import sqlite3
+
+    path = tmp_path / "own-writes.sqlite3"
+    reader, dispatcher = OwnWrites(path), OwnWrites(path)
+    assert reader.written("contacts", ["1"]) == {}  # no write-back yet, no file
+    dispatcher.record("contacts", "1", 10, "a1", {"hs_lead_status": "UNQUALIFIED"})
+    opened = []
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or connect(*a, **k))
+    for _ in range(5):
+        assert reader.written("contacts", ["1"]) == {"1": {"hs_lead_status": "UNQUALIFIED"}}
+    assert len(opened) == 1
+    dispatcher.record("contacts", "1", 20, "a2", {"hs_lead_status": "OPEN"})
+    assert reader.written("contacts", ["1"]) == {"1": {"hs_lead_status": "OPEN"}}
+    for stale in tmp_path.glob("own-writes.sqlite3*"):  # the state folder reset
+        stale.unlink()
+    OwnWrites(path).record("contacts", "2", 30, "a3", {"hubspot_owner_id": "11"})
+    assert reader.written("contacts", ["1", "2"]) == {"2": {"hubspot_owner_id": "11"}}

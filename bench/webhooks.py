@@ -4,6 +4,7 @@
     .venv/bin/python bench/webhooks.py --kind standard --concurrency 32 --seconds 10
     .venv/bin/python bench/webhooks.py --events-per-request 10
     .venv/bin/python bench/webhooks.py --client wrk --workers 2
+    .venv/bin/python bench/webhooks.py --client wrk --ledger 1000
 
 It starts the real receiver (`revorch serve`, in a temporary REVORCH_HOME, its own process
 and session) and drives it with `--concurrency` connections, each sending its next request as
@@ -104,6 +105,23 @@ def standard_request(url: str, n: int, events: int) -> tuple[bytes, dict[str, st
         "webhook-timestamp": stamp,
         "webhook-signature": "v1," + base64.b64encode(digest).decode(),
     }
+
+
+def write_ledger(home: Path, rows: int) -> None:
+    """What a live write-back leaves behind: ``rows`` writes of another property (so the
+    pushed lifecyclestage changes still land) to contacts the requests name."""
+    from revorch.sources.hubspot.own_writes import OwnWrites
+
+    ledger = OwnWrites(home / "hubspot" / "own-writes.sqlite3")
+    for n in range(rows):
+        contact = str(100_000 + n * 50_000 // rows)
+        ledger.record(
+            "contacts",
+            contact,
+            1_700_000_000_000 + n,
+            f"bench-{n}",
+            {"hs_lead_status": "UNQUALIFIED"},
+        )
 
 
 def start_server(home: Path, workers: int) -> tuple[subprocess.Popen, str, list[str]]:
@@ -290,11 +308,21 @@ def main() -> None:
         "--client", choices=["aiohttp", "wrk"], default="aiohttp", help="the load generator"
     )
     parser.add_argument("--workers", type=int, default=1, help="revorch serve --workers")
+    parser.add_argument(
+        "--ledger",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="start with a write-back ledger of ROWS writes to the contacts the requests change, "
+        "which every HubSpot request then reads (loop protection)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="revorch-bench-webhooks-") as tmp:
         home = Path(tmp)
         incoming = home / "landing" / "incoming"
+        if args.ledger:
+            write_ledger(home, args.ledger)
         server, url, log = start_server(home, args.workers)
         try:
             load_before = os.getloadavg()
@@ -327,16 +355,16 @@ def main() -> None:
         print(
             "| client | kind | workers | connections | events/request | requests | non-2xx "
             "| requests/s | events/s | p50 ms | p99 ms | max ms | requests per fsync "
-            "| server CPU s | client CPU s | load before -> after |"
+            "| server CPU s | client CPU s | ledger rows | load before -> after |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         print(
             f"| {args.client} | {args.kind} | {args.workers} | {args.concurrency} | {args.events} "
             f"| {run['requests']:,} | {run['requests'] - run['ok']} "
             f"| {run['requests'] / run['elapsed']:,.0f} | {expected / run['elapsed']:,.0f} "
             f"| {run['p50'] * 1000:.1f} | {run['p99'] * 1000:.1f} | {run['max'] * 1000:.1f} "
             f"| {run['ok'] / max(len(batches), 1):.1f} | {server_cpu:.1f} | {client_cpu:.1f} "
-            f"| {load_before[0]:.2f} -> {load_after[0]:.2f} |"
+            f"| {args.ledger:,} | {load_before[0]:.2f} -> {load_after[0]:.2f} |"
         )
 
 

@@ -152,8 +152,11 @@ def _parser() -> argparse.ArgumentParser:
     _salesforce_poll_parser(crms)
     crms.add_parser(
         "hubspot",
-        help="contacts, companies, deals and owners changed since the cursor",
-        description="Settings come from HUBSPOT_* variables (docs/sources/hubspot.md).",
+        help="contacts, companies, deals, tickets and owners changed since the cursor",
+        description=(
+            "Settings come from HUBSPOT_ACCESS_TOKEN and REVORCH_HUBSPOT_* variables "
+            "(docs/sources/hubspot.md)."
+        ),
     ).set_defaults(handler=_poll_hubspot)
 
     ingest = commands.add_parser("ingest", help="run the main job once")

@@ -11,6 +11,7 @@ import json
 import re
 import ssl
 import threading
+import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import duckdb
 import fastavro
 import grpc
+import pyarrow as pa
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -82,6 +84,7 @@ class FakeRestOrg:
         self._cursors: dict[str, list[dict]] = {}
         self.writes: list[tuple[str, str, dict, str | None]] = []
         self.api_usage = (18, 15_000)  # requests used today, and the org's daily allowance
+        self.delay = 0.0  # seconds each GET takes (so a test can kill a poll mid-run)
         # Where a write's change event goes (a FakePubSub), as Salesforce's CDC would send it.
         self.change_events: FakePubSub | None = None
         self.cert, key = self_signed_cert(folder)
@@ -97,6 +100,7 @@ class FakeRestOrg:
             def do_GET(self) -> None:
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._send(401, [{"errorCode": "INVALID_SESSION_ID"}])
+                time.sleep(org.delay)
                 status, body = org.answer(self.path)
                 self._send(status, body)
 
@@ -206,9 +210,15 @@ class FakeRestOrg:
         fields, sobject, where, order = match.groups()
         records = {r["Id"]: r for r in self.records.get(sobject, [])}
         db = duckdb.connect()
-        db.execute("CREATE TABLE t (Id VARCHAR, SystemModstamp TIMESTAMPTZ)")
-        for r in records.values():
-            db.execute("INSERT INTO t VALUES (?, ?)", [r["Id"], _parse(r["SystemModstamp"])])
+        t = pa.table(  # noqa: F841 (DuckDB reads it by name)
+            {
+                "Id": pa.array([r["Id"] for r in records.values()], pa.string()),
+                "SystemModstamp": pa.array(
+                    [_parse(r["SystemModstamp"]) for r in records.values()],
+                    pa.timestamp("us", "UTC"),
+                ),
+            }
+        )
         sql_where = re.sub(
             r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", r"TIMESTAMPTZ '\1'", where or "true"
         )

@@ -17,7 +17,8 @@ import duckdb
 import pytest
 from hubspot.crm.objects import ApiException
 
-from fake_hubspot import FakeHubSpot, Portal
+from conftest import ingest_and_stage
+from fake_hubspot import FakeHubSpot, Portal, iso
 from resources import DispatcherResource, LandingZoneResource, StateStore
 from resources.hubspot import HubSpotResource
 from revorch.definitions import materialize
@@ -28,6 +29,7 @@ from revorch.sources.hubspot.api import HubSpotApi, Limits
 from revorch.sources.hubspot.mapping import MARKER
 from revorch.sources.hubspot.own_writes import OwnWrites
 from revorch.sources.hubspot.poller import PollSettings, poll
+from revorch.sources.hubspot.webhook import to_landing_events
 from revorch.sources.hubspot.writeback import HubSpotTarget
 
 TOKEN = "pat-test"
@@ -394,3 +396,137 @@ def test_requests_count_against_the_rate_limit_before_they_are_sent():
         assert api._requests.try_acquire("request", blocking=False)
         assert not api._requests.try_acquire("request", blocking=False)
     assert hubspot.portal.count("GET", "/crm/v3/objects/contacts/101") == 2
+
+
+def _won_deal_stages(tmp_path: Path, name: str, *, pushed: bool) -> dict:
+    """small_portal's deal won a day after BASE, polled (HubSpot's closedate on the record) or
+    pushed (a webhook's stage change after a poll of the open deal); what the stages made."""
+    portal = small_portal()
+    zone = LandingZone(tmp_path / name / "landing")
+    closed_ms = BASE + 86_400_000
+    if not pushed:
+        # Won before the first poll: HubSpot set closedate when the deal entered closedwon.
+        deal = portal.records["deals"]["7001"]
+        deal["properties"] |= {
+            "dealstage": "closedwon",
+            "closedate": iso(closed_ms),
+            "hs_lastmodifieddate": iso(closed_ms + 60_000),
+        }
+        deal["modified_ms"] = closed_ms + 60_000
+    with FakeHubSpot(portal) as hubspot:
+        poll(api_for(hubspot), zone, tmp_path / name / "cursor.json", OwnWrites(tmp_path / "o"))
+    if pushed:
+        change = {
+            "eventId": 1,
+            "subscriptionType": "deal.propertyChange",
+            "portalId": 33,
+            "occurredAt": closed_ms,
+            "attemptNumber": 0,
+            "objectId": 7001,
+            "propertyName": "dealstage",
+            "propertyValue": "closedwon",
+        }
+        zone.write_events("hubspot", to_landing_events([change]).events)
+    database = tmp_path / name / "revorch.duckdb"
+    ingest_and_stage(database, zone)
+    with duckdb.connect(str(database), read_only=True) as conn:
+        return {
+            "closed_at": conn.execute("SELECT closed_at FROM deals").fetchall(),
+            "onboarding": conn.execute(
+                "SELECT deal_id, company_id, started_at FROM stages.onboarding"
+            ).fetchall(),
+            "contact_101": conn.execute(
+                "SELECT stage FROM stages.entity_stages WHERE entity_id = '101'"
+            ).fetchall(),
+        }
+
+
+def test_a_polled_won_deal_reaches_the_customer_and_onboarding_stages_as_a_pushed_one_does(
+    tmp_path,
+):
+    closed = datetime.fromtimestamp((BASE + 86_400_000) / 1000, UTC)
+    polled = _won_deal_stages(tmp_path, "polled", pushed=False)
+    pushed = _won_deal_stages(tmp_path, "pushed", pushed=True)
+    assert pushed["closed_at"] == [(closed,)]
+    assert polled == pushed
+    assert polled["onboarding"] == [("7001", "5001", closed)]
+    assert polled["contact_101"] == [("customer",)]
+
+
+def test_tickets_are_polled_by_default_with_their_status_priority_and_primary_company(tmp_path):
+    portal = small_portal()
+    closed_ms = BASE + 5_000
+    portal.add(
+        "tickets",
+        "9001",
+        closed_ms,
+        subject="Cannot log in",
+        content="Since the update",
+        hs_pipeline_stage="4",  # Closed, in HubSpot's default support pipeline
+        hs_ticket_priority="HIGH",
+        closed_date=iso(closed_ms),
+        hubspot_owner_id="11",
+    )
+    portal.add("tickets", "9002", BASE + 6_000, subject="Invoice copy", hs_pipeline_stage="1")
+    portal.associate("tickets", "9001", "companies", "5001", 339)  # unlabeled, smaller id
+    portal.associate("tickets", "9001", "companies", "5002", 26)  # primary
+    portal.associate("tickets", "9001", "contacts", "101", 16)
+    zone = LandingZone(tmp_path / "landing")
+    with FakeHubSpot(portal) as hubspot:
+        report = poll(api_for(hubspot), zone, tmp_path / "cursor.json", OwnWrites(tmp_path / "o"))
+    assert report.counts["ticket/upserts"] == 2
+
+    conn = ingest(tmp_path, zone)
+    tickets = conn.execute(
+        "SELECT id, company_id, contact_id, owner_id, subject, body, priority, status, closed_at "
+        "FROM tickets ORDER BY id"
+    ).fetchall()
+    assert tickets == [
+        (
+            "9001",
+            "5002",
+            "101",
+            "11",
+            "Cannot log in",
+            "Since the update",
+            "high",
+            "closed",
+            datetime.fromtimestamp(closed_ms / 1000, UTC),
+        ),
+        ("9002", None, None, None, "Invoice copy", None, None, "new", None),
+    ]
+    assert conn.execute("SELECT count(*) FROM quarantine").fetchone() == (0,)
+
+
+def test_the_polled_object_types_come_from_the_environment(monkeypatch):
+    from revorch.sources.hubspot import config
+
+    assert config.poll_settings().objects == ("contacts", "companies", "deals", "tickets")
+    monkeypatch.setenv("REVORCH_HUBSPOT_OBJECTS", "contacts, deals")
+    assert config.poll_settings().objects == ("contacts", "deals")
+    monkeypatch.setenv("REVORCH_HUBSPOT_OBJECTS", "contacts,calls")
+    with pytest.raises(ValueError, match="calls not one of"):
+        config.poll_settings()
+
+
+def test_the_ledger_is_opened_once_for_reads_and_sees_later_writes(tmp_path, monkeypatch):
+    """The webhook receiver reads the ledger on every request: one connection, not one per
+    read, and still every write the dispatcher commits later, or a ledger started afresh."""
+    import sqlite3
+
+    path = tmp_path / "own-writes.sqlite3"
+    reader, dispatcher = OwnWrites(path), OwnWrites(path)
+    assert reader.written("contacts", ["1"]) == {}  # no write-back yet, no file
+    dispatcher.record("contacts", "1", 10, "a1", {"hs_lead_status": "UNQUALIFIED"})
+    opened = []
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or connect(*a, **k))
+    for _ in range(5):
+        assert reader.written("contacts", ["1"]) == {"1": {"hs_lead_status": "UNQUALIFIED"}}
+    assert len(opened) == 1
+    dispatcher.record("contacts", "1", 20, "a2", {"hs_lead_status": "OPEN"})
+    assert reader.written("contacts", ["1"]) == {"1": {"hs_lead_status": "OPEN"}}
+    for stale in tmp_path.glob("own-writes.sqlite3*"):  # the state folder reset
+        stale.unlink()
+    OwnWrites(path).record("contacts", "2", 30, "a3", {"hubspot_owner_id": "11"})
+    assert reader.written("contacts", ["1", "2"]) == {"2": {"hubspot_owner_id": "11"}}

@@ -9,8 +9,10 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -516,3 +518,71 @@ def test_the_dispatcher_writes_each_allowed_action_to_salesforce_once(
             selection=[dispatched_actions.key],
         ).success
         assert len(org.writes) == writes
+
+
+@pytest.mark.slow
+def test_a_poll_killed_with_sigkill_resumes_from_its_cursor_without_loss_or_double_effect(
+    tmp_path,
+):
+    org = FakeRestOrg(tmp_path, page_size=200)
+    contacts = 5_000  # three landing batches of 2,000 at most
+    org.records = {
+        "Contact": [
+            {
+                "Id": f"003xx{n:013d}",
+                "SystemModstamp": sf_time(T0 + dt.timedelta(seconds=n // 3)),  # ties, by Id
+                "LastName": f"C{n}",
+                "Email": f"c{n}@acme.example",
+            }
+            for n in range(contacts)
+        ]
+    }
+    org.delay = 0.05  # so the kill lands while pages are still being read
+    home = tmp_path / "home"
+    cursor_file = home / "sources" / "salesforce-rest.json"
+    env = os.environ | {
+        "SALESFORCE_INSTANCE_URL": org.url,
+        "SALESFORCE_ACCESS_TOKEN": TOKEN,
+        "SALESFORCE_OBJECTS": "Contact",
+        "REQUESTS_CA_BUNDLE": str(org.cert),
+        "REVORCH_HOME": str(home),
+    }
+    command = [sys.executable, "-m", "revorch.cli", "poll", "salesforce"]
+    try:
+        victim = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 120
+            # Killed once the first batch is landed and the cursor moved past it.
+            while not cursor_file.exists() and time.monotonic() < deadline:
+                assert victim.poll() is None, victim.communicate()
+                time.sleep(0.01)
+            os.killpg(victim.pid, signal.SIGKILL)
+        finally:
+            if victim.poll() is None:
+                os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+        assert victim.returncode == -signal.SIGKILL
+        resumed_from = json.loads(cursor_file.read_text())["Contact"]
+        assert resumed_from["id"] < org.records["Contact"][-1]["Id"]  # part of the way
+        org.queries.clear()
+        finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+    finally:
+        org.close()
+    # The second run asked for what came after the cursor, not for everything.
+    assert f"Id > '{resumed_from['id']}'" in org.queries[0]
+
+    zone = LandingZone(home / "landing")
+    database = tmp_path / "revorch.duckdb"
+    ingest_and_stage(database, zone, selection=INGEST)
+    assert state(
+        database,
+        "SELECT count(*), count(DISTINCT object_id) FROM change_log WHERE object_type = 'contact'",
+    ) == [(contacts, contacts)]  # nothing lost, nothing counted twice
+    assert state(database, "SELECT count(*) FROM contacts WHERE NOT _deleted") == [(contacts,)]
+    [(received, loaded, duplicates)] = state(
+        database, "SELECT sum(received), sum(loaded), sum(duplicates) FROM landing_batches"
+    )
+    assert loaded == contacts and received == loaded + duplicates

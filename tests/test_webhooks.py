@@ -383,6 +383,55 @@ def test_hubspot_values_are_mapped_to_revorchs_columns() -> None:
     assert mapped[5]["occurred_at"] == "2025-12-31T23:59:59.999Z"
 
 
+def test_generic_association_events_map_as_the_legacy_ones_do() -> None:
+    """`object.associationChange` names the records' types and the association by id: the
+    primary company and a deal's contact are kept, other company links and labels are not."""
+    at = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+    def association(n: int, from_type: str, from_id: int, to_type: str, to_id: int, **fields):
+        fields = {"associationCategory": "HUBSPOT_DEFINED", "associationRemoved": False, **fields}
+        return hubspot_event(
+            "object.associationChange",
+            from_id,
+            at,
+            n,
+            fromObjectTypeId=from_type,
+            fromObjectId=from_id,
+            toObjectTypeId=to_type,
+            toObjectId=to_id,
+            **fields,
+        )
+
+    events = [
+        association(1, "0-1", 101, "0-2", 5001, associationTypeId=1),  # primary company
+        association(2, "0-2", 5001, "0-1", 101, associationTypeId=2),  # its other side
+        association(3, "0-1", 101, "0-2", 5002, associationTypeId=279),  # another company
+        association(4, "0-3", 7001, "0-1", 101, associationTypeId=3),  # a deal's contact
+        association(5, "0-2", 5001, "0-3", 7001, associationTypeId=6, associationRemoved=True),
+        association(6, "0-5", 9001, "0-2", 5001, associationTypeId=26),  # a ticket's company
+        association(
+            7, "0-1", 101, "0-2", 5003, associationTypeId=7, associationCategory="USER_DEFINED"
+        ),
+        association(8, "0-1", 101, "0-48", 3, associationTypeId=193),  # a call
+    ]
+    mapped = hubspot.to_landing_events(events)
+    assert mapped.skipped == 3
+    assert [(e["object_type"], e["object_id"], e["properties"]) for e in mapped.events] == [
+        ("contact", "101", {"company_id": "5001"}),
+        ("contact", "101", {"company_id": "5001"}),
+        ("deal", "7001", {"contact_id": "101"}),
+        ("deal", "7001", {"company_id": None}),
+        ("ticket", "9001", {"company_id": "5001"}),
+    ]
+    # Both sides of one change are two events; a retry of either is the same event again.
+    ids = [e["event_id"] for e in mapped.events]
+    assert len(set(ids)) == len(ids)
+    retried = hubspot.to_landing_events([{**events[0], "attemptNumber": 3}]).events
+    assert retried[0]["event_id"] == ids[0]
+    with pytest.raises(hubspot.MalformedEvent, match="associationTypeId"):
+        hubspot.to_landing_events([{**events[0], "associationTypeId": None}])
+
+
 def test_a_write_backs_own_change_delivered_as_a_webhook_lands_nothing(
     zone: LandingZone, tmp_path: Path
 ) -> None:

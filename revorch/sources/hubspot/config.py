@@ -8,6 +8,8 @@
 ``REVORCH_HUBSPOT_SEARCHES_PER_SECOND``  default 4
 ``REVORCH_HUBSPOT_EXTRA_PROPERTIES``     more HubSpot properties to land as they are, e.g.
                                          ``contacts=hs_lead_score,region;deals=forecast``
+``REVORCH_HUBSPOT_OBJECTS``              the object types to poll, default
+                                         ``contacts,companies,deals,tickets``
 """
 
 from __future__ import annotations
@@ -63,8 +65,20 @@ def extra_properties() -> dict[str, tuple[str, ...]]:
     return extra
 
 
+def objects() -> tuple[str, ...]:
+    """``contacts,deals`` -> ("contacts", "deals"); PollSettings' default when unset."""
+    names = os.environ.get("REVORCH_HUBSPOT_OBJECTS", "")
+    chosen = tuple(n.strip() for n in names.split(",") if n.strip())
+    unknown = [n for n in chosen if n not in OBJECTS]
+    if unknown:
+        raise ValueError(
+            f"REVORCH_HUBSPOT_OBJECTS: {', '.join(unknown)} not one of {', '.join(OBJECTS)}"
+        )
+    return chosen or PollSettings.objects
+
+
 def poll_settings() -> PollSettings:
-    return PollSettings(extra_properties=extra_properties())
+    return PollSettings(objects=objects(), extra_properties=extra_properties())
 
 
 def api_from_env() -> HubSpotApi:

@@ -34,6 +34,21 @@ def _date(value: str) -> str:
 # HubSpot's two default deal types; Revorch tells renewals from expansions, HubSpot does not,
 # so an existing customer's deal counts as an expansion unless the portal sends "renewal".
 DEAL_TYPES = {"newbusiness": "new_business", "existingbusiness": "expansion"}
+# The stages of HubSpot's default ticket pipeline (their ids) as Revorch's ticket statuses;
+# another pipeline's stage ids land as they are.
+TICKET_STATUSES = {"1": "new", "2": "waiting", "3": "open", "4": "closed"}
+# HubSpot's default pipeline's closed stages; HubSpot sets `closedate` when a deal enters one.
+CLOSED_DEAL_STAGES = frozenset({"closedwon", "closedlost"})
+
+
+def deal_closed_at(stage: object, closedate: object, at: str) -> str | None:
+    """When a deal in ``stage`` closed (stages and onboarding read it), the one rule for polled
+    and pushed deals: None while open; else HubSpot's ``closedate`` (which HubSpot sets to the
+    moment a deal is moved to closed won or lost), or ``at``, the moment of the change that
+    closed it, when the change does not carry ``closedate`` (a webhook's stage change)."""
+    if stage not in CLOSED_DEAL_STAGES:
+        return None
+    return _moment(str(closedate)) if closedate else at
 
 
 @dataclass(frozen=True)
@@ -119,11 +134,18 @@ TICKETS = ObjectMapping(
         "content": "body",
         "hs_ticket_category": "category",
         "hs_ticket_priority": "priority",
+        "hs_pipeline_stage": "status",
         "hubspot_owner_id": "owner_id",
         "createdate": "created_at",
         "closed_date": "closed_at",
     },
-    {"createdate": _moment, "closed_date": _moment},
+    {
+        # LOW, MEDIUM, HIGH, URGENT; config/lifecycle.yaml names them lower case.
+        "hs_ticket_priority": _lower,
+        "hs_pipeline_stage": lambda v: TICKET_STATUSES.get(v, v),
+        "createdate": _moment,
+        "closed_date": _moment,
+    },
     {"companies": "company_id", "contacts": "contact_id"},
 )
 OBJECTS: dict[str, ObjectMapping] = {m.hubspot: m for m in (CONTACTS, COMPANIES, DEALS, TICKETS)}
@@ -132,9 +154,9 @@ BY_REVORCH_TYPE: dict[str, ObjectMapping] = {m.revorch: m for m in OBJECTS.value
 HUBSPOT_PROPERTY = {
     m.revorch: {column: prop for prop, column in m.columns.items()} for m in OBJECTS.values()
 }
-# Association type ids HubSpot defines as "Primary" (contact->company 1, deal->company 5):
-# when a record has several, the primary one is Revorch's reference.
-PRIMARY_TYPE_IDS = frozenset({1, 5})
+# Association type ids HubSpot defines as "Primary" (contact->company 1, deal->company 5,
+# ticket->company 26): when a record has several, the primary one is Revorch's reference.
+PRIMARY_TYPE_IDS = frozenset({1, 5, 26})
 
 
 def to_millis(value: str | datetime) -> int:
@@ -183,6 +205,9 @@ def upsert_event(
         if name in properties and name not in skip and name != MARKER:
             props[name] = properties[name]
     props.update(associated)
+    if mapping.revorch == "deal" and "stage" in props:
+        closedate = None if "closedate" in skip else properties.get("closedate")
+        props["closed_at"] = deal_closed_at(props["stage"], closedate, iso(modified_ms))
     return {
         "event_id": event_id(mapping.revorch, record_id, modified_ms),
         "object_type": mapping.revorch,

@@ -1,8 +1,8 @@
 """Incremental HubSpot polling: changed records, archived records and owners, into the
 landing zone, with a cursor that survives ``kill -9``.
 
-For each object type (contacts, companies, deals) a poll asks the CRM v3 search API for the
-records modified since the cursor (a ``GTE`` filter on the last-modified property, ``LTE``
+For each object type (contacts, companies, deals, tickets) a poll asks the CRM v3 search API
+for the records modified since the cursor (a ``GTE`` filter on the last-modified property, ``LTE``
 the poll's start so the set cannot grow under the paging), sorted ascending, 100 per page,
 paging by ``after``. One query returns at most 10,000 results, so before the next page would
 pass that cap the query restarts from the newest last-modified instant seen; records at that
@@ -18,8 +18,8 @@ duplicates. Nothing is lost and nothing counts twice.
 
 Archived records become deletes (``GET /crm/v3/objects/{type}?archived=true``; the listing
 cannot be filtered, so each poll pages through it and lands those archived since the
-cursor). Associations (contact->company, deal->company and deal->contact) are read per page
-through the v4 batch API and become ``company_id`` / ``contact_id``. Properties that still
+cursor). Associations (contact->company, deal and ticket->company and ->contact) are read per
+page through the v4 batch API and become ``company_id`` / ``contact_id``. Properties that still
 hold a value Revorch wrote itself (the write-back's ledger,
 :mod:`revorch.sources.hubspot.own_writes`) are left out, so a write-back is never read back in.
 """
@@ -52,7 +52,7 @@ from revorch.sources.hubspot.own_writes import OwnWrites, still_ours
 
 @dataclass(frozen=True)
 class PollSettings:
-    objects: tuple[str, ...] = ("contacts", "companies", "deals")
+    objects: tuple[str, ...] = ("contacts", "companies", "deals", "tickets")
     page_size: int = 100
     flush_pages: int = 10  # pages per landing batch, and per cursor step
     # Re-read this much before the cursor: HubSpot's search index can lag a write by seconds.

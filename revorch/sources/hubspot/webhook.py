@@ -23,15 +23,20 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from revorch.sources.hubspot.mapping import BY_REVORCH_TYPE, MARKER, SOURCE, ObjectMapping, iso
+from revorch.sources.hubspot.mapping import (
+    BY_REVORCH_TYPE,
+    MARKER,
+    SOURCE,
+    ObjectMapping,
+    deal_closed_at,
+    iso,
+)
 from revorch.sources.hubspot.own_writes import OwnWrites, still_ours
 
 # Subscription types name HubSpot's objects as Revorch names its object types (contact, deal).
 # Generic subscriptions (`object.creation`, `object.propertyChange`, ...) name the object by
 # its type id instead: HubSpot's ids of its standard objects.
 OBJECT_TYPE_IDS = {"0-1": "contact", "0-2": "company", "0-3": "deal", "0-5": "ticket"}
-
-CLOSED_DEAL_STAGES = {"closedwon", "closedlost"}
 
 # associationType -> (object type of the record that holds the reference, its column,
 # whether the record is the "from" side). Revorch keeps one company and one contact per
@@ -48,6 +53,13 @@ ASSOCIATIONS: dict[str, tuple[str, str, bool]] = {
     "TICKET_TO_CONTACT": ("ticket", "contact_id", True),
     "CONTACT_TO_TICKET": ("ticket", "contact_id", False),
 }
+
+
+# Generic association events (`object.associationChange`) name the two records' types by id
+# and the association by HubSpot's type id instead of by name. Of the HubSpot-defined types,
+# these mark the primary company (docs: CRM associations, "association type id values");
+# the unlabeled company types (279, 280, 339-342) and labels (USER_DEFINED) are not it.
+PRIMARY_COMPANY_TYPE_IDS = frozenset({1, 2, 5, 6, 25, 26})
 
 
 class MalformedEvent(ValueError):
@@ -117,8 +129,12 @@ def _landing_event(event: dict) -> tuple[dict, tuple[str, str, str, object] | No
     else:
         object_type = object_name if object_name in BY_REVORCH_TYPE else None
     handler = _HANDLERS.get(change)
-    if object_type is None or handler is None or (object_name, change) == ("object", _ASSOC):
-        return None  # generic association events carry other fields: not read yet
+    if (object_name, change) == ("object", _ASSOC):
+        # Named by its two sides, not by objectTypeId.
+        object_type = OBJECT_TYPE_IDS.get(str(event.get("fromObjectTypeId")))
+        handler = _generic_association_changed
+    if object_type is None or handler is None:
+        return None
     occurred_ms = _integer(event, "occurredAt")
     landed = handler(event, BY_REVORCH_TYPE[object_type], occurred_ms)
     if landed is None:
@@ -159,6 +175,8 @@ def event_id(event: dict) -> str:
         event.get("occurredAt"),
         event.get("eventId"),
     ]
+    if "associationTypeId" in event:  # generic association events name the type by id
+        parts += [event.get("fromObjectTypeId"), event["associationTypeId"]]
     return "hubspot:" + ":".join("" if part is None else str(part) for part in parts)
 
 
@@ -187,9 +205,8 @@ def _property_changed(event: dict, mapping: ObjectMapping, at_ms: int):
     column = mapping.columns.get(name, name)
     properties = {column: _value(mapping, name, event["propertyValue"])}
     if column == "stage" and mapping.revorch == "deal":
-        # The moment a deal closed is the moment its stage became closed (stages read it).
-        closed = properties["stage"] in CLOSED_DEAL_STAGES
-        properties["closed_at"] = _iso_timestamp(at_ms) if closed else None
+        # A stage change carries no closedate: the deal closed at the change.
+        properties["closed_at"] = deal_closed_at(properties["stage"], None, _iso_timestamp(at_ms))
     return mapping.revorch, str(_integer(event, "objectId")), "upsert", properties, at_ms
 
 
@@ -211,6 +228,22 @@ def _association_changed(event: dict, mapping: ObjectMapping, at_ms: int):
         # addition is the newer value.
         return holder_type, str(holder), "upsert", {column: None}, at_ms - 1
     return holder_type, str(holder), "upsert", {column: str(other)}, at_ms
+
+
+def _generic_association_changed(event: dict, mapping: ObjectMapping, at_ms: int):
+    """An ``object.associationChange``: as a legacy association event once its type ids are
+    names; of company associations only the primary one (by its type id) is kept."""
+    from_type = OBJECT_TYPE_IDS.get(str(event.get("fromObjectTypeId")))
+    to_type = OBJECT_TYPE_IDS.get(str(event.get("toObjectTypeId")))
+    if from_type is None or to_type is None:
+        return None  # an object Revorch does not keep (a call, a line item, ...)
+    if event.get("associationCategory") != "HUBSPOT_DEFINED":
+        return None  # a label the portal defined, beside the association itself
+    type_id = _integer(event, "associationTypeId")
+    if "company" in (from_type, to_type) and type_id not in PRIMARY_COMPANY_TYPE_IDS:
+        return None  # Revorch keeps the primary company of a record, not every other one
+    named = {**event, "associationType": f"{from_type}_TO_{to_type}".upper()}
+    return _association_changed(named, mapping, at_ms)
 
 
 _ASSOC = "associationChange"

@@ -94,18 +94,19 @@ def judge_proposed(
         names = [column[0] for column in cursor.description]
         judged = []
         actions = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
-        # The holdout first: a held-out entity's action is withheld whatever the rules say.
+        # A held-out entity's action is withheld unless the rules forbid it outright: forbid,
+        # then withhold, then approve (a person need not review what will not be sent).
         arms, events = assign(conn, policy.holdouts, policy.digest, actions, now=now, run_id=run_id)
         trail.extend(events)
         screen = Screen.from_state(conn)
         for action in actions:
-            if arms.get(action["action_id"]) == HOLDOUT:
+            judgement = judge(policy, action, screen)
+            if arms.get(action["action_id"]) == HOLDOUT and judgement.verdict != "forbid":
                 playbook = playbook_of(action["source"], action["action_type"])
                 verdicts["withhold"] += 1
                 trail.append(withheld_event(action, playbook, policy.digest, "proposal"))
                 judged.append(withheld_update(action, playbook, policy.digest))
                 continue
-            judgement = judge(policy, action, screen)
             verdicts[judgement.verdict] += 1
             trail.append(verdict_event(action, judgement, "proposal"))
             judged.append(

@@ -488,7 +488,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(
         f"Actions:           {actions.get('sent', 0):,} sent to {settings.outbox_path()}, "
         f"{actions.get('pending_approval', 0):,} wait for approval (revorch approvals), "
-        f"{actions.get('forbidden', 0):,} forbidden by the policy"
+        f"{actions.get('forbidden', 0):,} forbidden by the policy, "
+        f"{actions.get('withheld', 0):,} withheld (holdouts)"
     )
     print()
     print(f"DuckDB state store: {settings.database_path()}")

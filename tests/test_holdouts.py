@@ -3,7 +3,10 @@ entities get nothing and the withholding is audited, a switch-off is recorded, a
 uplift estimate recovers a known effect (and finds none where there is none) at its rate."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -332,3 +335,40 @@ def test_the_simulator_applies_the_effect_only_to_treated_contacts():
     assert treated.tolist() == expected
     assert np.allclose(odds[treated], 0.4) and np.allclose(odds[~treated], 0.3)
     assert with_playbook_effects(base, np.arange(2_000), (), SHARE) is base
+
+
+def test_the_policy_check_shows_the_shares_and_who_switched_a_holdout_off(tmp_path):
+    document = yaml.safe_load(DEFAULT_PATH.read_text())
+    document["holdouts"]["shares"] = {"handoff/sla_escalations": 0.15}
+    document["holdouts"]["switched_off"] = [
+        {"playbook": "handoff/onboarding", "by": "ana", "reason": "every won deal is onboarded"}
+    ]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document))
+    env = {**os.environ, "REVORCH_HOME": str(tmp_path), "REVORCH_POLICY": str(path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "revorch.cli", "policy", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        "Holdouts: 15% of handoff/sla_escalations; 10% of 16 playbooks; 0% of handoff/onboarding"
+        in done.stdout
+    )
+    assert (
+        "Holdout switched off for handoff/onboarding by ana: every won deal is onboarded"
+        in done.stdout
+    )
+    document["holdouts"]["switched_off"] = []
+    document["holdouts"]["shares"] = {"handoff/onboarding": 0.0}
+    path.write_text(yaml.safe_dump(document))
+    refused = subprocess.run(
+        [sys.executable, "-m", "revorch.cli", "policy", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0
+    assert "handoff/onboarding holds out 0%, below the policy's minimum" in refused.stderr

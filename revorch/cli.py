@@ -988,12 +988,35 @@ def _policy(args: argparse.Namespace) -> int:
     print("get dispatched without a person, for every (agent, action type) an agent proposes:")
     for pair in report.pairs:
         print(f"  {pair.line()}")
+    print(_holdouts_line(policy.holdouts))
+    for off in policy.holdouts.switched_off:
+        print(f"Holdout switched off for {off.playbook} by {off.by}: {off.reason}")
     if report.passed:
         print("No customer-facing path carries model-written text without a person.")
         return 0
     for problem in report.problems:
         print(f"revorch policy check: {problem}", file=sys.stderr)
     return 2
+
+
+def _holdouts_line(holdouts) -> str:
+    """The holdout shares in force, one line (validated against the bounds at load)."""
+    from revorch.governance.holdouts import PLAYBOOKS
+
+    shares: dict[float, list[str]] = {}
+    for playbook in sorted(PLAYBOOKS):
+        shares.setdefault(holdouts.share(playbook), []).append(playbook)
+    parts = [
+        f"{share:.0%} of {len(names)} playbooks"
+        if len(names) > 3
+        else f"{share:.0%} of " + ", ".join(names)
+        for share, names in sorted(shares.items(), reverse=True)
+    ]
+    return (
+        f"Holdouts: {'; '.join(parts)} (at least {holdouts.minimum_share:.0%}, customer-facing "
+        f"at most {holdouts.maximum_customer_facing_share:.0%}; read out after "
+        f"{holdouts.horizon_days} days, final on {holdouts.analysis_date or 'no date set'})"
+    )
 
 
 def _history(args: argparse.Namespace) -> int:

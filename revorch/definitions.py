@@ -10,6 +10,7 @@ from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
 from orch_assets.metrics.assets import metric_assets
+from orch_assets.metrics.uplift import playbook_uplift
 from orch_assets.publish.assets import published_state_asset
 from orch_assets.reports.assets import funnel_report
 from orch_assets.schedules import jobs as scheduled_jobs
@@ -37,6 +38,7 @@ pipeline_assets = [
     offline_models,
     *agent_assets,
     *governance_assets,
+    playbook_uplift,  # the holdouts' read-out, after the dispatcher has assigned them
 ]
 published_state = published_state_asset(
     deps=[key for assets_def in pipeline_assets for key in assets_def.keys]

@@ -45,6 +45,7 @@ EXPECTED_ASSETS = {
     "metrics/pipeline",
     "metrics/sla_compliance",
     "metrics/revenue_retention",
+    "metrics/playbook_uplift",
     "reports/funnel_report",
     "agents/offline_models",
     "agents/lead_qualification",
@@ -175,12 +176,13 @@ def test_sensor_waits_while_a_run_of_the_main_job_waits_to_start(zone):
 
 def test_loading_the_definitions_imports_no_heavy_package():
     """Every run's process loads the definitions first: Great Expectations, scikit-learn (with
-    SciPy) and openai cost seconds of CPU to import, so they load only when a check, a model
-    fit or the LLM tier runs (Presidio's test is in tests/test_redaction.py)."""
+    SciPy), openai and statsmodels cost seconds of CPU to import, so they load only when a
+    check, a model fit, the LLM tier or the uplift read-out runs (Presidio's test is in
+    tests/test_redaction.py)."""
     script = (
         "import sys, revorch.definitions; "
-        "print(' '.join(m for m in ('great_expectations', 'sklearn', 'scipy', 'openai') "
-        "if m in sys.modules))"
+        "print(' '.join(m for m in ('great_expectations', 'sklearn', 'scipy', 'openai', "
+        "'statsmodels') if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300

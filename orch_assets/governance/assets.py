@@ -99,7 +99,10 @@ def policy_verdicts(
         metadata={
             "policy_version": policy.digest,
             "policy_label": policy.version,
-            **{f"verdict/{v}": verdicts.get(v, 0) for v in ("allow", "approve", "forbid")},
+            **{
+                f"verdict/{v}": verdicts.get(v, 0)
+                for v in ("allow", "approve", "forbid", "withhold")
+            },
         }
     )
 

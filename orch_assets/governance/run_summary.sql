@@ -24,6 +24,8 @@ SELECT
         AND (detail->>'verdict') = 'approve') AS verdicts_approve,
     (SELECT count(*) FROM governance.audit_log WHERE run_id = $run_id AND event = 'verdict'
         AND (detail->>'verdict') = 'forbid') AS verdicts_forbid,
+    (SELECT count(*) FROM governance.audit_log WHERE run_id = $run_id AND event = 'withheld')
+        AS actions_withheld,
     (SELECT count(*) FROM governance.audit_log WHERE run_id = $run_id AND event = 'dispatched')
         AS actions_sent,
     (SELECT count(*) FROM governance.audit_log WHERE run_id = $run_id

@@ -67,12 +67,14 @@ ACTION_TYPES = frozenset(RECIPIENT_ROLE)
 # Actions that reach a customer or prospect rather than a colleague.
 CUSTOMER_FACING = frozenset({"send_follow_up", "offer_discount", "send_plan_to_customer"})
 
-HANDOFF_SOURCES = (
-    "handoff/follow_up_cadence",
-    "handoff/sla_escalations",
-    "handoff/renewal_risk",
-    "handoff/onboarding",
-)
+# Each handoff and the one action type it calls for (candidate_actions.sql).
+HANDOFF_ACTIONS = {
+    "handoff/follow_up_cadence": "send_follow_up",
+    "handoff/sla_escalations": "notify_manager",
+    "handoff/renewal_risk": "escalate_renewal_risk",
+    "handoff/onboarding": "create_onboarding_tasks",
+}
+HANDOFF_SOURCES = tuple(HANDOFF_ACTIONS)
 GOVERNANCE = "governance"  # the approval queue's own escalations
 SOURCES = frozenset({agent for agent, _ in AGENT_ACTIONS} | set(HANDOFF_SOURCES) | {GOVERNANCE})
 

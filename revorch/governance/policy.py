@@ -33,6 +33,7 @@ from revorch.governance.actions import (
     FACTS,
     SOURCES,
 )
+from revorch.governance.holdouts import Holdouts
 
 DEFAULT_PATH = CONFIG_DIR / "policy.yaml"
 
@@ -175,6 +176,8 @@ class Policy(_Strict):
     # Customer-facing (agent, action type) pairs whose model-written content may leave
     # without a person. Empty: every such action waits for approval.
     trusted_model_text: list[TrustedModelText] = Field(default_factory=list)
+    # Every playbook's randomized holdout (revorch/governance/holdouts.py).
+    holdouts: Holdouts = Field(default_factory=Holdouts)
 
     @model_validator(mode="after")
     def _names_known_things(self) -> Policy:

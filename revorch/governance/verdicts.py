@@ -17,6 +17,13 @@ import duckdb
 
 from revorch import clock
 from revorch.governance.audit import AuditEvent, audited
+from revorch.governance.holdouts import (
+    HOLDOUT,
+    assign,
+    playbook_of,
+    withheld_event,
+    withheld_update,
+)
 from revorch.governance.policy import Judgement, Policy
 from revorch.governance.screen import Screen, payload_of, screened
 from revorch.governance.status import update_actions
@@ -86,11 +93,20 @@ def judge_proposed(
         )
         names = [column[0] for column in cursor.description]
         judged = []
-        rows = cursor.fetchall()
+        actions = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+        # A held-out entity's action is withheld unless the rules forbid it outright: forbid,
+        # then withhold, then approve (a person need not review what will not be sent).
+        arms, events = assign(conn, policy.holdouts, policy.digest, actions, now=now, run_id=run_id)
+        trail.extend(events)
         screen = Screen.from_state(conn)
-        for values in rows:
-            action = dict(zip(names, values, strict=True))
+        for action in actions:
             judgement = judge(policy, action, screen)
+            if arms.get(action["action_id"]) == HOLDOUT and judgement.verdict != "forbid":
+                playbook = playbook_of(action["source"], action["action_type"])
+                verdicts["withhold"] += 1
+                trail.append(withheld_event(action, playbook, policy.digest, "proposal"))
+                judged.append(withheld_update(action, playbook, policy.digest))
+                continue
             verdicts[judgement.verdict] += 1
             trail.append(verdict_event(action, judgement, "proposal"))
             judged.append(

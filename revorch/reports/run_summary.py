@@ -67,7 +67,8 @@ def run_summary(run: RunOutcome) -> str:
             f"- Proposed: {proposed.get('proposed', 0):,} actions: "
             f"{verdicts.get('verdict/allow', 0):,} allowed, "
             f"{verdicts.get('verdict/approve', 0):,} held for approval, "
-            f"{verdicts.get('verdict/forbid', 0):,} forbidden by the policy"
+            f"{verdicts.get('verdict/forbid', 0):,} forbidden by the policy, "
+            f"{verdicts.get('verdict/withhold', 0):,} withheld (holdouts)"
         )
     queue = run.metadata.get("governance/approval_queue")
     if queue is not None:

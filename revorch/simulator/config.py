@@ -34,6 +34,12 @@ class SimulationConfig:
     duplicate_share: float = 0.0
     batch_size: int = 50_000
     source: str = "simulator"
+    # Known true effects, for testing the uplift read-out: ((playbook, points), ...) raises the
+    # MQL -> SQL conversion of every contact the playbook treats by ``points`` (0.10 = ten
+    # points). The simulator cannot see Revorch's actions, so "treated" is the holdout
+    # assignment itself (revorch/experiments/assignment.py) at ``holdout_share``.
+    playbook_effects: tuple[tuple[str, float], ...] = ()
+    holdout_share: float = 0.10
 
     def __post_init__(self) -> None:
         # Resolved once, so the config (and every event it produces) names its own window.
@@ -54,6 +60,10 @@ class SimulationConfig:
             raise ValueError("malformed_share must be in [0, 1)")
         if not 0.0 <= self.duplicate_share <= 1.0:
             raise ValueError("duplicate_share must be in [0, 1]")
+        if not 0.0 <= self.holdout_share < 1.0:
+            raise ValueError("holdout_share must be in [0, 1)")
+        if any(not -1.0 <= points <= 1.0 for _, points in self.playbook_effects):
+            raise ValueError("a playbook effect is a change of probability, in [-1, 1]")
         if self.window[1] - self.window[0] < 30 * DAY:
             raise ValueError("the history window must span at least 30 days")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from revorch.experiments.assignment import held_out
 from revorch.simulator import vocabulary as v
 from revorch.simulator.activities import deal_activities
 from revorch.simulator.config import DAY, HOUR, SimulationConfig
@@ -50,6 +51,27 @@ class Funnel:
     activities: pl.DataFrame
 
 
+def with_playbook_effects(
+    odds: np.ndarray,
+    contacts: np.ndarray,
+    effects: tuple[tuple[str, float], ...],
+    holdout_share: float,
+) -> np.ndarray:
+    """``odds`` of the contacts at indexes ``contacts``, raised by each playbook's effect for
+    the contacts it treats: those its holdout assignment (the policy's own hash) keeps in
+    treatment. Draws no random number, so a history without effects is unchanged."""
+    if not effects:
+        return odds
+    ids = [f"c-{i + 1:07d}" for i in contacts]
+    out = odds.astype(np.float64, copy=True)
+    for playbook, points in effects:
+        treated = np.fromiter(
+            (not held_out(playbook, "contact", c, holdout_share) for c in ids), bool, len(ids)
+        )
+        out = np.where(treated & (out > 0), np.clip(out + points, 0.0, 1.0), out)
+    return out
+
+
 def build_funnel(config: SimulationConfig, population: Population, intent: np.ndarray) -> Funnel:
     """Lifecycle events for contacts and the new-business deals they open."""
     rng = config.rng(3)
@@ -72,6 +94,9 @@ def build_funnel(config: SimulationConfig, population: Population, intent: np.nd
     sql_at = attempted_at + HOUR + gamma_seconds(rng, 2.0, 5 * DAY, n)
     sql_odds = np.zeros(n)
     sql_odds[mql] = calibrated_probability(1.3 * score[mql], SQL_RATE)
+    sql_odds = with_playbook_effects(
+        sql_odds, np.arange(n), config.playbook_effects, config.holdout_share
+    )
     sql = mql & (rng.random(n) < sql_odds) & (sql_at < t1)
     disqualified = mql & ~sql & (rng.random(n) < 0.8)
     disqualified_at = attempted_at + HOUR + gamma_seconds(rng, 2.0, 10 * DAY, n)

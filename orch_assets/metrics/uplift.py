@@ -1,0 +1,132 @@
+"""The read-out of the holdouts: what each playbook changes, with its interval.
+
+``metrics.playbook_units`` holds every randomized (playbook, entity) and outcome whose horizon
+has passed; ``metrics.playbook_uplift`` one row per playbook and outcome with the effect of
+treatment against holdout (revorch/experiments/uplift.py); docs/metrics.md says how far to
+trust it.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from orch_assets.governance.assets import DISPATCHED_ACTIONS
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
+from orch_assets.sql_files import run_sql_file
+from resources import GovernanceResource, StateStore
+from revorch import clock
+from revorch.governance.holdouts import Holdouts
+
+SQL_DIR = Path(__file__).parent
+UPLIFT_SCHEMA = {
+    "playbook": pl.String,
+    "outcome": pl.String,
+    "horizon_days": pl.Int32,
+    "status": pl.String,  # final, interim, or waiting (too few mature units for an interval)
+    "units_waiting": pl.Int64,  # exposed, horizon not yet passed
+    "n_treatment": pl.Int64,
+    "n_holdout": pl.Int64,
+    "mean_treatment": pl.Float64,
+    "mean_holdout": pl.Float64,
+    "effect": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "std_error": pl.Float64,
+    "p_value": pl.Float64,
+    "adjusted": pl.Boolean,
+    "variance_reduction": pl.Float64,
+    "analysis_date": pl.Date,
+    "computed_at": pl.Datetime("us", "UTC"),
+}
+
+
+def playbook_uplift_rows(conn: duckdb.DuckDBPyConnection, holdouts: Holdouts) -> list[dict]:
+    """Rebuild metrics.playbook_units and estimate every playbook and outcome in it."""
+    from revorch.experiments.uplift import estimate_uplift
+
+    conn.execute("CREATE SCHEMA IF NOT EXISTS metrics")
+    run_sql_file(
+        conn,
+        SQL_DIR / "playbook_units.sql",
+        {
+            "horizon_days": holdouts.horizon_days,
+            "renewal_horizon_days": holdouts.renewal_horizon_days,
+        },
+    )
+    units = conn.execute("SELECT * FROM metrics.playbook_units").pl()
+    today = clock.now(conn).date()
+    final = holdouts.analysis_date is not None and today >= holdouts.analysis_date
+    rows = []
+    for (playbook, outcome), group in units.group_by(["playbook", "outcome"], maintain_order=True):
+        mature = group.filter(pl.col("mature"))
+        estimate = estimate_uplift(
+            mature["value"].to_numpy(),
+            (mature["arm"] == "treatment").to_numpy(),
+            mature["covariate"].to_numpy(),
+        )
+        row = {
+            "playbook": playbook,
+            "outcome": outcome,
+            "horizon_days": int(group["horizon_days"][0]),
+            "units_waiting": group.height - mature.height,
+            "n_treatment": int((mature["arm"] == "treatment").sum()),
+            "n_holdout": int((mature["arm"] == "holdout").sum()),
+            "analysis_date": holdouts.analysis_date,
+            "computed_at": datetime.now(UTC),
+            "status": "waiting",
+        }
+        if estimate is not None:
+            row |= estimate.as_dict() | {"status": "final" if final else "interim"}
+        rows.append(row)
+    frame = pl.DataFrame(
+        [{column: row.get(column) for column in UPLIFT_SCHEMA} for row in rows],
+        schema=UPLIFT_SCHEMA,
+    )
+    conn.register("uplift_rows", frame)
+    conn.execute("CREATE OR REPLACE TABLE metrics.playbook_uplift AS SELECT * FROM uplift_rows")
+    conn.unregister("uplift_rows")
+    return rows
+
+
+def uplift_metadata(rows: list[dict]) -> dict[str, float | int]:
+    """Numbers the UI plots run after run: the effect and its interval per playbook/outcome."""
+    metadata: dict[str, float | int] = {"playbook_outcomes": len(rows)}
+    for row in rows:
+        prefix = f"{row['playbook']}/{row['outcome']}"
+        metadata[f"{prefix}/n_treatment"] = row["n_treatment"]
+        metadata[f"{prefix}/n_holdout"] = row["n_holdout"]
+        for key in ("effect", "ci_low", "ci_high"):
+            if row.get(key) is not None:
+                metadata[f"{prefix}/{key}"] = round(float(row[key]), 4)
+    return metadata
+
+
+@dg.asset(
+    key=["metrics", "playbook_uplift"],
+    deps=[
+        DISPATCHED_ACTIONS,
+        dg.AssetKey(["stages", "contact_lifecycle"]),
+        dg.AssetKey(["crm", "activities"]),
+        dg.AssetKey(["crm", "deals"]),
+        dg.AssetKey(["crm", "subscriptions"]),
+    ],
+    group_name="metrics",
+    kinds={"duckdb"},
+    pool=DUCKDB_WRITER_POOL,
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def playbook_uplift(
+    state_store: StateStore, governance: GovernanceResource
+) -> dg.MaterializeResult:
+    """Tables metrics.playbook_units and metrics.playbook_uplift: for each playbook (handoff,
+    agent action type) and outcome (next stage within the horizon, days to it, deal won,
+    renewal, expansion ARR), the effect of treatment against its randomized holdout with a
+    95% interval, adjusted for pre-exposure activity; final from the pre-registered analysis
+    date in config/policy.yaml, interim before it."""
+    holdouts = governance.policy().holdouts
+    with state_store.get_connection() as conn:
+        rows = playbook_uplift_rows(conn, holdouts)
+    return dg.MaterializeResult(metadata=uplift_metadata(rows))

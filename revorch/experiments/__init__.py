@@ -1,0 +1,1 @@
+"""Randomized holdouts and their read-out: the assignment hash and the uplift estimator."""

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
+from orch_assets.agents.assets import UPSTREAM as AGENT_NAMES
 from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
@@ -77,7 +78,12 @@ defs = dg.Definitions(
 )
 
 # The steps that take a rebuild from the whole change log (RebuildConfig), by op name.
-FULL_REBUILD_STEPS = ("crm_current_state", "stages__contact_lifecycle", "stages__account_lifecycle")
+FULL_REBUILD_STEPS = (
+    "crm_current_state",
+    "stages__contact_lifecycle",
+    "stages__account_lifecycle",
+    *(f"agents__{name}" for name in AGENT_NAMES),
+)
 
 # Landing zone -> change log -> CRM state -> lifecycle -> stage views -> handoffs, without the
 # data-quality checks: what a test or a benchmark builds before it looks at stages, agents or
@@ -115,7 +121,10 @@ def materialize(
     # The console gets warnings only, as from the CLI; every event is still in the result.
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     if full_rebuild:
-        run_config |= full_rebuild_config()
+        # Only the selected steps take config: Dagster refuses config for steps not in the run.
+        steps = {"__".join(key.path) for key in selection.resolve(defs.resolve_asset_graph())}
+        ops = full_rebuild_config()["ops"]
+        run_config |= {"ops": {step: ops[step] for step in ops if step in steps}}
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
         selection=selection,

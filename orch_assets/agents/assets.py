@@ -8,11 +8,11 @@ model answers, and write in a short transaction (``run_agent``), so ingestion go
 
 import dagster as dg
 
-from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
 from resources import LifecycleConfigResource, StateStore
 from resources.agents import AgentsConfigResource, LlmResource
 from revorch.agents.models import offline_tier, train_and_store
-from revorch.agents.registry import INPUTS, agent_specs
+from revorch.agents.registry import agent_specs, inputs_to_decide
 from revorch.agents.runtime import run_agent
 
 UPSTREAM = {
@@ -82,28 +82,33 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
     )
     def _agent(
         context: dg.AssetExecutionContext,
+        config: RebuildConfig,
         state_store: StateStore,
         agents: AgentsConfigResource,
         llm: LlmResource,
         lifecycle: LifecycleConfigResource,
     ):
-        config = agents.load()
+        settings = agents.load()
         stages = lifecycle.load()
-        # The renewal window, like every rule, comes from the run's snapshot of the config.
-        by_config = {"config": stages} if name == "renewal_risk" else {}
         with state_store.get_connection() as conn:
             spec = agent_specs(offline_tier(conn, config=stages))[name]
-            items = INPUTS[name](conn, **by_config)
+            # Only the items touched since the last run, unless a full rebuild is asked.
+            items, scope = inputs_to_decide(
+                conn, spec, settings.agents[name], stages, full_rebuild=config.full_rebuild
+            )
         report = run_agent(
             state_store.get_connection,
             spec,
-            config,
+            settings,
             items,
-            llm=llm.client(config, config.agents[name].model),
+            llm=llm.client(settings, settings.agents[name].model),
             run_id=context.run_id,
+            seen=scope.seen,
         )
-        context.log.info(f"{name}: {report.as_metadata()}")
-        return dg.MaterializeResult(metadata={**report.as_metadata(), "llm_tier": llm.tier})
+        context.log.info(f"{name} ({scope.why}): {report.as_metadata()}")
+        return dg.MaterializeResult(
+            metadata={**report.as_metadata(), "inputs_scope": scope.why, "llm_tier": llm.tier}
+        )
 
     return _agent
 

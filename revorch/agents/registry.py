@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import duckdb
 
+from revorch.agents import incremental
 from revorch.agents import offline as offline_inputs
+from revorch.agents.config import AgentSettings
 from revorch.agents.offline import OfflineTier
 from revorch.agents.runtime import AgentSpec
 from revorch.agents.schemas import (
@@ -16,6 +18,7 @@ from revorch.agents.schemas import (
     RenewalRisk,
     TicketTriage,
 )
+from revorch.lifecycle.config import LifecycleConfig
 
 OUTPUTS = {
     "lead_qualification": LeadQualification,
@@ -44,3 +47,24 @@ def agent_specs(tier: OfflineTier) -> dict[str, AgentSpec]:
         )
         for name, output in OUTPUTS.items()
     }
+
+
+def inputs_to_decide(
+    conn: duckdb.DuckDBPyConnection,
+    spec: AgentSpec,
+    settings: AgentSettings,
+    lifecycle: LifecycleConfig,
+    *,
+    full_rebuild: bool = False,
+) -> tuple[list[dict], incremental.Scope]:
+    """The inputs of the items this run must decide: every open item, or only those touched
+    since the agent's watermark (``incremental.plan``), with the scope to record."""
+    version = incremental.version_key(
+        spec.offline_version, settings.prompt_version, settings.model, lifecycle.model_dump_json()
+    )
+    scope = incremental.plan(conn, spec.name, version, full_rebuild=full_rebuild)
+    if scope.ids == []:
+        return [], scope
+    # The renewal window, like every rule, comes from the run's snapshot of the config.
+    by_config = {"config": lifecycle} if spec.name == "renewal_risk" else {}
+    return INPUTS[spec.name](conn, scope.ids, **by_config), scope

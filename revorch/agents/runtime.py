@@ -12,7 +12,8 @@
 4. LLM calls run concurrently within the provider's limits. A call that fails (after retries)
    or answers outside the schema keeps the offline decision, marked with the reason.
 5. Every new decision is written to ``agents.decisions`` and the money to ``agents.cost_ledger``,
-   and the reservation is settled, in one transaction.
+   the reservation is settled and the agent's watermark (``seen``, revorch/agents/incremental.py)
+   moves on, in one transaction.
 
 Read, decide, write: the state store is opened only for steps 1, 3 and 5, each short, so no
 connection (and no writer lock) is held while the model answers.
@@ -34,7 +35,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
-from revorch.agents import prompts
+from revorch.agents import incremental, prompts
 from revorch.agents.config import AgentsConfig, AgentSettings
 from revorch.agents.llm import (
     LlmClient,
@@ -112,12 +113,15 @@ def run_agent(
     llm: LlmClient | None,
     run_id: str | None,
     settings: AgentSettings | None = None,
+    seen: incremental.Watermark | None = None,
 ) -> RunReport:
     """Decide every item (see the module docstring); return what it took.
 
     Read, decide, write: ``connect`` is called for each short phase that needs the state store
     (the memo, the budget reservation, the record), and no connection is open while the
     offline tier computes or the model answers, so other writers go on meanwhile.
+    ``seen`` is the watermark the items were planned from (``incremental.plan``), recorded
+    with the decisions.
     """
     settings = settings or config.agents[spec.name]
     report = RunReport(spec.name, inputs=len(items))
@@ -199,9 +203,9 @@ def run_agent(
                 redacted.get(i),
             )
         )
-    if rows:
+    if rows or seen is not None:
         with connect() as conn:
-            _record(conn, spec, settings, rows, report, run_id, day, reservation)
+            _record(conn, spec, settings, rows, report, run_id, day, reservation, seen)
     return report
 
 
@@ -338,10 +342,13 @@ def _row(
     }
 
 
-def _record(conn, spec, settings, rows, report: RunReport, run_id, day: date, reservation) -> None:
+def _record(
+    conn, spec, settings, rows, report: RunReport, run_id, day: date, reservation, seen=None
+) -> None:
     """In one transaction: the new decisions, the money in the ledger, the reservation
-    settled. An input that a concurrent run decided since the memo was read keeps that
-    decision (counted as a memo hit); the calls made for it are still paid for."""
+    settled, the watermark moved on. An input that a concurrent run decided since the memo
+    was read keeps that decision (counted as a memo hit); the calls made for it are still
+    paid for."""
     conn.execute("BEGIN TRANSACTION")
     try:
         decided = _memo(conn, spec, settings, sorted({row["input_hash"] for row in rows}))
@@ -379,6 +386,8 @@ def _record(conn, spec, settings, rows, report: RunReport, run_id, day: date, re
                 "DELETE FROM agents.budget_reservations WHERE reservation_id = ?",
                 [reservation.reservation_id],
             )
+        if seen is not None:
+            incremental.save(conn, spec.name, seen)
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")

@@ -1,0 +1,224 @@
+"""Which items an agent run builds inputs for: the ones whose facts changed since its last run.
+
+Each agent keeps a watermark in ``agents.watermarks`` (migration 0008): the change-log load it
+has seen, the rule clock it read its inputs at, and a version key (inputs, offline model,
+prompt, model and lifecycle config). A run plans its scope from the watermark:
+
+- everything, on the first run, on a full rebuild, when the version key changed, when the
+  clock went back, or when the clock moved into another period the agent's inputs depend on
+  (``CLOCK`` below: the week for deals, any move for renewals and onboardings);
+- otherwise the entities touched since: records changed in the loads after the watermark
+  (the entity itself, or a record its input reads: its company, its activities, its deals,
+  its subscriptions), the ones whose time-based facts fell due while the clock moved (an
+  activity dated in the span, a stage move in the span), and the ones whose last decision
+  fell back (for want of budget or a failed call), which the memo asks again;
+- nothing at all when no load arrived and the clock did not move.
+
+Items newly open become open through a change (a stage move or a record's status), so they
+are among the touched. The new watermark is written with the decisions, in one transaction
+(``runtime._record``): a run that dies before recording leaves the old one, and the next run
+sees the same changes again. The loads seen stop at the slowest of the tables the inputs are
+derived from (current state, contact and account lifecycle), so a load that is not folded
+into the stages yet is seen again once it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import duckdb
+
+# Bump when an input query changes what it returns: every agent then rebuilds everything once.
+INPUTS_VERSION = "1"
+
+# The derived tables the inputs read, by their state_watermarks name.
+DERIVED = ("crm_current_state", "stages/contact_lifecycle", "stages/account_lifecycle")
+
+# What in the clock an agent's inputs read: "span" (time-dated facts, handled by the touched
+# query), "week" (the first day of the clock's week), "instant" (any move), None (no clock).
+CLOCK = {
+    "lead_qualification": "span",
+    "deal_risk": "week",
+    "ticket_triage": None,
+    # stages.adoption_health and stages.onboarding_progress read the clock in look-back and
+    # due-date rules, so any move of the clock rebuilds them whole.
+    "renewal_risk": "instant",
+    "onboarding_plan": "instant",
+}
+
+# Every change-log record touched in the loads after the watermark, or dated in the span the
+# clock moved over (a change that arrived ahead of the clock enters the inputs only now).
+CHANGED_CTE = """
+changed AS (
+    SELECT DISTINCT object_type, object_id FROM change_log
+    WHERE (load_id > $since AND load_id <= $upto)
+       OR (occurred_at > $previous_as_of AND occurred_at <= $as_of)
+),
+-- Contacts whose own facts, or whose stage, may have moved: the contact changed, a deal or
+-- activity that refers (or ever referred) to it changed, or a stage move fell in the span.
+contacts_touched AS (
+    SELECT object_id AS contact_id FROM changed WHERE object_type = 'contact'
+    UNION
+    SELECT (c.properties->>'contact_id') FROM change_log AS c
+    JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    WHERE c.object_type IN ('deal', 'activity') AND (c.properties->>'contact_id') IS NOT NULL
+    UNION
+    SELECT contact_id FROM activities
+    WHERE (activity_at > $previous_as_of AND activity_at <= $as_of)
+       OR (_first_seen_at > $previous_as_of AND _first_seen_at <= $as_of)
+    UNION
+    SELECT entity_id FROM stages.stage_transitions
+    WHERE entity_type = 'contact'
+      AND transitioned_at > $previous_as_of AND transitioned_at <= $as_of
+)"""
+
+# The entities whose inputs may differ since the watermark, per agent (renewals and
+# onboardings are rebuilt whole when anything changed: see CLOCK).
+TOUCHED_SQL = {
+    "lead_qualification": f"""
+WITH {CHANGED_CTE}
+SELECT contact_id FROM contacts_touched
+UNION
+SELECT id FROM contacts
+WHERE company_id IN (SELECT object_id FROM changed WHERE object_type = 'company')
+""",
+    "deal_risk": f"""
+WITH {CHANGED_CTE}
+SELECT object_id FROM changed WHERE object_type = 'deal'
+UNION
+SELECT (c.properties->>'deal_id') FROM change_log AS c
+JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+WHERE c.object_type = 'activity' AND (c.properties->>'deal_id') IS NOT NULL
+UNION
+SELECT id FROM deals
+WHERE contact_id IN (SELECT contact_id FROM contacts_touched)
+   OR company_id IN (SELECT object_id FROM changed WHERE object_type = 'company')
+""",
+    "ticket_triage": f"""
+WITH {CHANGED_CTE},
+companies_touched AS (
+    SELECT object_id AS company_id FROM changed WHERE object_type = 'company'
+    UNION
+    SELECT (c.properties->>'company_id') FROM change_log AS c
+    JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    WHERE c.object_type = 'subscription' AND (c.properties->>'company_id') IS NOT NULL
+)
+SELECT object_id FROM changed WHERE object_type = 'ticket'
+UNION
+SELECT id FROM tickets WHERE company_id IN (SELECT company_id FROM companies_touched)
+""",
+}
+
+# Entities whose newest decision fell back (budget, failed call): the memo does not re-use
+# those, so they are asked again on the next run even when nothing about them changed.
+FELL_BACK_SQL = """
+SELECT DISTINCT d.entity_id FROM agents.decisions AS d
+WHERE d.agent = $agent AND d.fallback_reason IS NOT NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM agents.decisions AS k
+      WHERE k.agent = d.agent AND k.entity_id = d.entity_id AND k.fallback_reason IS NULL
+        AND k.decided_at >= d.decided_at)
+"""
+
+
+@dataclass(frozen=True)
+class Watermark:
+    load_id: int
+    as_of: datetime | None
+    version_key: str
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one run builds: ``ids`` None for every open item, else only these (maybe none)."""
+
+    ids: list[str] | None
+    why: str  # first_run, full_rebuild, version_changed, clock_..., changed, unchanged
+    seen: Watermark  # written with the run's decisions
+
+
+def version_key(*parts: object) -> str:
+    """One key for everything that changes every input or every decision at once."""
+    text = json.dumps([INPUTS_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan(
+    conn: duckdb.DuckDBPyConnection, agent: str, version: str, *, full_rebuild: bool = False
+) -> Scope:
+    """The scope of this run of ``agent`` (see the module docstring)."""
+    seen = Watermark(_loads_folded(conn), conn.execute("SELECT clock_now()").fetchone()[0], version)
+    last = _watermark(conn, agent)
+    why = _why_everything(agent, last, seen, full_rebuild)
+    if why is not None:
+        return Scope(None, why, seen)
+    moved = seen.as_of != last.as_of
+    if seen.load_id == last.load_id and not moved:
+        ids: set[str] = set()
+    elif agent in TOUCHED_SQL:
+        parameters = {
+            "since": last.load_id,
+            "upto": seen.load_id,
+            # An empty span when the clock did not move (or is not read by this agent).
+            "previous_as_of": last.as_of if moved else seen.as_of,
+            "as_of": seen.as_of,
+        }
+        rows = conn.execute(TOUCHED_SQL[agent], parameters).fetchall()
+        ids = {row[0] for row in rows if row[0] is not None}
+    else:
+        return Scope(None, "changed", seen)
+    ids |= {row[0] for row in conn.execute(FELL_BACK_SQL, {"agent": agent}).fetchall()}
+    return Scope(sorted(ids), "changed" if ids else "unchanged", seen)
+
+
+def save(conn: duckdb.DuckDBPyConnection, agent: str, seen: Watermark) -> None:
+    """Record what ``agent`` has seen; call inside the transaction that writes its decisions."""
+    conn.execute(
+        "INSERT OR REPLACE INTO agents.watermarks VALUES (?, ?, ?, ?, now())",
+        [agent, seen.load_id, seen.as_of, seen.version_key],
+    )
+
+
+def _why_everything(agent: str, last: Watermark | None, seen: Watermark, full: bool):
+    if full:
+        return "full_rebuild"
+    if last is None:
+        return "first_run"
+    if last.version_key != seen.version_key:
+        return "version_changed"
+    if last.as_of is None or seen.as_of is None or seen.as_of < last.as_of:
+        return "clock_went_back" if seen.as_of != last.as_of else None
+    clock = CLOCK[agent]
+    if clock == "instant" and seen.as_of != last.as_of:
+        return "clock_moved"
+    if clock == "week" and _week(seen.as_of) != _week(last.as_of):
+        return "clock_new_week"
+    return None
+
+
+def _week(instant: datetime):
+    # As inputs._clock_week: the first day of the week, in the instant's own zone.
+    day = instant.date()
+    return day - timedelta(days=day.weekday())
+
+
+def _loads_folded(conn: duckdb.DuckDBPyConnection) -> int:
+    """The newest load every table the inputs derive from has folded in (0 if one never ran)."""
+    newest = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
+    marks = dict(
+        conn.execute(
+            "SELECT name, load_id FROM state_watermarks WHERE name IN (SELECT unnest($names))",
+            {"names": list(DERIVED)},
+        ).fetchall()
+    )
+    return min(newest, *(marks.get(name, 0) for name in DERIVED))
+
+
+def _watermark(conn: duckdb.DuckDBPyConnection, agent: str) -> Watermark | None:
+    row = conn.execute(
+        "SELECT load_id, as_of, version_key FROM agents.watermarks WHERE agent = ?", [agent]
+    ).fetchone()
+    return Watermark(*row) if row else None

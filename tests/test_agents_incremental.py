@@ -1,0 +1,189 @@
+"""Agents build inputs only for what changed since their last run (revorch/agents/incremental.py),
+decide as a full recompute would, make no model call when nothing changed, and never skip a
+change when a run dies before recording."""
+
+import dataclasses
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from conftest import CrmHome, event, ingest_and_stage
+from fake_openai import FakeOpenAI
+from resources import default_resources
+from resources.agents import LlmResource
+from revorch import clock
+from revorch.agents.config import LlmWhen, load_agents_config
+from revorch.agents.models import offline_tier
+from revorch.agents.registry import OUTPUTS, agent_specs, inputs_to_decide
+from revorch.agents.runtime import keep_open, run_agent
+from revorch.lifecycle.config import load_lifecycle_config
+
+CONFIG = load_agents_config()
+LIFECYCLE = load_lifecycle_config()
+LEADS = "lead_qualification"
+# A fixed rule clock after the shared CRM was built, so two runs read the same "now".
+NOW = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+CLOCK = NOW.isoformat()
+DECISIONS = "SELECT agent, entity_id, input_hash, model, output FROM agents.decisions"
+
+
+@pytest.fixture
+def home(copy_crm):
+    """The shared CRM after its agents decided (on the wall clock)."""
+    return copy_crm("decided")
+
+
+def connect(home_or_path):
+    conn = home_or_path.connect()
+    clock.bind(conn, CLOCK)
+    return conn
+
+
+def decide(conn, name, *, full=False, llm=None, settings=None, spec=None):
+    """One agent run as the asset does it: plan, build, decide, record with the watermark."""
+    spec = spec or agent_specs(offline_tier(conn, config=LIFECYCLE))[name]
+    settings = settings or CONFIG.agents[name]
+    items, scope = inputs_to_decide(conn, spec, settings, LIFECYCLE, full_rebuild=full)
+    client = llm.client(CONFIG, settings.model) if llm else None
+    report = run_agent(
+        keep_open(conn), spec, CONFIG, items, llm=client, run_id="t", settings=settings,
+        seen=scope.seen,
+    )  # fmt: skip
+    return items, scope, report
+
+
+def open_leads(conn, n):
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT entity_id FROM stages.entity_stages WHERE entity_type = 'contact' "
+            "AND stage = 'lead' ORDER BY entity_id LIMIT ?",
+            [n],
+        ).fetchall()
+    ]
+
+
+def change_contacts(home, retitled, engaged):
+    """New job titles for ``retitled``, a reply from each of ``engaged``, through ingestion and
+    the stages as a run would take them."""
+    at = (NOW - timedelta(hours=2)).isoformat()
+    events = [
+        event(f"t-title-{c}", "contact", c, at, job_title="Chief Incremental Officer")
+        for c in retitled
+    ] + [
+        event(f"t-act-{c}", "activity", f"act-t-{c}", at, contact_id=c,
+              activity_type="email_replied", activity_at=at, subject="Re: pricing")
+        for c in engaged
+    ]  # fmt: skip
+    home.landing.write_events("test", events)
+    ingest_and_stage(home.database, home.landing, clock_setting=CLOCK)
+
+
+def test_a_run_with_nothing_changed_builds_no_input_and_calls_no_model(home):
+    conn = connect(home)
+    for name in OUTPUTS:  # the first run at this clock: what moved since the build
+        decide(conn, name)
+    every = LlmWhen(value_field="touches_total", value_at_least=0)  # any input would be sent
+    with FakeOpenAI() as server:
+        llm = LlmResource(base_url=server.base_url, api_key="test-key")
+        for name in OUTPUTS:
+            settings = CONFIG.agents[name].model_copy(update={"llm_when": every})
+            items, scope, report = decide(conn, name, llm=llm, settings=settings)
+            assert (scope.why, scope.ids, items) == ("unchanged", [], [])
+            assert report.inputs == report.calls == 0
+        assert server.total_requests == 0
+    conn.close()
+
+
+def test_a_change_to_a_few_contacts_rebuilds_those_and_decides_as_a_full_recompute(home, tmp_path):
+    conn = connect(home)
+    for name in OUTPUTS:
+        decide(conn, name)
+    leads = open_leads(conn, 6)
+    conn.close()
+    change_contacts(home, leads[:3], leads[3:])
+    copy = CrmHome(tmp_path / "full")
+    copy.root.mkdir()
+    shutil.copy(home.database, copy.database)
+    incremental, full = connect(home), connect(copy)
+
+    built = {}
+    for name in OUTPUTS:
+        items, _, _ = decide(incremental, name)
+        everything, full_scope, _ = decide(full, name, full=True)
+        assert full_scope.ids is None and len(everything) >= len(items)
+        by_id = {item["id"]: item for item in everything}
+        # What the incremental run built is what the full one built for the same items.
+        assert all(by_id[item["id"]] == item for item in items), name
+        built[name] = {item["id"] for item in items}
+
+    still_open = set(
+        open_leads(incremental, 10**6)
+        + [r[0] for r in incremental.execute(
+            "SELECT entity_id FROM stages.entity_stages WHERE entity_type = 'contact' "
+            "AND stage IN ('mql', 'sql')").fetchall()]
+    )  # fmt: skip
+    assert built[LEADS] == set(leads) & still_open and set(leads[:3]) <= built[LEADS]
+    assert set(incremental.execute(DECISIONS).fetchall()) == set(full.execute(DECISIONS).fetchall())
+    retitled = incremental.execute(
+        "SELECT count(DISTINCT entity_id) FROM agents.decisions WHERE agent = ? "
+        "AND (input->>'job_title') = 'Chief Incremental Officer'",
+        [LEADS],
+    ).fetchone()[0]
+    assert retitled == 3
+    incremental.close()
+    full.close()
+
+
+def test_a_run_that_dies_before_recording_leaves_the_changes_for_the_next(home):
+    conn = connect(home)
+    for name in OUTPUTS:
+        decide(conn, name)
+    leads = open_leads(conn, 3)
+    conn.close()
+    change_contacts(home, leads, [])
+    conn = connect(home)
+    spec = agent_specs(offline_tier(conn, config=LIFECYCLE))[LEADS]
+
+    def dies(item):
+        raise RuntimeError("killed between building the inputs and recording the decisions")
+
+    with pytest.raises(RuntimeError):
+        decide(conn, LEADS, spec=dataclasses.replace(spec, offline=dies))
+    items, scope, report = decide(conn, LEADS)
+    assert scope.why == "changed" and {item["id"] for item in items} == set(leads)
+    assert report.decisions_by_tier["offline"] == 3
+    assert decide(conn, LEADS)[1].why == "unchanged"
+    conn.close()
+
+
+def test_the_assets_run_incrementally_and_a_full_rebuild_rebuilds_every_input(home, monkeypatch):
+    from orch_assets.agents.assets import OFFLINE_MODELS
+    from revorch.definitions import materialize
+
+    monkeypatch.setenv("REVORCH_HOME", str(home.root))
+    monkeypatch.setenv("REVORCH_CLOCK", CLOCK)
+    agents = dg.AssetSelection.key_prefixes(["agents"]) - dg.AssetSelection.keys(OFFLINE_MODELS)
+
+    def run(**kwargs):
+        result = materialize(agents, resources=default_resources(), **kwargs)
+        return {
+            e.asset_key.path[-1]: {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()
+        }
+
+    run()  # catches up with the fixed clock
+    quiet = run()
+    assert {m["inputs_scope"] for m in quiet.values()} == {"unchanged"}
+    assert sum(m["inputs"] + m["llm_calls"] for m in quiet.values()) == 0
+    with home.connect() as conn:
+        before = set(conn.execute(DECISIONS).fetchall())
+    rebuilt = run(full_rebuild=True)
+    assert {m["inputs_scope"] for m in rebuilt.values()} == {"full_rebuild"}
+    # Every input built again, none changed: each is the decision already taken.
+    assert rebuilt[LEADS]["inputs"] > 100
+    assert all(m["memo_hits"] == m["inputs"] for m in rebuilt.values())
+    with home.connect() as conn:
+        assert set(conn.execute(DECISIONS).fetchall()) == before

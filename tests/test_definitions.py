@@ -45,6 +45,7 @@ EXPECTED_ASSETS = {
     "metrics/pipeline",
     "metrics/sla_compliance",
     "metrics/revenue_retention",
+    "metrics/automation_estate",
     "reports/funnel_report",
     "agents/offline_models",
     "agents/lead_qualification",

@@ -287,24 +287,24 @@ def _hubspot(record: object) -> Automation:
 
 
 def _salesforce(record: object) -> Automation:
-    flow = _record(record)
-    flow_id = _text(flow.get("DurableId")) or _text(flow.get("ApiName"))
+    # Field names in any case: the JSON API answers DurableId, CSV exports often lower-case.
+    flow = {str(k).lower(): v for k, v in _record(record).items()}
+    flow_id = _text(flow.get("durableid")) or _text(flow.get("apiname"))
     if not flow_id:
         raise Refused("missing_id", "neither DurableId nor ApiName")
-    name = _text(flow.get("Label")) or _text(flow.get("ApiName"))
+    name = _text(flow.get("label")) or _text(flow.get("apiname"))
     if not name:
         raise Refused("missing_name", "neither Label nor ApiName")
-    sobject = _text(flow.get("TriggerObjectOrEventLabel")) or _text(
-        (flow.get("TriggerObjectOrEvent") or {}).get("QualifiedApiName")
-        if isinstance(flow.get("TriggerObjectOrEvent"), dict)
-        else None
+    related = flow.get("triggerobjectorevent")
+    sobject = _text(flow.get("triggerobjectoreventlabel")) or (
+        _text(related.get("QualifiedApiName")) if isinstance(related, dict) else None
     )
     object_type = _SALESFORCE_OBJECTS.get(sobject or "")
     columns = SALESFORCE_FIELDS[sobject][1] if sobject in SALESFORCE_FIELDS else {}
     trigger = " ".join(
-        p for p in (_text(flow.get("ProcessType")), _text(flow.get("TriggerType")), sobject) if p
+        p for p in (_text(flow.get("processtype")), _text(flow.get("triggertype")), sobject) if p
     )
-    written = [columns.get(f, f) for f in _field_list(flow.get("FieldsWritten"))]
+    written = [columns.get(f, f) for f in _field_list(flow.get("fieldswritten"))]
     return Automation(
         platform="salesforce",
         external_id=flow_id,
@@ -312,7 +312,7 @@ def _salesforce(record: object) -> Automation:
         trigger=trigger or None,
         object_type=object_type,
         fields_written=_unique(written),
-        enabled=_boolean(flow.get("IsActive")),
+        enabled=_boolean(flow.get("isactive")),
     )
 
 

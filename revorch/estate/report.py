@@ -35,6 +35,9 @@ class AuditSettings:
 
 def estate_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Headline numbers: automations by recommendation, conflicts, refused import rows."""
+    (refused,) = conn.execute("SELECT count(*) FROM estate.import_refusals").fetchone()
+    if not _any_automation(conn):  # the audit reads the whole change log: not for nothing
+        return dict.fromkeys(_COUNTS, 0) | {"import_rows_refused": refused}
     by = dict(
         conn.execute(
             "SELECT recommendation, count(*) FROM metrics.automation_estate GROUP BY ALL"
@@ -43,7 +46,6 @@ def estate_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     (pairs,) = conn.execute(
         "SELECT count(DISTINCT (automation_a, automation_b)) FROM estate.automation_conflicts"
     ).fetchone()
-    (refused,) = conn.execute("SELECT count(*) FROM estate.import_refusals").fetchone()
     return {
         "automations": sum(by.values()),
         "keep": by.get("keep", 0),
@@ -56,12 +58,12 @@ def estate_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 def estate_report(conn: duckdb.DuckDBPyConnection) -> str:
     """The ranked list, one automation per paragraph, with its evidence."""
+    if not _any_automation(conn):
+        return "No automation imported yet: `revorch estate import FILE --format ...`."
     rows = conn.execute(
         "SELECT rank, recommendation, automation_id, name, changes, records_touched, evidence "
         "FROM metrics.automation_estate ORDER BY rank"
     ).fetchall()
-    if not rows:
-        return "No automation imported yet: `revorch estate import FILE --format ...`."
     lines = [f"Automation estate: {len(rows)} automations, best first."]
     for rank, verdict, automation_id, name, changes, records, evidence in rows:
         lines.append(
@@ -69,3 +71,10 @@ def estate_report(conn: duckdb.DuckDBPyConnection) -> str:
             f"     {changes} changes on {records} records; {evidence}"
         )
     return "\n".join(lines)
+
+
+_COUNTS = ("automations", "keep", "migrate", "retire", "conflicting_pairs")
+
+
+def _any_automation(conn: duckdb.DuckDBPyConnection) -> bool:
+    return conn.execute("SELECT EXISTS (FROM estate.automations)").fetchone()[0]

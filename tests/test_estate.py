@@ -11,6 +11,10 @@ import duckdb
 import pytest
 
 from revorch import cli
+
+# Imported with the test session's environment: the definitions read the config paths when
+# first imported, and a test that points them elsewhere (test_cli.py) must not leak here.
+from revorch.definitions import THROUGH_HANDOFFS, materialize
 from revorch.estate.inventory import import_inventory
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
@@ -235,8 +239,6 @@ def test_a_file_that_is_not_the_format_is_one_clear_error(tmp_path, monkeypatch,
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     """A simulated CRM with its estate, the inventory imported, the audit materialized."""
-    from revorch.definitions import THROUGH_HANDOFFS, materialize
-
     home = tmp_path_factory.mktemp("estate")
     zone = LandingZone(home / "landing")
     config = SimulationConfig(contacts=400, seed=5)
@@ -311,3 +313,17 @@ def test_revorch_estate_report_prints_the_ranking(audited, monkeypatch, capsys):
     verdicts = [line.split()[1] for line in lines if line[:4].strip().rstrip(".").isdigit()]
     assert verdicts == ["KEEP", "KEEP", "MIGRATE", "MIGRATE", "RETIRE"]
     assert "5. RETIRE   zapier:9001" in "\n".join(lines)
+
+
+def test_revorch_simulate_estate_lands_the_changes_and_writes_the_inventory(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("REVORCH_HOME", str(tmp_path))
+    for name in ("REVORCH_DB", "REVORCH_LANDING"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["simulate", "--contacts", "150", "--seed", "3", "--estate"]) == 0
+    batches = sorted(p.name for p in (tmp_path / "landing" / "incoming").iterdir())
+    assert [b for b in batches if b.startswith("estate-")] != []
+    inventory = sorted(p.name for p in (tmp_path / "estate").iterdir())
+    assert inventory == ["hubspot_workflows.json", "salesforce_flows.json", "zapier_zaps.csv"]
+    assert "changes of 5 automations" in capsys.readouterr().out

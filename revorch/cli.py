@@ -8,6 +8,8 @@ revorch poll salesforce       land Salesforce changes since the last poll (--cdc
 revorch poll hubspot          land what changed in HubSpot since the last poll
 revorch ingest                run the main job (ingest waiting batches, refresh assets)
 revorch report funnel         print the funnel summary
+revorch estate import FILE --format hubspot|salesforce|zapier|csv   import automations
+revorch estate report         the automation estate ranked: keep, migrate or retire
 revorch approvals [list]      actions waiting for a person
 revorch approvals approve|reject ID... --by NAME [--comment TEXT]
 revorch dispatch              send approved and allowed actions now
@@ -120,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--interval", type=float, default=2.0, help="seconds between live batches")
     sim.add_argument("--events-per-batch", type=int, default=200)
     sim.add_argument("--max-batches", type=int, default=None, help="stop after N live batches")
+    sim.add_argument(
+        "--estate",
+        action="store_true",
+        help="also land a small estate of automations; their inventory goes to "
+        "$REVORCH_HOME/estate/ (docs/estate.md)",
+    )
     sim.set_defaults(handler=_simulate)
 
     imp = commands.add_parser(
@@ -204,6 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("name", choices=["funnel"])
     report.set_defaults(handler=_report)
 
+    _estate_parser(commands)
+
     approvals = commands.add_parser("approvals", help="list, approve or reject waiting actions")
     approvals.add_argument("verb", nargs="?", default="list", choices=["list", "approve", "reject"])
     approvals.add_argument("action_ids", nargs="*", metavar="ACTION_ID")
@@ -244,6 +254,58 @@ def _parser() -> argparse.ArgumentParser:
         # `--debug` also after the command; SUPPRESS keeps the value given before it.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
+
+
+def _estate_parser(commands: argparse._SubParsersAction) -> None:
+    estate = commands.add_parser(
+        "estate", help="import existing automations and audit them (docs/estate.md)"
+    )
+    verbs = estate.add_subparsers(required=True, metavar="VERB", dest="verb")
+    imp = verbs.add_parser("import", help="import an inventory of automations")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--format", required=True, choices=["hubspot", "salesforce", "zapier", "csv"])
+    imp.set_defaults(handler=_estate_import)
+    verbs.add_parser("report", help="the automations ranked: keep, migrate or retire").set_defaults(
+        handler=_estate_report
+    )
+    for verb in verbs.choices.values():
+        verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+
+def _estate_import(args: argparse.Namespace) -> int:
+    from resources import StateStore
+    from revorch.estate.inventory import InventoryError, import_inventory
+
+    if not args.file.is_file():
+        raise RevorchError(f"no file {args.file}")
+    settings.database_path().parent.mkdir(parents=True, exist_ok=True)
+    store = StateStore(database=str(settings.database_path()))
+    try:
+        with store.get_connection() as conn:
+            result = import_inventory(conn, args.file, args.format)
+    except InventoryError as error:
+        raise RevorchError(f"{args.file}: {error}") from error
+    print(
+        f"{args.file.name}: {result.rows_read} rows, {len(result.automations)} automations "
+        f"loaded, {len(result.refusals)} refused."
+    )
+    for refusal in result.refusals:
+        print(f"  row {refusal.row_number}: {refusal.reason} ({refusal.detail})")
+    return 0
+
+
+def _estate_report(args: argparse.Namespace) -> int:
+    from revorch.estate.report import estate_report
+
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        try:
+            text = estate_report(conn)
+        except duckdb.CatalogException as error:
+            raise RevorchError(
+                "no audit yet (metrics.automation_estate); run `revorch ingest` first"
+            ) from error
+    print(text)
+    return 0
 
 
 def _salesforce_poll_parser(crms: argparse._SubParsersAction) -> None:
@@ -305,6 +367,14 @@ def _simulate(args: argparse.Namespace) -> int:
     zone = _zone()
     summary = simulate_history(zone, config, progress=_progress_bar("Writing batches", args))
     print(f"Wrote {summary.events:,} events in {summary.batches} batches to {zone.incoming_dir}")
+    if args.estate:
+        from revorch.simulator.estate import simulate_estate
+
+        estate = simulate_estate(zone, config, settings.revorch_home() / "estate")
+        print(
+            f"Wrote {estate.events:,} changes of {len(estate.by_automation)} automations; "
+            f"their inventory: {', '.join(str(p) for p in estate.inventory)}"
+        )
     if args.live:
         print(f"Streaming a batch every {args.interval}s (Ctrl-C to stop)...")
         try:

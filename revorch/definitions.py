@@ -6,6 +6,7 @@ import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
 from orch_assets.agents.assets import UPSTREAM as AGENT_NAMES
+from orch_assets.estate.assets import automation_estate
 from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
@@ -35,6 +36,7 @@ pipeline_assets = [
     *stage_assets,
     *handoff_assets,
     *metric_assets,
+    automation_estate,
     funnel_report,
     offline_models,
     *agent_assets,

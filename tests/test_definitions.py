@@ -46,6 +46,7 @@ EXPECTED_ASSETS = {
     "metrics/sla_compliance",
     "metrics/revenue_retention",
     "metrics/playbook_uplift",
+    "metrics/automation_estate",
     "reports/funnel_report",
     "agents/offline_models",
     "agents/lead_qualification",

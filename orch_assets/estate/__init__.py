@@ -1,0 +1,1 @@
+"""The automation-estate audit: imported automations ranked keep / migrate / retire."""

@@ -23,6 +23,7 @@ import dagster as dg
 import pytest
 
 from test_dagster_dev import CHROMIUM, rendered
+from test_definitions import LIFECYCLE_CHAIN
 from test_live import latency
 
 pytestmark = pytest.mark.slow
@@ -30,18 +31,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 # The chain, each stage after the one it comes from (the head after the contact machine).
-CHAIN = [
-    "leads",
-    "mqls",
-    "sqls",
-    "opportunities",
-    "customers",
-    "onboarding",
-    "adoption_health",
-    "renewals",
-    "expansion",
-]
-PREVIOUS = dict(zip(CHAIN, ["contact_lifecycle", *CHAIN[:-1]], strict=True))
+CHAIN = LIFECYCLE_CHAIN[1:]
+PREVIOUS = dict(zip(CHAIN, LIFECYCLE_CHAIN[:-1], strict=True))
 # Stages whose metadata has no median: expansion's seat signals have no start, so its median is
 # over open expansion deals, which a small CRM may not have.
 NO_MEDIAN_NEEDED = {"expansion"}

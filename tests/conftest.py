@@ -3,7 +3,8 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,3 +292,27 @@ def forge_approval(conn: duckdb.DuckDBPyConnection, action_id: str) -> int:
         [chain_hash(head, digest), seq + 1],
     )
     return seq + 1
+
+
+@contextmanager
+def serving_app(app) -> Iterator[str]:
+    """``app`` under a real uvicorn on 127.0.0.1, a port the system picks, in a thread; yields
+    its base URL. It waits for the server to start (pytest-timeout is the hang guard), and
+    fails at once if the server's thread died."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

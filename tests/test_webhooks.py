@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +23,8 @@ import dagster as dg
 import duckdb
 import httpx
 import pytest
-import uvicorn
 
-from conftest import ingest_and_stage
+from conftest import ingest_and_stage, serving_app
 from fake_hubspot import FakeHubSpot, Portal
 from revorch.landing import LandingZone
 from revorch.server.app import create_app
@@ -59,21 +57,8 @@ def serving(landing: Path, **overrides) -> Iterator[str]:
         max_body_bytes=MAX_BODY,
         **overrides,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serving_app(create_app(config)) as url:
+        yield url
 
 
 @pytest.fixture

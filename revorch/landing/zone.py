@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 BATCH_SUFFIX = ".ndjson"
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -110,6 +111,23 @@ def check_source_name(source: str) -> str:
             "(at most 32 characters, starting with a letter)"
         )
     return source
+
+
+@contextmanager
+def durable_file(path: Path) -> Iterator[IO[str]]:
+    """Write a small file (a cursor, a report) whole or not at all: to a temporary name,
+    fsync'd, renamed over ``path``, and the rename made durable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def batch_id_of(path: Path) -> str:

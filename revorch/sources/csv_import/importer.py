@@ -15,20 +15,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
 import duckdb
 import polars as pl
 from tqdm import tqdm
 
-from revorch.landing import LandingZone
+from revorch.landing import LandingZone, durable_file
 from revorch.sources.csv_import.mapping import (
     Condition,
     FieldRule,
@@ -540,7 +536,7 @@ def _write_report(report: ImportReport, quarantined: list[dict], folder: Path) -
     folder.mkdir(parents=True, exist_ok=True)
     if quarantined:
         quarantine = folder / "quarantined.csv"
-        with _durable(quarantine) as handle:
+        with durable_file(quarantine) as handle:
             writer = csv.DictWriter(handle, ["file", "row", "line", "reason", "detail", "raw"])
             writer.writeheader()
             writer.writerows(quarantined)
@@ -551,19 +547,8 @@ def _write_report(report: ImportReport, quarantined: list[dict], folder: Path) -
         "loaded": report.loaded,
         "quarantined": report.quarantined,
     }
-    with _durable(Path(report.report_path)) as handle:
+    with durable_file(Path(report.report_path)) as handle:
         handle.write(json.dumps(payload, indent=2) + "\n")
-
-
-@contextmanager
-def _durable(path: Path) -> Iterator[TextIO]:
-    """Write to a temporary name, fsync, then rename: the file is whole or absent."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as handle:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 __all__ = ["FileReport", "ImportReport", "import_files"]

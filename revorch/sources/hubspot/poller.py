@@ -27,7 +27,6 @@ hold a value Revorch wrote itself (the write-back's ledger,
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from revorch.landing import LandingZone
+from revorch.landing import LandingZone, durable_file
 from revorch.sources.hubspot.api import SEARCH_RESULT_CAP, HubSpotApi
 from revorch.sources.hubspot.mapping import (
     OBJECTS,
@@ -77,18 +76,8 @@ class Cursor:
         return entry["since_ms"], set(entry["seen"])
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with durable_file(self.path) as handle:
             json.dump(self.state, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 @dataclass

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from revorch.landing import durable_file
+
 
 class CursorFile:
     """JSON state kept in ``path``; ``save`` writes a temporary file, fsyncs it and renames it
@@ -25,15 +27,5 @@ class CursorFile:
         return json.loads(self.path.read_text())
 
     def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as out:
+        with durable_file(self.path) as out:
             json.dump(state, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -313,6 +313,9 @@ def _salesforce(record: object) -> Automation:
         object_type=object_type,
         fields_written=_unique(written),
         enabled=_boolean(flow.get("isactive")),
+        # Salesforce names the user or API client behind a change, never the flow: a flow
+        # run by its own user is matched by that user (docs/estate.md, "Attribution").
+        source_key=_text(flow.get("source_key")) or "",
     )
 
 

@@ -17,6 +17,30 @@ SOURCE = "hubspot"
 MARKER = "revorch_action_id"
 
 
+# HubSpot's change source (webhook ``changeSource``, property history ``sourceType``) for a
+# change a workflow made; its ``sourceId`` names the workflow.
+WORKFLOW_SOURCE = "AUTOMATION_PLATFORM"
+
+
+def change_source(source_type: object, source_id: object) -> str:
+    """The landing event's ``source`` for a change HubSpot attributes to ``source_type`` and
+    ``source_id``: the field the estate audit matches an automation's ``source_key`` with
+    (docs/estate.md, "Attribution").
+
+    A workflow's change is ``hubspot:<sourceId>``, which for a workflow is its flow id, the
+    estate's ``automation_id`` of an imported HubSpot workflow (``hubspot:585051946``); any
+    other attributed change is ``hubspot:<type>:<sourceId>`` (``hubspot:INTEGRATION:31234``
+    for an app, ``hubspot:CRM_UI:userId:12345`` for a person), which an inventory row's
+    ``source_key`` can name; a change HubSpot attributes to nothing is plain ``hubspot``."""
+    kind = str(source_type or "").strip()
+    ident = str(source_id or "").strip()
+    if not kind or not ident:
+        return SOURCE
+    if kind == WORKFLOW_SOURCE:
+        return f"{SOURCE}:{ident}"
+    return f"{SOURCE}:{kind}:{ident}"
+
+
 def _lower(value: str) -> str:
     return value.lower()
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from revorch.sources.hubspot.mapping import (
     BY_REVORCH_TYPE,
     MARKER,
-    SOURCE,
     ObjectMapping,
+    change_source,
     deal_closed_at,
     iso,
 )
@@ -146,7 +146,8 @@ def _landing_event(event: dict) -> tuple[dict, tuple[str, str, str, object] | No
         "object_id": record_id,
         "occurred_at": _iso_timestamp(at_ms),
         "op": op,
-        "source": SOURCE,
+        # Who made the change (a workflow, an app, a person), for the estate audit.
+        "source": change_source(event.get("changeSource"), event.get("sourceId")),
     }
     if op == "upsert":
         out["properties"] = properties

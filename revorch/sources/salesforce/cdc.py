@@ -32,6 +32,7 @@ from revorch.sources.salesforce.cursor import CursorFile
 from revorch.sources.salesforce.mapping import (
     FIELDS,
     ValueMaps,
+    change_source,
     is_converted_lead,
     iso_timestamp,
     to_properties,
@@ -207,7 +208,12 @@ class ChangeEventSubscriber:
         if change in GAP_TYPES or decode_bitmap(header.get("diffFields") or [], schema.fields):
             summary.reread += 1
             return self._read_again(sobject, ids, event_id, occurred_at)
-        base = {"object_type": FIELDS[sobject][0], "occurred_at": occurred_at}
+        base = {
+            "object_type": FIELDS[sobject][0],
+            "occurred_at": occurred_at,
+            # Who made the change (an API client, a user), for the estate audit.
+            "source": change_source(header.get("changeOrigin"), header.get("commitUser")),
+        }
         if change == "DELETE":
             return [
                 base | {"event_id": f"{event_id}:{i}", "object_id": i, "op": "delete"} for i in ids

@@ -170,6 +170,29 @@ class ValueMaps:
     )
 
 
+# The client id Salesforce's own user interface sends: a person's edit, told apart by its user.
+SALESFORCE_UI_CLIENT = "SfdcInternalAPI"
+
+
+def change_source(change_origin: object = None, user_id: object = None) -> str:
+    """The landing event's ``source`` for a change: who made it, the field the estate audit
+    matches an automation's ``source_key`` with (docs/estate.md, "Attribution").
+
+    ``salesforce:client:<id>`` when the API call named its client (a change event's
+    ``changeOrigin``, ``com/salesforce/api/rest/62.0;client=<id>``, set by the caller's
+    ``Sforce-Call-Options`` header); else ``salesforce:user:<id>``, the user who made it (the
+    change event header's ``commitUser``, a queried record's ``LastModifiedById``); else
+    ``salesforce``. Salesforce's own UI (client ``SfdcInternalAPI/``) counts as its user. A
+    record-triggered flow runs as the user whose change triggered it, so
+    Salesforce names no flow: an automation is told apart by its own integration user or
+    client id (an inventory row's ``source_key``)."""
+    client = str(change_origin or "").partition(";client=")[2].split(";")[0].strip()
+    if client and not client.startswith(SALESFORCE_UI_CLIENT):
+        return f"salesforce:client:{client}"
+    user = str(user_id or "").strip()
+    return f"salesforce:user:{user}" if user else "salesforce"
+
+
 def to_properties(
     sobject: str, fields: Mapping[str, Any], occurred_at: str, maps: ValueMaps
 ) -> dict[str, Any]:

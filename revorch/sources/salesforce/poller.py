@@ -22,6 +22,7 @@ from revorch.sources.salesforce.mapping import (
     FIELDS,
     SOBJECTS,
     ValueMaps,
+    change_source,
     is_converted_lead,
     iso_timestamp,
     to_properties,
@@ -124,6 +125,8 @@ class SalesforcePoller:
             "object_type": _object_type(sobject),
             "object_id": record["Id"],
             "occurred_at": modstamp,
+            # The last user to change it (the version landed is the record at its modstamp).
+            "source": change_source(user_id=record.get("LastModifiedById")),
             "_record": record,
         }
         if is_converted_lead(sobject, fields):

@@ -1,7 +1,8 @@
 """A HubSpot portal on 127.0.0.1 that answers the few APIs Revorch uses as HubSpot documents
 them: CRM v3 search (filterGroups, one sort, ``after`` paging, ``total``, at most 200 per page
 and a 400 past the 10,000th result), the archived listing, single-record read and update,
-task creation, v4 batch association reads, owners, bearer tokens, and a 429 with
+task creation, batch reads with property history (who changed what: ``sourceType``,
+``sourceId``), v4 batch association reads, owners, bearer tokens, and a 429 with
 ``Retry-After`` when asked to."""
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Portal:
         self.records: dict[str, dict[str, dict]] = {}
         self.associations: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
         self.owners: list[dict] = []
+        # (object type, id) -> property -> its versions, newest first, as HubSpot keeps them.
+        self.history: dict[tuple[str, str], dict[str, list[dict]]] = {}
         self.requests: list[tuple[str, str, int]] = []  # method, path, status
         self.searches: list[tuple[str, dict]] = []  # object type, request body
         self.rate_limit_searches = 0  # answer this many search requests with 429 first
@@ -54,6 +57,18 @@ class Portal:
             "modified_ms": modified_ms,
             "archived_ms": None,
         }
+        self._record_history(object_type, object_id, properties, modified_ms, ("CRM_UI", None))
+
+    def _record_history(
+        self, object_type: str, object_id: str, properties: dict, at_ms: int, changed_by
+    ) -> None:
+        kept = self.history.setdefault((object_type, object_id), {})
+        source_type, source_id = changed_by
+        for name, value in properties.items():
+            version = {"value": str(value), "timestamp": iso(at_ms), "sourceType": source_type}
+            if source_id is not None:
+                version["sourceId"] = source_id
+            kept.setdefault(name, []).insert(0, version)
 
     def associate(self, from_type: str, from_id: str, to_type: str, to_id: str, type_id: int):
         self.associations.setdefault((from_type, from_id, to_type), []).append((to_id, type_id))
@@ -61,16 +76,20 @@ class Portal:
     def archive(self, object_type: str, object_id: str, at_ms: int) -> None:
         self.records[object_type][object_id]["archived_ms"] = at_ms
 
-    def modify(self, object_type: str, object_id: str, **properties) -> int:
+    def modify(
+        self, object_type: str, object_id: str, *, changed_by=("CRM_UI", None), **properties
+    ) -> int:
+        """Change a record as ``changed_by`` (HubSpot's sourceType and sourceId) would."""
         with self.lock:
-            return self._modify(object_type, object_id, properties)
+            return self._modify(object_type, object_id, properties, changed_by)
 
-    def _modify(self, object_type: str, object_id: str, properties: dict) -> int:
+    def _modify(self, object_type: str, object_id: str, properties: dict, changed_by) -> int:
         record = self.records[object_type][object_id]
         self._clock = max(self._clock + 1, int(time.time() * 1000))
         record["properties"].update(properties)
         record["modified_ms"] = self._clock
         record["properties"][last_modified(object_type)] = iso(self._clock)
+        self._record_history(object_type, object_id, properties, self._clock, changed_by)
         return self._clock
 
     def count(self, method: str, prefix: str, status: int | None = None) -> int:
@@ -263,9 +282,32 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "PATCH":
                 body = self._body()
                 with portal.lock:
-                    portal._modify(object_type, object_id, body["properties"])
+                    portal._modify(
+                        object_type, object_id, body["properties"], ("INTEGRATION", "revorch")
+                    )
                     answer = portal.shape(record, list(body["properties"]), object_type)
                 return self._send(200, answer)
+        if parts[:3] == ["crm", "v3", "objects"] and parts[4:] == ["batch", "read"]:
+            body = self._body()
+            if len(body["inputs"]) > 50 and body.get("propertiesWithHistory"):
+                return self._send(400, _error("at most 50 inputs with history", "VALIDATION_ERROR"))
+            results = []
+            with portal.lock:
+                for item in body["inputs"]:
+                    record = portal.records.get(parts[3], {}).get(item["id"])
+                    if record is None:
+                        continue
+                    shaped = portal.shape(record, body.get("properties"), parts[3])
+                    kept = portal.history.get((parts[3], item["id"]), {})
+                    shaped["propertiesWithHistory"] = {
+                        name: kept.get(name, []) for name in body.get("propertiesWithHistory", [])
+                    }
+                    results.append(shaped)
+            now = iso(int(time.time() * 1000))
+            return self._send(
+                200,
+                {"status": "COMPLETE", "results": results, "startedAt": now, "completedAt": now},
+            )
         if parts[:3] == ["crm", "v4", "associations"] and parts[5:] == ["batch", "read"]:
             from_type, to_type = parts[3], parts[4]
             ids = [i["id"] for i in self._body()["inputs"]]

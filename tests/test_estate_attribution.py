@@ -154,3 +154,41 @@ def test_salesforce_changes_are_credited_to_the_integration_and_the_flow_user(
     estate = _estate(database)
     assert estate["zapier:z1"] == (1, 1)
     assert estate["salesforce:f1"] == (2, 2)  # one change event, one polled record
+
+
+def test_a_hubspot_workflows_change_read_by_the_poller_is_credited_to_that_workflow(tmp_path):
+    from fake_hubspot import FakeHubSpot, Portal
+    from revorch.sources.hubspot.api import HubSpotApi, Limits
+    from revorch.sources.hubspot.own_writes import OwnWrites
+    from revorch.sources.hubspot.poller import PollSettings, poll
+
+    zone = LandingZone(tmp_path / "landing")
+    database = tmp_path / "revorch.duckdb"
+    portal = Portal("pat-test")
+    start = now_ms() - 3_600_000
+    for n in (101, 102):
+        portal.add("contacts", str(n), start + n, email=f"c{n}@acme.example", lifecyclestage="lead")
+    portal.modify(
+        "contacts",
+        "101",
+        changed_by=("AUTOMATION_PLATFORM", WORKFLOW),
+        lifecyclestage="marketingqualifiedlead",
+    )
+    portal.modify("contacts", "102", changed_by=("CRM_UI", "userId:7"), firstname="Bo")
+    limits = Limits(requests_per_10s=10_000, searches_per_second=1_000)
+    with FakeHubSpot(portal) as hubspot:
+        poll(
+            HubSpotApi("pat-test", hubspot.url, limits),
+            zone,
+            tmp_path / "cursor.json",
+            OwnWrites(tmp_path / "own.sqlite"),
+            PollSettings(objects=("contacts",), owners=False),
+        )
+    ingest_and_stage(database, zone, selection=AUDITED)
+    inventory = tmp_path / "flows.json"
+    inventory.write_text(json.dumps(HUBSPOT_FLOWS))
+    with duckdb.connect(str(database)) as conn:
+        import_inventory(conn, inventory, "hubspot")
+        sources = dict(conn.execute("SELECT object_id, source FROM change_log").fetchall())
+    assert sources == {"101": f"hubspot:{WORKFLOW}", "102": "hubspot:CRM_UI:userId:7"}
+    assert _estate(database) == {f"hubspot:{WORKFLOW}": (1, 1), "hubspot:585051947": (0, 0)}

@@ -41,6 +41,18 @@ def change_source(source_type: object, source_id: object) -> str:
     return f"{SOURCE}:{kind}:{ident}"
 
 
+def latest_change_source(history: dict[str, list[dict]]) -> str:
+    """The ``source`` of a polled record version: who made the newest change among its
+    properties' histories (``propertiesWithHistory``: ``timestamp``, ``source_type``,
+    ``source_id`` per version), the change that made this version; ``hubspot`` when there is
+    no history."""
+    versions = [v for values in history.values() for v in values or () if v.get("timestamp")]
+    if not versions:
+        return SOURCE
+    newest = max(versions, key=lambda v: to_millis(v["timestamp"]))
+    return change_source(newest.get("source_type"), newest.get("source_id"))
+
+
 def _lower(value: str) -> str:
     return value.lower()
 

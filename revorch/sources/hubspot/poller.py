@@ -41,6 +41,7 @@ from revorch.sources.hubspot.mapping import (
     SOURCE,
     ObjectMapping,
     delete_event,
+    latest_change_source,
     owner_event,
     primary_association,
     to_millis,
@@ -60,6 +61,9 @@ class PollSettings:
     owners: bool = True
     # HubSpot properties kept as they are (custom properties), per object type.
     extra_properties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Read who made each change (property history: one more request per 50 records), so the
+    # estate audit can credit a workflow's changes to it (docs/estate.md, "Attribution").
+    attribution: bool = True
 
 
 class Cursor:
@@ -198,7 +202,9 @@ def _changed(
             if modified > since:
                 since, seen = modified, set()
             seen.add(record["id"])
-        batches.events.extend(_upserts(api, mapping, extra, fresh, own_writes))
+        batches.events.extend(
+            _upserts(api, mapping, extra, fresh, own_writes, attribution=settings.attribution)
+        )
         counts[f"{mapping.revorch}/upserts"] += len(fresh)
         fetched += len(page["results"])
         pages += 1
@@ -226,6 +232,8 @@ def _upserts(
     extra: tuple[str, ...],
     fresh: list[tuple[dict, int]],
     own_writes: OwnWrites,
+    *,
+    attribution: bool,
 ) -> list[dict]:
     ids = [record["id"] for record, _ in fresh]
     associated = {
@@ -233,8 +241,15 @@ def _upserts(
         for to_type, column in mapping.associations.items()
     }
     ours = own_writes.written(mapping.hubspot, ids)
-    return [
-        upsert_event(
+    history = (
+        api.history(mapping.hubspot, ids, sorted({*mapping.columns, *extra}))
+        if attribution and ids
+        else {}
+    )
+    events = []
+    for record, modified in fresh:
+        skip = still_ours(record["properties"], ours.get(record["id"], {}))
+        event = upsert_event(
             mapping,
             record["id"],
             modified,
@@ -244,10 +259,14 @@ def _upserts(
                 for column, found in associated.items()
             },
             extra=extra,
-            skip=still_ours(record["properties"], ours.get(record["id"], {})),
+            skip=skip,
         )
-        for record, modified in fresh
-    ]
+        if attribution:
+            # Who made the newest change among what this version lands (not Revorch's own).
+            kept = {p: v for p, v in history.get(record["id"], {}).items() if p not in skip}
+            event["source"] = latest_change_source(kept)
+        events.append(event)
+    return events
 
 
 def _archived(api: HubSpotApi, mapping: ObjectMapping, batches: _Batches, lookback_ms: int) -> None:

@@ -42,8 +42,9 @@ sla_check = _job(
 )
 funnel_report_job = _job(
     "weekly_funnel_report",
-    "The business metrics and the funnel report.",
-    dg.AssetSelection.groups("metrics") | dg.AssetSelection.assets(["reports", "funnel_report"]),
+    "The business metrics, the funnel report and the weekly report (docs/report.md).",
+    dg.AssetSelection.groups("metrics")
+    | dg.AssetSelection.assets(["reports", "funnel_report"], ["reports", "weekly_report"]),
 )
 
 # The approval workflow. review_actions takes a person's verdict from the launchpad (config of

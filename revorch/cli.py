@@ -8,6 +8,7 @@ revorch poll salesforce       land Salesforce changes since the last poll (--cdc
 revorch poll hubspot          land what changed in HubSpot since the last poll
 revorch ingest                run the main job (ingest waiting batches, refresh assets)
 revorch report funnel         print the funnel summary
+revorch report weekly [--out PATH] [--pdf]   the weekly report as HTML (and PDF)
 revorch estate import FILE --format hubspot|salesforce|zapier|csv   import automations
 revorch estate report         the automation estate ranked: keep, migrate or retire
 revorch approvals [list]      actions waiting for a person
@@ -208,8 +209,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--model", help="with --what-if: another model (needs an LLM endpoint)")
     replay.set_defaults(handler=_replay)
 
-    report = commands.add_parser("report", help="print a report")
-    report.add_argument("name", choices=["funnel"])
+    report = commands.add_parser("report", help="print the funnel, or make the weekly report")
+    report.add_argument("name", choices=["funnel", "weekly"])
+    report.add_argument(
+        "--out", type=Path, help="weekly: the HTML file (default $REVORCH_HOME/reports/)"
+    )
+    report.add_argument("--pdf", action="store_true", help="weekly: also a PDF (Chromium)")
     report.set_defaults(handler=_report)
 
     _estate_parser(commands)
@@ -1100,7 +1105,30 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    print(_report_text())
+    if args.name == "funnel":
+        print(_report_text())
+        return 0
+    from datetime import UTC, datetime
+
+    from revorch import clock
+    from revorch.reports.weekly import ReportError, print_pdf, weekly_report_html
+
+    database = _analyst_database()
+    with duckdb.connect(str(database), read_only=True) as conn:
+        clock.bind(conn, os.environ.get("REVORCH_CLOCK") or clock.WALL)  # as the runs read it
+        html = weekly_report_html(conn, source=str(database))
+    out = (
+        args.out
+        or settings.revorch_home() / "reports" / f"weekly-{datetime.now(UTC):%Y-%m-%d}.html"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    print(f"Weekly report: {out}")
+    if args.pdf:
+        try:
+            print(f"PDF: {print_pdf(out, out.with_suffix('.pdf'))}")
+        except ReportError as error:
+            raise RevorchError(str(error)) from error
     return 0
 
 

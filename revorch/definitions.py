@@ -14,7 +14,7 @@ from orch_assets.ingestion.assets import crm_change_log, crm_current_state
 from orch_assets.metrics.assets import metric_assets
 from orch_assets.metrics.uplift import playbook_uplift
 from orch_assets.publish.assets import published_state_asset
-from orch_assets.reports.assets import funnel_report
+from orch_assets.reports.assets import WEEKLY_REPORT, report_assets
 from orch_assets.schedules import jobs as scheduled_jobs
 from orch_assets.schedules import schedules
 from orch_assets.sources.hubspot import hubspot_poll_schedule, poll_hubspot
@@ -37,7 +37,7 @@ pipeline_assets = [
     *handoff_assets,
     *metric_assets,
     automation_estate,
-    funnel_report,
+    *report_assets,
     offline_models,
     *agent_assets,
     *governance_assets,
@@ -49,8 +49,9 @@ published_state = published_state_asset(
 
 revorch_main = dg.define_asset_job(
     "revorch_main",
-    # Models are retrained daily (on_cron on agents/offline_models), not on every batch.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(OFFLINE_MODELS),
+    # Models are retrained daily (on_cron on agents/offline_models) and the weekly report is
+    # made on Mondays (orch_assets/schedules.py), not on every batch.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(OFFLINE_MODELS, WEEKLY_REPORT),
     description="Ingest every waiting batch and bring every asset up to date.",
     # One process for the whole run: steps share the DuckDB writer pool one at a time anyway,
     # and a process per step would add seconds to every run.

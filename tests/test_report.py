@@ -22,8 +22,6 @@ from revorch import clock
 from revorch.governance.approvals import Review, review
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# A fixed clock for the run and for the comparison, so "now" cannot move between the two.
-CLOCK = datetime.now(UTC).replace(microsecond=0).isoformat()
 PLOTS = {"funnel", "conversion", "cycle_time", "retention", "uplift", "cost", "approvals", "estate"}
 REPORT_STEPS = dg.AssetSelection.assets(
     ["metrics", "playbook_uplift"],
@@ -52,6 +50,9 @@ def made(simulated_crm, tmp_path_factory):
     from revorch.estate.inventory import import_inventory
 
     home = simulated_crm.copy("governed", tmp_path_factory.mktemp("report") / "crm")
+    # A fixed clock, after the CRM was built, for the run and for the comparison: "now"
+    # cannot move between the two.
+    fixed = datetime.now(UTC).replace(microsecond=0).isoformat()
     with home.connect() as conn:
         pending = [
             r[0]
@@ -86,7 +87,7 @@ def made(simulated_crm, tmp_path_factory):
         for name in [n for n in os.environ if n.startswith("REVORCH_")]:
             env.delenv(name)
         env.setenv("REVORCH_HOME", str(home.root))  # the report and the copy go there
-        env.setenv("REVORCH_CLOCK", CLOCK)
+        env.setenv("REVORCH_CLOCK", fixed)
         result = materialize(REPORT_STEPS, resources=default_resources())
     [event] = [
         e
@@ -94,7 +95,7 @@ def made(simulated_crm, tmp_path_factory):
         if e.asset_key == dg.AssetKey(["reports", "weekly_report"])
     ]
     path = Path(event.materialization.metadata["path"].value)
-    return home, path
+    return home, path, fixed
 
 
 def _read_page(path: Path) -> tuple[dict, list[dict], list[str]]:
@@ -150,7 +151,7 @@ def _shown_number(text: str) -> float | None:
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
 def test_the_report_in_chromium_shows_its_plots_and_the_metrics_views_numbers(made):
-    home, path = made
+    home, path, fixed = made
     sections, cells, refused = _read_page(path)
 
     assert refused == []  # one self-contained file: nothing fetched
@@ -176,7 +177,7 @@ def test_the_report_in_chromium_shows_its_plots_and_the_metrics_views_numbers(ma
         "metrics.automation_estate",
     }
     with duckdb.connect(str(home.database), read_only=True) as conn:
-        clock.bind(conn, CLOCK)
+        clock.bind(conn, fixed)
         for cell in cells:
             where = json.loads(cell["where"])
             clause = " AND ".join(f"{k} = ?" for k in where) or "true"
@@ -212,12 +213,16 @@ def test_the_report_in_chromium_shows_its_plots_and_the_metrics_views_numbers(ma
             "SELECT approved, rejected FROM metrics.approvals WHERE action_type = '(all)'"
         ).fetchone()
         assert approvals == (1, 1)
+        (shortest,) = conn.execute(
+            "SELECT min(waited_hours) FROM metrics.approval_waits"
+        ).fetchone()
+        assert shortest >= 0
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
 def test_revorch_report_weekly_writes_the_html_and_a_pdf(made, tmp_path):
-    home, _ = made
+    home, _, fixed = made
     out = tmp_path / "week.html"
     done = subprocess.run(
         [
@@ -228,7 +233,7 @@ def test_revorch_report_weekly_writes_the_html_and_a_pdf(made, tmp_path):
             str(out),
             "--pdf",
         ],
-        env={"PATH": str(Path(CHROMIUM).parent), **home.env(), "REVORCH_CLOCK": CLOCK},
+        env={"PATH": str(Path(CHROMIUM).parent), **home.env(), "REVORCH_CLOCK": fixed},
         capture_output=True,
         text=True,
         timeout=300,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 # The funnel is metrics.funnel_conversion's: the same words wherever a funnel is shown.
 FUNNEL_DEFINITION = (
@@ -29,8 +31,21 @@ FUNNEL_DEFINITION = (
     "(metrics.funnel_conversion, every lead source), the same funnel as `revorch report funnel` "
     "and the Dagster UI, not the CRM's lifecycle_stage labels."
 )
-# The views the report reads and the assets that make them (docs/report.md).
-MONTHS_SHOWN = 12
+MONTHS_SHOWN = 12  # cohorts in "Conversion over time"
+# The order stages are listed in (docs/lifecycle.md); others follow by name.
+LIFECYCLE = (
+    "lead",
+    "mql",
+    "sql",
+    "opportunity",
+    "customer",
+    "disqualified",
+    "onboarding",
+    "adoption",
+    "renewal",
+    "expansion",
+    "churned",
+)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -103,8 +118,8 @@ def _fmt(value, kind: str) -> str:
         return f"{100 * float(value):.1f}%"
     if kind == "points":  # a difference of two rates
         return f"{100 * float(value):+.1f} pts"
-    if kind == "usd":
-        return f"${float(value):,.2f}"
+    if kind == "usd":  # cents, or four decimals for what costs less than a dollar
+        return f"${float(value):,.4f}" if 0 < abs(float(value)) < 1 else f"${float(value):,.2f}"
     if kind == "usd0":
         return f"${float(value):,.0f}"
     if kind == "days":
@@ -268,7 +283,8 @@ def _cycle_time(conn) -> Section:
     rows = _rows(
         conn,
         f"SELECT entity_type, stage, completed_stays, median_days, p90_days, open_stays "
-        f"FROM {view} ORDER BY entity_type DESC, stage",
+        f"FROM {view} ORDER BY entity_type DESC, list_position({list(LIFECYCLE)}, stage) "
+        "NULLS LAST, stage",
     )
     if rows is None:
         section.missing = f"{view} does not exist yet: run `revorch ingest`."
@@ -628,6 +644,7 @@ def weekly_report_html(conn: duckdb.DuckDBPyConnection, *, source: str = "") -> 
         loader=PackageLoader("revorch.reports", "templates"),
         autoescape=select_autoescape(["html"]),
     )
+    environment.filters["code"] = _code
     template = environment.get_template("weekly.html")
     return template.render(
         sections=[make(conn) for make in SECTIONS],
@@ -635,6 +652,11 @@ def weekly_report_html(conn: duckdb.DuckDBPyConnection, *, source: str = "") -> 
         data_until=_moment(data_until),
         source=source,
     )
+
+
+def _code(text: str) -> Markup:
+    """Text with its `quoted commands` shown as code (escaped first)."""
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
 
 
 def _moment(value) -> str:

@@ -245,3 +245,12 @@ def test_revorch_report_weekly_writes_the_html_and_a_pdf(made, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?https?:|url\(\s*["']?https?:""", html)
     pdf = out.with_suffix(".pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
+
+
+def test_an_empty_state_store_gives_a_report_that_says_what_is_missing(conn):
+    from revorch.reports.weekly import weekly_report_html
+
+    html = weekly_report_html(conn)
+    # Nothing has run: no view exists, and each section says why it is empty.
+    assert html.count("data-missing=") == len(PLOTS)
+    assert "<svg" not in html and "run <code>revorch ingest</code>" in html

@@ -187,3 +187,29 @@ def test_the_assets_run_incrementally_and_a_full_rebuild_rebuilds_every_input(ho
     assert all(m["memo_hits"] == m["inputs"] for m in rebuilt.values())
     with home.connect() as conn:
         assert set(conn.execute(DECISIONS).fetchall()) == before
+
+
+def test_a_clock_move_rebuilds_only_the_renewals_it_touched_and_decides_as_a_full_recompute(
+    home, tmp_path
+):
+    renewals = "renewal_risk"
+    conn = connect(home)
+    decide(conn, renewals)
+    conn.close()
+    # Two days later, nothing new: the stages run at the new clock, then the agent.
+    later = (NOW + timedelta(days=2)).isoformat()
+    ingest_and_stage(home.database, home.landing, clock_setting=later)
+    copy = CrmHome(tmp_path / "full")
+    copy.root.mkdir()
+    shutil.copy(home.database, copy.database)
+    incremental, full = home.connect(), copy.connect()
+    for each in (incremental, full):
+        clock.bind(each, later)
+
+    items, scope, _ = decide(incremental, renewals)
+    everything, _, _ = decide(full, renewals, full=True)
+    assert scope.why == "changed"  # not rebuilt whole because the clock moved
+    assert len(items) < len(everything)
+    assert set(incremental.execute(DECISIONS).fetchall()) == set(full.execute(DECISIONS).fetchall())
+    incremental.close()
+    full.close()

@@ -43,9 +43,10 @@ CLOCK = {
     "lead_qualification": "span",
     "deal_risk": "week",
     "ticket_triage": None,
-    # stages.adoption_health and stages.onboarding_progress read the clock in look-back and
-    # due-date rules, so any move of the clock rebuilds them whole.
-    "renewal_risk": "instant",
+    # stages.adoption_health is kept by key, the clock's look-back included: the subscriptions
+    # it recomputed are the touched ones (TOUCHED_SQL). stages.onboarding_progress reads the
+    # clock in its due dates, so any move of the clock rebuilds onboardings whole.
+    "renewal_risk": "span",
     "onboarding_plan": "instant",
 }
 
@@ -112,6 +113,21 @@ SELECT id FROM tickets WHERE company_id IN (SELECT company_id FROM companies_tou
 """,
 }
 
+# Renewals: the subscriptions stages.adoption_health recomputed since the watermark
+# (revorch/lifecycle/keyed_tables.py), those of a company that changed, and those whose end
+# date the renewal window's edge moved over.
+TOUCHED_SQL["renewal_risk"] = f"""
+WITH {CHANGED_CTE}
+SELECT key FROM stages.keyed_refreshes
+WHERE table_name = 'stages.adoption_health'
+  AND (load_id > $since OR (as_of > $previous_as_of AND as_of <= $as_of))
+UNION
+SELECT id FROM subscriptions
+WHERE company_id IN (SELECT object_id FROM changed WHERE object_type = 'company')
+   OR (end_date > CAST($previous_as_of + to_days(CAST($renewal_window_days AS INTEGER)) AS DATE)
+       AND end_date <= CAST($as_of + to_days(CAST($renewal_window_days AS INTEGER)) AS DATE))
+"""
+
 # Entities whose newest decision fell back (budget, failed call): the memo does not re-use
 # those, so they are asked again on the next run even when nothing about them changed.
 FELL_BACK_SQL = """
@@ -147,9 +163,15 @@ def version_key(*parts: object) -> str:
 
 
 def plan(
-    conn: duckdb.DuckDBPyConnection, agent: str, version: str, *, full_rebuild: bool = False
+    conn: duckdb.DuckDBPyConnection,
+    agent: str,
+    version: str,
+    *,
+    full_rebuild: bool = False,
+    renewal_window_days: int = 0,
 ) -> Scope:
-    """The scope of this run of ``agent`` (see the module docstring)."""
+    """The scope of this run of ``agent`` (see the module docstring); the renewal window is
+    the one the renewal agent's inputs flag."""
     seen = Watermark(_loads_folded(conn), conn.execute("SELECT clock_now()").fetchone()[0], version)
     last = _watermark(conn, agent)
     why = _why_everything(agent, last, seen, full_rebuild)
@@ -166,6 +188,10 @@ def plan(
             "previous_as_of": last.as_of if moved else seen.as_of,
             "as_of": seen.as_of,
         }
+        if agent == "renewal_risk":
+            if not _has_table(conn, "stages", "keyed_refreshes"):  # health never kept by key
+                return Scope(None, "changed", seen)
+            parameters["renewal_window_days"] = renewal_window_days
         rows = conn.execute(TOUCHED_SQL[agent], parameters).fetchall()
         ids = {row[0] for row in rows if row[0] is not None}
     else:
@@ -222,3 +248,12 @@ def _watermark(conn: duckdb.DuckDBPyConnection, agent: str) -> Watermark | None:
         "SELECT load_id, as_of, version_key FROM agents.watermarks WHERE agent = ?", [agent]
     ).fetchone()
     return Watermark(*row) if row else None
+
+
+def _has_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+            [schema, table],
+        ).fetchone()[0]
+    )

@@ -31,6 +31,11 @@ VERSIONS_SQL = (
     "(name VARCHAR PRIMARY KEY, sql_hash VARCHAR NOT NULL, updated_at TIMESTAMPTZ)"
 )
 
+REFRESHES_SQL = (
+    "CREATE TABLE IF NOT EXISTS stages.keyed_refreshes (table_name VARCHAR NOT NULL, "
+    "key VARCHAR NOT NULL, load_id BIGINT, as_of TIMESTAMPTZ, PRIMARY KEY (table_name, key))"
+)
+
 
 @dataclass(frozen=True)
 class KeyedRefresh:
@@ -112,6 +117,13 @@ def refresh_keyed_table(
         )
         conn.execute(f"CREATE OR REPLACE TABLE {table} AS {rows_sql}")
     keys = conn.execute("SELECT count(*) FROM scope").fetchone()[0]
+    # Which keys this refresh recomputed, and at which load and clock: what reads the table
+    # after it (an agent) asks for the keys recomputed since its own watermark.
+    conn.execute(REFRESHES_SQL)
+    conn.execute(
+        "INSERT OR REPLACE INTO stages.keyed_refreshes SELECT ?, key, ?, ? FROM scope",
+        [table, upto, as_of],
+    )
     conn.execute("DROP TABLE scope")
     conn.execute(
         "INSERT OR REPLACE INTO state_watermarks (name, load_id, updated_at, as_of) "

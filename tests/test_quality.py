@@ -44,17 +44,13 @@ BAD = [
 EXPECTATIONS = [
     has_columns("id", "seq", "stage"),
     *is_key("id"),
-    expect(
-        "ExpectCompoundColumnsToBeUnique", column_list=["id", "seq"], description="(id, seq)"
-    ),
+    expect("ExpectCompoundColumnsToBeUnique", column_list=["id", "seq"], description="(id, seq)"),
     one_of("stage", ["lead", "mql", "sql"]),
     between("score", 0, 100),
     between("seq", 1),
     not_in_future("started"),
     not_before("due", "started"),
-    expect(
-        "ExpectColumnPairValuesToBeEqual", column_A="a", column_B="b", description="a equals b"
-    ),
+    expect("ExpectColumnPairValuesToBeEqual", column_A="a", column_B="b", description="a equals b"),
     expect("ExpectColumnValuesToBeNull", column="b", description="b is not set"),
 ]
 

@@ -6,7 +6,7 @@ prompt, model and lifecycle config). A run plans its scope from the watermark:
 
 - everything, on the first run, on a full rebuild, when the version key changed, when the
   clock went back, or when the clock moved into another period the agent's inputs depend on
-  (``CLOCK`` below: the week for deals, any move for renewals and onboardings);
+  (``CLOCK`` below: the week for deals and onboardings);
 - otherwise the entities touched since: records changed in the loads after the watermark
   (the entity itself, or a record its input reads: its company, its activities, its deals,
   its subscriptions), the ones whose time-based facts fell due while the clock moved (an
@@ -36,6 +36,8 @@ INPUTS_VERSION = "1"
 
 # The derived tables the inputs read, by their state_watermarks name.
 DERIVED = ("crm_current_state", "stages/contact_lifecycle", "stages/account_lifecycle")
+# The stage tables kept by key (revorch/lifecycle/keyed_tables.py) an agent's scope reads.
+KEYED = {"renewal_risk": "stages.adoption_health", "onboarding_plan": "stages.onboarding"}
 
 # What in the clock an agent's inputs read: "span" (time-dated facts, handled by the touched
 # query), "week" (the first day of the clock's week), "instant" (any move), None (no clock).
@@ -43,11 +45,11 @@ CLOCK = {
     "lead_qualification": "span",
     "deal_risk": "week",
     "ticket_triage": None,
-    # stages.adoption_health is kept by key, the clock's look-back included: the subscriptions
-    # it recomputed are the touched ones (TOUCHED_SQL). stages.onboarding_progress reads the
-    # clock in its due dates, so any move of the clock rebuilds onboardings whole.
+    # stages.adoption_health and stages.onboarding are kept by key, the clock's look-back
+    # included: the keys they recomputed are touched (TOUCHED_SQL), and so are the renewal
+    # windows and due dates the clock moved over. Onboarding inputs count days to the week.
     "renewal_risk": "span",
-    "onboarding_plan": "instant",
+    "onboarding_plan": "week",
 }
 
 # Every change-log record touched in the loads after the watermark, or dated in the span the
@@ -76,8 +78,7 @@ contacts_touched AS (
       AND transitioned_at > $previous_as_of AND transitioned_at <= $as_of
 )"""
 
-# The entities whose inputs may differ since the watermark, per agent (renewals and
-# onboardings are rebuilt whole when anything changed: see CLOCK).
+# The entities whose inputs may differ since the watermark, per agent.
 TOUCHED_SQL = {
     "lead_qualification": f"""
 WITH {CHANGED_CTE}
@@ -128,6 +129,30 @@ WHERE company_id IN (SELECT object_id FROM changed WHERE object_type = 'company'
        AND end_date <= CAST($as_of + to_days(CAST($renewal_window_days AS INTEGER)) AS DATE))
 """
 
+# Onboardings: the deals stages.onboarding recomputed since the watermark (the deal, its
+# subscriptions, any owner), those whose due date the clock moved over (now overdue), and
+# those whose company, its tickets (any company a changed ticket named) or the deal's contact
+# changed.
+TOUCHED_SQL["onboarding_plan"] = f"""
+WITH {CHANGED_CTE},
+companies_touched AS (
+    SELECT object_id AS company_id FROM changed WHERE object_type = 'company'
+    UNION
+    SELECT (c.properties->>'company_id') FROM change_log AS c
+    JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    WHERE c.object_type = 'ticket' AND (c.properties->>'company_id') IS NOT NULL
+)
+SELECT key FROM stages.keyed_refreshes
+WHERE table_name = 'stages.onboarding'
+  AND (load_id > $since OR (as_of > $previous_as_of AND as_of <= $as_of))
+UNION
+SELECT onboarding_id FROM stages.onboarding
+WHERE (due_at >= $previous_as_of AND due_at <= $as_of)
+   OR company_id IN (SELECT company_id FROM companies_touched)
+   OR deal_id IN (SELECT id FROM deals WHERE contact_id IN
+                  (SELECT object_id FROM changed WHERE object_type = 'contact'))
+"""
+
 # Entities whose newest decision fell back (budget, failed call): the memo does not re-use
 # those, so they are asked again on the next run even when nothing about them changed.
 FELL_BACK_SQL = """
@@ -172,7 +197,9 @@ def plan(
 ) -> Scope:
     """The scope of this run of ``agent`` (see the module docstring); the renewal window is
     the one the renewal agent's inputs flag."""
-    seen = Watermark(_loads_folded(conn), conn.execute("SELECT clock_now()").fetchone()[0], version)
+    seen = Watermark(
+        _loads_folded(conn, agent), conn.execute("SELECT clock_now()").fetchone()[0], version
+    )
     last = _watermark(conn, agent)
     why = _why_everything(agent, last, seen, full_rebuild)
     if why is not None:
@@ -188,9 +215,9 @@ def plan(
             "previous_as_of": last.as_of if moved else seen.as_of,
             "as_of": seen.as_of,
         }
+        if agent in KEYED and not _has_table(conn, "stages", "keyed_refreshes"):
+            return Scope(None, "changed", seen)  # its stage table was never kept by key
         if agent == "renewal_risk":
-            if not _has_table(conn, "stages", "keyed_refreshes"):  # health never kept by key
-                return Scope(None, "changed", seen)
             parameters["renewal_window_days"] = renewal_window_days
         rows = conn.execute(TOUCHED_SQL[agent], parameters).fetchall()
         ids = {row[0] for row in rows if row[0] is not None}
@@ -231,16 +258,17 @@ def _week(instant: datetime):
     return day - timedelta(days=day.weekday())
 
 
-def _loads_folded(conn: duckdb.DuckDBPyConnection) -> int:
+def _loads_folded(conn: duckdb.DuckDBPyConnection, agent: str) -> int:
     """The newest load every table the inputs derive from has folded in (0 if one never ran)."""
+    derived = [*DERIVED, *([KEYED[agent]] if agent in KEYED else [])]
     newest = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
     marks = dict(
         conn.execute(
             "SELECT name, load_id FROM state_watermarks WHERE name IN (SELECT unnest($names))",
-            {"names": list(DERIVED)},
+            {"names": derived},
         ).fetchall()
     )
-    return min(newest, *(marks.get(name, 0) for name in DERIVED))
+    return min(newest, *(marks.get(name, 0) for name in derived))
 
 
 def _watermark(conn: duckdb.DuckDBPyConnection, agent: str) -> Watermark | None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import duckdb
 
+from revorch.lifecycle.keyed_tables import sql_hash, store_hash, stored_hash
+
 _PARAMETER = re.compile(r"\$([a-z_]+)")
 
 
@@ -36,5 +38,23 @@ def render(sql: str, parameters: dict[str, object]) -> str:
     return _PARAMETER.sub(value, sql)
 
 
+_VIEW = re.compile(r"CREATE OR REPLACE VIEW\s+([\w.]+)", re.IGNORECASE)
+
+
 def run_sql_file(conn: duckdb.DuckDBPyConnection, path: Path, parameters: dict) -> None:
-    conn.execute(render(path.read_text(), parameters))
+    """Run the file; a file that only (re)creates a view is skipped when the view exists and
+    its SQL, as rendered, is the one that made it (a hash is kept in stages.sql_versions)."""
+    sql = render(path.read_text(), parameters)
+    views = _VIEW.findall(sql)
+    if len(views) != 1 or sql.upper().count("CREATE ") != 1:
+        conn.execute(sql)
+        return
+    [view] = views
+    version = sql_hash(sql)
+    exists = conn.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE schema_name || '.' || view_name = ?", [view]
+    ).fetchone()[0]
+    if exists and stored_hash(conn, view) == version:
+        return
+    conn.execute(sql)
+    store_hash(conn, view, version)

@@ -85,6 +85,8 @@ FULL_REBUILD_STEPS = (
     "crm_current_state",
     "stages__contact_lifecycle",
     "stages__account_lifecycle",
+    "stages__onboarding",
+    "stages__adoption_health",
     *(f"agents__{name}" for name in AGENT_NAMES),
 )
 

@@ -1,7 +1,11 @@
--- Health of every active subscription: seat use, its trend, and angry tickets.
-CREATE OR REPLACE TABLE stages.adoption_health AS
+-- Health of every active subscription: seat use, its trend, and angry tickets. The rows of the
+-- subscriptions in `scope` (revorch/lifecycle/keyed_tables.py; adoption_health_touched.sql
+-- says which, the ones the clock moved over included).
 WITH clock AS (SELECT clock_now() AS as_of),
-active AS (SELECT * FROM subscriptions WHERE status = 'active' AND NOT _deleted),
+active AS (
+    SELECT * FROM subscriptions
+    WHERE status = 'active' AND NOT _deleted AND id IN (SELECT key FROM scope)
+),
 earlier_use AS (
     SELECT s.id,
            arg_max(TRY_CAST(c.properties->>'seats_active' AS DOUBLE), c.occurred_at)
@@ -19,7 +23,8 @@ ticket_load AS (
                                                - to_days(CAST($lookback_days AS INTEGER))
                               AND (list_contains($angry_priorities, priority)
                                    OR csat <= $angry_csat_at_most)) AS angry_tickets
-    FROM tickets WHERE NOT _deleted GROUP BY company_id
+    FROM tickets WHERE NOT _deleted AND company_id IN (SELECT company_id FROM active)
+    GROUP BY company_id
 ),
 measured AS (
     SELECT s.id AS subscription_id, s.company_id, s.plan, s.arr, s.seats, s.seats_active,

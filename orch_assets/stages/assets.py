@@ -17,6 +17,7 @@ from orch_assets.ingestion.assets import CURRENT_STATE_TABLES, DUCKDB_WRITER_POO
 from orch_assets.sql_files import render, run_sql_file
 from resources import LifecycleConfigResource, StateStore
 from revorch.lifecycle.config import LifecycleConfig
+from revorch.lifecycle.keyed_tables import refresh_keyed_table
 from revorch.lifecycle.runner import refresh_account_lifecycle, refresh_contact_lifecycle
 
 SQL_DIR = Path(__file__).parent
@@ -131,6 +132,18 @@ class StageFlow:
     parameters: dict[str, object]
 
 
+@dataclass(frozen=True)
+class KeyedStage:
+    """A stage table kept up to date by key (revorch/lifecycle/keyed_tables.py): its SQL file
+    gives the rows of the keys in ``scope``, ``<file>_touched.sql`` the keys whose rows may
+    differ since the last run, ``all_keys`` every key (first run, changed SQL, full rebuild)."""
+
+    file: str
+    table: str
+    key: str
+    all_keys: str
+
+
 def _metadata_row(conn, sql: str) -> dict[str, dg.MetadataValue]:
     """The one row ``sql`` returns, as metadata: integers as ints, other numbers as floats
     (the SQL rounds them), NULLs (an undefined ratio, an empty stage's median) left out."""
@@ -157,9 +170,12 @@ def sql_asset(
     group_name: str,
     summary_sql: str | None = None,
     flow: StageFlow | None = None,
+    keyed: KeyedStage | None = None,
 ) -> dg.AssetsDefinition:
-    """An asset that runs its SQL files (views or tables) and reports rows and a summary
-    (``summary_sql``, one row) or, for a stage of the chain, its ``flow``."""
+    """An asset that runs its SQL files (views, tables, or a ``keyed`` table recomputed for the
+    keys touched since its last run) and reports rows and a summary (``summary_sql``, one row)
+    or, for a stage of the chain, its ``flow``. A view whose SQL has not changed is not
+    created again."""
 
     @dg.asset(
         key=key,
@@ -170,12 +186,28 @@ def sql_asset(
         pool=DUCKDB_WRITER_POOL,
         automation_condition=EAGER,
     )
-    def _asset(state_store: StateStore, lifecycle: LifecycleConfigResource):
+    def _asset(config: RebuildConfig, state_store: StateStore, lifecycle: LifecycleConfigResource):
         parameters = sql_parameters(lifecycle.load())
+        metadata: dict[str, object] = {}
         with state_store.get_connection() as conn:
             conn.execute("BEGIN TRANSACTION")
             for path in sql_files:
-                run_sql_file(conn, path, parameters)
+                if keyed and path.name == keyed.file:
+                    refreshed = refresh_keyed_table(
+                        conn,
+                        table=keyed.table,
+                        key=keyed.key,
+                        rows_sql=render(path.read_text(), parameters),
+                        touched_sql=render(
+                            path.with_name(f"{path.stem}_touched.sql").read_text(), parameters
+                        ),
+                        all_keys_sql=keyed.all_keys,
+                        full_rebuild=config.full_rebuild,
+                    )
+                    metadata["keys_recomputed"] = refreshed.keys
+                    metadata["recomputed_because"] = refreshed.why
+                else:
+                    run_sql_file(conn, path, parameters)
             if flow:
                 # In the same transaction as the views, so a failed run keeps last time's.
                 conn.execute(
@@ -184,9 +216,9 @@ def sql_asset(
                 )
                 conn.execute(render(STAGE_FLOW_SQL.read_text(), {"stage": flow.stage}))
             conn.execute("COMMIT")
-            metadata: dict[str, object] = {
-                "dagster/row_count": conn.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
-            }
+            metadata["dagster/row_count"] = conn.execute(
+                f"SELECT count(*) FROM {relation}"
+            ).fetchone()[0]
             if flow:
                 for path in flow.metadata_sql:
                     sql = render(path.read_text(), parameters | flow.parameters)
@@ -239,6 +271,7 @@ def chain_stage(
     relation: str | None = None,
     metadata_sql: tuple[str, ...] = (),
     parameters: dict[str, object] | None = None,
+    keyed: KeyedStage | None = None,
 ) -> dg.AssetsDefinition:
     """A stage of the chain: its view or table (``<name>.sql``, or ``sql_files``) and, as
     run metadata, who entered and left it since its last materialization (``members``) and
@@ -258,6 +291,7 @@ def chain_stage(
             tuple(SQL_DIR / file for file in (metadata_sql or (f"{name}_metadata.sql",))),
             parameters or {},
         ),
+        keyed=keyed,
     )
 
 
@@ -314,6 +348,7 @@ onboarding = chain_stage(
     deps=(crm("owners"),),
     sql_files=("onboarding.sql", "onboarding_progress.sql"),
     relation="stages.onboarding_progress",
+    keyed=KeyedStage("onboarding.sql", "stages.onboarding", "deal_id", "SELECT id FROM deals"),
     members="SELECT onboarding_id FROM stages.onboarding_progress WHERE status <> 'activated'",
     description="Handoff: every won new-business deal starts onboarding by itself, with a CSM "
     "and dated tasks; progress is activated, in_progress or overdue.",
@@ -323,6 +358,12 @@ adoption_health = chain_stage(
     next_stage="renewal",
     previous=stage_key("onboarding"),
     deps=(crm("tickets"),),
+    keyed=KeyedStage(
+        "adoption_health.sql",
+        "stages.adoption_health",
+        "subscription_id",
+        "SELECT id FROM subscriptions",
+    ),
     members="SELECT subscription_id FROM stages.adoption_health",
     description="Health of every active subscription: seat use, its trend, angry tickets.",
 )

@@ -1,7 +1,8 @@
 """Data-quality checks on every stage and handoff asset: Great Expectations suites run as
 Dagster asset checks (docs/data_quality.md).
 
-Each check reads its table from DuckDB into pandas and validates it with one suite. Checks
+Each check declares one suite of Great Expectations expectations; revorch.quality runs it as
+DuckDB SQL on the table, so no table is copied into pandas (one aggregate pass per check). Checks
 with severity ERROR guard what later assets read (keys, allowed moves, stage values, clocks, a
 row's own record) and are blocking: when one fails, the assets after its asset are skipped in
 that run. They fail only on corruption. A reference to another record (a contact's company, a

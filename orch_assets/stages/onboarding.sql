@@ -1,14 +1,14 @@
 -- Every won new-business deal starts onboarding: a record with its CSM and dated tasks.
--- Rebuilt whole from the CRM state on every run, so it never depends on what had arrived
--- when the deal was won (an owner or a subscription that arrives later counts at once).
+-- The rows of the deals in `scope` (revorch/lifecycle/keyed_tables.py; onboarding_touched.sql
+-- says which), recomputed from the CRM state, so they never depend on what had arrived when
+-- the deal was won (an owner or a subscription that arrives later counts at once).
 -- The CSM is picked by a stable hash of the account among the active owners of the role who
 -- had joined by the time the deal was won (by the CRM's dates, not by when Revorch heard of
 -- them), so a later hire does not move the onboardings already running.
-CREATE OR REPLACE TABLE stages.onboarding AS
 WITH won AS (
     SELECT id, company_id, closed_at FROM deals
     WHERE deal_type = 'new_business' AND stage = 'closedwon' AND closed_at IS NOT NULL
-      AND NOT _deleted
+      AND NOT _deleted AND id IN (SELECT key FROM scope)
 ),
 owners_for_role AS (
     SELECT id, coalesce(created_at, _first_seen_at) AS joined_at
@@ -25,7 +25,8 @@ activated AS (
     SELECT s.deal_id, min(c.occurred_at) AS activated_at
     FROM subscriptions AS s
     JOIN change_log AS c ON c.object_type = 'subscription' AND c.object_id = s.id
-    WHERE TRY_CAST(c.properties->>'seats_active' AS DOUBLE) >= $activation_utilization * s.seats
+    WHERE s.deal_id IN (SELECT id FROM won)
+      AND TRY_CAST(c.properties->>'seats_active' AS DOUBLE) >= $activation_utilization * s.seats
     GROUP BY s.deal_id
 ),
 tasks AS (

@@ -6,7 +6,7 @@ prompt, model and lifecycle config). A run plans its scope from the watermark:
 
 - everything, on the first run, on a full rebuild, when the version key changed, when the
   clock went back, or when the clock moved into another period the agent's inputs depend on
-  (``CLOCK`` below: the week for deals, any move for renewals and onboardings);
+  (``CLOCK`` below: the week for deals and onboardings);
 - otherwise the entities touched since: records changed in the loads after the watermark
   (the entity itself, or a record its input reads: its company, its activities, its deals,
   its subscriptions), the ones whose time-based facts fell due while the clock moved (an
@@ -36,6 +36,8 @@ INPUTS_VERSION = "1"
 
 # The derived tables the inputs read, by their state_watermarks name.
 DERIVED = ("crm_current_state", "stages/contact_lifecycle", "stages/account_lifecycle")
+# The stage tables kept by key (revorch/lifecycle/keyed_tables.py) an agent's scope reads.
+KEYED = {"renewal_risk": "stages.adoption_health", "onboarding_plan": "stages.onboarding"}
 
 # What in the clock an agent's inputs read: "span" (time-dated facts, handled by the touched
 # query), "week" (the first day of the clock's week), "instant" (any move), None (no clock).
@@ -43,10 +45,11 @@ CLOCK = {
     "lead_qualification": "span",
     "deal_risk": "week",
     "ticket_triage": None,
-    # stages.adoption_health and stages.onboarding_progress read the clock in look-back and
-    # due-date rules, so any move of the clock rebuilds them whole.
-    "renewal_risk": "instant",
-    "onboarding_plan": "instant",
+    # stages.adoption_health and stages.onboarding are kept by key, the clock's look-back
+    # included: the keys they recomputed are touched (TOUCHED_SQL), and so are the renewal
+    # windows and due dates the clock moved over. Onboarding inputs count days to the week.
+    "renewal_risk": "span",
+    "onboarding_plan": "week",
 }
 
 # Every change-log record touched in the loads after the watermark, or dated in the span the
@@ -75,8 +78,7 @@ contacts_touched AS (
       AND transitioned_at > $previous_as_of AND transitioned_at <= $as_of
 )"""
 
-# The entities whose inputs may differ since the watermark, per agent (renewals and
-# onboardings are rebuilt whole when anything changed: see CLOCK).
+# The entities whose inputs may differ since the watermark, per agent.
 TOUCHED_SQL = {
     "lead_qualification": f"""
 WITH {CHANGED_CTE}
@@ -111,6 +113,45 @@ UNION
 SELECT id FROM tickets WHERE company_id IN (SELECT company_id FROM companies_touched)
 """,
 }
+
+# Renewals: the subscriptions stages.adoption_health recomputed since the watermark
+# (revorch/lifecycle/keyed_tables.py), those of a company that changed, and those whose end
+# date the renewal window's edge moved over.
+TOUCHED_SQL["renewal_risk"] = f"""
+WITH {CHANGED_CTE}
+SELECT key FROM stages.keyed_refreshes
+WHERE table_name = 'stages.adoption_health'
+  AND (load_id > $since OR (as_of > $previous_as_of AND as_of <= $as_of))
+UNION
+SELECT id FROM subscriptions
+WHERE company_id IN (SELECT object_id FROM changed WHERE object_type = 'company')
+   OR (end_date > CAST($previous_as_of + to_days(CAST($renewal_window_days AS INTEGER)) AS DATE)
+       AND end_date <= CAST($as_of + to_days(CAST($renewal_window_days AS INTEGER)) AS DATE))
+"""
+
+# Onboardings: the deals stages.onboarding recomputed since the watermark (the deal, its
+# subscriptions, any owner), those whose due date the clock moved over (now overdue), and
+# those whose company, its tickets (any company a changed ticket named) or the deal's contact
+# changed.
+TOUCHED_SQL["onboarding_plan"] = f"""
+WITH {CHANGED_CTE},
+companies_touched AS (
+    SELECT object_id AS company_id FROM changed WHERE object_type = 'company'
+    UNION
+    SELECT (c.properties->>'company_id') FROM change_log AS c
+    JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    WHERE c.object_type = 'ticket' AND (c.properties->>'company_id') IS NOT NULL
+)
+SELECT key FROM stages.keyed_refreshes
+WHERE table_name = 'stages.onboarding'
+  AND (load_id > $since OR (as_of > $previous_as_of AND as_of <= $as_of))
+UNION
+SELECT onboarding_id FROM stages.onboarding
+WHERE (due_at >= $previous_as_of AND due_at <= $as_of)
+   OR company_id IN (SELECT company_id FROM companies_touched)
+   OR deal_id IN (SELECT id FROM deals WHERE contact_id IN
+                  (SELECT object_id FROM changed WHERE object_type = 'contact'))
+"""
 
 # Entities whose newest decision fell back (budget, failed call): the memo does not re-use
 # those, so they are asked again on the next run even when nothing about them changed.
@@ -147,10 +188,18 @@ def version_key(*parts: object) -> str:
 
 
 def plan(
-    conn: duckdb.DuckDBPyConnection, agent: str, version: str, *, full_rebuild: bool = False
+    conn: duckdb.DuckDBPyConnection,
+    agent: str,
+    version: str,
+    *,
+    full_rebuild: bool = False,
+    renewal_window_days: int = 0,
 ) -> Scope:
-    """The scope of this run of ``agent`` (see the module docstring)."""
-    seen = Watermark(_loads_folded(conn), conn.execute("SELECT clock_now()").fetchone()[0], version)
+    """The scope of this run of ``agent`` (see the module docstring); the renewal window is
+    the one the renewal agent's inputs flag."""
+    seen = Watermark(
+        _loads_folded(conn, agent), conn.execute("SELECT clock_now()").fetchone()[0], version
+    )
     last = _watermark(conn, agent)
     why = _why_everything(agent, last, seen, full_rebuild)
     if why is not None:
@@ -166,6 +215,10 @@ def plan(
             "previous_as_of": last.as_of if moved else seen.as_of,
             "as_of": seen.as_of,
         }
+        if agent in KEYED and not _has_table(conn, "stages", "keyed_refreshes"):
+            return Scope(None, "changed", seen)  # its stage table was never kept by key
+        if agent == "renewal_risk":
+            parameters["renewal_window_days"] = renewal_window_days
         rows = conn.execute(TOUCHED_SQL[agent], parameters).fetchall()
         ids = {row[0] for row in rows if row[0] is not None}
     else:
@@ -205,16 +258,17 @@ def _week(instant: datetime):
     return day - timedelta(days=day.weekday())
 
 
-def _loads_folded(conn: duckdb.DuckDBPyConnection) -> int:
+def _loads_folded(conn: duckdb.DuckDBPyConnection, agent: str) -> int:
     """The newest load every table the inputs derive from has folded in (0 if one never ran)."""
+    derived = [*DERIVED, *([KEYED[agent]] if agent in KEYED else [])]
     newest = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
     marks = dict(
         conn.execute(
             "SELECT name, load_id FROM state_watermarks WHERE name IN (SELECT unnest($names))",
-            {"names": list(DERIVED)},
+            {"names": derived},
         ).fetchall()
     )
-    return min(newest, *(marks.get(name, 0) for name in DERIVED))
+    return min(newest, *(marks.get(name, 0) for name in derived))
 
 
 def _watermark(conn: duckdb.DuckDBPyConnection, agent: str) -> Watermark | None:
@@ -222,3 +276,12 @@ def _watermark(conn: duckdb.DuckDBPyConnection, agent: str) -> Watermark | None:
         "SELECT load_id, as_of, version_key FROM agents.watermarks WHERE agent = ?", [agent]
     ).fetchone()
     return Watermark(*row) if row else None
+
+
+def _has_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
+            [schema, table],
+        ).fetchone()[0]
+    )

@@ -62,7 +62,13 @@ def inputs_to_decide(
     version = incremental.version_key(
         spec.offline_version, settings.prompt_version, settings.model, lifecycle.model_dump_json()
     )
-    scope = incremental.plan(conn, spec.name, version, full_rebuild=full_rebuild)
+    scope = incremental.plan(
+        conn,
+        spec.name,
+        version,
+        full_rebuild=full_rebuild,
+        renewal_window_days=lifecycle.accounts.renewal_window_days,
+    )
     if scope.ids == []:
         return [], scope
     # The renewal window, like every rule, comes from the run's snapshot of the config.

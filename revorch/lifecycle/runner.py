@@ -139,7 +139,7 @@ def _refresh(
             if time_based:
                 scope_args |= {
                     **scope_parameters,
-                    **_since_last_clock(previous_as_of, as_of),
+                    **since_last_clock(previous_as_of, as_of),
                 }
         conn.execute(
             f"CREATE OR REPLACE TEMP TABLE scope AS SELECT * FROM ({scope_sql}) AS s(entity_id)",
@@ -199,7 +199,7 @@ def _watermark(conn: duckdb.DuckDBPyConnection, name: str):
     return (row[0], row[1]) if row else (0, None)
 
 
-def _since_last_clock(previous, now) -> dict:
+def since_last_clock(previous, now) -> dict:
     """The span whose time-based moves are due again: strictly after the previous clock up to
     now, or, when the clock went back (a replay set earlier), the span it went back over."""
     if previous is None or now is None or now >= previous:

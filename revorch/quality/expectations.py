@@ -10,21 +10,18 @@ loads the definitions would otherwise pay before its run starts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 # The ingestion quarantines changes dated more than a day ahead of the wall clock; a later
 # timestamp in a stage table can only come from corruption.
 FUTURE_TOLERANCE = timedelta(days=1)
 SAMPLE_ROWS = 10
-RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS}
 
 
 # --- The vocabulary the checks are declared in -----------------------------------------------
@@ -184,104 +181,205 @@ class Validation:
         return not self.failed
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """An expectation as DuckDB SQL: ``fails`` is true on a failing row (row-wise), or
+    ``table_failure`` says why the whole table fails (table-wide, decided before the query)."""
+
+    label: str
+    columns: list[str]
+    fails: str | None = None
+    window: str | None = None  # a column the predicate reads, computed over all rows
+    table_failure: str | None = None
+    row_count: int | None = None  # the rows the table must have
+
+
 def validate(conn: duckdb.DuckDBPyConnection, suite: Suite) -> Validation:
-    """Read the suite's rows, run its expectations on them, and report: rows checked, failing
-    rows per expectation, and up to ``SAMPLE_ROWS`` failing rows."""
+    """Run the suite's expectations in DuckDB over the rows its query returns (no copy into
+    Python: one aggregate pass counts the failing rows of every expectation) and report rows
+    checked, failing rows per expectation and up to ``SAMPLE_ROWS`` failing rows. Each
+    expectation means what its Great Expectations class means (tests/test_quality.py checks
+    the two agree)."""
     declared = [
         e for item in suite.expectations for e in (item if isinstance(item, list) else [item])
     ]
     references = [e for e in declared if isinstance(e, Reference)]
     sql = suite.sql
     if references:
-        # A null reference is no reference: its flag stays null, which GX skips. (`NULL IN
-        # (SELECT id FROM t)` is false, not null, when t is empty: a CRM without owners.)
+        # A null reference is no reference: its flag stays null, which is not checked. (`NULL
+        # IN (SELECT id FROM t)` is false, not null, when t is empty: a CRM without owners.)
         flags = ", ".join(
             f"CASE WHEN {r.column} IS NOT NULL THEN {r.column} IN (SELECT id FROM {r.table}) "
             f"END AS {r.flag}"
             for r in references
         )
         sql = f"SELECT *, {flags} FROM ({suite.sql})"
-    frame = conn.execute(sql, suite.parameters).df()
-    outcomes = run_suite(
-        frame, [e.expectation() if isinstance(e, Reference) else e for e in declared]
-    )
-
-    failing = {label: _failing_count(result) for label, result in outcomes}
-    failed = [label for label, result in outcomes if not result.success]
-    # A failing reference shows the referring column, not the flag computed for it.
-    shown = {r.flag: r.column for r in references}
-    sample = _failing_rows(frame, outcomes, suite.sample_columns, shown)
-    return Validation(
-        rows_checked=len(frame),
-        failing=failing,
-        failed=failed,
-        results_table=_results_table(outcomes, failing),
-        failing_rows=_markdown(sample) if sample else None,
-    )
-
-
-def run_suite(frame: pd.DataFrame, expectations: list[Expectation]) -> list[tuple[str, Any]]:
-    """Validate the frame against the expectations as one Great Expectations suite; return
-    each expectation's description (its label) and result, in the order given."""
-    # Seconds to import: here, when a suite runs, not when the checks are declared.
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
-
+    expectations = [e.expectation() if isinstance(e, Reference) else e for e in declared]
     labels = [e.description for e in expectations]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two expectations of one suite share a description: {labels}")
-    context = gx.get_context(
-        mode="ephemeral",
-        project_config=DataContextConfig(
-            analytics_enabled=False,
-            progress_bars=ProgressBarsConfig(globally=False),  # they would go to stderr
-            store_backend_defaults=InMemoryStoreBackendDefaults(),
-        ),
+
+    parameters = dict(suite.parameters)
+    columns = [
+        c[0] for c in _execute(conn, f"SELECT * FROM ({sql}) LIMIT 0", parameters).description
+    ]
+    rules = [_rule(e, i, columns, parameters) for i, e in enumerate(expectations)]
+    row_rules = [(i, r) for i, r in enumerate(rules) if r.fails]
+    windows = "".join(f", {r.window} AS _w{i}" for i, r in row_rules if r.window)
+    fails = [f"coalesce({r.fails}, false) AS _f{i}" for i, r in row_rules] or ["1 AS _none"]
+    flagged = (
+        f"WITH checked AS (SELECT *{windows} FROM ({sql})) "
+        f"SELECT *, {', '.join(fails)} FROM checked"
     )
-    batch = (
-        context.data_sources.add_pandas("state_store")
-        .add_dataframe_asset("rows")
-        .add_batch_definition_whole_dataframe("all_rows")
-        .get_batch(batch_parameters={"dataframe": frame})
+    counted = [f"count(*) FILTER (WHERE _f{i})" for i, _ in row_rules]
+    counts = _execute(
+        conn, f"SELECT {', '.join(['count(*)', *counted])} FROM ({flagged})", parameters
+    ).fetchone()
+    rows_checked = int(counts[0])
+    failing = {r.label: (1 if r.table_failure else 0) for r in rules}
+    failing |= {r.label: int(n) for (_, r), n in zip(row_rules, counts[1:], strict=True)}
+    observed = {r.label: r.table_failure for r in rules if r.table_failure}
+    for r in rules:
+        if r.row_count is not None and rows_checked != r.row_count:
+            failing[r.label] = 1
+            observed[r.label] = f"{rows_checked} rows, not {r.row_count}"
+    failed = [r.label for r in rules if failing[r.label]]
+
+    # A failing reference shows the referring column, not the flag computed for it.
+    shown = {r.flag: r.column for r in references}
+    sample: list[dict[str, object]] = []
+    for i, r in row_rules:
+        if not failing[r.label]:
+            continue
+        values = [shown.get(c, c) for c in r.columns]
+        ids = [c for c in suite.sample_columns if c in columns]
+        cursor = _execute(
+            conn,
+            f"SELECT {', '.join(dict.fromkeys([*ids, *values]))} FROM ({flagged}) "
+            f"WHERE _f{i} LIMIT {SAMPLE_ROWS}",
+            parameters,
+        )
+        names = [c[0] for c in cursor.description]
+        found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        observed[r.label] = str([row[values[0]] for row in found[:3]])
+        sample += [
+            {
+                "expectation": r.label,
+                "row": ", ".join(f"{c}={row[c]}" for c in ids),
+                "values": ", ".join(f"{c}={row[c]}" for c in values),
+            }
+            for row in found
+        ]
+    sample += [  # a table-wide failure: what was observed instead
+        {"expectation": r.label, "row": "", "values": observed[r.label]}
+        for r in rules
+        if not r.fails and failing[r.label]
+    ]
+    results = [
+        {
+            "expectation": label,
+            "passed": "**no**" if failing[label] else "yes",
+            "failing": failing[label],
+            "observed": observed.get(label, "")[:200] if failing[label] else "",
+        }
+        for label in labels
+    ]
+    return Validation(
+        rows_checked=rows_checked,
+        failing=failing,
+        failed=failed,
+        results_table=_markdown(results),
+        failing_rows=_markdown(sample[:SAMPLE_ROWS]) if sample else None,
     )
-    suite = gx.ExpectationSuite(name="stage_check", expectations=[e.build() for e in expectations])
-    validation = batch.validate(suite, result_format=RESULT_FORMAT)
-    by_label = {result.expectation_config.description: result for result in validation.results}
-    return [(label, by_label[label]) for label in labels]
 
 
-def _failing_count(result) -> int:
-    """Failing rows for a row-wise expectation; 1 or 0 for a table-wide one."""
-    count = result.result.get("unexpected_count")
-    if count is not None:
-        return int(count)
-    return 0 if result.success else 1
+def _execute(conn: duckdb.DuckDBPyConnection, sql: str, parameters: dict[str, object]):
+    """Bind only the parameters the SQL names: DuckDB refuses unused ones."""
+    used = {k: v for k, v in parameters.items() if re.search(rf"\${k}\b", sql)}
+    return conn.execute(sql, used)
 
 
-def _failing_rows(frame, outcomes, sample_columns, shown) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    for label, result in outcomes:
-        if result.success:
-            continue
-        indexes = result.result.get("partial_unexpected_index_list") or []
-        if not indexes:  # a table-wide expectation: what it observed instead
-            rows.append({"expectation": label, "row": "", "values": _observed(result)})
-            continue
-        columns = [shown.get(c, c) for c in _columns(result.expectation_config.kwargs)]
-        for index in indexes:
-            row = frame.loc[index]
-            rows.append(
-                {
-                    "expectation": label,
-                    "row": ", ".join(f"{c}={row[c]}" for c in sample_columns if c in row),
-                    "values": ", ".join(f"{c}={row[c]}" for c in columns if c in row),
-                }
-            )
-    return rows[:SAMPLE_ROWS]
+def _rule(
+    expectation: Expectation, index: int, columns: list[str], parameters: dict[str, object]
+) -> _Rule:
+    """The expectation as SQL over the suite's rows; its values are bound as parameters."""
+    kind, label, args = expectation.kind, expectation.description, expectation.arguments
+
+    def value(name: str, bound: object) -> str:
+        key = f"_e{index}_{name}"
+        parameters[key] = bound
+        return f"${key}"
+
+    named = _columns(args)
+    missing = [c for c in named if c not in columns]
+    if missing:
+        return _Rule(label, named, table_failure=f"no column {', '.join(missing)}")
+    if kind == "ExpectTableColumnsToMatchSet":
+        expected = list(args["column_set"])
+        absent = [c for c in expected if c not in columns]
+        extra = [c for c in columns if c not in expected] if args.get("exact_match", True) else []
+        if absent or extra:
+            return _Rule(label, [], table_failure=f"missing {absent}, unexpected {extra}")
+        return _Rule(label, [])
+    if kind == "ExpectTableRowCountToEqual":
+        return _Rule(label, [], row_count=int(args["value"]))
+    # Column expectations skip nulls (Great Expectations' map expectations do), except the
+    # null checks themselves.
+    column = named[0] if named else None
+    if kind == "ExpectColumnValuesToNotBeNull":
+        return _Rule(label, named, fails=f"{column} IS NULL")
+    if kind == "ExpectColumnValuesToBeNull":
+        return _Rule(label, named, fails=f"{column} IS NOT NULL")
+    if kind == "ExpectColumnValuesToBeInSet":
+        values = value("set", list(args["value_set"]))
+        return _Rule(label, named, fails=f"NOT list_contains({values}, {column})")
+    if kind == "ExpectColumnValuesToBeBetween":
+        below, above = (
+            ("<=", ">=") if args.get("strict_min") or args.get("strict_max") else ("<", ">")
+        )
+        tests = []
+        if args.get("min_value") is not None:
+            tests.append(f"{column} {below} {value('min', args['min_value'])}")
+        if args.get("max_value") is not None:
+            tests.append(f"{column} {above} {value('max', args['max_value'])}")
+        return _Rule(label, named, fails=" OR ".join(tests) or "false")
+    if kind == "ExpectColumnValuesToBeUnique":
+        return _Rule(
+            label,
+            named,
+            fails=f"{column} IS NOT NULL AND _w{index} > 1",
+            window=f"count(*) OVER (PARTITION BY {column})",
+        )
+    if kind == "ExpectCompoundColumnsToBeUnique":
+        skip = _skip_row(args.get("ignore_row_if", "all_values_are_missing"), named)
+        return _Rule(
+            label,
+            named,
+            fails=f"NOT ({skip}) AND _w{index} > 1",
+            window=f"count(*) OVER (PARTITION BY {', '.join(named)})",
+        )
+    if kind in ("ExpectColumnPairValuesToBeEqual", "ExpectColumnPairValuesAToBeGreaterThanB"):
+        a, b = named
+        if kind == "ExpectColumnPairValuesToBeEqual":
+            holds = f"{a} = {b}"
+        else:
+            holds = f"{a} {'>=' if args.get('or_equal') else '>'} {b}"
+        skip = _skip_row(args.get("ignore_row_if", "both_values_are_missing"), named)
+        # A comparison with one value missing is unknown, which Great Expectations passes.
+        return _Rule(label, named, fails=f"NOT ({skip}) AND NOT ({holds})")
+    raise ValueError(f"{kind} ({label}) has no SQL form in revorch.quality yet")
+
+
+def _skip_row(ignore_row_if: str, columns: list[str]) -> str:
+    """Great Expectations' ``ignore_row_if`` for pair and compound expectations, as SQL."""
+    missing = [f"{c} IS NULL" for c in columns]
+    if ignore_row_if in ("both_values_are_missing", "all_values_are_missing"):
+        return " AND ".join(missing)
+    if ignore_row_if in ("either_value_is_missing", "any_value_is_missing"):
+        return " OR ".join(missing)
+    if ignore_row_if in ("neither", "never"):
+        return "false"
+    raise ValueError(f"ignore_row_if={ignore_row_if!r} is not known")
 
 
 def _columns(kwargs) -> list[str]:
@@ -290,31 +388,6 @@ def _columns(kwargs) -> list[str]:
     if "column_list" in kwargs:
         return list(kwargs["column_list"])
     return [kwargs[k] for k in ("column_A", "column_B") if k in kwargs]
-
-
-def _observed(result) -> str:
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        return str(result.exception_info.get("exception_message"))
-    for info in result.exception_info.values() if result.exception_info else []:
-        if isinstance(info, dict) and info.get("raised_exception"):
-            return str(info.get("exception_message"))
-    if "unexpected_count" in result.result:  # row-wise: some of the failing values
-        return str(result.result.get("partial_unexpected_list", [])[:3])
-    details = result.result.get("details")
-    return str(details or result.result.get("observed_value"))
-
-
-def _results_table(outcomes, failing) -> str:
-    rows = [
-        {
-            "expectation": label,
-            "passed": "yes" if r.success else "**no**",
-            "failing": failing[label],
-            "observed": "" if r.success else _observed(r)[:200],
-        }
-        for label, r in outcomes
-    ]
-    return _markdown(rows)
 
 
 def _markdown(rows: list[dict[str, object]]) -> str:

@@ -1,0 +1,134 @@
+"""Stage tables kept up to date by key: each run recomputes the rows of the keys touched since
+its watermark, not the whole table.
+
+A keyed table is a query of rows for the keys in the temp table ``scope(key)`` (its
+``rows_sql``) and a query of the keys whose rows may differ since the last run (its
+``touched_sql``, which reads the one-row temp table ``span``: ``since`` and ``upto``, the
+change-log loads after the watermark, and ``previous_as_of`` and ``as_of``, the span the clock
+moved over, swapped when it went back). A refresh deletes the rows of
+the touched keys and inserts their rows again, with the watermark, in the caller's
+transaction. It recomputes every key (``all_keys_sql``) on the first run, when its SQL changed
+(a hash of it is kept), and on a full rebuild; either way gives the same table
+(tests/test_keyed_stages.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import duckdb
+
+from revorch import clock
+from revorch.lifecycle.runner import since_last_clock
+
+# The rows a stage reads are in the current-state tables: keys are touched up to the loads
+# those hold, never past them (a load not folded into them yet is seen on a later run).
+CURRENT_STATE = "crm_current_state"
+
+VERSIONS_SQL = (
+    "CREATE TABLE IF NOT EXISTS stages.sql_versions "
+    "(name VARCHAR PRIMARY KEY, sql_hash VARCHAR NOT NULL, updated_at TIMESTAMPTZ)"
+)
+
+REFRESHES_SQL = (
+    "CREATE TABLE IF NOT EXISTS stages.keyed_refreshes (table_name VARCHAR NOT NULL, "
+    "key VARCHAR NOT NULL, load_id BIGINT, as_of TIMESTAMPTZ, PRIMARY KEY (table_name, key))"
+)
+
+
+@dataclass(frozen=True)
+class KeyedRefresh:
+    keys: int  # keys recomputed
+    why: str  # full_rebuild, first_run, sql_changed, changed
+
+
+def sql_hash(*sql: str) -> str:
+    return hashlib.sha256("\x00".join(sql).encode()).hexdigest()[:16]
+
+
+def stored_hash(conn: duckdb.DuckDBPyConnection, name: str) -> str | None:
+    conn.execute(VERSIONS_SQL)
+    row = conn.execute("SELECT sql_hash FROM stages.sql_versions WHERE name = ?", [name]).fetchone()
+    return row[0] if row else None
+
+
+def store_hash(conn: duckdb.DuckDBPyConnection, name: str, value: str) -> None:
+    conn.execute(VERSIONS_SQL)
+    conn.execute("INSERT OR REPLACE INTO stages.sql_versions VALUES (?, ?, now())", [name, value])
+
+
+def refresh_keyed_table(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    table: str,
+    key: str,
+    rows_sql: str,
+    touched_sql: str,
+    all_keys_sql: str,
+    full_rebuild: bool = False,
+) -> KeyedRefresh:
+    """Bring ``table`` up to the current state by recomputing the touched keys (see the module
+    docstring). Runs inside the caller's transaction."""
+    name = table
+    version = sql_hash(rows_sql, touched_sql, all_keys_sql)
+    row = conn.execute(
+        "SELECT load_id, as_of FROM state_watermarks WHERE name = ?", [name]
+    ).fetchone()
+    exists = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
+        [table],
+    ).fetchone()[0]
+    upto_row = conn.execute(
+        "SELECT load_id FROM state_watermarks WHERE name = ?", [CURRENT_STATE]
+    ).fetchone()
+    upto = upto_row[0] if upto_row else 0
+    as_of = clock.now(conn)
+    if full_rebuild:
+        why = "full_rebuild"
+    elif row is None or not exists:
+        why = "first_run"
+    elif stored_hash(conn, name) != version:
+        why = "sql_changed"
+    else:
+        why = "changed"
+
+    if why == "changed":
+        since, previous_as_of = row
+        span = since_last_clock(previous_as_of, as_of)
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE span AS SELECT CAST($since AS BIGINT) AS since, "
+            "CAST($upto AS BIGINT) AS upto, "
+            "CAST($previous_as_of AS TIMESTAMPTZ) AS previous_as_of, "
+            "CAST($as_of AS TIMESTAMPTZ) AS as_of",
+            {"since": since, "upto": upto, **span},
+        )
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE scope AS SELECT DISTINCT key FROM ({touched_sql}) "
+            "AS t(key) WHERE key IS NOT NULL"
+        )
+        conn.execute("DROP TABLE span")
+        conn.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT key FROM scope)")
+        conn.execute(f"INSERT INTO {table} BY NAME {rows_sql}")
+    else:
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE scope AS SELECT DISTINCT key FROM ({all_keys_sql}) "
+            "AS t(key) WHERE key IS NOT NULL"
+        )
+        conn.execute(f"CREATE OR REPLACE TABLE {table} AS {rows_sql}")
+    keys = conn.execute("SELECT count(*) FROM scope").fetchone()[0]
+    # Which keys this refresh recomputed, and at which load and clock: what reads the table
+    # after it (an agent) asks for the keys recomputed since its own watermark.
+    conn.execute(REFRESHES_SQL)
+    conn.execute(
+        "INSERT OR REPLACE INTO stages.keyed_refreshes SELECT ?, key, ?, ? FROM scope",
+        [table, upto, as_of],
+    )
+    conn.execute("DROP TABLE scope")
+    conn.execute(
+        "INSERT OR REPLACE INTO state_watermarks (name, load_id, updated_at, as_of) "
+        "VALUES (?, ?, now(), ?)",
+        [name, upto, as_of],
+    )
+    store_hash(conn, name, version)
+    return KeyedRefresh(keys, why)

@@ -1,0 +1,164 @@
+"""Stage tables kept by key (stages.onboarding, stages.adoption_health) recompute only the keys
+touched since their last run, and give what a full recompute gives after every run of a
+sequence of changes, deletions and clock moves (forward over the look-back edge, back, and
+forward again). Views whose SQL did not change are not created again."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta
+
+import dagster as dg
+import duckdb
+import pytest
+
+from conftest import event, ingest_and_stage
+from revorch.definitions import materialize
+from revorch.landing import LandingZone
+from revorch.simulator import SimulationConfig, simulate_history
+
+CRM = SimulationConfig(contacts=400, seed=11, end="2026-06-30")
+KEYED = dg.AssetSelection.assets(["stages", "onboarding"], ["stages", "adoption_health"])
+COMPARED = {
+    "stages.onboarding": "deal_id",
+    "stages.adoption_health": "subscription_id",
+    "stages.onboarding_progress": "deal_id",
+    "stages.renewals": "subscription_id",
+}
+
+
+def instant(day: datetime) -> str:
+    return day.isoformat().replace("+00:00", "Z")
+
+
+def tables(database) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(database), read_only=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        return {
+            t: conn.execute(f"SELECT * FROM {t} ORDER BY {key}").fetchall()
+            for t, key in COMPARED.items()
+        }
+
+
+def assert_equals_full_recompute(database, zone, clock_setting, tmp_path) -> None:
+    """The incremental tables equal a full recompute, made on a copy at the same clock."""
+    copy = tmp_path / "full.duckdb"
+    shutil.copyfile(database, copy)
+    materialize(
+        KEYED | dg.AssetSelection.assets(["stages", "renewals"]),
+        database=copy,
+        landing=zone.root,
+        clock=clock_setting,
+        full_rebuild=True,
+    )
+    incremental, full = tables(database), tables(copy)
+    for table in COMPARED:
+        assert incremental[table] == full[table], table
+    copy.unlink()
+
+
+def recomputed(metadata) -> dict[str, tuple[int, str]]:
+    return {
+        name: (metadata[name]["keys_recomputed"], metadata[name]["recomputed_because"])
+        for name in ("stages/onboarding", "stages/adoption_health")
+    }
+
+
+@pytest.fixture
+def crm(tmp_path):
+    zone = LandingZone(tmp_path / "landing").ensure()
+    simulate_history(zone, CRM)
+    return tmp_path / "revorch.duckdb", zone
+
+
+def test_incremental_keyed_stages_equal_a_full_recompute_through_changes_and_clock_moves(
+    crm, tmp_path
+):
+    database, zone = crm
+    start = datetime.fromisoformat("2026-05-01T09:00:00+00:00")
+    first = recomputed(ingest_and_stage(database, zone, clock_setting=instant(start)))
+    assert {why for _, why in first.values()} == {"first_run"}
+    with duckdb.connect(str(database), read_only=True) as conn:
+        deals = conn.execute("SELECT count(*) FROM deals").fetchone()[0]
+        subscriptions = conn.execute("SELECT count(*) FROM subscriptions").fetchone()[0]
+        won, company = conn.execute(
+            "SELECT deal_id, company_id FROM stages.onboarding ORDER BY deal_id LIMIT 1"
+        ).fetchone()
+        [healthy, other] = [
+            r[0]
+            for r in conn.execute(
+                "SELECT subscription_id FROM stages.adoption_health ORDER BY subscription_id "
+                "LIMIT 2"
+            ).fetchall()
+        ]
+        owner = conn.execute("SELECT min(id) FROM owners WHERE role = 'csm'").fetchone()[0]
+    assert first["stages/onboarding"][0] == deals
+    assert first["stages/adoption_health"][0] == subscriptions
+
+    # Changes: seat use falls, angry tickets arrive, a subscription and a won deal are deleted.
+    day = "2026-07-01T00:00:00Z"  # after the whole history: these changes are the newest
+    zone.write_events(
+        "test",
+        [
+            event("k-1", "subscription", healthy, day, seats_active=1),
+            event(
+                "k-2",
+                "ticket",
+                "t-k-2",
+                day,
+                company_id=company,
+                priority="urgent",
+                status="open",
+                created_at=day,
+            ),
+            event(
+                "k-3",
+                "ticket",
+                "t-k-3",
+                day,
+                company_id=company,
+                priority="high",
+                status="open",
+                created_at=day,
+            ),
+            {**event("k-4", "subscription", other, day), "op": "delete"},
+            {**event("k-5", "deal", won, day), "op": "delete"},
+        ],
+    )
+    later = start + timedelta(days=10)  # the clock moves over the look-back edge too
+    changed = recomputed(ingest_and_stage(database, zone, clock_setting=instant(later)))
+    assert changed["stages/onboarding"][0] < deals  # only what the changes touched
+    assert changed["stages/adoption_health"][0] < subscriptions
+    assert changed["stages/adoption_health"][0] >= 2  # the changed and the deleted one
+    assert_equals_full_recompute(database, zone, instant(later), tmp_path)
+    after = tables(database)
+    assert won not in {row[0] for row in after["stages.onboarding"]}
+    assert other not in {row[0] for row in after["stages.adoption_health"]}
+
+    # Nothing new and the clock goes back: only what the clock went back over.
+    back = start + timedelta(days=3)
+    went_back = recomputed(ingest_and_stage(database, zone, clock_setting=instant(back)))
+    assert went_back["stages/onboarding"] == (0, "changed")
+    assert_equals_full_recompute(database, zone, instant(back), tmp_path)
+
+    # An owner changes (every CSM assignment may move) and the clock jumps past the window.
+    zone.write_events("test", [event("k-6", "owner", owner, day, is_active=False)])
+    jump = start + timedelta(days=120)
+    jumped = recomputed(ingest_and_stage(database, zone, clock_setting=instant(jump)))
+    assert jumped["stages/onboarding"][0] == deals  # every deal (the deleted one is kept)
+    assert_equals_full_recompute(database, zone, instant(jump), tmp_path)
+
+
+def test_views_are_not_created_again_when_their_sql_did_not_change(crm):
+    database, zone = crm
+    ingest_and_stage(database, zone, clock_setting="2026-05-01T09:00:00Z")
+    with duckdb.connect(str(database)) as conn:
+        made = dict(conn.execute("SELECT name, updated_at FROM stages.sql_versions").fetchall())
+        assert "stages.leads" in made and "stages.renewals" in made
+        # A view changed by hand (its hash no longer matches) is made again.
+        conn.execute("UPDATE stages.sql_versions SET sql_hash = 'x' WHERE name = 'stages.leads'")
+    ingest_and_stage(database, zone, clock_setting="2026-05-02T09:00:00Z")
+    with duckdb.connect(str(database)) as conn:
+        again = dict(conn.execute("SELECT name, updated_at FROM stages.sql_versions").fetchall())
+    assert again["stages.renewals"] == made["stages.renewals"]
+    assert again["stages.leads"] > made["stages.leads"]

@@ -412,3 +412,12 @@ def test_stdio_client_is_read_only_by_default(home: CrmHome) -> None:
         assert conn.execute(
             "SELECT actor, detail->>'outcome' FROM governance.audit_log WHERE event = 'mcp_call'"
         ).fetchall() == [("mcp:local", "refused")]
+
+
+def test_the_command_refuses_a_non_loopback_host_and_an_unknown_client(capsys) -> None:
+    from revorch.cli import main
+
+    assert main(["mcp", "--http", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "listens on 127.0.0.1, localhost, ::1 only, not 0.0.0.0" in capsys.readouterr().err
+    assert main(["mcp", "--client", "nobody"]) == 2
+    assert "no MCP client 'nobody'" in capsys.readouterr().err

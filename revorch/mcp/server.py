@@ -20,7 +20,6 @@ proposal is (revorch/mcp/propose.py); nothing here dispatches.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +71,8 @@ DESCRIPTIONS = {
     ),
 }
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
-LOOPBACK_NAMES = {"localhost"}
+# The hosts for which the SDK arms its DNS-rebinding protection (Host and Origin checks).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 HISTORY_LIMIT = 200
 
 
@@ -299,15 +299,6 @@ def build_server(calls: Calls, *, auth: tuple[McpConfig, Tokens] | None = None) 
     return server
 
 
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run_stdio(config: McpConfig, client_name: str) -> None:
     calls = Calls(config, Store.from_env(), "stdio", client(config, client_name))
     build_server(calls).run("stdio")
@@ -320,10 +311,10 @@ def run_http(
     ``ready`` with the endpoint's URL once it listens."""
     import uvicorn
 
-    if not is_loopback(host):
+    if host not in LOOPBACK_HOSTS:
         raise ValueError(
-            f"revorch mcp --http listens on loopback only, not {host}; put a TLS proxy in front "
-            "to reach it from elsewhere"
+            f"revorch mcp --http listens on {', '.join(LOOPBACK_HOSTS)} only, not {host}; put a "
+            "TLS proxy in front to reach it from elsewhere"
         )
     app = build_server(Calls(config, Store.from_env(), "http"), auth=(config, tokens))
     server = uvicorn.Server(

@@ -19,6 +19,7 @@ revorch policy check          what a compromised model could get sent without a 
 revorch history COMPANY_ID    every decision and action about one company, in order
 revorch ui                    start the Dagster UI (dagster dev) on this project
 revorch serve                 receive webhooks (HubSpot, Standard Webhooks) into the landing zone
+revorch mcp [--http]          Revorch as an MCP server, over stdio or HTTP on loopback (docs/mcp.md)
 
 A mistake (a missing file, an invalid config, no state store yet) prints one line saying what
 is wrong and what to do, and exits with code 2; `revorch --debug ...` shows the traceback.
@@ -255,6 +256,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(handler=_serve)
+
+    mcp = commands.add_parser(
+        "mcp", help="serve Revorch to MCP clients over stdio, or HTTP on loopback (docs/mcp.md)"
+    )
+    mcp.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
+    mcp.add_argument(
+        "--client", default="local", help="over stdio: the client (config/mcp.yaml) it serves"
+    )
+    mcp.add_argument("--host", default="127.0.0.1", help="with --http: a loopback address")
+    mcp.add_argument("--port", type=int, default=8765, help="with --http (0: any free port)")
+    mcp.set_defaults(handler=_mcp)
     for command in commands.choices.values():
         # `--debug` also after the command; SUPPRESS keeps the value given before it.
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -1168,6 +1180,30 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.run(service, factory=True, workers=args.workers, **options)
     else:
         uvicorn.run(app, **options)
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from revorch.mcp import server
+    from revorch.mcp.config import McpConfigError, Tokens, load_mcp_config
+
+    try:
+        config = load_mcp_config()
+        if not args.http:
+            server.run_stdio(config, args.client)  # stdout is the protocol's: print nothing
+            return 0
+        tokens = Tokens.from_env(config)
+    except McpConfigError as invalid:
+        raise RevorchError(str(invalid)) from invalid
+    clients = ", ".join(sorted(tokens.by_client)) or "none (set a client's token_env)"
+
+    def ready(url: str) -> None:
+        print(f"MCP endpoint at {url}; clients with a token: {clients}", flush=True)
+
+    try:
+        server.run_http(config, tokens, args.host, args.port, ready)
+    except ValueError as invalid:
+        raise RevorchError(str(invalid)) from invalid
     return 0
 
 

@@ -592,7 +592,9 @@ def test_the_policy_check_passes_the_shipped_policy_and_names_each_open_path(tmp
     report = check(POLICY)
     assert report.passed, report.problems
     lines = {(p.source, p.action_type): p.line() for p in report.pairs}
-    assert len(lines) == 14  # every (agent, action type) an agent proposes
+    # every (agent, action type) an agent proposes, and the five an MCP client may propose
+    assert len(lines) == 14 + 5
+    assert lines["mcp", "offer_discount"].startswith("closed")
     assert lines["onboarding_plan", "send_plan_to_customer"].startswith("closed")
     assert "confidence in {0.8" in lines["lead_qualification", "update_crm_field"]
 
@@ -621,7 +623,7 @@ def test_the_policy_check_passes_the_shipped_policy_and_names_each_open_path(tmp
         text=True,
     )
     assert shipped.returncode == 0, shipped.stderr
-    assert shipped.stdout.count("\n  ") == 14
+    assert shipped.stdout.count("\n  ") == 14 + 5
     failing = subprocess.run(
         [sys.executable, "-m", "revorch.cli", "policy", "check"],
         env={**env, "REVORCH_POLICY": str(path)},

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from revorch.config_file import CONFIG_DIR, load_yaml_model
+from revorch.mcp.client import McpServerSettings, McpToolCall
 
 DEFAULT_PATH = CONFIG_DIR / "agents.yaml"
 AGENT_NAMES = (
@@ -72,6 +73,9 @@ class AgentSettings(_Strict):
     model: str
     llm_when: LlmWhen
     budget: Budget
+    # Tools of outside MCP servers this agent calls for each record it sends to the LLM tier
+    # (revorch/mcp/client.py); none by default. Their results are untrusted, like CRM text.
+    mcp_tools: list[McpToolCall] = Field(default_factory=list)
 
 
 class AgentsConfig(_Strict):
@@ -79,6 +83,8 @@ class AgentsConfig(_Strict):
     prices: dict[str, Price]
     limits: Limits
     agents: dict[str, AgentSettings]
+    # Outside MCP servers the agents' ``mcp_tools`` may name.
+    mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _agents_and_prices_are_known(self) -> AgentsConfig:
@@ -87,6 +93,12 @@ class AgentsConfig(_Strict):
                 raise ValueError(f"unknown agent {name!r}; agents are {', '.join(AGENT_NAMES)}")
             if agent.model not in self.prices:
                 raise ValueError(f"agent {name} uses model {agent.model!r}, which has no price")
+            for call in agent.mcp_tools:
+                if call.server not in self.mcp_servers:
+                    raise ValueError(
+                        f"agent {name} calls {call.tool} on MCP server {call.server!r}, "
+                        "which mcp_servers does not list"
+                    )
         return self
 
 

@@ -46,6 +46,7 @@ from revorch.agents.llm import (
 )
 from revorch.agents.memo import canonical_json, decision_id, input_hash
 from revorch.agents.redact import known_names, redact
+from revorch.mcp.client import look_up, with_lookups
 
 MAX_COMPLETION_TOKENS = 400
 
@@ -147,11 +148,18 @@ def run_agent(
         with connect() as conn:
             names = known_names(conn, [todo[i][0] for i in wanted])
             room = _room(conn, spec, settings, day)
+        # The agent's MCP lookups, with no connection open; their text is redacted with the
+        # record's and travels inside it (revorch/mcp/client.py).
+        lookups = (
+            look_up(config.mcp_servers, settings.mcp_tools, [todo[i][0] for i in wanted])
+            if settings.mcp_tools
+            else [None] * len(wanted)
+        )
         # Redacted before the reservation, as the worst case is counted on what is sent, and
         # only as many as the room left now could pay for (it can only shrink meanwhile).
         sent, worst = {}, []
-        for i, known in zip(wanted, names, strict=True):
-            sent[i] = redact(todo[i][0], known)
+        for i, known, found in zip(wanted, names, lookups, strict=True):
+            sent[i] = redact(with_lookups(todo[i][0], found), known)
             worst.append(worst_case_cost(spec, settings, config, sent[i]))
             if math.fsum(worst) > room:
                 break

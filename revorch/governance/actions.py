@@ -76,7 +76,19 @@ HANDOFF_ACTIONS = {
 }
 HANDOFF_SOURCES = tuple(HANDOFF_ACTIONS)
 GOVERNANCE = "governance"  # the approval queue's own escalations
-SOURCES = frozenset({agent for agent, _ in AGENT_ACTIONS} | set(HANDOFF_SOURCES) | {GOVERNANCE})
+# Proposals of the clients of Revorch's MCP server (revorch/mcp): each action type a client may
+# ask for, and the entity types it may name. A client's words travel as untrusted model text.
+MCP = "mcp"
+MCP_ACTIONS: dict[str, frozenset[str]] = {
+    "send_follow_up": frozenset({"contact", "deal"}),
+    "offer_discount": frozenset({"deal", "subscription"}),
+    "notify_manager": frozenset({"contact", "deal"}),
+    "notify_csm": frozenset({"company", "subscription"}),
+    "escalate_renewal_risk": frozenset({"subscription"}),
+}
+SOURCES = frozenset(
+    {agent for agent, _ in AGENT_ACTIONS} | set(HANDOFF_SOURCES) | {GOVERNANCE, MCP}
+)
 
 # What a policy rule may test (docs/governance.md explains each).
 FACTS = frozenset(

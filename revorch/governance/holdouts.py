@@ -25,7 +25,13 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from revorch.experiments.assignment import assignment_unit
-from revorch.governance.actions import AGENT_ACTIONS, CUSTOMER_FACING, GOVERNANCE, HANDOFF_ACTIONS
+from revorch.governance.actions import (
+    AGENT_ACTIONS,
+    CUSTOMER_FACING,
+    GOVERNANCE,
+    HANDOFF_ACTIONS,
+    MCP,
+)
 from revorch.governance.audit import AuditEvent
 
 HOLDOUT, TREATMENT = "holdout", "treatment"
@@ -34,7 +40,7 @@ WITHHELD = "withheld"
 
 def playbook_of(source: str, action_type: str) -> str | None:
     """The playbook an action belongs to; None for the approval queue's own escalations."""
-    if source == GOVERNANCE:
+    if source in (GOVERNANCE, MCP):  # one-off requests, not playbooks
         return None
     if source in HANDOFF_ACTIONS:
         return source

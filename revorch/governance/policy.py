@@ -31,6 +31,8 @@ from revorch.governance.actions import (
     AGENT_ACTIONS,
     CUSTOMER_FACING,
     FACTS,
+    MCP,
+    MCP_ACTIONS,
     SOURCES,
 )
 from revorch.governance.holdouts import Holdouts
@@ -42,6 +44,8 @@ STRICTNESS: dict[str, int] = {"allow": 0, "approve": 1, "forbid": 2}
 AGENTS = frozenset(agent for agent, _ in AGENT_ACTIONS)
 # (agent, action type) pairs an agent can propose.
 AGENT_PAIRS = frozenset((agent, action) for (agent, _), (action, _) in AGENT_ACTIONS.items())
+# Every (source, action type) whose text a model or an outside assistant (an MCP client) wrote.
+MODEL_PAIRS = AGENT_PAIRS | {(MCP, action) for action in MCP_ACTIONS}
 # The built-in rule of the model's text, named in verdicts like any rule.
 MODEL_TEXT_RULE = "model_written_customer_facing_needs_approval"
 
@@ -227,10 +231,11 @@ class Policy(_Strict):
 
     def _model_text_to_customer(self, action_type: str, source: str, facts: dict) -> bool:
         """A customer-facing action of an agent carrying (or maybe carrying: unknown counts)
-        content its model wrote, and no trust in the policy for that pair."""
+        content its model wrote, and no trust in the policy for that pair. An MCP client's
+        words count as a model's: an assistant wrote them."""
         return (
             action_type in CUSTOMER_FACING
-            and source in AGENTS
+            and (source in AGENTS or source == MCP)
             and facts.get("model_written") is not False
             and not self.trusts_model_text(source, action_type)
         )

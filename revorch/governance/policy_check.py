@@ -19,12 +19,12 @@ import itertools
 from dataclasses import dataclass, field
 
 from revorch.governance.actions import (
-    AGENT_ACTIONS,
     CUSTOMER_FACING,
     FACTS,
+    MCP,
     MODEL_CHOSEN_FACTS,
 )
-from revorch.governance.policy import Condition, Policy
+from revorch.governance.policy import MODEL_PAIRS, Condition, Policy
 
 ACCOUNT_TIERS = ("strategic", "enterprise", "mid_market", "smb")
 OTHER = "<another value>"
@@ -91,8 +91,9 @@ class CheckReport:
 
 
 def check(policy: Policy) -> CheckReport:
-    """Every agent's (agent, action type) pair under ``policy``, and the problems."""
-    pairs = sorted({(agent, action) for (agent, _), (action, _) in AGENT_ACTIONS.items()})
+    """Every (agent, action type) pair, and every action type an MCP client may propose,
+    under ``policy``, and the problems."""
+    pairs = sorted(MODEL_PAIRS)
     reports = [_pair(policy, source, action) for source, action in pairs]
     problems = [
         f"{r.source} {r.action_type}: a compromised model's text reaches a customer without "
@@ -113,7 +114,7 @@ def check(policy: Policy) -> CheckReport:
 def _pair(policy: Policy, source: str, action_type: str) -> PairReport:
     report = PairReport(source, action_type, action_type in CUSTOMER_FACING)
     fixed = {
-        "tier": "llm",
+        "tier": "mcp" if source == MCP else "llm",
         "model_written": True,
         "customer_facing": action_type in CUSTOMER_FACING,
     }

@@ -78,8 +78,10 @@ def judge_proposed(
     run_id: str | None,
     anchor_path: Path | None,
     now: datetime | None = None,
+    only: list[str] | None = None,
 ) -> Counter:
-    """Judge every action still ``proposed``; return the count of each verdict."""
+    """Judge every action still ``proposed`` (or those of them in ``only``); return the count
+    of each verdict."""
     now = now or clock.now(conn)
     due = now + timedelta(hours=policy.approvals.sla_hours)
     verdicts: Counter = Counter()
@@ -89,7 +91,9 @@ def judge_proposed(
             "SELECT action_id, action_type, source, entity_type, entity_id, company_id, "
             "CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload "
             "FROM governance.actions "
-            "WHERE status = 'proposed' ORDER BY action_id"
+            "WHERE status = 'proposed' AND (? OR list_contains(?, action_id)) "
+            "ORDER BY action_id",
+            [only is None, only or []],
         )
         names = [column[0] for column in cursor.description]
         judged = []

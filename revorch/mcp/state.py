@@ -1,0 +1,93 @@
+"""The MCP server's two ways into the state store.
+
+Reads open the analysts' published copy read-only, so a read never waits for a run. Writes (a
+call's audit row, a proposal) take the state store's writer lock, ``<database>.writer.lock``,
+the same file lock every writer takes (resources/state_store.py), for one short transaction,
+and give up with :class:`StateBusy` after ``busy_seconds`` rather than keep a client waiting
+behind a long run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import filelock
+
+from revorch import clock, settings
+from revorch.state.migrate import migrate
+
+
+class StateBusy(RuntimeError):
+    """A run held the state store's writer for longer than a call may wait."""
+
+
+class StateUnavailable(RuntimeError):
+    """No state store (or no published copy) yet."""
+
+
+@dataclass
+class Store:
+    database: Path
+    published: Path
+    anchor: Path
+    clock_setting: str = clock.WALL
+    busy_seconds: float = 30.0
+    # Threads of this process (HTTP calls run in worker threads) take the writer in turn; the
+    # file lock is shared with every other process.
+    _threads: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_env(cls) -> Store:
+        return cls(
+            database=settings.database_path(),
+            published=settings.published_path(),
+            anchor=settings.audit_anchor_path(),
+            # REVORCH_CLOCK as the runs read it: wall (default), data or an instant.
+            clock_setting=os.environ.get("REVORCH_CLOCK") or clock.WALL,
+        )
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The published copy, read-only: what analysts see, refreshed after every run."""
+        if not self.published.exists():
+            raise StateUnavailable(
+                f"no published copy of the state store at {self.published} yet; "
+                "run `revorch ingest` first"
+            )
+        with duckdb.connect(str(self.published), read_only=True) as conn:
+            conn.execute("SET TimeZone = 'UTC'")
+            yield conn
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The state store itself, holding the writer lock, for one short transaction."""
+        if not self.database.exists():
+            raise StateUnavailable(f"no state store at {self.database} yet; run `revorch ingest`")
+        busy = StateBusy(
+            f"a run holds the state store's writer for more than {self.busy_seconds:.0f} s; "
+            "nothing was done, try again when it ends"
+        )
+        if not self._threads.acquire(timeout=self.busy_seconds):
+            raise busy
+        try:
+            lock = filelock.FileLock(f"{self.database}.writer.lock", thread_local=False)
+            try:
+                lock.acquire(timeout=self.busy_seconds)
+            except filelock.Timeout:
+                raise busy from None
+            try:
+                with duckdb.connect(str(self.database)) as conn:
+                    conn.execute("SET TimeZone = 'UTC'")
+                    migrate(conn)
+                    clock.bind(conn, self.clock_setting)
+                    yield conn
+            finally:
+                lock.release()
+        finally:
+            self._threads.release()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -170,6 +171,8 @@ def test_two_ingestions_and_the_dispatcher_write_at_once_on_ducklake(
             journal_path=tmp_path / "outbox" / "journal.sqlite3",
             run_id="dispatcher",
             anchor_path=anchor,
+            # The data clock has no changes to read yet when the dispatcher starts.
+            now=datetime.now(UTC),
         )
 
     def guarded(work: Callable[[], None]) -> Callable[[], None]:

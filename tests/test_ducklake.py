@@ -45,7 +45,9 @@ def test_extensions_load_from_the_pinned_wheels_without_downloading():
     backend.load_extensions(conn)
     loaded = {
         row[0]
-        for row in conn.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
+        for row in conn.execute(
+            "SELECT extension_name FROM duckdb_extensions() WHERE loaded"
+        ).fetchall()
     }
     assert {"ducklake", "postgres_scanner"} <= loaded
 
@@ -69,7 +71,10 @@ def test_migrations_apply_once_on_ducklake_even_from_writers_starting_together(
         thread.join()
     assert errors == []
     with lake_store.get_connection() as conn:
-        versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()]
+        versions = [
+            v
+            for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+        ]
         assert versions == [m.version for m in available_migrations()]
         kind = conn.execute(
             "SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
@@ -203,7 +208,9 @@ def test_two_ingestions_and_the_dispatcher_write_at_once_on_ducklake(
         assert logged == (summary.events, summary.events)
         assert conn.execute("SELECT sum(loaded) FROM landing_batches").fetchone()[0] == logged[0]
         # Both ingestions wrote: the loser of each race found the winner's events as duplicates.
-        runs = {r for (r,) in conn.execute("SELECT DISTINCT run_id FROM landing_batches")}
+        runs = {
+            r for (r,) in conn.execute("SELECT DISTINCT run_id FROM landing_batches").fetchall()
+        }
         assert runs == {"ingest-a", "ingest-b"}
         sent = conn.execute(
             "SELECT count(*) FROM governance.actions WHERE status = 'sent'"

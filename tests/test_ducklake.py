@@ -15,7 +15,7 @@ import pytest
 
 from conftest import event
 from resources.state_store import StateStore
-from revorch.governance.audit import verify
+from revorch.governance.audit import AuditEvent, audited, verify
 from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
 from revorch.governance.targets import OutboxFile
@@ -218,4 +218,25 @@ def test_two_ingestions_and_the_dispatcher_write_at_once_on_ducklake(
         trail = verify(conn, anchor)
     lines = [json.loads(line)["action_id"] for line in outbox.read_text().splitlines()]
     assert sent > 0 and len(lines) == len(set(lines)) == sent
+    assert trail.problems == [] and trail.intact
+
+
+def test_two_audited_writes_at_once_never_fork_the_chain(lake_store: StateStore, tmp_path: Path):
+    """Both read the chain's head, then both commit: the later one conflicts and rolls back
+    whole instead of linking a second row to the same head."""
+    anchor = tmp_path / "anchors.jsonl"
+    with lake_store.get_connection() as a, lake_store.get_connection() as b:
+        first, second = (
+            audited(a, run_id="a", anchor_path=anchor),
+            audited(b, run_id="b", anchor_path=anchor),
+        )
+        for conn, trail in ((a, first.__enter__()), (b, second.__enter__())):
+            conn.execute("SELECT count(*) FROM governance.audit_log").fetchone()
+            trail.append(AuditEvent("approved", "human:test", {"by": "test"}))
+        first.__exit__(None, None, None)
+        with pytest.raises(duckdb.TransactionException, match="onflict"):
+            second.__exit__(None, None, None)
+        rows = a.execute("SELECT run_id FROM governance.audit_log").fetchall()
+        trail = verify(a, anchor)
+    assert rows == [("a",)]
     assert trail.problems == [] and trail.intact

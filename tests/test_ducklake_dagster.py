@@ -100,4 +100,6 @@ def test_a_multiprocess_run_on_postgres_storage_keeps_the_writer_pool_single(
 
 def _url(dsn: str) -> str:
     parts = dict(part.split("=", 1) for part in dsn.split())
-    return f"postgresql+psycopg2://{parts['user']}@{parts['host']}:{parts['port']}/{parts['dbname']}"
+    return (
+        f"postgresql+psycopg2://{parts['user']}@{parts['host']}:{parts['port']}/{parts['dbname']}"
+    )

@@ -29,8 +29,13 @@ def default_resources() -> dict[str, object]:
     settings.database_path().parent.mkdir(parents=True, exist_ok=True)
     return {
         # REVORCH_CLOCK: wall (default), data (replay history) or an instant (revorch/clock.py).
+        # REVORCH_STATE_BACKEND: duckdb (the file, default) or ducklake (docs/deployment.md).
         "state_store": StateStore(
-            database=str(settings.database_path()), clock=_from_env("REVORCH_CLOCK") or "wall"
+            database=str(settings.database_path()),
+            clock=_from_env("REVORCH_CLOCK") or "wall",
+            backend=settings.state_backend(),
+            catalog_dsn=_from_env("REVORCH_DUCKLAKE_CATALOG"),
+            data_path=settings.ducklake_data_path(),
         ),
         "landing_zone": LandingZoneResource(path=str(settings.landing_path())),
         "lifecycle": LifecycleConfigResource(path=str(settings.lifecycle_config_path())),

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 
 import dagster as dg
 import duckdb
@@ -14,6 +14,7 @@ import filelock
 from dagster_duckdb import DuckDBResource
 
 from revorch.clock import bind as bind_clock
+from revorch.state.backend import lake_connection
 from revorch.state.migrate import migrate
 from revorch.stopping import interruptible, raise_if_stopping
 
@@ -34,6 +35,16 @@ class StateStore(DuckDBResource):
     """
 
     clock: str = "wall"  # what time it is for time rules: wall, data or an instant (clock.py)
+    # "duckdb": the file `database`, one writer at a time. "ducklake": a DuckLake whose
+    # catalog is the PostgreSQL database `catalog_dsn` and whose files are under `data_path`;
+    # many writers, no writer lock, `database` unused (revorch/state/backend.py).
+    backend: str = "duckdb"
+    catalog_dsn: str | None = None
+    data_path: str | None = None
+
+    @property
+    def is_lake(self) -> bool:
+        return self.backend == "ducklake"
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -42,8 +53,8 @@ class StateStore(DuckDBResource):
         # (revorch/stopping.py).
         raise_if_stopping()
         with (
-            writer_lock(self.database),
-            super().get_connection() as conn,
+            self._exclusive(),
+            self._connect() as conn,
             closing(conn),
             interruptible(conn),
         ):
@@ -51,6 +62,19 @@ class StateStore(DuckDBResource):
             migrate(conn)
             bind_clock(conn, self.clock)
             yield conn
+
+    def _exclusive(self):
+        """The writer lock of the file; DuckLake needs none (its commits detect conflicts)."""
+        return nullcontext() if self.is_lake else writer_lock(self.database)
+
+    def _connect(self):
+        if not self.is_lake:
+            return super().get_connection()
+        if not self.catalog_dsn or not self.data_path:
+            raise ValueError("the ducklake state backend needs catalog_dsn and data_path")
+        # A connection to an in-memory DuckDB that has the lake attached; it never installs
+        # or autoloads an extension.
+        return closing(lake_connection(self.catalog_dsn, self.data_path, CONNECTION_CONFIG))
 
 
 class _WriterLock:

@@ -2,6 +2,8 @@
 
 ``REVORCH_HOME`` (default ``./.revorch``) holds the DuckDB file, the landing zone and the
 Dagster instance; ``REVORCH_DB`` and ``REVORCH_LANDING`` override the first two.
+``REVORCH_STATE_BACKEND=ducklake`` keeps the state on DuckLake instead of the file
+(``REVORCH_DUCKLAKE_CATALOG``, ``REVORCH_DUCKLAKE_DATA``; docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from revorch.agents import config as agents_config
 from revorch.governance import policy
 from revorch.lifecycle import config as lifecycle_config
+from revorch.state.backend import BACKENDS
 
 
 def revorch_home() -> Path:
@@ -20,6 +23,28 @@ def revorch_home() -> Path:
 
 def database_path() -> Path:
     return Path(os.environ.get("REVORCH_DB", revorch_home() / "revorch.duckdb")).resolve()
+
+
+def state_backend() -> str:
+    """``duckdb`` (the embedded file, the default) or ``ducklake`` (a PostgreSQL catalog)."""
+    value = os.environ.get("REVORCH_STATE_BACKEND", "").strip() or "duckdb"
+    if value not in BACKENDS:
+        raise ValueError(f"REVORCH_STATE_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
+    if value == "ducklake" and not ducklake_catalog_dsn():
+        raise ValueError(
+            "REVORCH_STATE_BACKEND=ducklake needs REVORCH_DUCKLAKE_CATALOG, the PostgreSQL "
+            "catalog as a libpq string (host=... port=... dbname=... user=...)"
+        )
+    return value
+
+
+def ducklake_catalog_dsn() -> str | None:
+    return os.environ.get("REVORCH_DUCKLAKE_CATALOG") or None
+
+
+def ducklake_data_path() -> str:
+    """Where DuckLake writes its Parquet files: a folder every writer reaches (or s3://...)."""
+    return os.environ.get("REVORCH_DUCKLAKE_DATA") or str(revorch_home() / "lake")
 
 
 def landing_path() -> Path:
@@ -76,6 +101,8 @@ def inbox_url() -> str:
     """Where reviewers open the approvals inbox (served by `revorch serve` under /approvals);
     set REVORCH_INBOX_URL when it is reached through a proxy or on another port."""
     return os.environ.get("REVORCH_INBOX_URL", "http://127.0.0.1:8000/approvals")
+
+
 def hubspot_client_secret() -> str | None:
     """The HubSpot app's client secret, which signs its webhooks (X-HubSpot-Signature-v3)."""
     return os.environ.get("REVORCH_HUBSPOT_CLIENT_SECRET") or None

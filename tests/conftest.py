@@ -316,3 +316,73 @@ def serving_app(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# -- PostgreSQL, for the DuckLake state backend and Dagster's PostgreSQL storage ----------------
+
+POSTGRES_VARIABLE = "REVORCH_TEST_POSTGRES_DSN"  # exported by .ci/run
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A libpq string for a PostgreSQL server the tests may create databases on: the one
+    .ci/run started (``REVORCH_TEST_POSTGRES_DSN``), or one started here from Debian's
+    packages with .ci/postgres and stopped after the run. Skips if neither is possible."""
+    import subprocess
+    import tempfile
+
+    if os.environ.get(POSTGRES_VARIABLE):
+        yield os.environ[POSTGRES_VARIABLE]
+        return
+    script = Path(__file__).resolve().parents[1] / ".ci" / "postgres"
+    # Under /tmp, reachable by the `postgres` user that runs the server when we are root.
+    folder = Path(tempfile.mkdtemp(prefix="revorch-pg-"))
+    folder.chmod(0o711)
+    started = subprocess.run(
+        [str(script), "start", str(folder / "server")], capture_output=True, text=True
+    )
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"PostgreSQL could not start here: {started.stderr.strip()[-300:]}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([str(script), "stop", str(folder / "server")], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_dsn: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test (dropped after it); its libpq string."""
+    import uuid
+
+    import psycopg2
+
+    name = f"revorch_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_dsn)
+    admin.autocommit = True
+    try:
+        admin.cursor().execute(f"CREATE DATABASE {name}")
+        yield _with_dbname(postgres_dsn, name)
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.close()
+
+
+def _with_dbname(dsn: str, name: str) -> str:
+    parts = [p for p in dsn.split() if not p.startswith("dbname=")]
+    return " ".join([*parts, f"dbname={name}"])
+
+
+@pytest.fixture
+def lake_store(postgres_database: str, tmp_path: Path):
+    """A StateStore on DuckLake: a fresh PostgreSQL catalog, files under ``tmp_path``."""
+    from resources.state_store import StateStore
+
+    return StateStore(
+        database=":memory:",
+        backend="ducklake",
+        catalog_dsn=postgres_database,
+        data_path=str(tmp_path / "lake"),
+        clock="data",
+    )

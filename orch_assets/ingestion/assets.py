@@ -3,12 +3,16 @@
 import dagster as dg
 
 from resources import LandingZoneResource, StateStore
+from revorch import settings
 from revorch.ingestion.change_log import ingest_pending
 from revorch.ingestion.current_state import refresh_current_state
 
 # Every asset that writes to DuckDB runs in this pool; the instance limits it to one at a
 # time because DuckDB allows a single writing process.
 DUCKDB_WRITER_POOL = "duckdb_writer"
+# On DuckLake many ingestions may append at once (their commits conflict and retry, see
+# revorch/state/backend.py), so the change log leaves the pool; the rebuilds stay in it.
+CHANGE_LOG_POOL = DUCKDB_WRITER_POOL if settings.state_backend() == "duckdb" else None
 
 CHANGE_LOG = dg.AssetKey(["crm", "change_log"])
 QUARANTINE = dg.AssetKey(["crm", "quarantine"])
@@ -39,7 +43,7 @@ CURRENT_STATE_TABLES = {
             group_name="ingestion",
         ),
     ],
-    pool=DUCKDB_WRITER_POOL,
+    pool=CHANGE_LOG_POOL,
 )
 def crm_change_log(
     context: dg.AssetExecutionContext,

@@ -15,6 +15,7 @@ import dagster as dg
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import StateStore
 from revorch import settings
+from revorch.state.backend import lake_snapshot
 
 PUBLISHED = dg.AssetKey(["analytics", "published_state"])
 
@@ -44,6 +45,13 @@ def published_state_asset(deps: list[dg.AssetKey]) -> dg.AssetsDefinition:
     )
     def published_state(context: dg.AssetExecutionContext, state_store: StateStore):
         """Read-only copy of the whole state store for analysts, replaced atomically."""
+        if state_store.is_lake:
+            # On DuckLake analysts read the catalog itself; record the snapshot this run
+            # ended at, for as-of queries (`AT (VERSION => ...)`, docs/deployment.md).
+            with state_store.get_connection() as conn:
+                snapshot = lake_snapshot(conn)
+            context.log.info(f"DuckLake: analysts read the catalog live (snapshot {snapshot})")
+            return dg.MaterializeResult(metadata={"ducklake_snapshot": snapshot})
         target = settings.published_path()
         size = publish_copy(state_store, target)
         context.log.info(f"published {size:,} bytes to {target}")

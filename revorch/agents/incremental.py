@@ -229,8 +229,10 @@ def plan(
 
 def save(conn: duckdb.DuckDBPyConnection, agent: str, seen: Watermark) -> None:
     """Record what ``agent`` has seen; call inside the transaction that writes its decisions."""
+    # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
+    conn.execute("DELETE FROM agents.watermarks WHERE agent = ?", [agent])
     conn.execute(
-        "INSERT OR REPLACE INTO agents.watermarks VALUES (?, ?, ?, ?, now())",
+        "INSERT INTO agents.watermarks VALUES (?, ?, ?, ?, now())",
         [agent, seen.load_id, seen.as_of, seen.version_key],
     )
 

@@ -115,17 +115,25 @@ def escalate_and_expire(
     now = now or clock.now(conn)
     settings = policy.approvals
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+        # Select, then update, in the one transaction: DuckLake has no UPDATE ... RETURNING.
         expired = conn.execute(
+            """
+            SELECT action_id, action_type, entity_type, entity_id, company_id
+            FROM governance.actions
+            WHERE status = $pending
+              AND proposed_at + to_microseconds(CAST($hours * 3600e6 AS BIGINT)) <= $now
+            """,
+            {"pending": PENDING, "hours": settings.expire_hours, "now": now},
+        ).fetchall()
+        conn.execute(
             """
             UPDATE governance.actions
             SET status = 'expired', updated_at = now(),
                 resolution = 'no decision within ' || $hours || ' hours'
-            WHERE status = $pending
-              AND proposed_at + to_microseconds(CAST($hours * 3600e6 AS BIGINT)) <= $now
-            RETURNING action_id, action_type, entity_type, entity_id, company_id
+            WHERE action_id IN (SELECT unnest($ids))
             """,
-            {"pending": PENDING, "hours": settings.expire_hours, "now": now},
-        ).fetchall()
+            {"hours": settings.expire_hours, "ids": [row[0] for row in expired]},
+        )
         trail.extend(
             AuditEvent(
                 "expired",
@@ -140,13 +148,18 @@ def escalate_and_expire(
         )
         overdue = conn.execute(
             """
-            UPDATE governance.actions SET escalated_at = $now, updated_at = now()
+            SELECT action_id, action_type, entity_type, entity_id, company_id, reason,
+                   approval_due_at
+            FROM governance.actions
             WHERE status = $pending AND escalated_at IS NULL AND approval_due_at <= $now
-            RETURNING action_id, action_type, entity_type, entity_id, company_id, reason,
-                      approval_due_at
             """,
             {"pending": PENDING, "now": now},
         ).fetchall()
+        conn.execute(
+            "UPDATE governance.actions SET escalated_at = $now, updated_at = now() "
+            "WHERE action_id IN (SELECT unnest($ids))",
+            {"now": now, "ids": [row[0] for row in overdue]},
+        )
         notices = []
         for action_id, action_type, entity_type, entity_id, company_id, reason, due in overdue:
             where = {"entity_type": entity_type, "entity_id": entity_id, "company_id": company_id}

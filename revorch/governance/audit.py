@@ -31,6 +31,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from revorch.state.backend import claim
+from revorch.state.migrate import rollback
+
 GENESIS = "0" * 64
 
 
@@ -162,10 +165,14 @@ def audited(
         yield events
         if anchor_path is not None:
             events[:0] = _unanchored_rows_found(conn, anchor_path)
+        if events:
+            # Two writers appending at once on DuckLake would both link to the same head:
+            # the claim makes the later commit conflict and roll back instead of forking.
+            claim(conn, "audit_log")
         append(conn, events, run_id)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     if events and anchor_path is not None:
         write_anchor(conn, anchor_path)

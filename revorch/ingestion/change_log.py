@@ -26,6 +26,8 @@ import duckdb
 import polars as pl
 
 from revorch.landing import LandingZone, batch_id_of
+from revorch.state.backend import claim, retry_conflicts
+from revorch.state.migrate import rollback
 
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 # Three ASCII separators that valid JSON never holds unescaped: each line reads as one column.
@@ -78,17 +80,47 @@ def ingest_pending(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     max_batches: int | None = None,
 ) -> IngestResult:
-    """Ingest the batches waiting in the landing zone (oldest first)."""
+    """Ingest the batches waiting in the landing zone (oldest first).
+
+    Several ingestions may run at once on DuckLake: their transactions claim the change log
+    (revorch/state/backend.py), so the later one conflicts at commit and is run again, and
+    then finds the other's events as duplicates."""
+    for _ in range(10):
+        try:
+            return retry_conflicts(
+                lambda: _ingest_once(
+                    conn,
+                    zone,
+                    run_id=run_id,
+                    max_event_bytes=max_event_bytes,
+                    max_batches=max_batches,
+                )
+            )
+        except FileNotFoundError:
+            continue  # a concurrent ingestion archived a batch this one listed: list again
+    raise RuntimeError("the landing zone kept changing under this ingestion; try again")
+
+
+def _ingest_once(
+    conn: duckdb.DuckDBPyConnection,
+    zone: LandingZone,
+    *,
+    run_id: str | None,
+    max_event_bytes: int,
+    max_batches: int | None,
+) -> IngestResult:
     files = zone.pending()[:max_batches]
     if not files:
         return IngestResult(None, 0, 0, 0, 0, 0)
 
+    sizes = [f.stat().st_size for f in files]
     try:
         # Parsing builds a temporary table outside the transaction: a file DuckDB cannot
         # read aborts only that statement, and the files are then read one by one.
         _parse(conn, files, max_event_bytes)
         conn.execute("BEGIN TRANSACTION")
         try:
+            claim(conn, "change_log")
             load_id = conn.execute(
                 "SELECT coalesce(max(load_id), 0) + 1 FROM landing_batches"
             ).fetchone()[0]
@@ -99,7 +131,7 @@ def ingest_pending(
                 RECORD_BATCHES_SQL,
                 {
                     "batch_ids": [batch_id_of(f) for f in files],
-                    "file_bytes": [f.stat().st_size for f in files],
+                    "file_bytes": sizes,
                     "load_id": load_id,
                     "run_id": run_id,
                 },
@@ -117,17 +149,26 @@ def ingest_pending(
                 ).fetchall()
             )
             conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
+        except BaseException:
+            rollback(conn)
             raise
     finally:
         for temp in ("raw_lines", "parsed", "duplicates"):
             conn.execute(f"DROP TABLE IF EXISTS {temp}")
 
-    archived = [zone.archive(f) for f in files]
+    archived = [a for a in (_archive(zone, f) for f in files) if a is not None]
     return IngestResult(
         load_id, len(files), received, loaded, duplicates, quarantined, reasons, archived
     )
+
+
+def _archive(zone: LandingZone, batch: Path) -> Path | None:
+    """Archive a committed batch; None if a concurrent ingestion (DuckLake) that committed
+    it too, before this one, has already moved it."""
+    try:
+        return zone.archive(batch)
+    except FileNotFoundError:
+        return None
 
 
 def _parse(conn: duckdb.DuckDBPyConnection, files: list[Path], max_event_bytes: int) -> None:

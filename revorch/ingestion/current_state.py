@@ -81,9 +81,10 @@ def refresh_current_state(
                 ),
             )
             rebuilt[table] = conn.execute(f"INSERT INTO {table} BY NAME {sql}").fetchone()[0]
+        # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
+        conn.execute("DELETE FROM state_watermarks WHERE name = ?", [WATERMARK])
         conn.execute(
-            "INSERT OR REPLACE INTO state_watermarks (name, load_id, updated_at) "
-            "VALUES (?, ?, now())",
+            "INSERT INTO state_watermarks (name, load_id, updated_at) VALUES (?, ?, now())",
             [WATERMARK, upto],
         )
         conn.execute("DROP TABLE touched")

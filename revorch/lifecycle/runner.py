@@ -152,8 +152,10 @@ def _refresh(
             points = conn.execute(points_sql, args).pl()
             result = fold(points, machine)
         _replace(conn, entity_type, result)
+        # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
+        conn.execute("DELETE FROM state_watermarks WHERE name = ?", [watermark])
         conn.execute(
-            "INSERT OR REPLACE INTO state_watermarks (name, load_id, updated_at, as_of) "
+            "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) "
             "VALUES (?, ?, now(), ?)",
             [watermark, upto, as_of],
         )

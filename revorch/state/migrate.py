@@ -4,6 +4,12 @@ Migrations are the numbered ``.sql`` files beside this module (``0001_name.sql``
 applied once, in order, inside a transaction, and recorded in ``schema_migrations`` with its
 checksum. Applying them again does nothing; editing a migration that was already applied is
 an error (write a new one instead).
+
+On DuckLake (revorch/state/backend.py), which has no primary keys or unique constraints,
+those constraints are left out when a migration is applied (its checksum is of the file as
+written); the writers keep the uniqueness (delete and insert in one transaction, claims).
+Two processes migrating at once conflict on DuckLake; the later one retries and finds the
+migration applied.
 """
 
 from __future__ import annotations
@@ -15,8 +21,17 @@ from pathlib import Path
 
 import duckdb
 
+from revorch.state.backend import is_lake, retry_conflicts
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# `, PRIMARY KEY (a, b)` at the end of a table, or `PRIMARY KEY` after a column's type.
+_KEYS = re.compile(r",\s*PRIMARY KEY\s*\([^)]*\)|\s+PRIMARY KEY\b", re.IGNORECASE)
+
+
+def without_keys(sql: str) -> str:
+    """The migration for a catalog without primary keys (DuckLake)."""
+    return _KEYS.sub("", sql)
 
 
 @dataclass(frozen=True)
@@ -49,36 +64,78 @@ def available_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 def migrate(conn: duckdb.DuckDBPyConnection, folder: Path = MIGRATIONS_DIR) -> list[int]:
     """Apply every migration not yet applied; return the versions applied now."""
-    conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS schema_migrations (
-            version INTEGER PRIMARY KEY,
-            name VARCHAR NOT NULL,
-            checksum VARCHAR NOT NULL,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    lake = is_lake(conn)
+    ddl = without_keys if lake else (lambda sql: sql)
+    retry_conflicts(
+        lambda: _in_transaction(
+            conn,
+            ddl(
+                """
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version INTEGER PRIMARY KEY,
+                    name VARCHAR NOT NULL,
+                    checksum VARCHAR NOT NULL,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )
+                """
+            ),
         )
-        """
     )
     applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
     done = []
     for migration in available_migrations(folder):
         if migration.version in applied:
-            if applied[migration.version] != migration.checksum:
-                raise MigrationError(
-                    f"migration {migration.version:04d}_{migration.name} was edited after it "
-                    "was applied; add a new migration instead"
-                )
-            continue
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            conn.execute(migration.sql)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
-                [migration.version, migration.name, migration.checksum],
-            )
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
-        done.append(migration.version)
+            _check_unchanged(migration, applied[migration.version])
+        elif retry_conflicts(lambda m=migration: _apply(conn, m, ddl(m.sql))):
+            done.append(migration.version)
     return done
+
+
+def _check_unchanged(migration: Migration, checksum: str) -> None:
+    if checksum != migration.checksum:
+        raise MigrationError(
+            f"migration {migration.version:04d}_{migration.name} was edited after it "
+            "was applied; add a new migration instead"
+        )
+
+
+def _apply(conn: duckdb.DuckDBPyConnection, migration: Migration, sql: str) -> bool:
+    """Apply one migration unless it is recorded; True if this call applied it."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        applied = conn.execute(
+            "SELECT checksum FROM schema_migrations WHERE version = ?", [migration.version]
+        ).fetchone()
+        if applied is not None:  # by a concurrent process, since we looked
+            _check_unchanged(migration, applied[0])
+            conn.execute("COMMIT")
+            return False
+        conn.execute(sql)
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
+            [migration.version, migration.name, migration.checksum],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return True
+
+
+def _in_transaction(conn: duckdb.DuckDBPyConnection, sql: str) -> None:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(sql)
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+
+
+def rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction, if a failed COMMIT has not already ended it."""
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.TransactionException as error:
+        if "no transaction is active" not in str(error).lower():
+            raise

@@ -28,12 +28,12 @@ CURRENT_STATE = "crm_current_state"
 
 VERSIONS_SQL = (
     "CREATE TABLE IF NOT EXISTS stages.sql_versions "
-    "(name VARCHAR PRIMARY KEY, sql_hash VARCHAR NOT NULL, updated_at TIMESTAMPTZ)"
+    "(name VARCHAR NOT NULL, sql_hash VARCHAR NOT NULL, updated_at TIMESTAMPTZ)"
 )
 
 REFRESHES_SQL = (
     "CREATE TABLE IF NOT EXISTS stages.keyed_refreshes (table_name VARCHAR NOT NULL, "
-    "key VARCHAR NOT NULL, load_id BIGINT, as_of TIMESTAMPTZ, PRIMARY KEY (table_name, key))"
+    "key VARCHAR NOT NULL, load_id BIGINT, as_of TIMESTAMPTZ)"
 )
 
 
@@ -55,7 +55,9 @@ def stored_hash(conn: duckdb.DuckDBPyConnection, name: str) -> str | None:
 
 def store_hash(conn: duckdb.DuckDBPyConnection, name: str, value: str) -> None:
     conn.execute(VERSIONS_SQL)
-    conn.execute("INSERT OR REPLACE INTO stages.sql_versions VALUES (?, ?, now())", [name, value])
+    # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
+    conn.execute("DELETE FROM stages.sql_versions WHERE name = ?", [name])
+    conn.execute("INSERT INTO stages.sql_versions VALUES (?, ?, now())", [name, value])
 
 
 def refresh_keyed_table(
@@ -121,12 +123,18 @@ def refresh_keyed_table(
     # after it (an agent) asks for the keys recomputed since its own watermark.
     conn.execute(REFRESHES_SQL)
     conn.execute(
-        "INSERT OR REPLACE INTO stages.keyed_refreshes SELECT ?, key, ?, ? FROM scope",
+        "DELETE FROM stages.keyed_refreshes WHERE table_name = ? "
+        "AND key IN (SELECT key FROM scope)",
+        [table],
+    )
+    conn.execute(
+        "INSERT INTO stages.keyed_refreshes SELECT ?, key, ?, ? FROM scope",
         [table, upto, as_of],
     )
     conn.execute("DROP TABLE scope")
+    conn.execute("DELETE FROM state_watermarks WHERE name = ?", [name])
     conn.execute(
-        "INSERT OR REPLACE INTO state_watermarks (name, load_id, updated_at, as_of) "
+        "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) "
         "VALUES (?, ?, now(), ?)",
         [name, upto, as_of],
     )

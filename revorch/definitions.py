@@ -11,6 +11,7 @@ from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
+from orch_assets.ingestion.jobs import LANE_TAG, live_jobs
 from orch_assets.metrics.assets import metric_assets
 from orch_assets.metrics.uplift import playbook_uplift
 from orch_assets.publish.assets import published_state_asset
@@ -63,12 +64,15 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "revorch_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
+    # Its runs redo part of the decide lane's work (live_ingest updates the stages outside
+    # it): they share that lane, one run at a time, instead of adding runs beside it.
+    run_tags={LANE_TAG: "decide"},
 )
 
 defs = dg.Definitions(
     assets=[*pipeline_assets, published_state],
     asset_checks=[*stage_checks, *governance_checks],
-    jobs=[revorch_main, simulate_crm, poll_hubspot, salesforce_sync, *scheduled_jobs],
+    jobs=[revorch_main, *live_jobs, simulate_crm, poll_hubspot, salesforce_sync, *scheduled_jobs],
     schedules=[*schedules, hubspot_poll_schedule],
     sensors=[
         landing_zone_sensor,

@@ -81,6 +81,9 @@ defs = dg.Definitions(
         abandoned_runs_sensor,
     ],
     resources=default_resources(),
+    # Runs the UI or the automation sensor starts run in one process too, like revorch_main:
+    # a process per step costs seconds of start-up each on a small machine.
+    executor=dg.in_process_executor,
 )
 
 # The steps that take a rebuild from the whole change log (RebuildConfig), by op name.

@@ -11,7 +11,7 @@ from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
-from orch_assets.ingestion.jobs import LANE_TAG, live_jobs
+from orch_assets.ingestion.jobs import DECIDE_SELECTION, LANE_TAG, live_jobs
 from orch_assets.metrics.assets import metric_assets
 from orch_assets.metrics.uplift import playbook_uplift
 from orch_assets.publish.assets import published_state_asset
@@ -62,11 +62,12 @@ revorch_main = dg.define_asset_job(
 # the UI, or by a scheduled scan), the assets after it follow. RUNNING from the first start.
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "revorch_automation",
-    target=dg.AssetSelection.all(),
+    # Not what live_decide runs after every ingestion: with live_ingest updating the stages
+    # outside it, eager conditions would start a run of those assets at every tick, beside
+    # the decide lane and queued behind it (seen: three queued at once).
+    target=dg.AssetSelection.all() - DECIDE_SELECTION,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    # Its runs redo part of the decide lane's work (live_ingest updates the stages outside
-    # it): they share that lane, one run at a time, instead of adding runs beside it.
-    run_tags={LANE_TAG: "decide"},
+    run_tags={LANE_TAG: "decide"},  # one run at a time with the decide lane
 )
 
 defs = dg.Definitions(

@@ -37,10 +37,10 @@ live_ingest = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
-live_decide = dg.define_asset_job(
-    "live_decide",
-    # The stages' checks run here, off the ingestion lane's critical path.
-    selection=(
+# Everything after the stages, the stages' checks (off the ingestion lane's critical path)
+# and the analysts' copy.
+DECIDE_SELECTION = (
+    (
         dg.AssetSelection.all()
         - dg.AssetSelection.groups(*INGEST_GROUPS)
         - dg.AssetSelection.assets(OFFLINE_MODELS)
@@ -49,7 +49,12 @@ live_decide = dg.define_asset_job(
         dg.AssetSelection.groups(*INGEST_GROUPS)
         - dg.AssetSelection.groups(*INGEST_GROUPS).without_checks()
     )
-    | dg.AssetSelection.assets(PUBLISHED),
+    | dg.AssetSelection.assets(PUBLISHED)
+)
+
+live_decide = dg.define_asset_job(
+    "live_decide",
+    selection=DECIDE_SELECTION,
     description="Handoffs, metrics, agents and governance over the stages as they are when it "
     "starts, and the data-quality checks: the live lane after live_ingest.",
     tags={LANE_TAG: "decide"},

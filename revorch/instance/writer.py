@@ -55,8 +55,8 @@ def say_while_waiting(
             if holder and holder not in told:
                 told.append(holder)
                 say(
-                    f"waiting for the DuckDB writer: {holder}; this run is first in line "
-                    "and starts when that step ends"
+                    f"waiting for the DuckDB writer: {holder}; it is free again when that "
+                    "step ends (reviews and dispatch go before the live runs' next steps)"
                 )
 
     watcher = threading.Thread(target=watch, name="writer-wait", daemon=True)

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -123,6 +125,18 @@ def test_the_sensor_keeps_one_ingestion_in_flight_and_one_decision_after_each(tm
         second, cursor = _evaluate(instance, zone, cursor)
         assert first["live_ingest"].run_key != second["live_ingest"].run_key
 
+
+INGEST_RUN = """
+import dagster as dg
+from resources import default_resources
+from revorch.definitions import defs
+
+with dg.DagsterInstance.get() as instance:
+    result = defs.resolve_job_def("live_ingest").execute_in_process(
+        instance=instance, resources=default_resources()
+    )
+raise SystemExit(0 if result.success else 1)
+"""
 
 INGESTER = """
 import sys, time
@@ -280,15 +294,14 @@ def test_an_approval_is_dispatched_while_an_ingestion_run_is_in_flight(home, tmp
         )
     )
     with _project_instance(tmp_path) as instance:
-        ingest_result: list = []
-        ingesting = threading.Thread(
-            target=lambda: ingest_result.append(
-                defs.resolve_job_def("live_ingest").execute_in_process(
-                    instance=instance, resources=_resources()
-                )
-            )
+        # The ingestion run in a process of its own, as the daemon launches it (two runs in
+        # one process share Dagster's logging set-up, which is not thread-safe).
+        ingesting = subprocess.Popen(
+            [sys.executable, "-c", INGEST_RUN],
+            cwd=REPO,
+            env={**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster")},
+            start_new_session=True,
         )
-        ingesting.start()
         try:
             deadline = time.monotonic() + 300
             ingest_run = None
@@ -304,9 +317,12 @@ def test_an_approval_is_dispatched_while_an_ingestion_run_is_in_flight(home, tmp
                 instance=instance, resources=_resources()
             )
             dispatched_at = time.time()
+            assert ingesting.wait(timeout=600) == 0
         finally:
-            ingesting.join(timeout=600)
-        assert review.success and dispatch.success and ingest_result[0].success
+            if ingesting.poll() is None:
+                os.killpg(ingesting.pid, signal.SIGKILL)
+                ingesting.wait()
+        assert review.success and dispatch.success
 
         ingest_steps = _step_starts(instance, ingest_run)
         review_steps = _step_starts(instance, review.run_id)

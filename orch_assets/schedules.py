@@ -12,16 +12,24 @@ What only needs new data (retraining the offline models) uses on_cron on its ass
 
 import dagster as dg
 
+from orch_assets.ingestion.jobs import GOVERNANCE_PRIORITY, LANE_TAG, PRIORITY_TAG
+
 PUBLISHED = dg.AssetKey(["analytics", "published_state"])
 
 
-def _job(name: str, description: str, selection: dg.AssetSelection):
+def _job(name: str, description: str, selection: dg.AssetSelection, tags: dict | None = None):
     return dg.define_asset_job(
         name,
         selection=selection | dg.AssetSelection.assets(PUBLISHED),
         description=description,
         executor_def=dg.in_process_executor,
+        tags=tags,
     )
+
+
+# A person waits on these: first in the run queue and first to the duckdb_writer pool, ahead
+# of the live lanes (orch_assets/ingestion/jobs.py).
+PEOPLE_FIRST = {LANE_TAG: "governance", PRIORITY_TAG: GOVERNANCE_PRIORITY}
 
 
 renewal_risk_scan = _job(
@@ -57,11 +65,13 @@ review_actions = _job(
     "config (action_ids, decision approve|reject, reviewer, comment).",
     # The audit trail too: its materialization anchors the review's rows in Dagster.
     dg.AssetSelection.assets(["governance", "approval_queue"], ["governance", "audit_trail"]),
+    PEOPLE_FIRST,
 )
 dispatch_actions = _job(
     "dispatch_actions",
     "Send every approved or allowed action that waits, after judging it again.",
     dg.AssetSelection.assets(*DISPATCH_STEPS),
+    PEOPLE_FIRST,
 )
 approval_sla_check = _job(
     "approval_sla_check",

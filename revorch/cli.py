@@ -702,11 +702,13 @@ def _run_job(
     tags: dict | None = None,
     progress: bool = False,
     stoppable: bool = False,
+    say_waiting: bool = False,
 ):
     """Run one of Revorch's jobs in this process, recorded in the project's instance;
     ``resources`` replace the definitions' by key for this run; ``progress`` prints a line
     per step as it starts and ends. ``stoppable``: Ctrl-C or SIGTERM cancels the run within
-    seconds (revorch/stopping.py) and raises :class:`_Stopped`."""
+    seconds (revorch/stopping.py) and raises :class:`_Stopped`. ``say_waiting``: while the
+    run waits for the DuckDB writer, say on stderr which run holds it."""
     import dagster as dg
 
     ensure_dagster_home()
@@ -725,6 +727,10 @@ def _run_job(
         with contextlib.ExitStack() as stack:
             if progress:
                 stack.enter_context(_step_progress(instance, run_id))
+            if say_waiting:
+                from revorch.instance.writer import say_while_waiting
+
+                stack.enter_context(say_while_waiting(instance, run_id, _say))
             stop = stack.enter_context(_cancel_on_signal(instance, run_id)) if stoppable else None
             result = None
             try:
@@ -743,6 +749,10 @@ def _run_job(
         if stop:
             raise _Stopped(stop, run_id, result)
         return result
+
+
+def _say(line: str) -> None:
+    print(f"revorch: {line}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -983,7 +993,7 @@ def _approvals(args: argparse.Namespace) -> int:
     # A review the state store refuses fails the run; its reason is printed below.
     _check_configs()
     ops = {"governance__approval_queue": {"config": review}}
-    result = _run_job("review_actions", ops, log_level="CRITICAL")
+    result = _run_job("review_actions", ops, log_level="CRITICAL", say_waiting=True)
     if not result.success:
         print(f"revorch approvals: {_failure(result)}", file=sys.stderr)
         return 1

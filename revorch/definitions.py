@@ -11,6 +11,7 @@ from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
+from orch_assets.ingestion.jobs import DECIDE_SELECTION, LANE_TAG, live_jobs
 from orch_assets.metrics.assets import metric_assets
 from orch_assets.metrics.uplift import playbook_uplift
 from orch_assets.publish.assets import published_state_asset
@@ -62,14 +63,18 @@ revorch_main = dg.define_asset_job(
 # the UI, or by a scheduled scan), the assets after it follow. RUNNING from the first start.
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "revorch_automation",
-    target=dg.AssetSelection.all(),
+    # Not what live_decide runs after every ingestion: with live_ingest updating the stages
+    # outside it, eager conditions would start a run of those assets at every tick, beside
+    # the decide lane and queued behind it (seen: three queued at once).
+    target=dg.AssetSelection.all() - DECIDE_SELECTION,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    run_tags={LANE_TAG: "decide"},  # one run at a time with the decide lane
 )
 
 defs = dg.Definitions(
     assets=[*pipeline_assets, published_state],
     asset_checks=[*stage_checks, *governance_checks],
-    jobs=[revorch_main, simulate_crm, poll_hubspot, salesforce_sync, *scheduled_jobs],
+    jobs=[revorch_main, *live_jobs, simulate_crm, poll_hubspot, salesforce_sync, *scheduled_jobs],
     schedules=[*schedules, hubspot_poll_schedule],
     sensors=[
         landing_zone_sensor,
@@ -78,6 +83,9 @@ defs = dg.Definitions(
         abandoned_runs_sensor,
     ],
     resources=default_resources(),
+    # Runs the UI or the automation sensor starts run in one process too, like revorch_main:
+    # a process per step costs seconds of start-up each on a small machine.
+    executor=dg.in_process_executor,
 )
 
 # The steps that take a rebuild from the whole change log (RebuildConfig), by op name.

@@ -17,7 +17,7 @@ ORDER BY action_id
 
 @dg.sensor(
     job_name="dispatch_actions",
-    minimum_interval_seconds=5,
+    minimum_interval_seconds=1,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests a dispatch_actions run when approved actions (or retries that are "
     "due) wait, or when a dispatcher died mid-delivery. Reads the analysts' published copy and "

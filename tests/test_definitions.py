@@ -10,7 +10,6 @@ import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, UPSTREAM
 from revorch.definitions import defs
-from sensors.landing_zone import landing_zone_sensor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,54 +128,7 @@ def test_every_asset_but_the_edges_follows_its_upstream_by_itself():
                 assert condition is not None, key
 
 
-def test_sensor_requests_one_run_per_set_of_waiting_batches(zone):
-    from resources import LandingZoneResource
-
-    sensor = landing_zone_sensor
-    resources = {"landing_zone": LandingZoneResource(path=str(zone.root))}
-    with dg.instance_for_test() as instance:
-        empty = sensor(dg.build_sensor_context(instance=instance, resources=resources))
-        assert isinstance(empty, dg.SkipReason)
-
-        zone.write_lines("test", ['{"event_id": "e-1"}'])
-        first = sensor(dg.build_sensor_context(instance=instance, resources=resources))
-        again = sensor(dg.build_sensor_context(instance=instance, resources=resources))
-        assert isinstance(first, dg.RunRequest)
-        assert first.run_key == again.run_key
-
-        zone.write_lines("test", ['{"event_id": "e-2"}'])
-        second = sensor(dg.build_sensor_context(instance=instance, resources=resources))
-        assert second.run_key != first.run_key
-
-
-def test_sensor_waits_while_a_run_of_the_main_job_waits_to_start(zone):
-    """A live stream lands batches faster than runs finish: one waiting run takes them all."""
-    from resources import LandingZoneResource
-
-    resources = {"landing_zone": LandingZoneResource(path=str(zone.root))}
-    job = defs.resolve_job_def("revorch_main")
-    with dg.instance_for_test() as instance:
-        zone.write_lines("test", ['{"event_id": "e-1"}'])
-        # NOT_STARTED: a QUEUED run needs a code location's origin; the sensor counts both.
-        queued = instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED)
-        skipped = landing_zone_sensor(
-            dg.build_sensor_context(instance=instance, resources=resources)
-        )
-        assert isinstance(skipped, dg.SkipReason)
-        assert queued.run_id[:8] in skipped.skip_message
-
-        # Once it has started, new batches need a run after it.
-        instance.handle_run_event(
-            queued.run_id,
-            dg.DagsterEvent(
-                event_type_value=dg.DagsterEventType.RUN_START.value, job_name="revorch_main"
-            ),
-        )
-        assert instance.get_run_by_id(queued.run_id).status == dg.DagsterRunStatus.STARTED
-        requested = landing_zone_sensor(
-            dg.build_sensor_context(instance=instance, resources=resources)
-        )
-        assert isinstance(requested, dg.RunRequest)
+# The landing sensor's behaviour is tested in tests/test_live_lanes.py.
 
 
 def test_loading_the_definitions_imports_no_heavy_package():

@@ -1,11 +1,13 @@
 """The lifecycle as the Dagster UI shows it: the lineage reads lead -> MQL -> SQL ->
 opportunity -> customer -> onboarding -> adoption -> renewal -> expansion, and a stage asset's
-page shows its run metadata (count, conversion in percent, median days in stage).
+page shows its run metadata (count, conversion in percent, median days in stage) and plots it
+run after run.
 
 A small simulated CRM goes through the stages in two runs (half its batches, then the rest),
 in this process, on a Dagster instance in the test's folder; the Dagster webserver then serves
 that instance. Its GraphQL API gives each stage asset's upstream and materializations; headless
-Chromium renders the lineage and a stage page, whose DOM is checked (the screenshots are kept
+Chromium renders the lineage and a stage page, whose DOM is checked, and Playwright clicks the
+stage page's Plots toggle and reads the charts' titles (the screenshots are kept
 in the test's folder, for a person to look at).
 """
 
@@ -165,6 +167,7 @@ def test_the_lineage_reads_like_the_lifecycle_and_a_stage_page_shows_its_metadat
             screenshot=tmp_path / "mqls.png",
             window="1600,2400",
         )
+        plots = _plotted(f"http://127.0.0.1:{port}/assets/stages/mqls", tmp_path / "plots.png")
 
     # The graph: each stage's upstream is the previous stage, not a sibling of it.
     for name in CHAIN:
@@ -207,3 +210,50 @@ def test_the_lineage_reads_like_the_lifecycle_and_a_stage_page_shows_its_metadat
     assert "Plots" in stage_page  # the metadata's toggle to plot them run after run
     assert (tmp_path / "lineage.png").stat().st_size > 0
     assert (tmp_path / "mqls.png").stat().st_size > 0
+
+    # The metadata's plots, run after run (two materializations, so two points): one chart
+    # per number a RevOps person follows.
+    assert set(PLOTTED) <= set(plots["titles"]), plots
+    assert (tmp_path / "plots.png").stat().st_size > 0
+
+
+# The numbers a RevOps person follows on a stage page, plotted by the Dagster UI.
+PLOTTED = (
+    "count",
+    "entered_this_run",
+    "left_this_run",
+    "conversion_to_next_pct",
+    "median_days_in_stage",
+)
+
+
+def _plotted(url: str, screenshot: Path) -> dict[str, object]:
+    """Open a stage page in Chromium (driven by Playwright: the Plots toggle needs a click),
+    switch the metadata to its plots and save a screenshot; the title of each chart drawn."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 2400})
+            page.goto(url, timeout=120_000)
+            toggle = page.get_by_role("button", name="Plots")
+            toggle.first.wait_for(timeout=120_000)
+            toggle.first.click()
+            page.locator("canvas").first.wait_for(timeout=120_000)
+            page.wait_for_timeout(1_000)  # the charts' entry animation
+            page.screenshot(path=str(screenshot), full_page=True)
+            # Each chart is a canvas under a heading with its metadata key (the table view
+            # has none): the nearest heading above each canvas.
+            titles = page.eval_on_selector_all(
+                "canvas",
+                """canvases => canvases.map(canvas => {
+                    for (let box = canvas.parentElement; box; box = box.parentElement) {
+                        const title = box.querySelector('span');
+                        if (title) return title.innerText;
+                    }
+                    return null;
+                })""",
+            )
+            return {"titles": titles, "charts": len(titles)}
+        finally:
+            browser.close()

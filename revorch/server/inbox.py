@@ -271,8 +271,8 @@ def writer_holder(wait_seconds: float) -> str | None:
     connection of another process), if it stays held for ``wait_seconds``; None once free."""
     import dagster as dg
 
-    from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
     from revorch.instance import ensure_dagster_home
+    from revorch.instance.writer import pool_holder
 
     ensure_dagster_home()
     # The same lock file every StateStore connection holds (resources/state_store.py).
@@ -280,12 +280,7 @@ def writer_holder(wait_seconds: float) -> str | None:
     deadline = time.monotonic() + wait_seconds
     with dg.DagsterInstance.get() as instance:
         while True:
-            slots = instance.event_log_storage.get_concurrency_info(DUCKDB_WRITER_POOL)
-            holder = None
-            for slot in slots.claimed_slots:
-                run = instance.get_run_by_id(slot.run_id)
-                job = run.job_name if run else "a run"
-                holder = f"run {slot.run_id[:8]} ({job}) is in step {slot.step_key}"
+            holder = pool_holder(instance)
             if holder is None:
                 try:
                     lock.acquire(timeout=0)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from revorch.agents import config as agents_config
-from revorch.governance import policy
-from revorch.lifecycle import config as lifecycle_config
+# The config modules are imported inside the functions that need their DEFAULT_PATH: they
+# load polars, numpy and pydantic, which `revorch --help` and the import of settings should not.
 
 
 def revorch_home() -> Path:
@@ -38,14 +37,20 @@ def published_path() -> Path:
 
 
 def lifecycle_config_path() -> Path:
+    from revorch.lifecycle import config as lifecycle_config
+
     return Path(os.environ.get("REVORCH_LIFECYCLE_CONFIG", lifecycle_config.DEFAULT_PATH)).resolve()
 
 
 def agents_config_path() -> Path:
+    from revorch.agents import config as agents_config
+
     return Path(os.environ.get("REVORCH_AGENTS_CONFIG", agents_config.DEFAULT_PATH)).resolve()
 
 
 def policy_path() -> Path:
+    from revorch.governance import policy
+
     return Path(os.environ.get("REVORCH_POLICY", policy.DEFAULT_PATH)).resolve()
 
 
@@ -76,6 +81,8 @@ def inbox_url() -> str:
     """Where reviewers open the approvals inbox (served by `revorch serve` under /approvals);
     set REVORCH_INBOX_URL when it is reached through a proxy or on another port."""
     return os.environ.get("REVORCH_INBOX_URL", "http://127.0.0.1:8000/approvals")
+
+
 def hubspot_client_secret() -> str | None:
     """The HubSpot app's client secret, which signs its webhooks (X-HubSpot-Signature-v3)."""
     return os.environ.get("REVORCH_HUBSPOT_CLIENT_SECRET") or None

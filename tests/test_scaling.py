@@ -293,3 +293,5 @@ if __name__ == "__main__":
     sizes = tuple(args.sizes)
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
         print(table(sizes, growth(sizes, Path(folder), patch, whole=args.whole)))
+        queries = (sizes[0] * 5, sizes[1] * 5)  # 5k and 50k at the test's sizes
+        print("\n" + table(queries, query_growth(queries, Path(folder))))

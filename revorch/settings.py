@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from revorch.agents import config as agents_config
-from revorch.governance import policy
-from revorch.lifecycle import config as lifecycle_config
-from revorch.state.backend import BACKENDS
+# The config modules are imported inside the functions that need their DEFAULT_PATH: they
+# load polars, numpy and pydantic, which `revorch --help` and the import of settings should not.
 
 
 def revorch_home() -> Path:
@@ -28,6 +26,8 @@ def database_path() -> Path:
 def state_backend() -> str:
     """``duckdb`` (the embedded file, the default) or ``ducklake`` (a PostgreSQL catalog)."""
     value = os.environ.get("REVORCH_STATE_BACKEND", "").strip() or "duckdb"
+    from revorch.state.backend import BACKENDS  # imports duckdb; only when asked
+
     if value not in BACKENDS:
         raise ValueError(f"REVORCH_STATE_BACKEND={value!r} is not one of {', '.join(BACKENDS)}")
     if value == "ducklake" and not ducklake_catalog_dsn():
@@ -63,14 +63,20 @@ def published_path() -> Path:
 
 
 def lifecycle_config_path() -> Path:
+    from revorch.lifecycle import config as lifecycle_config
+
     return Path(os.environ.get("REVORCH_LIFECYCLE_CONFIG", lifecycle_config.DEFAULT_PATH)).resolve()
 
 
 def agents_config_path() -> Path:
+    from revorch.agents import config as agents_config
+
     return Path(os.environ.get("REVORCH_AGENTS_CONFIG", agents_config.DEFAULT_PATH)).resolve()
 
 
 def policy_path() -> Path:
+    from revorch.governance import policy
+
     return Path(os.environ.get("REVORCH_POLICY", policy.DEFAULT_PATH)).resolve()
 
 

@@ -70,6 +70,16 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     run_tags={LANE_TAG: "decide"},  # one run at a time with the decide lane
 )
+# What live_decide covers keeps its eager conditions for a deployment without the live lanes;
+# named here (and stopped) so Dagster does not add an unnamed default sensor for them.
+decide_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "decide_automation",
+    target=DECIDE_SELECTION,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    run_tags={LANE_TAG: "decide"},
+    description="Stopped: live_decide runs these after every ingestion. Start it only when "
+    "the landing sensor is stopped and these should follow the stages on their own.",
+)
 
 defs = dg.Definitions(
     assets=[*pipeline_assets, published_state],
@@ -80,6 +90,7 @@ defs = dg.Definitions(
         landing_zone_sensor,
         approved_actions_sensor,
         automation_sensor,
+        decide_automation_sensor,
         abandoned_runs_sensor,
     ],
     resources=default_resources(),

@@ -101,6 +101,7 @@ def test_sensors_automation_and_schedules_start_running():
         "landing_zone_sensor": dg.DefaultSensorStatus.RUNNING,
         "approved_actions_sensor": dg.DefaultSensorStatus.RUNNING,
         "revorch_automation": dg.DefaultSensorStatus.RUNNING,
+        "decide_automation": dg.DefaultSensorStatus.STOPPED,
         "abandoned_runs_sensor": dg.DefaultSensorStatus.RUNNING,
     }
     schedules = {s.name: s for s in repo.schedule_defs}

@@ -872,10 +872,16 @@ def _sql(args: argparse.Namespace) -> int:
 
 def _backtest(args: argparse.Namespace) -> int:
     from revorch.agents.backtest import PHASES, backtest_lead_scorer
+    from revorch.agents.config import load_agents_config
 
+    # The features and outcomes the models are declared with (config/agents.yaml models:).
+    try:
+        models = load_agents_config(settings.agents_config_path()).models
+    except ValueError as invalid:
+        raise RevorchError(f"{invalid}; fix it and run again") from invalid
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
         if not _wants_progress(args.progress):
-            report = backtest_lead_scorer(conn, split=args.split)
+            report = backtest_lead_scorer(conn, split=args.split, models=models)
         else:
             from tqdm import tqdm
 
@@ -885,9 +891,11 @@ def _backtest(args: argparse.Namespace) -> int:
                     bar.update(PHASES.index(name) - bar.n)  # the phases before it are done
                     bar.set_postfix_str(name)
 
-                report = backtest_lead_scorer(conn, split=args.split, progress=phase)
+                report = backtest_lead_scorer(conn, split=args.split, progress=phase, models=models)
                 bar.update(bar.total - bar.n)
         print(report.to_text())
+    for warning in report.warnings:
+        print(f"warning: lead scorer {warning}", file=sys.stderr)
     return 0
 
 

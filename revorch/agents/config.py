@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from revorch.agents.features import ModelsConfig
 from revorch.config_file import CONFIG_DIR, load_yaml_model
 
 DEFAULT_PATH = CONFIG_DIR / "agents.yaml"
@@ -79,6 +80,9 @@ class AgentsConfig(_Strict):
     prices: dict[str, Price]
     limits: Limits
     agents: dict[str, AgentSettings]
+    # What the offline models learn from and predict (revorch/agents/features.py); the
+    # defaults are the fixed features and outcomes the models always had.
+    models: ModelsConfig = ModelsConfig()
 
     @model_validator(mode="after")
     def _agents_and_prices_are_known(self) -> AgentsConfig:

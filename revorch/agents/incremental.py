@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 # Bump when an input query changes what it returns: every agent then rebuilds everything once.
-INPUTS_VERSION = "1"
+INPUTS_VERSION = "2"  # 2: declared features, the stale flag on leads
 
 # The derived tables the inputs read, by their state_watermarks name.
 DERIVED = ("crm_current_state", "stages/contact_lifecycle", "stages/account_lifecycle")
@@ -147,12 +147,18 @@ def version_key(*parts: object) -> str:
 
 
 def plan(
-    conn: duckdb.DuckDBPyConnection, agent: str, version: str, *, full_rebuild: bool = False
+    conn: duckdb.DuckDBPyConnection,
+    agent: str,
+    version: str,
+    *,
+    full_rebuild: bool = False,
+    clock: str | None = None,
 ) -> Scope:
-    """The scope of this run of ``agent`` (see the module docstring)."""
+    """The scope of this run of ``agent`` (see the module docstring); ``clock`` overrides
+    how its inputs read the clock (``CLOCK``), when declared features make them read it."""
     seen = Watermark(_loads_folded(conn), conn.execute("SELECT clock_now()").fetchone()[0], version)
     last = _watermark(conn, agent)
-    why = _why_everything(agent, last, seen, full_rebuild)
+    why = _why_everything(agent, last, seen, full_rebuild, clock or CLOCK[agent])
     if why is not None:
         return Scope(None, why, seen)
     moved = seen.as_of != last.as_of
@@ -182,7 +188,9 @@ def save(conn: duckdb.DuckDBPyConnection, agent: str, seen: Watermark) -> None:
     )
 
 
-def _why_everything(agent: str, last: Watermark | None, seen: Watermark, full: bool):
+def _why_everything(
+    agent: str, last: Watermark | None, seen: Watermark, full: bool, clock: str | None
+):
     if full:
         return "full_rebuild"
     if last is None:
@@ -191,7 +199,6 @@ def _why_everything(agent: str, last: Watermark | None, seen: Watermark, full: b
         return "version_changed"
     if last.as_of is None or seen.as_of is None or seen.as_of < last.as_of:
         return "clock_went_back" if seen.as_of != last.as_of else None
-    clock = CLOCK[agent]
     if clock == "instant" and seen.as_of != last.as_of:
         return "clock_moved"
     if clock == "week" and _week(seen.as_of) != _week(last.as_of):

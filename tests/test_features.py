@@ -4,6 +4,7 @@ no companies or owners runs the whole pipeline."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -145,6 +146,15 @@ def test_a_custom_property_is_known_only_through_a_mapping(mapping):
     assert load_agents_config(text=config_with(hubspot)).models.feature_types("lead") == {
         "views": "integer"
     }
+
+
+def test_every_models_block_in_the_docs_is_a_valid_declaration():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "agents.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "models:" in b]
+    assert len(blocks) == 3  # the overview, HubSpot's and Salesforce's standard fields
+    for block in blocks:
+        models = load_agents_config(text=config_with(yaml.safe_load(block)["models"])).models
+        assert models != ModelsConfig()
 
 
 # -- on a simulated CRM ------------------------------------------------------------------------

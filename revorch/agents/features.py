@@ -123,8 +123,9 @@ class OutcomeCounts:
         }
 
     def to_text(self) -> str:
+        """The counts in words (the definition is said apart)."""
         return (
-            f"{self.definition}: {self.positives:,} positives, {self.negatives:,} negatives "
+            f"{self.positives:,} positives, {self.negatives:,} negatives "
             f"({self.late_positives:,} of them reached it too late), {self.dropped:,} left out"
         )
 

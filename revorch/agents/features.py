@@ -415,6 +415,10 @@ class ModelsConfig(_Strict):
 
     @model_validator(mode="after")
     def _properties_are_known(self) -> ModelsConfig:
+        if self.mappings:
+            _custom_properties(self.mappings)  # a mapping that cannot be read: say so now
+        if not self._reads_properties():
+            return self
         known = self.property_types()
         for kind in ("lead", "deal", "renewal"):
             for f in getattr(self, kind).features:
@@ -435,6 +439,13 @@ class ModelsConfig(_Strict):
                     )
         return self
 
+    def _reads_properties(self) -> bool:
+        return any(
+            f.kind == "property"
+            for kind in ("lead", "deal", "renewal")
+            for f in getattr(self, kind).features
+        )
+
     def property_types(self) -> dict[str, dict[str, str]]:
         """Every readable property by object type: state-store fields, then the mappings'
         custom properties (the state store's type wins)."""
@@ -451,7 +462,7 @@ class ModelsConfig(_Strict):
 
     def feature_types(self, kind: str) -> dict[str, str]:
         """The value type of each of ``kind``'s features (string, number, boolean, ...)."""
-        properties = self.property_types()
+        properties = self.property_types() if self._reads_properties() else {}
         types = {}
         for f in self.definition(kind).features:
             if f.kind == "built_in":

@@ -55,8 +55,12 @@ def offline_tier(
         """
     ).fetchall()
     stored = {kind: KINDS[kind].from_json(text) for kind, text in rows if kind in KINDS}
+    shipped = ModelsConfig()
     current = all(
-        kind in stored and stored[kind].metadata.get("definition") == models.definition(kind).key()
+        kind in stored
+        # A model stored before declarations existed was trained on the shipped ones.
+        and stored[kind].metadata.get("definition", shipped.definition(kind).key())
+        == models.definition(kind).key()
         for kind in KINDS
     )
     if not current:

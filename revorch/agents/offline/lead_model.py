@@ -2,9 +2,11 @@
 
 Each past contact is one example, described as it stood ``feature_days`` after its creation
 (its scoring time): firmographics as the CRM had them then, lead source, job title, stage,
-and its engagement so far. The label is whether it reached SQL (or later) within
-``horizon_days`` of creation, read from ``stages.stage_transitions``. Contacts already
-qualified at their scoring time are left out: there is nothing left to predict for them.
+its engagement so far, and the features ``models.lead`` declares (config/agents.yaml). The
+label is whether it reached one of the outcome's stages (SQL or later, by default) within
+``horizon_days`` of creation (or ever), read from ``stages.stage_transitions``. Contacts
+already there at their scoring time are left out: there is nothing left to predict for them.
+``labelled_leads`` says how many positives the outcome kept, dropped and called negative.
 """
 
 from __future__ import annotations

@@ -305,6 +305,29 @@ def test_a_declared_outcome_changes_the_labels_and_says_what_it_kept_and_dropped
         )
 
 
+def test_a_changed_declaration_retrains_the_model_and_rebuilds_the_inputs(crm, mapping):
+    from revorch.agents import incremental
+    from revorch.agents.models import offline_tier
+    from revorch.agents.registry import agent_specs, inputs_to_decide
+    from revorch.lifecycle.config import load_lifecycle_config
+
+    settings, lifecycle = load_agents_config().agents["lead_qualification"], load_lifecycle_config()
+    declared = models_with(
+        mapping, lead={"features": ["defaults", {"name": "demo", "property": "contact.demo_score"}]}
+    )
+
+    def plan(models):
+        spec = agent_specs(offline_tier(crm, config=lifecycle, models=models))["lead_qualification"]
+        return spec, *inputs_to_decide(crm, spec, settings, lifecycle, models=models)
+
+    spec, items, scope = plan(ModelsConfig())
+    incremental.save(crm, "lead_qualification", scope.seen)
+    assert plan(ModelsConfig())[2].why == "unchanged"
+    declared_spec, items, scope = plan(declared)
+    assert scope.why == "version_changed" and all("demo" in item for item in items)
+    assert declared_spec.offline_version != spec.offline_version  # trained again, on the new list
+
+
 def test_deal_and_renewal_outcomes_are_declared_and_counted(crm):
     closed, closed_counts = labelled_deals(crm)
     won_fast = load_agents_config(

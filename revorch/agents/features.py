@@ -311,7 +311,12 @@ class _ModelDefinition(_Strict):
                     )
             elif f.kind == "activities" and f.activities.start == "created":
                 window = f.activities.days
-                if scoring_days is None or window is None or window > scoring_days:
+                if not scoring_days:
+                    raise ValueError(
+                        f"{where}: a window from creation is for leads (scored a fixed time "
+                        f"after creation); a {kind} model counts back from its scoring point"
+                    )
+                if window is None or window > scoring_days:
                     raise ValueError(
                         f"{where}: a window from creation must end by the scoring point "
                         f"({scoring_days} days after creation), or training and scoring "

@@ -181,6 +181,16 @@ def crm(scoring_crm, tmp_path_factory):
                    WHERE entity_type = 'contact' AND to_stage = 'sql') AS q ON q.id = c.id
         """
     )
+    # And one set 30 days after creation, long after the scoring point.
+    conn.execute(
+        """
+        INSERT INTO change_log
+        SELECT 'test_export:late:' || id, 999, 'test-batch', 'test_export', 'contact', id,
+               'upsert', coalesce(created_at, _first_seen_at) + INTERVAL 30 DAY, now(),
+               json_object('demo_score', 5)
+        FROM contacts
+        """
+    )
     yield conn
     conn.close()
 
@@ -210,6 +220,17 @@ def test_a_declared_custom_property_changes_the_inputs_and_the_backtest(crm, map
     # The property carries signal the fixed list does not: the backtest sees it.
     assert after.auc > before.auc + 0.03, (before.auc, after.auc)
     assert after.model_version != before.model_version
+
+
+def test_a_property_is_read_as_of_the_scoring_point_unless_declared_latest(crm, mapping):
+    def demo(as_of):
+        feature = {"name": "demo", "property": "contact.demo_score", "as_of": as_of}
+        models = models_with(mapping, lead={"features": ["defaults", feature]})
+        return lead_examples(crm, models=models)["demo"].to_list()
+
+    known, latest = demo("scoring_point"), demo("latest")
+    assert len(known) == len(latest) > 1000
+    assert max(known) < 5 and set(latest) == {5}  # the day-30 value is the future on day 14
 
 
 def test_rare_categories_share_one_other_column_learnt_in_the_training_fold(crm):

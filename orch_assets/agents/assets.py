@@ -53,12 +53,16 @@ HISTORY = [
     automation_condition=dg.AutomationCondition.on_cron("0 5 * * *"),
 )
 def offline_models(
-    context: dg.AssetExecutionContext, state_store: StateStore, lifecycle: LifecycleConfigResource
+    context: dg.AssetExecutionContext,
+    state_store: StateStore,
+    lifecycle: LifecycleConfigResource,
+    agents: AgentsConfigResource,
 ):
-    """The offline tier's models (lead, deal, renewal), trained on the history in DuckDB and
-    kept by version. Retrained once a day (on_cron); the agents use the newest."""
+    """The offline tier's models (lead, deal, renewal), trained on the history in DuckDB,
+    calibrated on its newest part (config/agents.yaml ``scoring:``) and kept by version.
+    Retrained once a day (on_cron); the agents use the newest."""
     with state_store.get_connection() as conn:
-        tier = train_and_store(conn, config=lifecycle.load())
+        tier = train_and_store(conn, config=lifecycle.load(), scoring=agents.load().scoring)
     for agent, why in tier.untrained.items():
         context.log.warning(f"{agent}: no model, rules decide ({why})")
     return dg.MaterializeResult(
@@ -91,7 +95,7 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
         settings = agents.load()
         stages = lifecycle.load()
         with state_store.get_connection() as conn:
-            spec = agent_specs(offline_tier(conn, config=stages))[name]
+            spec = agent_specs(offline_tier(conn, config=stages, scoring=settings.scoring))[name]
             # Only the items touched since the last run, unless a full rebuild is asked.
             items, scope = inputs_to_decide(
                 conn, spec, settings.agents[name], stages, full_rebuild=config.full_rebuild

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from revorch.agents.scoring import ScoringConfig
 from revorch.config_file import CONFIG_DIR, load_yaml_model
 
 DEFAULT_PATH = CONFIG_DIR / "agents.yaml"
@@ -79,6 +80,8 @@ class AgentsConfig(_Strict):
     prices: dict[str, Price]
     limits: Limits
     agents: dict[str, AgentSettings]
+    # Calibration, the lead cuts and the baseline tolerance (revorch/agents/scoring.py).
+    scoring: ScoringConfig = ScoringConfig()
 
     @model_validator(mode="after")
     def _agents_and_prices_are_known(self) -> AgentsConfig:

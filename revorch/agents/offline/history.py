@@ -162,6 +162,8 @@ def _instant(when: datetime | np.datetime64) -> np.datetime64:
 
 def _utc(values: Any) -> np.ndarray:
     """datetime64 in UTC, without a zone (comparable with each other and with numpy)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "M":
+        return values.astype("datetime64[us]")
     series = pl.Series("t", list(values) if not isinstance(values, pl.Series) else values)
     if series.dtype == pl.Date:
         series = series.cast(pl.Datetime("us"))

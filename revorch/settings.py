@@ -76,8 +76,6 @@ def inbox_url() -> str:
     """Where reviewers open the approvals inbox (served by `revorch serve` under /approvals);
     set REVORCH_INBOX_URL when it is reached through a proxy or on another port."""
     return os.environ.get("REVORCH_INBOX_URL", "http://127.0.0.1:8000/approvals")
-
-
 def hubspot_client_secret() -> str | None:
     """The HubSpot app's client secret, which signs its webhooks (X-HubSpot-Signature-v3)."""
     return os.environ.get("REVORCH_HUBSPOT_CLIENT_SECRET") or None

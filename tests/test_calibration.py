@@ -201,3 +201,13 @@ def test_the_model_backtest_asset_records_every_figure(scoring_crm, tmp_path):
     # 26 ended subscriptions in this CRM: too few, said rather than failed.
     assert "too few" in metadata["renewal/skipped"]
     assert metadata["lead/product/auc"] > 0.75
+
+
+def test_the_model_backtest_runs_daily_and_not_with_every_ingest():
+    from orch_assets.agents.backtest import MODEL_BACKTEST, model_backtest
+    from revorch.definitions import defs
+
+    keys = defs.resolve_job_def("revorch_main").asset_layer.selected_asset_keys
+    assert MODEL_BACKTEST not in keys and dg.AssetKey(["agents", "lead_qualification"]) in keys
+    condition = model_backtest.automation_conditions_by_key[MODEL_BACKTEST]
+    assert "0 6 * * *" in str(condition)

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orch_assets.agents.assets import HISTORY
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import LifecycleConfigResource, StateStore
 from resources.agents import AgentsConfigResource
 from revorch.agents.model_backtest import backtest_history
@@ -16,6 +17,8 @@ MODEL_BACKTEST = dg.AssetKey(["agents", "model_backtest"])
     deps=HISTORY,
     group_name="agents",
     kinds={"duckdb", "sklearn"},
+    # It holds the state store (and its writer lock) while it reads the examples.
+    pool=DUCKDB_WRITER_POOL,
     # Once a day: it refits every model and two baselines each, too slow for every batch
     # (revorch_main leaves it out).
     automation_condition=dg.AutomationCondition.on_cron("0 6 * * *"),

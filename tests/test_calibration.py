@@ -211,3 +211,27 @@ def test_the_model_backtest_runs_daily_and_not_with_every_ingest():
     assert MODEL_BACKTEST not in keys and dg.AssetKey(["agents", "lead_qualification"]) in keys
     condition = model_backtest.automation_conditions_by_key[MODEL_BACKTEST]
     assert "0 6 * * *" in str(condition)
+
+
+def test_the_shipped_telco_sample_imports_through_its_mapping(tmp_path):
+    """bench/data/telco_churn (Apache-2.0, README and LICENSE beside it): every row lands."""
+    import json
+    from pathlib import Path
+
+    from revorch.landing import LandingZone
+    from revorch.sources.csv_import import import_files, load_mapping
+    from revorch.sources.csv_import.mapping import shipped_mapping
+
+    sample = Path(__file__).resolve().parents[1] / "bench" / "data" / "telco_churn"
+    assert "Apache License" in (sample / "LICENSE").read_text()
+    assert "IBM/telco-customer-churn-on-icp4d" in (sample / "README.md").read_text()
+    zone = LandingZone(tmp_path / "landing").ensure()
+    mapping = load_mapping(shipped_mapping("telco_churn"))
+    report = import_files([sample], mapping, zone, tmp_path / "imports")
+    assert (report.rows, report.loaded, report.quarantined) == (3_000, 3_000, 0)
+    (batch,) = zone.pending()
+    events = [json.loads(line) for line in batch.read_text().splitlines()]
+    assert {e["object_type"] for e in events} == {"subscription"}
+    statuses = [e["properties"]["status"] for e in events]
+    assert statuses.count("churned") == 768 and statuses.count("active") == 2_232
+    assert {"tenure_months", "tech_support", "plan", "arr"} <= set(events[0]["properties"])

@@ -86,6 +86,7 @@ class ModelBacktest:
     calibrated: bool = True
     tolerance_auc: float = 0.01
     tolerance_brier: float = 0.002
+    ordered_by: str = ""  # what the split is on, in words
 
     def score(self, name: str) -> Scores:
         return next(s for s in self.scores if s.name == name)
@@ -115,7 +116,7 @@ class ModelBacktest:
         """The side-by-side table and the product's reliability table, for the terminal."""
         lines = [
             f"{self.kind.capitalize()} model backtest: {self.outcome}",
-            f"  split {self.split:%Y-%m-%d} ({ORDERED_BY.get(self.kind, 'dated')}): "
+            f"  split {self.split:%Y-%m-%d} ({self.ordered_by or ORDERED_BY[self.kind]}): "
             f"train {self.n_train:,} (base rate {self.base_rate_train:.1%}), "
             f"test {self.n_test:,} (base rate {self.base_rate_test:.1%})",
             "",
@@ -203,6 +204,7 @@ def compare(
     split: np.datetime64 | datetime,
     fit: Callable[[str, Examples], Any] = fit_product,
     outcome: str | None = None,
+    ordered_by: str = "",
 ) -> ModelBacktest:
     """The product (``fit``, calibrated as in production) and the baselines, trained on
     ``train`` and scored on ``test``: any examples, a CRM's or an imported sample's."""
@@ -231,6 +233,7 @@ def compare(
         calibrated=calibrated,
         tolerance_auc=scoring.baseline_tolerance.auc,
         tolerance_brier=scoring.baseline_tolerance.brier,
+        ordered_by=ordered_by,
     )
 
 

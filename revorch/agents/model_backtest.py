@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from revorch.agents.backtest import CalibrationBin, calibration_table
-from revorch.agents.offline.calibration import calibrate_on_holdout
+from revorch.agents.offline.calibration import calibrate_on_holdout, model_probabilities
 from revorch.agents.offline.history import (
     KINDS,
     LEAD_HORIZON_DAYS,
@@ -214,7 +214,7 @@ def compare(
         raise ValueError(f"the {kind} training period needs examples with both outcomes")
     product = calibrate_on_holdout(kind, train, scoring, fit)
     calibrated = hasattr(product, "calibrator")
-    predicted = _predict(product, test.frame)
+    predicted = model_probabilities(product, test.frame)
     raw = product.base_predict_frame(test.frame) if calibrated else predicted
     scores = [Scores.of(PRODUCT, test.labels, predicted), Scores.of(UNCALIBRATED, test.labels, raw)]
     for name, baseline_predicted in baseline_predictions(train, test).items():
@@ -313,12 +313,6 @@ def _matrix(frame: pl.DataFrame, spec: Any) -> Any:
         )
         columns[name] = np.asarray(values, dtype=object)
     return pd.DataFrame(columns)
-
-
-def _predict(model: Any, frame: pl.DataFrame) -> np.ndarray:
-    if hasattr(model, "predict_frame"):
-        return model.predict_frame(frame)
-    return model.model.predict_frame(frame)
 
 
 def _slug(name: str) -> str:

@@ -118,7 +118,7 @@ class Calibrated:
 
     def base_predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
         """The wrapped model's own (uncalibrated) probabilities."""
-        return _predict_frame(self.base, frame)
+        return model_probabilities(self.base, frame)
 
     @property
     def threshold(self) -> float:
@@ -187,7 +187,7 @@ def calibrate_on_holdout(kind: str, history: Any, scoring: ScoringConfig, fit: A
     if newest.size < settings.min_holdout or len(np.unique(labels)) < 2:
         return fit(kind, history)
     base = fit(kind, older)
-    calibrator = Calibrator.fit(_predict_frame(base, newest.frame), labels, settings.method)
+    calibrator = Calibrator.fit(model_probabilities(base, newest.frame), labels, settings.method)
     holdout = {
         "rows": newest.size,
         "from": str(newest.times.min())[:10],
@@ -196,9 +196,9 @@ def calibrate_on_holdout(kind: str, history: Any, scoring: ScoringConfig, fit: A
     return Calibrated(kind, base, calibrator, cuts=scoring.lead_cuts, holdout=holdout)
 
 
-def _predict_frame(model: Any, frame: pl.DataFrame) -> np.ndarray:
-    """Probabilities for a frame from any of the three models (deal and renewal models keep
-    their logistic model in ``model``)."""
+def model_probabilities(model: Any, frame: pl.DataFrame) -> np.ndarray:
+    """Probabilities for a frame from any of the three models, calibrated or not (deal and
+    renewal models keep their logistic model in ``model``)."""
     if hasattr(model, "predict_frame"):
         return model.predict_frame(frame)
     return model.model.predict_frame(frame)

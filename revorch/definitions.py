@@ -6,6 +6,7 @@ import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
 from orch_assets.agents.assets import UPSTREAM as AGENT_NAMES
+from orch_assets.agents.backtest import MODEL_BACKTEST, model_backtest
 from orch_assets.estate.assets import automation_estate
 from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
@@ -39,6 +40,7 @@ pipeline_assets = [
     automation_estate,
     funnel_report,
     offline_models,
+    model_backtest,
     *agent_assets,
     *governance_assets,
     playbook_uplift,  # the holdouts' read-out, after the dispatcher has assigned them
@@ -49,8 +51,8 @@ published_state = published_state_asset(
 
 revorch_main = dg.define_asset_job(
     "revorch_main",
-    # Models are retrained daily (on_cron on agents/offline_models), not on every batch.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(OFFLINE_MODELS),
+    # Models are retrained and backtested daily (on_cron), not on every batch.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(OFFLINE_MODELS, MODEL_BACKTEST),
     description="Ingest every waiting batch and bring every asset up to date.",
     # One process for the whole run: steps share the DuckDB writer pool one at a time anyway,
     # and a process per step would add seconds to every run.

@@ -49,6 +49,7 @@ EXPECTED_ASSETS = {
     "metrics/automation_estate",
     "reports/funnel_report",
     "agents/offline_models",
+    "agents/model_backtest",
     "agents/lead_qualification",
     "agents/deal_risk",
     "agents/ticket_triage",

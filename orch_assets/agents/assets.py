@@ -59,12 +59,16 @@ def offline_models(
     agents: AgentsConfigResource,
 ):
     """The offline tier's models (lead, deal, renewal), trained on the history in DuckDB with
-    the features and outcomes config/agents.yaml declares, and kept by version. Retrained
-    once a day (on_cron); the agents use the newest. The metadata counts, per model, the
-    positives its outcome kept, the examples it dropped and the late positives it called
-    negative, and warns when fewer than about 100 positives remain."""
+    the features and outcomes config/agents.yaml declares (``models:``), calibrated on its
+    newest part (``scoring:``) and kept by version. Retrained once a day (on_cron); the agents
+    use the newest. The metadata counts, per model, the positives its outcome kept, the
+    examples it dropped and the late positives it called negative, and warns when fewer than
+    about 100 positives remain."""
+    settings = agents.load()
     with state_store.get_connection() as conn:
-        tier = train_and_store(conn, config=lifecycle.load(), models=agents.load().models)
+        tier = train_and_store(
+            conn, config=lifecycle.load(), models=settings.models, scoring=settings.scoring
+        )
     for agent, why in tier.untrained.items():
         context.log.warning(f"{agent}: no model, rules decide ({why})")
     metadata: dict[str, object] = {
@@ -108,7 +112,9 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
         settings = agents.load()
         stages = lifecycle.load()
         with state_store.get_connection() as conn:
-            tier = offline_tier(conn, config=stages, models=settings.models)
+            tier = offline_tier(
+                conn, config=stages, models=settings.models, scoring=settings.scoring
+            )
             spec = agent_specs(tier)[name]
             # Only the items touched since the last run, unless a full rebuild is asked.
             items, scope = inputs_to_decide(

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from revorch.agents.features import ModelsConfig
+from revorch.agents.scoring import ScoringConfig
 from revorch.config_file import CONFIG_DIR, load_yaml_model
 
 DEFAULT_PATH = CONFIG_DIR / "agents.yaml"
@@ -83,6 +84,8 @@ class AgentsConfig(_Strict):
     # What the offline models learn from and predict (revorch/agents/features.py); the
     # defaults are the fixed features and outcomes the models always had.
     models: ModelsConfig = ModelsConfig()
+    # Calibration, the lead cuts and the baseline tolerance (revorch/agents/scoring.py).
+    scoring: ScoringConfig = ScoringConfig()
 
     @model_validator(mode="after")
     def _agents_and_prices_are_known(self) -> AgentsConfig:

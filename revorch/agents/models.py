@@ -6,6 +6,8 @@ import duckdb
 
 from revorch.agents.features import ModelsConfig, OutcomeCounts
 from revorch.agents.offline import DealModel, LeadModel, OfflineTier, RenewalModel
+from revorch.agents.offline.calibration import load_model
+from revorch.agents.scoring import ScoringConfig
 from revorch.lifecycle.config import LifecycleConfig
 
 KINDS = {"lead": LeadModel, "deal": DealModel, "renewal": RenewalModel}
@@ -16,11 +18,13 @@ def train_and_store(
     *,
     config: LifecycleConfig | None = None,
     models: ModelsConfig | None = None,
+    scoring: ScoringConfig | None = None,
 ) -> OfflineTier:
     """Train every model the history supports and keep the ones not stored yet; ``config``:
     the lifecycle config (the run's snapshot; default: the shipped file); ``models``: the
-    declared features and outcomes (config/agents.yaml ``models:``)."""
-    tier = OfflineTier.train(conn, config=config, models=models)
+    declared features and outcomes (config/agents.yaml ``models:``); ``scoring``: the
+    calibration and cuts (config/agents.yaml ``scoring:``; None: uncalibrated)."""
+    tier = OfflineTier.train(conn, config=config, models=models, scoring=scoring)
     for kind, model in (
         ("lead", tier.lead_model),
         ("deal", tier.deal_model),
@@ -44,6 +48,7 @@ def offline_tier(
     *,
     config: LifecycleConfig | None = None,
     models: ModelsConfig | None = None,
+    scoring: ScoringConfig | None = None,
 ) -> OfflineTier:
     """The newest stored models; trained from the history first if a kind is missing, or
     was trained on other declared features or outcomes than ``models`` (a history too short
@@ -54,7 +59,7 @@ def offline_tier(
         SELECT kind, arg_max(model, trained_at) FROM agents.models GROUP BY kind
         """
     ).fetchall()
-    stored = {kind: KINDS[kind].from_json(text) for kind, text in rows if kind in KINDS}
+    stored = {kind: load_model(KINDS, kind, text) for kind, text in rows if kind in KINDS}
     shipped = ModelsConfig()
     current = all(
         kind in stored
@@ -64,7 +69,7 @@ def offline_tier(
         for kind in KINDS
     )
     if not current:
-        return train_and_store(conn, config=config, models=models)
+        return train_and_store(conn, config=config, models=models, scoring=scoring)
     return OfflineTier(stored.get("lead"), stored.get("deal"), stored.get("renewal"), config=config)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from datetime import date
+from functools import partial
 from typing import Any
 
 import duckdb
 
 from revorch.agents.features import ModelsConfig
+from revorch.agents.offline.calibration import train_calibrated
 from revorch.agents.offline.deal_model import DealModel
 from revorch.agents.offline.lead_model import LeadModel
 from revorch.agents.offline.plans import onboarding_plan
@@ -27,6 +29,7 @@ from revorch.agents.schemas import (
     RenewalRisk,
     TicketTriage,
 )
+from revorch.agents.scoring import ScoringConfig
 from revorch.lifecycle.config import LifecycleConfig, load_lifecycle_config
 
 RULES_VERSION = "offline-rules-1"
@@ -63,10 +66,12 @@ class OfflineTier:
         *,
         config: LifecycleConfig | None = None,
         models: ModelsConfig | None = None,
+        scoring: ScoringConfig | None = None,
     ) -> OfflineTier:
         """Train every model the history supports, with the features and outcomes ``models``
         declares (default: the shipped ones); the others fall back to rules (the reason is
-        in ``untrained``)."""
+        in ``untrained``). With ``scoring``, each model is calibrated on the newest part of
+        its history and the lead cuts are the configured ones (``train_calibrated``)."""
         config = config or load_lifecycle_config()
         models = models or ModelsConfig()
         trained: dict[str, Any] = {}
@@ -76,6 +81,11 @@ class OfflineTier:
             ("deal_risk", lambda: DealModel.train(conn, models=models)),
             ("renewal_risk", lambda: RenewalModel.train(conn, config=config, models=models)),
         ):
+            if scoring is not None:
+                kind = agent.split("_")[0]
+                train = partial(
+                    train_calibrated, kind, conn, config=config, models=models, scoring=scoring
+                )
             try:
                 trained[agent] = train()
             except ValueError as error:  # too little history: the rule decides instead
@@ -133,7 +143,9 @@ class OfflineTier:
         fit = model.fit_scores([item])[0]
         t = model.threshold
         if p >= t:
-            action = "fast_track_to_sales" if fit >= 0.5 else "accelerate_follow_up"
+            # A calibrated model has its own fast-track cut (config); otherwise the work-now one.
+            fast = getattr(model, "fast_track_cut", t)
+            action = "fast_track_to_sales" if p >= fast and fit >= 0.5 else "accelerate_follow_up"
         elif model.percentile(p) < 0.2 and fit < 0.25:
             action = "disqualify"
         else:

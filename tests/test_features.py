@@ -398,6 +398,19 @@ def test_the_backtest_command_warns_when_few_positives_are_left(scoring_crm, tmp
     assert backtest.returncode == 0, backtest.stderr
     assert "reached opportunity/customer within 30 days" in backtest.stdout
     assert "warning: lead scorer test: only" in backtest.stderr
+    # The backtest beside the baselines reads the same declaration and counts it too.
+    beside = subprocess.run(
+        [sys.executable, "-m", "revorch.cli", "backtest", "--model", "lead"],
+        cwd=tmp_path,
+        env={**env, **home.env(), "REVORCH_AGENTS_CONFIG": str(config), "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert beside.returncode == 0, beside.stderr
+    assert "Lead model backtest: reached opportunity/customer within 30 days" in beside.stdout
+    assert "  outcome: " in beside.stdout and " positives, " in beside.stdout
+    assert "warning: lead model only" in beside.stderr
 
 
 # -- stale open leads --------------------------------------------------------------------------

@@ -934,8 +934,8 @@ def _backtest_models(args: argparse.Namespace) -> int:
     for report in reports:
         for warning in report.worse_than_baseline:
             print(f"warning: {warning}", file=sys.stderr)
-        if report.counts is not None and report.counts.warning:
-            print(f"warning: {report.kind} model {report.counts.warning}", file=sys.stderr)
+        for warning in report.outcome_warnings:
+            print(f"warning: {report.kind} model {warning}", file=sys.stderr)
     return 0
 
 

@@ -410,7 +410,7 @@ def test_the_backtest_command_warns_when_few_positives_are_left(scoring_crm, tmp
     assert beside.returncode == 0, beside.stderr
     assert "Lead model backtest: reached opportunity/customer within 30 days" in beside.stdout
     assert "  outcome: " in beside.stdout and " positives, " in beside.stdout
-    assert "warning: lead model only" in beside.stderr
+    assert "warning: lead model test: only" in beside.stderr
 
 
 # -- stale open leads --------------------------------------------------------------------------

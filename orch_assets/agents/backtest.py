@@ -50,6 +50,6 @@ def model_backtest(
         metadata |= report.as_metadata()
         for warning in report.worse_than_baseline:
             context.log.warning(warning)
-        if report.counts is not None and report.counts.warning:
-            context.log.warning(f"{kind} model: {report.counts.warning}")
+        for warning in report.outcome_warnings:
+            context.log.warning(f"{kind} model {warning}")
     return dg.MaterializeResult(metadata=metadata)

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from revorch.agents.backtest import CalibrationBin, calibration_table
-from revorch.agents.features import ModelsConfig, OutcomeCounts
+from revorch.agents.features import MIN_POSITIVES, ModelsConfig, OutcomeCounts
 from revorch.agents.offline.calibration import calibrate_on_holdout, model_probabilities
 from revorch.agents.offline.history import (
     KINDS,
@@ -92,6 +92,8 @@ class ModelBacktest:
     tolerance_brier: float = 0.002
     ordered_by: str = ""  # what the split is on, in words
     counts: OutcomeCounts | None = None  # what the declared outcome kept, over the history
+    train_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
+    test_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
 
     def score(self, name: str) -> Scores:
         return next(s for s in self.scores if s.name == name)
@@ -114,6 +116,20 @@ class ModelBacktest:
                 found.append(
                     f"{self.kind} model Brier {product.brier:.4f} is worse than the "
                     f"{baseline.name} baseline's {baseline.brier:.4f}"
+                )
+        return found
+
+    @property
+    def outcome_warnings(self) -> list[str]:
+        """Too few positives in the training or the test period to trust the figures."""
+        found = []
+        for part, labels in (("train", self.train_labels), ("test", self.test_labels)):
+            positives = int(labels.sum())
+            if positives < MIN_POSITIVES:
+                found.append(
+                    f"{part}: only {positives} positives ({self.outcome}); below about "
+                    f"{MIN_POSITIVES} a model's figures are mostly noise: widen the horizon or "
+                    "the period, or declare another outcome"
                 )
         return found
 
@@ -145,9 +161,7 @@ class ModelBacktest:
                 f"  {b.low:.1f}-{b.high:.1f}  {b.count:>15,}  {b.mean_predicted:>9.1%}"
                 f"  {b.observed_rate:>8.1%}"
             )
-        lines += [f"  WARNING: {w}" for w in self.worse_than_baseline]
-        if self.counts is not None and self.counts.warning:
-            lines.append(f"  WARNING: {self.counts.warning}")
+        lines += [f"  WARNING: {w}" for w in (*self.worse_than_baseline, *self.outcome_warnings)]
         return "\n".join(lines)
 
     def as_metadata(self) -> dict[str, Any]:
@@ -171,8 +185,8 @@ class ModelBacktest:
             metadata[f"{self.kind}/warning"] = "; ".join(self.worse_than_baseline)
         if self.counts is not None:
             metadata |= self.counts.as_metadata(f"{self.kind}/outcome")
-            if self.counts.warning:
-                metadata[f"{self.kind}/outcome/warning"] = self.counts.warning
+        if self.outcome_warnings:
+            metadata[f"{self.kind}/outcome/warning"] = "; ".join(self.outcome_warnings)
         return metadata
 
 
@@ -248,6 +262,8 @@ def compare(
         tolerance_brier=scoring.baseline_tolerance.brier,
         ordered_by=ordered_by,
         counts=train.counts,
+        train_labels=train.labels,
+        test_labels=test.labels,
     )
 
 

@@ -70,7 +70,8 @@ def test_the_tier_decides_on_calibrated_probabilities_with_the_configured_cuts(c
     assert isinstance(model, Calibrated) and model.threshold == 0.2
     restored = load_model(KINDS, "lead", model.to_json())
     assert restored.version == model.version and restored.threshold == 0.2
-    items = [item for item in lead_inputs(crm) if item["stage"] != "sql"][:300]
+    # Stale leads are nurtured by a rule whatever their score (tests/test_offline.py).
+    items = [i for i in lead_inputs(crm) if i["stage"] != "sql" and not i.get("stale")][:300]
     assert restored.predict(items) == model.predict(items)
     assert model.predict(items) != model.base.predict(items)
     actions = set()

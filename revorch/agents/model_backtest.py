@@ -123,8 +123,11 @@ class ModelBacktest:
     def outcome_warnings(self) -> list[str]:
         """Too few positives in the training or the test period to trust the figures."""
         found = []
+        # The deal model predicts a loss; its declared outcome (what OutcomeCounts counts as
+        # positive) is the win.
+        positive = 0 if self.kind == "deal" else 1
         for part, labels in (("train", self.train_labels), ("test", self.test_labels)):
-            positives = int(labels.sum())
+            positives = int((labels == positive).sum())
             if positives < MIN_POSITIVES:
                 found.append(
                     f"{part}: only {positives} positives ({self.outcome}); below about "

@@ -194,8 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--model",
         choices=("lead", "deal", "renewal", "all"),
-        help="backtest this model (or all) beside plain scikit-learn baselines on the same "
-        "features and split: AUC, top-decile precision and lift, Brier, calibration",
+        help="instead of the lead scorer's report: this model (or all three) beside plain "
+        "scikit-learn baselines on the same features and split: AUC, top-decile precision and "
+        "lift, Brier, calibration, the outcome's counts",
     )
     backtest.set_defaults(handler=_backtest)
     for long_work in (quick, sim, ingest, rebuild, backtest):

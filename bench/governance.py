@@ -28,6 +28,7 @@ import dagster as dg  # noqa: E402
 import duckdb  # noqa: E402
 
 from ingest import machine  # noqa: E402
+from orch_assets.agents.backtest import MODEL_BACKTEST  # noqa: E402
 from resources.agents import LlmResource  # noqa: E402
 from revorch.definitions import THROUGH_HANDOFFS, materialize  # noqa: E402
 from revorch.governance.actions import propose  # noqa: E402
@@ -46,7 +47,9 @@ def decided_crm(contacts: int, workdir: Path) -> duckdb.DuckDBPyConnection:
     database = workdir / "revorch.duckdb"
     simulate_history(zone, SimulationConfig(contacts=contacts, seed=42))
     materialize(
-        THROUGH_HANDOFFS | dg.AssetSelection.groups("agents"),
+        # Not the daily model backtest: it refits every model and its baselines.
+        (THROUGH_HANDOFFS | dg.AssetSelection.groups("agents"))
+        - dg.AssetSelection.assets(MODEL_BACKTEST),
         database=database,
         landing=zone.root,
         resources={"llm": LlmResource()},

@@ -193,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
         "backtest", help="train the lead scorer on the past, test it on a later period"
     )
     backtest.add_argument("--split", help="first day of the test period (YYYY-MM-DD)")
+    backtest.add_argument(
+        "--model",
+        choices=("lead", "deal", "renewal", "all"),
+        help="instead of the lead scorer's report: this model (or all three) beside plain "
+        "scikit-learn baselines on the same features and split: AUC, top-decile precision and "
+        "lift, Brier, calibration, the outcome's counts",
+    )
     backtest.set_defaults(handler=_backtest)
     for long_work in (quick, sim, ingest, rebuild, backtest):
         long_work.add_argument(
@@ -898,11 +905,19 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
+    if args.model:
+        return _backtest_models(args)
     from revorch.agents.backtest import PHASES, backtest_lead_scorer
+    from revorch.agents.config import load_agents_config
 
+    # The features and outcomes the models are declared with (config/agents.yaml models:).
+    try:
+        models = load_agents_config(settings.agents_config_path()).models
+    except ValueError as invalid:
+        raise RevorchError(f"{invalid}; fix it and run again") from invalid
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
         if not _wants_progress(args.progress):
-            report = backtest_lead_scorer(conn, split=args.split)
+            report = backtest_lead_scorer(conn, split=args.split, models=models)
         else:
             from tqdm import tqdm
 
@@ -912,9 +927,43 @@ def _backtest(args: argparse.Namespace) -> int:
                     bar.update(PHASES.index(name) - bar.n)  # the phases before it are done
                     bar.set_postfix_str(name)
 
-                report = backtest_lead_scorer(conn, split=args.split, progress=phase)
+                report = backtest_lead_scorer(conn, split=args.split, progress=phase, models=models)
                 bar.update(bar.total - bar.n)
         print(report.to_text())
+    for warning in report.warnings:
+        print(f"warning: lead scorer {warning}", file=sys.stderr)
+    return 0
+
+
+def _backtest_models(args: argparse.Namespace) -> int:
+    from revorch.agents.config import load_agents_config
+    from revorch.agents.model_backtest import backtest_models
+    from revorch.agents.offline.history import KINDS
+    from revorch.lifecycle.config import load_lifecycle_config
+
+    try:
+        agents = load_agents_config(settings.agents_config_path())
+        lifecycle = load_lifecycle_config(settings.lifecycle_config_path())
+    except ValueError as invalid:
+        raise RevorchError(f"{invalid}; fix it and run again") from invalid
+    kinds = KINDS if args.model == "all" else (args.model,)
+    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        reports, skipped = backtest_models(
+            conn,
+            kinds,
+            split=args.split,
+            config=lifecycle,
+            models=agents.models,
+            scoring=agents.scoring,
+        )
+    print("\n\n".join(report.to_text() for report in reports))
+    for kind, why in skipped.items():
+        print(f"\n{kind.capitalize()} model: not backtested ({why})")
+    for report in reports:
+        for warning in report.worse_than_baseline:
+            print(f"warning: {warning}", file=sys.stderr)
+        for warning in report.outcome_warnings:
+            print(f"warning: {report.kind} model {warning}", file=sys.stderr)
     return 0
 
 

@@ -6,6 +6,7 @@ import dagster as dg
 
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
 from orch_assets.agents.assets import UPSTREAM as AGENT_NAMES
+from orch_assets.agents.backtest import MODEL_BACKTEST, model_backtest
 from orch_assets.estate.assets import automation_estate
 from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
@@ -40,6 +41,7 @@ pipeline_assets = [
     automation_estate,
     *report_assets,
     offline_models,
+    model_backtest,
     *agent_assets,
     *governance_assets,
     playbook_uplift,  # the holdouts' read-out, after the dispatcher has assigned them
@@ -50,9 +52,10 @@ published_state = published_state_asset(
 
 revorch_main = dg.define_asset_job(
     "revorch_main",
-    # Models are retrained daily (on_cron on agents/offline_models) and the weekly report is
-    # made on Mondays (orch_assets/schedules.py), not on every batch.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(OFFLINE_MODELS, WEEKLY_REPORT),
+    # Models are retrained and backtested daily (on_cron) and the weekly report is made on
+    # Mondays (orch_assets/schedules.py), not on every batch.
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets(OFFLINE_MODELS, MODEL_BACKTEST, WEEKLY_REPORT),
     description="Ingest every waiting batch and bring every asset up to date.",
     # One process for the whole run: steps share the DuckDB writer pool one at a time anyway,
     # and a process per step would add seconds to every run.

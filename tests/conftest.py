@@ -106,7 +106,9 @@ SHARED_CRM = SimulationConfig(contacts=1_500, seed=5)
 _LATER = dg.AssetSelection.key_prefixes(["agents"], ["governance"], ["analytics"])
 STEPS: dict[str, dg.AssetSelection] = {
     "stages": dg.AssetSelection.all() - _LATER,  # ingestion, stages, handoffs, metrics, report
-    "decided": dg.AssetSelection.key_prefixes(["agents"]),  # offline models, every agent
+    # offline models, every agent (not the daily model backtest, which decides nothing)
+    "decided": dg.AssetSelection.key_prefixes(["agents"])
+    - dg.AssetSelection.keys(["agents", "model_backtest"]),
     "governed": _LATER - dg.AssetSelection.key_prefixes(["agents"]),  # actions ... published
 }
 

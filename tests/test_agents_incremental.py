@@ -161,11 +161,14 @@ def test_a_run_that_dies_before_recording_leaves_the_changes_for_the_next(home):
 
 def test_the_assets_run_incrementally_and_a_full_rebuild_rebuilds_every_input(home, monkeypatch):
     from orch_assets.agents.assets import OFFLINE_MODELS
+    from orch_assets.agents.backtest import MODEL_BACKTEST
     from revorch.definitions import materialize
 
     monkeypatch.setenv("REVORCH_HOME", str(home.root))
     monkeypatch.setenv("REVORCH_CLOCK", CLOCK)
-    agents = dg.AssetSelection.key_prefixes(["agents"]) - dg.AssetSelection.keys(OFFLINE_MODELS)
+    agents = dg.AssetSelection.key_prefixes(["agents"]) - dg.AssetSelection.keys(
+        OFFLINE_MODELS, MODEL_BACKTEST
+    )
 
     def run(**kwargs):
         result = materialize(agents, resources=default_resources(), **kwargs)

@@ -52,6 +52,7 @@ EXPECTED_ASSETS = {
     "reports/funnel_report",
     "reports/weekly_report",
     "agents/offline_models",
+    "agents/model_backtest",
     "agents/lead_qualification",
     "agents/deal_risk",
     "agents/ticket_triage",

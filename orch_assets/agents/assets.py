@@ -11,7 +11,7 @@ import dagster as dg
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
 from resources import LifecycleConfigResource, StateStore
 from resources.agents import AgentsConfigResource, LlmResource
-from revorch.agents.models import offline_tier, train_and_store
+from revorch.agents.models import offline_tier, outcome_counts, train_and_store
 from revorch.agents.registry import agent_specs, inputs_to_decide
 from revorch.agents.runtime import run_agent
 
@@ -53,20 +53,41 @@ HISTORY = [
     automation_condition=dg.AutomationCondition.on_cron("0 5 * * *"),
 )
 def offline_models(
-    context: dg.AssetExecutionContext, state_store: StateStore, lifecycle: LifecycleConfigResource
+    context: dg.AssetExecutionContext,
+    state_store: StateStore,
+    lifecycle: LifecycleConfigResource,
+    agents: AgentsConfigResource,
 ):
-    """The offline tier's models (lead, deal, renewal), trained on the history in DuckDB and
-    kept by version. Retrained once a day (on_cron); the agents use the newest."""
+    """The offline tier's models (lead, deal, renewal), trained on the history in DuckDB with
+    the features and outcomes config/agents.yaml declares (``models:``), calibrated on its
+    newest part (``scoring:``) and kept by version. Retrained once a day (on_cron); the agents
+    use the newest. The metadata counts, per model, the positives its outcome kept, the
+    examples it dropped and the late positives it called negative, and warns when fewer than
+    about 100 positives remain."""
+    settings = agents.load()
     with state_store.get_connection() as conn:
-        tier = train_and_store(conn, config=lifecycle.load())
+        tier = train_and_store(
+            conn, config=lifecycle.load(), models=settings.models, scoring=settings.scoring
+        )
     for agent, why in tier.untrained.items():
         context.log.warning(f"{agent}: no model, rules decide ({why})")
-    return dg.MaterializeResult(
-        metadata={
-            agent: tier.model_version(agent)
-            for agent in ("lead_qualification", "deal_risk", "renewal_risk")
-        }
-    )
+    metadata: dict[str, object] = {
+        agent: tier.model_version(agent)
+        for agent in ("lead_qualification", "deal_risk", "renewal_risk")
+    }
+    for kind, model in (
+        ("lead", tier.lead_model),
+        ("deal", tier.deal_model),
+        ("renewal", tier.renewal_model),
+    ):
+        counts = outcome_counts(model)
+        if counts is None:
+            continue
+        metadata |= counts.as_metadata(f"{kind}/outcome")
+        if counts.warning:
+            metadata[f"{kind}/outcome/warning"] = counts.warning
+            context.log.warning(f"{kind} model: {counts.warning}")
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def agent_asset(name: str) -> dg.AssetsDefinition:
@@ -91,10 +112,18 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
         settings = agents.load()
         stages = lifecycle.load()
         with state_store.get_connection() as conn:
-            spec = agent_specs(offline_tier(conn, config=stages))[name]
+            tier = offline_tier(
+                conn, config=stages, models=settings.models, scoring=settings.scoring
+            )
+            spec = agent_specs(tier)[name]
             # Only the items touched since the last run, unless a full rebuild is asked.
             items, scope = inputs_to_decide(
-                conn, spec, settings.agents[name], stages, full_rebuild=config.full_rebuild
+                conn,
+                spec,
+                settings.agents[name],
+                stages,
+                full_rebuild=config.full_rebuild,
+                models=settings.models,
             )
         report = run_agent(
             state_store.get_connection,

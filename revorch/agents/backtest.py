@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 import duckdb
 import numpy as np
 
-from revorch.agents.offline.inputs import FEATURE_DAYS
-from revorch.agents.offline.lead_model import LeadModel, lead_examples
+from revorch.agents.features import ModelsConfig, OutcomeCounts
+from revorch.agents.models import outcome_counts
+from revorch.agents.offline.lead_model import LeadModel, _horizon, labelled_leads
 
 TEST_SHARE = 0.3
 
@@ -48,7 +49,7 @@ class BacktestReport:
     model_version: str
     split: datetime
     train_created_before: datetime
-    horizon_days: int
+    horizon_days: int | None  # None: "ever", as known at the split (train) and now (test)
     feature_days: int
     n_train: int
     n_test: int
@@ -60,15 +61,36 @@ class BacktestReport:
     brier: float
     brier_base_rate: float  # a model that always says the training base rate
     calibration: list[CalibrationBin] = field(default_factory=list)
+    outcome_train: OutcomeCounts | None = None
+    outcome_test: OutcomeCounts | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why the figures may not be trusted (too few positives), for the CLI and metadata."""
+        return [
+            f"{part}: {counts.warning}"
+            for part, counts in (("train", self.outcome_train), ("test", self.outcome_test))
+            if counts is not None and counts.warning
+        ]
 
     def to_text(self) -> str:
         """A readable report, for the terminal."""
+        label = (
+            self.outcome_train.definition
+            if self.outcome_train
+            else f"reached SQL within {self.horizon_days} days of creation; "
+            f"scored {self.feature_days} days after creation"
+        )
         lines = [
             f"Lead scorer backtest ({self.model_version})",
             f"  split {self.split:%Y-%m-%d}: trained on contacts created before "
             f"{self.train_created_before:%Y-%m-%d}, tested on those created from the split on",
-            f"  label: reached SQL within {self.horizon_days} days of creation; "
-            f"scored {self.feature_days} days after creation",
+            f"  label: {label}",
+            *(
+                f"  {part} outcome: {counts.to_text()}"
+                for part, counts in (("train", self.outcome_train), ("test", self.outcome_test))
+                if counts is not None
+            ),
             f"  train {self.n_train:,} contacts (base rate {self.base_rate_train:.1%}), "
             f"test {self.n_test:,} (base rate {self.base_rate_test:.1%})",
             f"  ROC AUC                  {self.auc:.3f}",
@@ -85,6 +107,7 @@ class BacktestReport:
             lines.append(
                 f"  {b.low:.1f}-{b.high:.1f}  {b.count:>10,}  {predicted:>9}  {observed:>8}"
             )
+        lines += [f"  WARNING {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -96,33 +119,49 @@ def backtest_lead_scorer(
     conn: duckdb.DuckDBPyConnection,
     *,
     split: str | None = None,
-    horizon_days: int = 90,
-    feature_days: int = FEATURE_DAYS,
+    horizon_days: int | None = None,
+    feature_days: int | None = None,
     progress: Callable[[str], None] = lambda phase: None,
+    models: ModelsConfig | None = None,
 ) -> BacktestReport:
     """Train before ``split`` (ISO date; default: leaves the last 30% of contacts with final
-    labels for testing), test after it, and report discrimination and calibration.
+    labels for testing), test after it, and report discrimination and calibration, with the
+    features and outcome ``models.lead`` declares (horizon and scoring point unless given)
+    and how many positives the outcome kept, dropped and called negative on each side.
     ``progress`` is told each of :data:`PHASES` as it starts."""
     progress(PHASES[0])
     from sklearn.metrics import brier_score_loss, roc_auc_score  # a slow import: only here
 
+    models = models or ModelsConfig()
+    horizon_days, feature_days = _horizon(models, horizon_days, feature_days)
+    # "Ever" has no horizon: train on contacts scored by the split, labels as known then.
+    gap = horizon_days if horizon_days is not None else feature_days
     if split is None:
         split_at = conn.execute(
-            DEFAULT_SPLIT_SQL, {"test_share": TEST_SHARE, "horizon_days": horizon_days}
+            DEFAULT_SPLIT_SQL, {"test_share": TEST_SHARE, "horizon_days": gap}
         ).fetchone()[0]
         if split_at is None:
             raise ValueError(f"no contact is older than the {horizon_days}-day horizon yet")
     else:
         cast = conn.execute("SELECT CAST($split AS TIMESTAMPTZ)", {"split": split})
         split_at = cast.fetchone()[0]
-    train_before = split_at - timedelta(days=horizon_days)
+    train_before = split_at - timedelta(days=gap)
     progress(PHASES[1])
     model = LeadModel.train(
-        conn, created_before=train_before, horizon_days=horizon_days, feature_days=feature_days
+        conn,
+        created_before=train_before,
+        horizon_days=horizon_days,
+        feature_days=feature_days,
+        models=models,
+        labels_as_of=split_at if horizon_days is None else None,
     )
     progress(PHASES[2])
-    test = lead_examples(
-        conn, created_from=split_at, horizon_days=horizon_days, feature_days=feature_days
+    test, test_counts = labelled_leads(
+        conn,
+        created_from=split_at,
+        horizon_days=horizon_days,
+        feature_days=feature_days,
+        models=models,
     )
     labels = test["label"].to_numpy()
     if test.height == 0 or len(np.unique(labels)) < 2:
@@ -147,6 +186,8 @@ def backtest_lead_scorer(
         brier=float(brier_score_loss(labels, predicted)),
         brier_base_rate=float(brier_score_loss(labels, np.full(len(labels), base_train))),
         calibration=calibration_table(predicted, labels),
+        outcome_train=outcome_counts(model),
+        outcome_test=test_counts,
     )
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from revorch.agents.features import ModelsConfig
+from revorch.agents.scoring import ScoringConfig
 from revorch.config_file import CONFIG_DIR, load_yaml_model
 from revorch.mcp.client import McpServerSettings, McpToolCall
 
@@ -85,6 +87,11 @@ class AgentsConfig(_Strict):
     agents: dict[str, AgentSettings]
     # Outside MCP servers the agents' ``mcp_tools`` may name.
     mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
+    # What the offline models learn from and predict (revorch/agents/features.py); the
+    # defaults are the fixed features and outcomes the models always had.
+    models: ModelsConfig = ModelsConfig()
+    # Calibration, the lead cuts and the baseline tolerance (revorch/agents/scoring.py).
+    scoring: ScoringConfig = ScoringConfig()
 
     @model_validator(mode="after")
     def _agents_and_prices_are_known(self) -> AgentsConfig:

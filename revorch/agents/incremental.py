@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 # Bump when an input query changes what it returns: every agent then rebuilds everything once.
-INPUTS_VERSION = "1"
+INPUTS_VERSION = "2"  # 2: declared features, the stale flag on leads
 
 # The derived tables the inputs read, by their state_watermarks name.
 DERIVED = ("crm_current_state", "stages/contact_lifecycle", "stages/account_lifecycle")
@@ -194,14 +194,16 @@ def plan(
     *,
     full_rebuild: bool = False,
     renewal_window_days: int = 0,
+    clock: str | None = None,
 ) -> Scope:
     """The scope of this run of ``agent`` (see the module docstring); the renewal window is
-    the one the renewal agent's inputs flag."""
+    the one the renewal agent's inputs flag; ``clock`` overrides how its inputs read the clock
+    (``CLOCK``), when declared features make them read it."""
     seen = Watermark(
         _loads_folded(conn, agent), conn.execute("SELECT clock_now()").fetchone()[0], version
     )
     last = _watermark(conn, agent)
-    why = _why_everything(agent, last, seen, full_rebuild)
+    why = _why_everything(agent, last, seen, full_rebuild, clock or CLOCK[agent])
     if why is not None:
         return Scope(None, why, seen)
     moved = seen.as_of != last.as_of
@@ -237,7 +239,9 @@ def save(conn: duckdb.DuckDBPyConnection, agent: str, seen: Watermark) -> None:
     )
 
 
-def _why_everything(agent: str, last: Watermark | None, seen: Watermark, full: bool):
+def _why_everything(
+    agent: str, last: Watermark | None, seen: Watermark, full: bool, clock: str | None
+):
     if full:
         return "full_rebuild"
     if last is None:
@@ -246,7 +250,6 @@ def _why_everything(agent: str, last: Watermark | None, seen: Watermark, full: b
         return "version_changed"
     if last.as_of is None or seen.as_of is None or seen.as_of < last.as_of:
         return "clock_went_back" if seen.as_of != last.as_of else None
-    clock = CLOCK[agent]
     if clock == "instant" and seen.as_of != last.as_of:
         return "clock_moved"
     if clock == "week" and _week(seen.as_of) != _week(last.as_of):

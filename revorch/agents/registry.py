@@ -9,6 +9,7 @@ import duckdb
 from revorch.agents import incremental
 from revorch.agents import offline as offline_inputs
 from revorch.agents.config import AgentSettings
+from revorch.agents.features import ModelsConfig
 from revorch.agents.offline import OfflineTier
 from revorch.agents.runtime import AgentSpec
 from revorch.agents.schemas import (
@@ -56,11 +57,18 @@ def inputs_to_decide(
     lifecycle: LifecycleConfig,
     *,
     full_rebuild: bool = False,
+    models: ModelsConfig | None = None,
 ) -> tuple[list[dict], incremental.Scope]:
     """The inputs of the items this run must decide: every open item, or only those touched
-    since the agent's watermark (``incremental.plan``), with the scope to record."""
+    since the agent's watermark (``incremental.plan``), with the scope to record.
+    ``models``: the declared features and outcomes (config/agents.yaml ``models:``)."""
+    models = models or ModelsConfig()
     version = incremental.version_key(
-        spec.offline_version, settings.prompt_version, settings.model, lifecycle.model_dump_json()
+        spec.offline_version,
+        settings.prompt_version,
+        settings.model,
+        lifecycle.model_dump_json(),
+        models.model_dump_json(),
     )
     scope = incremental.plan(
         conn,
@@ -68,9 +76,30 @@ def inputs_to_decide(
         version,
         full_rebuild=full_rebuild,
         renewal_window_days=lifecycle.accounts.renewal_window_days,
+        clock=_clock(spec.name, models),
     )
     if scope.ids == []:
         return [], scope
     # The renewal window, like every rule, comes from the run's snapshot of the config.
-    by_config = {"config": lifecycle} if spec.name == "renewal_risk" else {}
+    by_config: dict = {"config": lifecycle} if spec.name == "renewal_risk" else {}
+    if spec.name in ("lead_qualification", "deal_risk", "renewal_risk"):
+        by_config["models"] = models
     return INPUTS[spec.name](conn, scope.ids, **by_config), scope
+
+
+def _clock(agent: str, models: ModelsConfig) -> str | None:
+    """How a lead's inputs read the clock, when its declaration makes them: a stale flag or
+    a day count moves with the week, a window ending at the scoring point with any move."""
+    if agent != "lead_qualification":
+        return None
+    lead = models.lead
+    if any(
+        f.activities is not None and f.activities.start == "scoring_point" and f.activities.days
+        for f in lead.features
+    ):
+        return "instant"
+    dated = any(f.derived for f in lead.features) or any(
+        f.property and models.feature_types("lead")[f.name] in ("date", "timestamp")
+        for f in lead.features
+    )
+    return "week" if dated or lead.stale_after_days else None

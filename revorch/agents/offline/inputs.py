@@ -21,6 +21,8 @@ from typing import Any
 
 import duckdb
 
+from revorch.agents.features import ModelsConfig
+from revorch.agents.offline.declared import declared_values
 from revorch.lifecycle.config import LifecycleConfig, load_lifecycle_config
 
 FEATURE_DAYS = 14
@@ -143,14 +145,26 @@ def lead_feature_rows(
     parameters: dict[str, Any],
     *,
     feature_days: int = FEATURE_DAYS,
+    models: ModelsConfig | None = None,
+    days_to: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Lead features for every (contact_id, created_at, as_of) row ``points_sql`` returns."""
+    """Lead features for every (contact_id, created_at, as_of) row ``points_sql`` returns:
+    the fixed ones, and those ``models.lead`` declares besides (``declared_values``; day
+    counts to ``days_to`` if given). ``qualified_at`` is when the contact first reached one
+    of the outcome's stages (by the scoring time)."""
     sql = LEAD_FEATURES_SQL.format(
         points=points_sql,
         engagement_columns=", ".join(f"coalesce(e.{c}, 0) AS {c}" for c in ENGAGEMENT_COUNTS),
     )
-    parameters = {**parameters, "feature_days": feature_days, "qualified": list(QUALIFIED_STAGES)}
-    return _rows(conn.execute(sql, parameters))
+    reached = models.lead.outcome.reached if models else list(QUALIFIED_STAGES)
+    parameters = {**parameters, "feature_days": feature_days, "qualified": list(reached)}
+    rows = _rows(conn.execute(sql, parameters))
+    if models is not None:
+        points = [{**r, "contact_id": r["id"]} for r in rows]
+        extra = declared_values(conn, "lead", models, points, days_to=days_to)
+        for row in rows:
+            row.update(extra.get(row["id"], {}))
+    return rows
 
 
 def lead_inputs(
@@ -158,16 +172,37 @@ def lead_inputs(
     contact_ids: list[str] | None = None,
     *,
     as_of: datetime | None = None,
-    feature_days: int = FEATURE_DAYS,
+    feature_days: int | None = None,
+    models: ModelsConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Open leads, MQLs and SQLs with firmographics, early engagement and short context.
 
-    Features are those known at ``as_of`` (default: the rule clock). ``recent_activity``
-    lists the newest five activities (date, type, page or subject) for the LLM tier.
+    Features are those known at ``as_of`` (default: the rule clock), with the ones
+    ``models.lead`` declares (default: the shipped defaults). ``recent_activity`` lists the
+    newest five activities (date, type, page or subject) for the LLM tier. ``stale`` is true
+    for a lead created more than ``stale_after_days`` before the first day of the scoring
+    week; with ``stale: expire`` those leads are left out.
     """
+    models = models or ModelsConfig()
+    definition = models.lead
+    feature_days = feature_days or definition.scoring_days
+    week = conn.execute(
+        "SELECT date_trunc('week', coalesce($as_of::TIMESTAMPTZ, clock_now()))", {"as_of": as_of}
+    ).fetchone()[0]
     rows = lead_feature_rows(
-        conn, OPEN_LEAD_POINTS, {"ids": contact_ids, "as_of": as_of}, feature_days=feature_days
+        conn,
+        OPEN_LEAD_POINTS,
+        {"ids": contact_ids, "as_of": as_of},
+        feature_days=feature_days,
+        models=models,
+        days_to=week,
     )
+    stale_days = definition.stale_after_days
+    for row in rows:
+        age = (week - row["created_at"]).days if week and row["created_at"] else 0
+        row["stale"] = stale_days is not None and age > stale_days
+    if definition.stale == "expire":
+        rows = [row for row in rows if not row["stale"]]
     recent = {
         r[0]: (r[1], r[2])
         for r in conn.execute(
@@ -222,14 +257,31 @@ OPEN_DEALS = """
 
 
 def deal_feature_rows(
-    conn: duckdb.DuckDBPyConnection, deals_sql: str, parameters: dict[str, Any]
+    conn: duckdb.DuckDBPyConnection,
+    deals_sql: str,
+    parameters: dict[str, Any],
+    *,
+    models: ModelsConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Deal features for every deal ``deals_sql`` returns (see ``DEAL_FEATURES_SQL``)."""
-    return _rows(conn.execute(DEAL_FEATURES_SQL.format(deals=deals_sql), parameters))
+    """Deal features for every deal ``deals_sql`` returns (see ``DEAL_FEATURES_SQL``), with
+    those ``models.deal`` declares besides, as they stood when the deal was created."""
+    rows = _rows(conn.execute(DEAL_FEATURES_SQL.format(deals=deals_sql), parameters))
+    if models is not None:
+        points = [
+            {**r, "id": r["deal_id"], "self_id": r["deal_id"], "as_of": r["created_at"]}
+            for r in rows
+        ]
+        extra = declared_values(conn, "deal", models, points)
+        for row in rows:
+            row.update(extra.get(row["deal_id"], {}))
+    return rows
 
 
 def deal_inputs(
-    conn: duckdb.DuckDBPyConnection, deal_ids: list[str] | None = None
+    conn: duckdb.DuckDBPyConnection,
+    deal_ids: list[str] | None = None,
+    *,
+    models: ModelsConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Open new-business deals with the account's firmographics and the buyer's engagement.
 
@@ -237,7 +289,7 @@ def deal_inputs(
     first day of the clock's week: a row changes at most weekly when nothing else
     does, so a memoized decision is revisited weekly, not on every run.
     """
-    rows = deal_feature_rows(conn, OPEN_DEALS, {"ids": deal_ids})
+    rows = deal_feature_rows(conn, OPEN_DEALS, {"ids": deal_ids}, models=models or ModelsConfig())
     as_of = _clock_week(conn)
     return [_stable({"id": row.pop("deal_id"), **row, "as_of": as_of}) for row in rows]
 
@@ -268,12 +320,14 @@ def ticket_inputs(
 
 RENEWAL_INPUTS_SQL = """
 SELECT h.subscription_id AS id, h.company_id, co.name AS company_name, co.tier, h.plan,
+       s.start_date,
        h.arr, h.seats, h.seats_active, h.utilization, h.usage_change, h.open_tickets,
        h.angry_tickets, h.health_score, h.health_band, h.end_date,
        h.end_date <= (clock_now() + to_days(CAST($window AS INTEGER)))::DATE
            AS in_renewal_window
 FROM stages.adoption_health AS h
 LEFT JOIN companies AS co ON co.id = h.company_id
+LEFT JOIN subscriptions AS s ON s.id = h.subscription_id
 WHERE $ids::VARCHAR[] IS NULL OR h.subscription_id IN (SELECT unnest($ids::VARCHAR[]))
 ORDER BY h.subscription_id
 """
@@ -284,12 +338,24 @@ def renewal_inputs(
     subscription_ids: list[str] | None = None,
     *,
     config: LifecycleConfig | None = None,
+    models: ModelsConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Active subscriptions with seat use, its trend over the look-back and angry tickets
-    (``stages.adoption_health``), flagged ``in_renewal_window`` when close to their end."""
+    (``stages.adoption_health``), flagged ``in_renewal_window`` when close to their end,
+    with the features ``models.renewal`` declares besides (day counts to the first day of
+    the clock's week)."""
     config = config or load_lifecycle_config()
     parameters = {"ids": subscription_ids, "window": config.accounts.renewal_window_days}
-    return [_stable(r) for r in _rows(conn.execute(RENEWAL_INPUTS_SQL, parameters))]
+    rows = _rows(conn.execute(RENEWAL_INPUTS_SQL, parameters))
+    now, week = conn.execute(
+        "SELECT clock_now(), date_trunc('week', clock_now())::TIMESTAMPTZ"
+    ).fetchone()
+    points = [{**r, "self_id": r["id"], "created_at": r["start_date"], "as_of": now} for r in rows]
+    extra = declared_values(conn, "renewal", models or ModelsConfig(), points, days_to=week)
+    for row in rows:
+        row.update(extra.get(row["id"], {}))
+        row.pop("start_date")
+    return [_stable(r) for r in rows]
 
 
 ONBOARDING_INPUTS_SQL = """

@@ -2,9 +2,11 @@
 
 Each past contact is one example, described as it stood ``feature_days`` after its creation
 (its scoring time): firmographics as the CRM had them then, lead source, job title, stage,
-and its engagement so far. The label is whether it reached SQL (or later) within
-``horizon_days`` of creation, read from ``stages.stage_transitions``. Contacts already
-qualified at their scoring time are left out: there is nothing left to predict for them.
+its engagement so far, and the features ``models.lead`` declares (config/agents.yaml). The
+label is whether it reached one of the outcome's stages (SQL or later, by default) within
+``horizon_days`` of creation (or ever), read from ``stages.stage_transitions``. Contacts
+already there at their scoring time are left out: there is nothing left to predict for them.
+``labelled_leads`` says how many positives the outcome kept, dropped and called negative.
 """
 
 from __future__ import annotations
@@ -17,18 +19,10 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from revorch.agents.offline.inputs import (
-    ENGAGEMENT_COUNTS,
-    FEATURE_DAYS,
-    QUALIFIED_STAGES,
-    lead_feature_rows,
-)
+from revorch.agents.features import ModelsConfig, OutcomeCounts
+from revorch.agents.offline.inputs import lead_feature_rows
 from revorch.agents.offline.logistic import FeatureSpec, LogisticModel, content_version
 
-INTENT_FEATURES = FeatureSpec(
-    log_numeric=("employees", "annual_revenue", *ENGAGEMENT_COUNTS),
-    categorical=("lead_source", "industry", "tier", "job_title", "stage"),
-)
 # The company alone, for the fit score: how much its firmographics raise the odds.
 FIT_FEATURES = FeatureSpec(log_numeric=("employees",), categorical=("industry", "tier"))
 
@@ -40,22 +34,37 @@ TRAINING_POINTS = """
                                                            '-infinity'::TIMESTAMPTZ)
       AND coalesce(created_at, _first_seen_at) < coalesce($created_before::TIMESTAMPTZ,
                                                           'infinity'::TIMESTAMPTZ)
-      -- Only contacts whose whole horizon has been seen: their label is final.
-      AND coalesce(created_at, _first_seen_at) + to_days(CAST($horizon_days AS INTEGER))
-          <= data_clock()
+      -- Only contacts whose whole horizon has been seen (for "ever": their scoring point).
+      AND coalesce(created_at, _first_seen_at)
+          + to_days(CAST(coalesce($horizon_days, $feature_days) AS INTEGER)) <= data_clock()
 """
 
+# The label (reached the outcome within the horizon, as known at $labels_as_of), and
+# whether the contact reached it only later (a positive the horizon calls negative).
 LABELS_SQL = """
-SELECT c.id AS contact_id,
-       count(t.entity_id) > 0 AS qualified
-FROM contacts AS c
-LEFT JOIN stages.stage_transitions AS t
-  ON t.entity_type = 'contact' AND t.entity_id = c.id AND list_contains($qualified, t.to_stage)
- AND t.transitioned_at <= coalesce(c.created_at, c._first_seen_at)
-                          + to_days(CAST($horizon_days AS INTEGER))
-WHERE c.id IN (SELECT unnest($ids))
-GROUP BY c.id
+WITH reached AS (
+    SELECT c.id AS contact_id, coalesce(c.created_at, c._first_seen_at) AS created_at,
+           min(t.transitioned_at) AS reached_at
+    FROM contacts AS c
+    JOIN stages.stage_transitions AS t
+      ON t.entity_type = 'contact' AND t.entity_id = c.id AND list_contains($qualified, t.to_stage)
+     AND t.transitioned_at <= coalesce($labels_as_of::TIMESTAMPTZ, data_clock())
+    WHERE c.id IN (SELECT unnest($ids))
+    GROUP BY ALL
+)
+SELECT contact_id,
+       $horizon_days IS NULL
+       OR reached_at <= created_at + to_days(CAST($horizon_days AS INTEGER)) AS qualified,
+       $horizon_days IS NOT NULL
+       AND reached_at > created_at + to_days(CAST($horizon_days AS INTEGER)) AS late
+FROM reached
 """
+
+
+def lead_outcome_words(models: ModelsConfig, horizon_days: int | None, feature_days: int) -> str:
+    stages = "/".join(models.lead.outcome.reached)
+    within = f"within {horizon_days} days of creation" if horizon_days else "ever"
+    return f"reached {stages} {within}, scored {feature_days} days after creation"
 
 
 def lead_examples(
@@ -63,31 +72,98 @@ def lead_examples(
     *,
     created_from: datetime | None = None,
     created_before: datetime | None = None,
-    horizon_days: int = 90,
-    feature_days: int = FEATURE_DAYS,
+    horizon_days: int | None = None,
+    feature_days: int | None = None,
+    models: ModelsConfig | None = None,
+    labels_as_of: datetime | None = None,
 ) -> pl.DataFrame:
     """Past contacts created in [created_from, created_before) with complete labels: their
-    features at the scoring time and ``label`` (reached SQL within the horizon), by id."""
+    features at the scoring time and ``label`` (reached the outcome within the horizon), by
+    id. Horizon, scoring point and features default to ``models.lead`` (the shipped
+    defaults: SQL within 90 days, scored on day 14)."""
+    return labelled_leads(
+        conn,
+        created_from=created_from,
+        created_before=created_before,
+        horizon_days=horizon_days,
+        feature_days=feature_days,
+        models=models,
+        labels_as_of=labels_as_of,
+    )[0]
+
+
+def labelled_leads(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    created_from: datetime | None = None,
+    created_before: datetime | None = None,
+    horizon_days: int | None = None,
+    feature_days: int | None = None,
+    models: ModelsConfig | None = None,
+    labels_as_of: datetime | None = None,
+) -> tuple[pl.DataFrame, OutcomeCounts]:
+    """:func:`lead_examples`, with what the outcome kept, dropped and called negative.
+    Labels are read as known at ``labels_as_of`` (default: the data clock)."""
+    models = models or ModelsConfig()
+    horizon_days, feature_days = _horizon(models, horizon_days, feature_days)
     parameters = {
         "created_from": created_from,
         "created_before": created_before,
         "horizon_days": horizon_days,
     }
-    rows = lead_feature_rows(conn, TRAINING_POINTS, parameters, feature_days=feature_days)
-    rows = [r for r in rows if r["qualified_at"] is None]
-    labels = dict(
-        conn.execute(
+    rows = lead_feature_rows(
+        conn, TRAINING_POINTS, parameters, feature_days=feature_days, models=models
+    )
+    kept = [r for r in rows if r["qualified_at"] is None]
+    labels = {
+        contact: (qualified, late)
+        for contact, qualified, late in conn.execute(
             LABELS_SQL,
             {
-                "ids": [r["id"] for r in rows],
-                "qualified": list(QUALIFIED_STAGES),
+                "ids": [r["id"] for r in kept],
+                "qualified": list(models.lead.outcome.reached),
                 "horizon_days": horizon_days,
+                "labels_as_of": labels_as_of,
             },
         ).fetchall()
+    }
+    for row in kept:
+        row["label"] = int(labels.get(row["id"], (False, False))[0])
+    positives = sum(row["label"] for row in kept)
+    counts = OutcomeCounts(
+        examples=len(kept),
+        positives=positives,
+        negatives=len(kept) - positives,
+        dropped=len(rows) - len(kept),
+        late_positives=sum(1 for q, late in labels.values() if late and not q),
+        definition=lead_outcome_words(models, horizon_days, feature_days),
     )
-    for row in rows:
-        row["label"] = int(labels.get(row["id"], False))
-    return _frame(rows, [*_needed_keys(), "id", "label", "created_at"])
+    return _frame(kept, [*_needed_keys(models), "id", "label", "created_at"]), counts
+
+
+def _horizon(
+    models: ModelsConfig, horizon_days: int | None, feature_days: int | None
+) -> tuple[int | None, int]:
+    """The horizon and scoring point asked for, else the declared ones."""
+    outcome = models.lead.outcome
+    return (
+        horizon_days if horizon_days is not None else outcome.within_days,
+        feature_days or models.lead.scoring_days,
+    )
+
+
+def intent_features(models: ModelsConfig) -> FeatureSpec:
+    """The lead model's features as declared in ``models.lead``."""
+    numeric, log, categorical, grouped, limits = models.lead.spec_parts(
+        models.feature_types("lead")
+    )
+    return FeatureSpec(
+        numeric=numeric,
+        log_numeric=log,
+        categorical=categorical,
+        grouped=grouped,
+        max_categories=tuple(sorted(limits.items())),
+    )
 
 
 class LeadModel:
@@ -122,22 +198,31 @@ class LeadModel:
         conn: duckdb.DuckDBPyConnection,
         *,
         created_before: datetime | None = None,
-        horizon_days: int = 90,
-        feature_days: int = FEATURE_DAYS,
+        horizon_days: int | None = None,
+        feature_days: int | None = None,
+        models: ModelsConfig | None = None,
+        labels_as_of: datetime | None = None,
     ) -> LeadModel:
         """Fit on contacts created before ``created_before`` (default: all) whose
-        ``horizon_days`` have passed on the data clock."""
-        examples = lead_examples(
+        horizon has passed on the data clock; features, outcome, horizon and scoring point
+        as ``models.lead`` declares them unless given here."""
+        models = models or ModelsConfig()
+        horizon_days, feature_days = _horizon(models, horizon_days, feature_days)
+        examples, counts = labelled_leads(
             conn,
             created_before=created_before,
             horizon_days=horizon_days,
             feature_days=feature_days,
+            models=models,
+            labels_as_of=labels_as_of,
         )
         return cls.fit_examples(
             examples,
             horizon_days=horizon_days,
             feature_days=feature_days,
             created_before=created_before,
+            models=models,
+            counts=counts,
         )
 
     @classmethod
@@ -145,18 +230,26 @@ class LeadModel:
         cls,
         examples: pl.DataFrame,
         *,
-        horizon_days: int,
+        horizon_days: int | None,
         feature_days: int,
         created_before: datetime | None = None,
+        models: ModelsConfig | None = None,
+        counts: OutcomeCounts | None = None,
     ) -> LeadModel:
-        """Fit on rows from :func:`lead_examples` (sorted by id, so the fit is repeatable)."""
+        """Fit on rows from :func:`lead_examples` (sorted by id, so the fit is repeatable),
+        with the features ``models.lead`` declares; ``counts`` go to the metadata."""
+        models = models or ModelsConfig()
         from sklearn.metrics import precision_recall_curve  # a slow import: only when fitting
 
         examples = examples.sort("id")
         if examples.height < 50:
             raise ValueError(f"too few past contacts to learn from ({examples.height})")
         labels = examples["label"].to_numpy()
-        intent = LogisticModel.fit(examples, labels, INTENT_FEATURES)
+        if len(np.unique(labels)) < 2:
+            raise ValueError(
+                "the outcome leaves one class only" + (f" ({counts.to_text()})" if counts else "")
+            )
+        intent = LogisticModel.fit(examples, labels, intent_features(models))
         fit = LogisticModel.fit(examples, labels, FIT_FEATURES)
         p = intent.predict_frame(examples)
         precision, recall, cuts = precision_recall_curve(labels, p)
@@ -171,7 +264,18 @@ class LeadModel:
             "examples": examples.height,
             "base_rate": round(float(labels.mean()), 6),
             "last_created_at": max(examples["created_at"]).isoformat(),
+            # A model trained on another declaration is stale (revorch/agents/models.py).
+            "definition": models.lead.key(),
+            "stale_after_days": models.lead.stale_after_days,
         }
+        if counts is not None:
+            metadata["outcome"] = {
+                "definition": counts.definition,
+                "positives": counts.positives,
+                "negatives": counts.negatives,
+                "dropped": counts.dropped,
+                "late_positives": counts.late_positives,
+            }
         return cls(
             intent,
             fit,
@@ -236,11 +340,13 @@ class LeadModel:
         return model
 
 
-def _needed_keys() -> list[str]:
+def _needed_keys(models: ModelsConfig) -> list[str]:
+    intent = intent_features(models)
     return sorted(
         {
-            *INTENT_FEATURES.log_numeric,
-            *INTENT_FEATURES.categorical,
+            *intent.numeric,
+            *intent.log_numeric,
+            *intent.categorical,
             *FIT_FEATURES.log_numeric,
             *FIT_FEATURES.categorical,
         }

@@ -31,6 +31,13 @@ class FeatureSpec:
     numeric: tuple[str, ...] = ()
     log_numeric: tuple[str, ...] = ()  # log1p first: counts and money are heavy-tailed
     categorical: tuple[str, ...] = ()
+    # Categoricals whose values outside the vocabulary share one "(other)" column, and the
+    # most values each keeps a column of its own, by (name, limit).
+    grouped: tuple[str, ...] = ()
+    max_categories: tuple[tuple[str, int], ...] = ()
+
+
+OTHER = "(other)"
 
 
 @dataclass
@@ -73,9 +80,13 @@ class LogisticModel:
             means[name] = round(float(values.mean()), _DIGITS)
             scales[name] = round(float(values.std()) or 1.0, _DIGITS)
         vocabularies = {}
+        limits = dict(spec.max_categories)
         for name in spec.categorical:
             counts = frame[name].cast(pl.String).drop_nulls().value_counts()
-            kept = counts.filter(pl.col("count") >= min_category_count)[name].to_list()
+            counts = counts.filter(pl.col("count") >= min_category_count)
+            # The most frequent (ties by value), learnt from this training fold only.
+            counts = counts.sort(["count", name], descending=[True, False])
+            kept = counts[name].to_list()[: limits.get(name)]
             vocabularies[name] = sorted(kept)
         model = cls(spec, means, scales, vocabularies, {}, 0.0, dict(metadata or {}))
         matrix = model._encode(frame)
@@ -92,7 +103,9 @@ class LogisticModel:
         """The encoded columns, in the order of the coefficient vector."""
         numeric = [*self.spec.numeric, *self.spec.log_numeric]
         categorical = [
-            f"{name}={value}" for name in self.spec.categorical for value in self.vocabularies[name]
+            f"{name}={value}"
+            for name in self.spec.categorical
+            for value in [*self.vocabularies[name], *([OTHER] if name in self.spec.grouped else [])]
         ]
         return numeric + categorical
 
@@ -132,6 +145,9 @@ class LogisticModel:
             value = row.get(name)
             value = None if value is None else str(value)
             values += [1.0 if value == v else 0.0 for v in self.vocabularies[name]]
+            if name in self.spec.grouped:
+                rare = value is not None and value not in self.vocabularies[name]
+                values.append(1.0 if rare else 0.0)
         return values
 
     def _encode(self, frame: pl.DataFrame) -> np.ndarray:
@@ -147,18 +163,26 @@ class LogisticModel:
                 else pl.Series([None] * frame.height, dtype=pl.String)
             )
             parts += [(values == v).fill_null(False).to_numpy() for v in self.vocabularies[name]]
+            if name in self.spec.grouped:
+                known = pl.Series(self.vocabularies[name], dtype=pl.String)
+                rare = values.is_not_null() & ~values.is_in(known)
+                parts.append(rare.to_numpy())
         if not parts:
             return np.zeros((frame.height, 0))
         return np.column_stack(parts).astype(np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         """The model as plain JSON-ready data."""
+        spec: dict[str, Any] = {
+            "numeric": list(self.spec.numeric),
+            "log_numeric": list(self.spec.log_numeric),
+            "categorical": list(self.spec.categorical),
+        }
+        if self.spec.grouped:  # only then: older models keep their JSON and their version
+            spec["grouped"] = list(self.spec.grouped)
+            spec["max_categories"] = [list(pair) for pair in self.spec.max_categories]
         return {
-            "spec": {
-                "numeric": list(self.spec.numeric),
-                "log_numeric": list(self.spec.log_numeric),
-                "categorical": list(self.spec.categorical),
-            },
+            "spec": spec,
             "means": self.means,
             "scales": self.scales,
             "vocabularies": self.vocabularies,
@@ -169,7 +193,9 @@ class LogisticModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LogisticModel:
-        spec = FeatureSpec(**{k: tuple(v) for k, v in data["spec"].items()})
+        spec = dict(data["spec"])
+        limits = tuple((name, int(n)) for name, n in spec.pop("max_categories", []))
+        spec = FeatureSpec(**{k: tuple(v) for k, v in spec.items()}, max_categories=limits)
         return cls(
             spec,
             dict(data["means"]),

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from datetime import date
+from functools import partial
 from typing import Any
 
 import duckdb
 
+from revorch.agents.features import ModelsConfig
+from revorch.agents.offline.calibration import train_calibrated
 from revorch.agents.offline.deal_model import DealModel
 from revorch.agents.offline.lead_model import LeadModel
 from revorch.agents.offline.plans import onboarding_plan
@@ -26,6 +29,7 @@ from revorch.agents.schemas import (
     RenewalRisk,
     TicketTriage,
 )
+from revorch.agents.scoring import ScoringConfig
 from revorch.lifecycle.config import LifecycleConfig, load_lifecycle_config
 
 RULES_VERSION = "offline-rules-1"
@@ -57,26 +61,39 @@ class OfflineTier:
 
     @classmethod
     def train(
-        cls, conn: duckdb.DuckDBPyConnection, *, config: LifecycleConfig | None = None
+        cls,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        config: LifecycleConfig | None = None,
+        models: ModelsConfig | None = None,
+        scoring: ScoringConfig | None = None,
     ) -> OfflineTier:
-        """Train every model the history supports; the others fall back to rules (the reason
-        is in ``untrained``)."""
+        """Train every model the history supports, with the features and outcomes ``models``
+        declares (default: the shipped ones); the others fall back to rules (the reason is
+        in ``untrained``). With ``scoring``, each model is calibrated on the newest part of
+        its history and the lead cuts are the configured ones (``train_calibrated``)."""
         config = config or load_lifecycle_config()
-        models: dict[str, Any] = {}
+        models = models or ModelsConfig()
+        trained: dict[str, Any] = {}
         untrained = {}
         for agent, train in (
-            ("lead_qualification", lambda: LeadModel.train(conn)),
-            ("deal_risk", lambda: DealModel.train(conn)),
-            ("renewal_risk", lambda: RenewalModel.train(conn, config=config)),
+            ("lead_qualification", lambda: LeadModel.train(conn, models=models)),
+            ("deal_risk", lambda: DealModel.train(conn, models=models)),
+            ("renewal_risk", lambda: RenewalModel.train(conn, config=config, models=models)),
         ):
+            if scoring is not None:
+                kind = agent.split("_")[0]
+                train = partial(
+                    train_calibrated, kind, conn, config=config, models=models, scoring=scoring
+                )
             try:
-                models[agent] = train()
+                trained[agent] = train()
             except ValueError as error:  # too little history: the rule decides instead
                 untrained[agent] = str(error)
         tier = cls(
-            models.get("lead_qualification"),
-            models.get("deal_risk"),
-            models.get("renewal_risk"),
+            trained.get("lead_qualification"),
+            trained.get("deal_risk"),
+            trained.get("renewal_risk"),
             config=config,
         )
         tier.untrained = untrained
@@ -92,7 +109,24 @@ class OfflineTier:
         return model.version if model is not None else RULES_VERSION
 
     def lead_qualification(self, item: dict[str, Any]) -> LeadQualification:
-        """Fit, probability of reaching SQL, and what to do with a ``lead_inputs`` row."""
+        """Fit, probability of reaching SQL, and what to do with a ``lead_inputs`` row.
+        A stale lead (open longer than ``stale_after_days``) is never fast-tracked."""
+        if item.get("stale"):
+            return LeadQualification(
+                fit_score=round(self.lead_model.fit_scores([item])[0], 4)
+                if self.lead_model
+                else 0.5,
+                intent_score=round(self.lead_model.predict([item])[0], 4)
+                if self.lead_model
+                else 0.0,
+                next_action="nurture",
+                # A rule, not a close call: no reason to ask the LLM tier.
+                confidence=1.0,
+                reasons=[
+                    f"stale: open since {str(item.get('created_at'))[:10]}, older than the "
+                    "configured age; re-qualify before working it"
+                ],
+            )
         if item.get("stage") == "sql":
             fit = self.lead_model.fit_scores([item])[0] if self.lead_model else 0.5
             return LeadQualification(
@@ -109,7 +143,9 @@ class OfflineTier:
         fit = model.fit_scores([item])[0]
         t = model.threshold
         if p >= t:
-            action = "fast_track_to_sales" if fit >= 0.5 else "accelerate_follow_up"
+            # A calibrated model has its own fast-track cut (config); otherwise the work-now one.
+            fast = getattr(model, "fast_track_cut", t)
+            action = "fast_track_to_sales" if p >= fast and fit >= 0.5 else "accelerate_follow_up"
         elif model.percentile(p) < 0.2 and fit < 0.25:
             action = "disqualify"
         else:

@@ -13,6 +13,9 @@ import duckdb
 import pytest
 from filelock import FileLock
 
+# Imported first here, so the definitions (and the resources they default to) are built with
+# the environment the suite starts with, never with a test's broken config path (test_cli).
+import revorch.definitions  # noqa: F401
 from resources.state_store import CONNECTION_CONFIG
 from revorch import clock
 from revorch.governance.audit import DIGEST_SQL, chain_hash

@@ -81,14 +81,20 @@ def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path)
         dev.start()
         dev.wait_ready(timeout=240)
         latency.wait_for_batches(published, seed_ids, timeout=300)
-        with duckdb.connect(str(published), read_only=True) as conn:
-            waiting = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT action_id FROM governance.approval_queue ORDER BY action_id"
-                ).fetchall()
-            ]
-        assert len(waiting) >= 2, "the shipped policy holds some actions for approval"
+
+        def two_waiting() -> list[str] | None:
+            with duckdb.connect(str(published), read_only=True) as conn:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT action_id FROM governance.approval_queue ORDER BY action_id"
+                    ).fetchall()
+                ]
+            return ids if len(ids) >= 2 else None
+
+        # The seed's batches reach the published copy with the ingest lane; the actions the
+        # shipped policy holds for approval arrive with the decide lane's run after it.
+        waiting = _wait(two_waiting, 900, "two actions the shipped policy holds for approval")
         approved, rejected = waiting[0], waiting[1]
         assert approved not in _outbox_ids(home)
 

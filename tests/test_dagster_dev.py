@@ -104,6 +104,7 @@ def test_dagster_dev_shows_the_assets_sensors_and_schedules(dagster_dev):
     assert sensors == {
         "landing_zone_sensor": "RUNNING",
         "approved_actions_sensor": "RUNNING",
+        "decide_automation": "STOPPED",
         "revorch_automation": "RUNNING",
         "abandoned_runs_sensor": "RUNNING",
     }

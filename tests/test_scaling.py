@@ -210,8 +210,9 @@ def _fill(conn: duckdb.DuckDBPyConnection, contacts: int) -> list[str]:
 
 def id_list_queries() -> dict[str, tuple[str, Callable[[list[str]], dict]]]:
     """Each query that filters by a list of ids, by name: its SQL and its parameters."""
+    from revorch.agents.features import ModelsConfig
     from revorch.agents.offline.inputs import RECENT_ACTIVITY_SQL
-    from revorch.agents.offline.lead_model import LABELS_SQL, QUALIFIED_STAGES
+    from revorch.agents.offline.lead_model import LABELS_SQL
 
     return {
         "recent activity (lead inputs)": (
@@ -220,7 +221,12 @@ def id_list_queries() -> dict[str, tuple[str, Callable[[list[str]], dict]]]:
         ),
         "labels (lead model examples)": (
             LABELS_SQL,
-            lambda ids: {"ids": ids, "qualified": list(QUALIFIED_STAGES), "horizon_days": 90},
+            lambda ids: {
+                "ids": ids,
+                "qualified": list(ModelsConfig().lead.outcome.reached),
+                "horizon_days": 90,
+                "labels_as_of": None,
+            },
         ),
     }
 

@@ -69,8 +69,18 @@ def offline_tier(
         for kind in KINDS
     )
     if not current:
+        if _read_only(conn):
+            # A replay reads a copy it may not write: train in memory and store nothing.
+            return OfflineTier.train(conn, config=config, models=models, scoring=scoring)
         return train_and_store(conn, config=config, models=models, scoring=scoring)
     return OfflineTier(stored.get("lead"), stored.get("deal"), stored.get("renewal"), config=config)
+
+
+def _read_only(conn: duckdb.DuckDBPyConnection) -> bool:
+    row = conn.execute(
+        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def outcome_counts(model: LeadModel | DealModel | RenewalModel | None) -> OutcomeCounts | None:

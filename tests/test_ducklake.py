@@ -207,11 +207,12 @@ def test_two_ingestions_and_the_dispatcher_write_at_once_on_ducklake(
         ).fetchone()
         assert logged == (summary.events, summary.events)
         assert conn.execute("SELECT sum(loaded) FROM landing_batches").fetchone()[0] == logged[0]
-        # Both ingestions wrote: the loser of each race found the winner's events as duplicates.
+        # Every batch was recorded by one of the two ingestions; which one wins each race is up
+        # to the scheduler (the loser finds the winner's events as duplicates).
         runs = {
             r for (r,) in conn.execute("SELECT DISTINCT run_id FROM landing_batches").fetchall()
         }
-        assert runs == {"ingest-a", "ingest-b"}
+        assert runs and runs <= {"ingest-a", "ingest-b"}
         sent = conn.execute(
             "SELECT count(*) FROM governance.actions WHERE status = 'sent'"
         ).fetchone()[0]

@@ -2,7 +2,7 @@
 
 Reads open the analysts' published copy read-only, so a read never waits for a run. Writes (a
 call's audit row, a proposal) take the state store's writer lock, ``<database>.writer.lock``,
-the same file lock every writer takes (resources/state_store.py), for one short transaction,
+the lock every writer takes (revorch/state/writer_lock.py), for one short transaction,
 and give up with :class:`StateBusy` after ``busy_seconds`` rather than keep a client waiting
 behind a long run.
 """
@@ -10,17 +10,16 @@ behind a long run.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import filelock
 
 from revorch import clock, settings
 from revorch.state.migrate import migrate
+from revorch.state.writer_lock import WriterBusy, writer_lock
 
 
 class StateBusy(RuntimeError):
@@ -38,9 +37,6 @@ class Store:
     anchor: Path
     clock_setting: str = clock.WALL
     busy_seconds: float = 30.0
-    # Threads of this process (HTTP calls run in worker threads) take the writer in turn; the
-    # file lock is shared with every other process.
-    _threads: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_env(cls) -> Store:
@@ -69,25 +65,18 @@ class Store:
         """The state store itself, holding the writer lock, for one short transaction."""
         if not self.database.exists():
             raise StateUnavailable(f"no state store at {self.database} yet; run `revorch ingest`")
-        busy = StateBusy(
-            f"a run holds the state store's writer for more than {self.busy_seconds:.0f} s; "
-            "nothing was done, try again when it ends"
-        )
-        if not self._threads.acquire(timeout=self.busy_seconds):
-            raise busy
         try:
-            lock = filelock.FileLock(f"{self.database}.writer.lock", thread_local=False)
-            try:
-                lock.acquire(timeout=self.busy_seconds)
-            except filelock.Timeout:
-                raise busy from None
-            try:
-                with duckdb.connect(str(self.database)) as conn:
-                    conn.execute("SET TimeZone = 'UTC'")
-                    migrate(conn)
-                    clock.bind(conn, self.clock_setting)
-                    yield conn
-            finally:
-                lock.release()
-        finally:
-            self._threads.release()
+            # HTTP calls run in worker threads: they queue on it like other processes.
+            with (
+                writer_lock(self.database, timeout=self.busy_seconds),
+                duckdb.connect(str(self.database)) as conn,
+            ):
+                conn.execute("SET TimeZone = 'UTC'")
+                migrate(conn)
+                clock.bind(conn, self.clock_setting)
+                yield conn
+        except WriterBusy:
+            raise StateBusy(
+                f"a run holds the state store's writer for more than {self.busy_seconds:.0f} s; "
+                "nothing was done, try again when it ends"
+            ) from None

@@ -47,6 +47,7 @@ from starlette.templating import Jinja2Templates
 
 from revorch import clock, settings
 from revorch.governance.approvals import Review, ReviewError
+from revorch.state.writer_lock import lock_path
 
 log = logging.getLogger("revorch.inbox")
 
@@ -275,8 +276,8 @@ def writer_holder(wait_seconds: float) -> str | None:
     from revorch.instance.writer import pool_holder
 
     ensure_dagster_home()
-    # The same lock file every StateStore connection holds (resources/state_store.py).
-    lock = filelock.FileLock(f"{settings.database_path()}.writer.lock")
+    # The lock file every writer holds while its connection is open.
+    lock = filelock.FileLock(lock_path(settings.database_path()))
     deadline = time.monotonic() + wait_seconds
     with dg.DagsterInstance.get() as instance:
         while True:

@@ -190,15 +190,16 @@ def _parser() -> argparse.ArgumentParser:
     sql.set_defaults(handler=_sql)
 
     backtest = commands.add_parser(
-        "backtest", help="train the lead scorer on the past, test it on a later period"
+        "backtest", help="train the models on the past, test them on a later period"
     )
     backtest.add_argument("--split", help="first day of the test period (YYYY-MM-DD)")
     backtest.add_argument(
         "--model",
         choices=("lead", "deal", "renewal", "all"),
-        help="instead of the lead scorer's report: this model (or all three) beside plain "
-        "scikit-learn baselines on the same features and split: AUC, top-decile precision and "
-        "lift, Brier, calibration, the outcome's counts",
+        default="all",
+        help="this model (default: all three) beside plain scikit-learn baselines on the same "
+        "features and split: AUC, top-decile precision and lift, Brier, calibration, the "
+        "outcome's counts",
     )
     backtest.set_defaults(handler=_backtest)
     for long_work in (quick, sim, ingest, rebuild, backtest):
@@ -905,39 +906,10 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    if args.model:
-        return _backtest_models(args)
-    from revorch.agents.backtest import PHASES, backtest_lead_scorer
+    from tqdm import tqdm
+
     from revorch.agents.config import load_agents_config
-
-    # The features and outcomes the models are declared with (config/agents.yaml models:).
-    try:
-        models = load_agents_config(settings.agents_config_path()).models
-    except ValueError as invalid:
-        raise RevorchError(f"{invalid}; fix it and run again") from invalid
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
-        if not _wants_progress(args.progress):
-            report = backtest_lead_scorer(conn, split=args.split, models=models)
-        else:
-            from tqdm import tqdm
-
-            with tqdm(total=len(PHASES), desc="Backtest", unit="phase", file=sys.stderr) as bar:
-
-                def phase(name: str) -> None:
-                    bar.update(PHASES.index(name) - bar.n)  # the phases before it are done
-                    bar.set_postfix_str(name)
-
-                report = backtest_lead_scorer(conn, split=args.split, progress=phase, models=models)
-                bar.update(bar.total - bar.n)
-        print(report.to_text())
-    for warning in report.warnings:
-        print(f"warning: lead scorer {warning}", file=sys.stderr)
-    return 0
-
-
-def _backtest_models(args: argparse.Namespace) -> int:
-    from revorch.agents.config import load_agents_config
-    from revorch.agents.model_backtest import backtest_models
+    from revorch.agents.model_backtest import PHASES, backtest_models
     from revorch.agents.offline.history import KINDS
     from revorch.lifecycle.config import load_lifecycle_config
 
@@ -947,7 +919,21 @@ def _backtest_models(args: argparse.Namespace) -> int:
     except ValueError as invalid:
         raise RevorchError(f"{invalid}; fix it and run again") from invalid
     kinds = KINDS if args.model == "all" else (args.model,)
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+    with (
+        duckdb.connect(str(_analyst_database()), read_only=True) as conn,
+        tqdm(
+            total=len(kinds) * len(PHASES),
+            desc="Backtest",
+            unit="phase",
+            file=sys.stderr,
+            disable=not _wants_progress(args.progress),
+        ) as bar,
+    ):
+
+        def progress(kind: str, phase: str) -> None:
+            bar.update(kinds.index(kind) * len(PHASES) + PHASES.index(phase) - bar.n)
+            bar.set_postfix_str(f"{kind} model: {phase}")
+
         reports, skipped = backtest_models(
             conn,
             kinds,
@@ -955,7 +941,9 @@ def _backtest_models(args: argparse.Namespace) -> int:
             config=lifecycle,
             models=agents.models,
             scoring=agents.scoring,
+            progress=progress,
         )
+        bar.update(bar.total - bar.n)
     print("\n\n".join(report.to_text() for report in reports))
     for kind, why in skipped.items():
         print(f"\n{kind.capitalize()} model: not backtested ({why})")

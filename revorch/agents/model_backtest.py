@@ -27,7 +27,6 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from revorch.agents.backtest import CalibrationBin, calibration_table
 from revorch.agents.features import MIN_POSITIVES, ModelsConfig, OutcomeCounts
 from revorch.agents.offline.calibration import calibrate_on_holdout, model_probabilities
 from revorch.agents.offline.history import (
@@ -46,6 +45,19 @@ TEST_SHARE = 0.3
 PRODUCT = "product"
 UNCALIBRATED = "product, uncalibrated"
 BASELINES = ("logistic regression", "gradient boosting")
+# What backtesting one model does, in order, for a progress display.
+PHASES = ("reading its examples", "training and testing it and its baselines")
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """Test examples whose predicted probability fell in [low, high)."""
+
+    low: float
+    high: float
+    count: int
+    mean_predicted: float | None
+    observed_rate: float | None
 
 
 @dataclass(frozen=True)
@@ -201,9 +213,13 @@ def backtest_model(
     config: LifecycleConfig | None = None,
     models: ModelsConfig | None = None,
     scoring: ScoringConfig | None = None,
+    progress: Callable[[str], None] = lambda phase: None,
 ) -> ModelBacktest:
-    """Backtest the ``kind`` model on the history in ``conn`` (see the module docstring)."""
+    """Backtest the ``kind`` model on the history in ``conn`` (see the module docstring).
+    ``progress`` is told each of :data:`PHASES` as it starts."""
+    progress(PHASES[0])
     history = past_examples(kind, conn, config=config, models=models)
+    progress(PHASES[1])
     return backtest_history(history, split=split, scoring=scoring)
 
 
@@ -278,14 +294,22 @@ def backtest_models(
     config: LifecycleConfig | None = None,
     models: ModelsConfig | None = None,
     scoring: ScoringConfig | None = None,
+    progress: Callable[[str, str], None] = lambda kind, phase: None,
 ) -> tuple[list[ModelBacktest], dict[str, str]]:
-    """Backtests of ``kinds``, and why any could not be run (too little history)."""
+    """Backtests of ``kinds``, and why any could not be run (too little history).
+    ``progress`` is told each model and each of its :data:`PHASES` as it starts."""
     reports, skipped = [], {}
     for kind in kinds:
         try:
             reports.append(
                 backtest_model(
-                    kind, conn, split=split, config=config, models=models, scoring=scoring
+                    kind,
+                    conn,
+                    split=split,
+                    config=config,
+                    models=models,
+                    scoring=scoring,
+                    progress=lambda phase, kind=kind: progress(kind, phase),
                 )
             )
         except ValueError as error:
@@ -328,6 +352,25 @@ def baseline_predictions(train: Examples, test: Examples) -> dict[str, np.ndarra
             name: model.fit(x_train, train.labels).predict_proba(x_test)[:, 1]
             for name, model in models.items()
         }
+
+
+def calibration_table(predicted: np.ndarray, labels: np.ndarray, bins: int = 10) -> list:
+    """Ten equal-width bins of predicted probability: count, mean prediction, observed rate."""
+    index = np.minimum((predicted * bins).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        inside = index == b
+        count = int(inside.sum())
+        table.append(
+            CalibrationBin(
+                low=b / bins,
+                high=(b + 1) / bins,
+                count=count,
+                mean_predicted=float(predicted[inside].mean()) if count else None,
+                observed_rate=float(labels[inside].mean()) if count else None,
+            )
+        )
+    return table
 
 
 def _matrix(frame: pl.DataFrame, spec: Any) -> Any:

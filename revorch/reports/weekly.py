@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -131,15 +132,6 @@ def _fmt(value, kind: str) -> str:
     return str(value)
 
 
-def _cell(row: dict, view: str, where: dict, column: str, kind: str) -> Cell:
-    value = row.get(column)
-    return Cell(_fmt(value, kind), view, where, column, _number(value))
-
-
-def _label(text: object) -> Cell:
-    return Cell("" if text is None else str(text))
-
-
 # --- plots --------------------------------------------------------------------------------------
 
 
@@ -191,75 +183,38 @@ def _forest(rows: list[dict], label, low: str, high: str, mid: str, gid: str, xl
     return figure, len(shown)
 
 
-# --- the sections -------------------------------------------------------------------------------
+# --- the plots of the sections ------------------------------------------------------------------
+# Each takes the section's rows (and the connection, for what the table does not show) and
+# returns a figure, or None when there is nothing to draw.
 
 
-def _funnel(conn) -> Section:
-    view = "metrics.funnel_conversion"
-    section = Section("funnel", "Funnel", FUNNEL_DEFINITION)
-    rows = _rows(
-        conn,
-        f"SELECT stage, reached, conversion_to_next FROM {view} "
-        "WHERE lead_source = '(all)' ORDER BY stage_order",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: run `revorch ingest`."
-        return section
-    table = Table(["stage", "reached", "conversion to next stage"], [])
-    for row in rows:
-        where = {"lead_source": "(all)", "stage": row["stage"]}
-        table.rows.append(
-            [
-                _label(row["stage"]),
-                _cell(row, view, where, "reached", "count"),
-                _cell(row, view, where, "conversion_to_next", "pct"),
-            ]
-        )
-    section.tables.append(table)
-    figure, ax = _figure()
-    _bars(ax, [r["stage"] for r in rows], [r["reached"] for r in rows], "funnel", color="#1f77b4")
-    ax.set_ylabel("contacts that reached the stage")
-    section.plots["funnel"] = _svg(figure, "funnel")
-    return section
+def _bar_plot(label: str, value: str, gid: str, ylabel: str, color: str, rotation: int = 0):
+    def plot(rows: list[dict], conn) -> object:
+        shown = [r for r in rows if r[label] != "(all)"]
+        figure, ax = _figure()
+        _bars(ax, [r[label] for r in shown], [float(r[value]) for r in shown], gid, color=color)
+        ax.set_ylabel(ylabel)
+        if rotation:
+            ax.tick_params(axis="x", labelrotation=rotation)
+        return figure
+
+    return plot
 
 
-def _conversion_over_time(conn) -> Section:
-    view = "metrics.funnel_by_month"
-    section = Section(
-        "conversion",
-        "Conversion over time",
-        "The same funnel, by the month each contact first entered it (its cohort), for the "
-        f"last {MONTHS_SHOWN} months. A recent cohort has had less time to move on, so its "
-        "conversion is still rising.",
-    )
-    rows = _rows(
-        conn,
-        f"SELECT month, stage, reached, conversion_to_next FROM {view} "
-        f"WHERE month IN (SELECT DISTINCT month FROM {view} ORDER BY month DESC "
-        f"LIMIT {MONTHS_SHOWN}) ORDER BY month, stage_order",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: run `revorch ingest`."
-        return section
-    if not rows:
-        section.missing = "No contact has entered the funnel yet."
-        return section
+def _forest_plot(label, low: str, high: str, mid: str, gid: str, xlabel: str, keep=None):
+    def plot(rows: list[dict], conn) -> object:
+        shown = [r for r in rows if keep is None or keep(r)]
+        figure, drawn = _forest(shown, label, low, high, mid, gid, xlabel)
+        return figure if drawn else None
+
+    return plot
+
+
+def _conversion_plot(rows: list[dict], conn) -> object:
     months = sorted({r["month"] for r in rows})
     by = {(r["month"], r["stage"]): r for r in rows}
-    steps = [("lead", "lead → MQL"), ("mql", "MQL → SQL"), ("sql", "SQL → opportunity")]
-    table = Table(["cohort month", "leads", *[name for _, name in steps]], [])
-    for month in months:
-        lead = by.get((month, "lead"), {})
-        cells = [_label(f"{month:%Y-%m}")]
-        cells.append(_cell(lead, view, {"month": month, "stage": "lead"}, "reached", "count"))
-        for stage, _ in steps:
-            row = by.get((month, stage), {})
-            where = {"month": month, "stage": stage}
-            cells.append(_cell(row, view, where, "conversion_to_next", "pct"))
-        table.rows.append(cells)
-    section.tables.append(table)
     figure, ax = _figure()
-    for stage, name in steps:
+    for stage, name in CONVERSION_STEPS:
         values = [by.get((m, stage), {}).get("conversion_to_next") for m in months]
         points = [(i, 100 * float(v)) for i, v in enumerate(values) if v is not None]
         if points:
@@ -268,269 +223,47 @@ def _conversion_over_time(conn) -> Section:
     ax.set_xticks(range(len(months)), [f"{m:%Y-%m}" for m in months], rotation=45)
     ax.set_ylabel("% of the cohort")
     ax.legend(loc="upper left", fontsize="small")
-    section.plots["conversion"] = _svg(figure, "conversion")
-    return section
+    return figure
 
 
-def _cycle_time(conn) -> Section:
-    view = "metrics.stage_velocity"
-    section = Section(
-        "cycle_time",
-        "Cycle time per stage",
-        "Days contacts and accounts spend in each stage: median and 90th percentile of the "
-        "stays that have ended; stays still open are counted apart.",
-    )
-    rows = _rows(
-        conn,
-        f"SELECT entity_type, stage, completed_stays, median_days, p90_days, open_stays "
-        f"FROM {view} ORDER BY entity_type DESC, list_position({list(LIFECYCLE)}, stage) "
-        "NULLS LAST, stage",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: run `revorch ingest`."
-        return section
-    table = Table(["entity", "stage", "ended stays", "median days", "p90 days", "open stays"], [])
-    for row in rows:
-        where = {"entity_type": row["entity_type"], "stage": row["stage"]}
-        table.rows.append(
-            [
-                _label(row["entity_type"]),
-                _label(row["stage"]),
-                _cell(row, view, where, "completed_stays", "count"),
-                _cell(row, view, where, "median_days", "days"),
-                _cell(row, view, where, "p90_days", "days"),
-                _cell(row, view, where, "open_stays", "count"),
-            ]
-        )
-    section.tables.append(table)
+def _cycle_time_plot(rows: list[dict], conn) -> object:
     shown = [r for r in rows if r["median_days"] is not None]
-    if shown:
-        figure, ax = _figure(7.0, max(1.8, 0.32 * len(shown) + 0.8))
-        labels = [f"{r['entity_type']}: {r['stage']}" for r in shown]
-        bars = ax.barh(labels, [float(r["median_days"]) for r in shown], color="#1f77b4")
-        for label, bar in zip(labels, bars, strict=True):
-            bar.set_gid(f"cycle-{label}")
-        ax.scatter(
-            [float(r["p90_days"]) for r in shown],
-            labels,
-            marker="|",
-            s=120,
-            color="#d62728",
-            label="p90",
-            zorder=3,
-        )
-        ax.invert_yaxis()
-        ax.set_xlabel("days in stage (bar: median, mark: p90)")
-        section.plots["cycle_time"] = _svg(figure, "cycle_time")
-    return section
+    if not shown:
+        return None
+    figure, ax = _figure(7.0, max(1.8, 0.32 * len(shown) + 0.8))
+    labels = [f"{r['entity_type']}: {r['stage']}" for r in shown]
+    bars = ax.barh(labels, [float(r["median_days"]) for r in shown], color="#1f77b4")
+    for label, bar in zip(labels, bars, strict=True):
+        bar.set_gid(f"cycle-{label}")
+    ax.scatter(
+        [float(r["p90_days"]) for r in shown],
+        labels,
+        marker="|",
+        s=120,
+        color="#d62728",
+        label="p90",
+        zorder=3,
+    )
+    ax.invert_yaxis()
+    ax.set_xlabel("days in stage (bar: median, mark: p90)")
+    return figure
 
 
-def _retention(conn) -> Section:
-    view = "metrics.revenue_retention"
-    section = Section(
-        "retention",
-        "Net and gross revenue retention",
-        "Over the 12 months that end at the clock, for the accounts that had an active "
-        "subscription when the window started (docs/metrics.md gives the formulas).",
-    )
-    rows = _rows(
-        conn,
-        f"SELECT nrr, grr, starting_arr, churned_arr, contraction_arr, expansion_arr, accounts "
-        f"FROM {view}",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: run `revorch ingest`."
-        return section
-    row = rows[0]
-    columns = [
-        ("nrr", "NRR", "pct"),
-        ("grr", "GRR", "pct"),
-        ("starting_arr", "starting ARR", "usd0"),
-        ("churned_arr", "churned ARR", "usd0"),
-        ("contraction_arr", "contraction ARR", "usd0"),
-        ("expansion_arr", "expansion ARR", "usd0"),
-        ("accounts", "accounts in the cohort", "count"),
-    ]
-    section.tables.append(
-        Table(
-            [name for _, name, _ in columns], [[_cell(row, view, {}, c, k) for c, _, k in columns]]
-        )
-    )
+def _retention_plot(rows: list[dict], conn) -> object:
     figure, ax = _figure()
     parts = ["starting_arr", "churned_arr", "contraction_arr", "expansion_arr"]
     _bars(
         ax,
         [p.removesuffix("_arr") for p in parts],
-        [float(row[p] or 0) for p in parts],
+        [float(rows[0][p] or 0) for p in parts],
         "retention",
         color=["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c"],
     )
     ax.set_ylabel("ARR")
-    section.plots["retention"] = _svg(figure, "retention")
-    return section
+    return figure
 
 
-def _uplift(conn) -> Section:
-    view = "metrics.playbook_uplift"
-    section = Section(
-        "uplift",
-        "Uplift per playbook",
-        "What each playbook changes, measured against its randomized holdout, with a 95% "
-        "interval. Interim results (before the analysis date registered in "
-        "config/policy.yaml) are grey: to watch, not to decide by. An interval across zero "
-        "means the effect is not known, not that there is none.",
-    )
-    rows = _rows(
-        conn,
-        f"SELECT playbook, outcome, status, n_treatment, n_holdout, units_waiting, effect, "
-        f"ci_low, ci_high, analysis_date FROM {view} ORDER BY playbook, outcome",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: the uplift read-out has not run."
-        return section
-    if not rows:
-        section.missing = "No playbook has exposed an entity yet."
-        return section
-    table = Table(
-        [
-            "playbook",
-            "outcome",
-            "status",
-            "treated",
-            "held out",
-            "waiting",
-            "effect",
-            "95% low",
-            "95% high",
-        ],
-        [],
-    )
-    for row in rows:
-        where = {"playbook": row["playbook"], "outcome": row["outcome"]}
-        kind = "signed" if row["outcome"] in ("days_to_next_stage", "expansion_arr") else "points"
-        table.rows.append(
-            [
-                _label(row["playbook"]),
-                _label(row["outcome"]),
-                _label(row["status"]),
-                _cell(row, view, where, "n_treatment", "count"),
-                _cell(row, view, where, "n_holdout", "count"),
-                _cell(row, view, where, "units_waiting", "count"),
-                _cell(row, view, where, "effect", kind),
-                _cell(row, view, where, "ci_low", kind),
-                _cell(row, view, where, "ci_high", kind),
-            ]
-        )
-    section.tables.append(table)
-    if any(r["status"] == "interim" for r in rows):
-        section.notes.append(
-            "Interim: the analysis date has not come; do not stop or "
-            "scale a playbook on these intervals."
-        )
-    # Rates only (in points) share an axis; days and ARR stay in the table.
-    rates = [r for r in rows if r["outcome"] in ("next_stage", "won", "renewed")]
-    figure, shown = _forest(
-        rates,
-        lambda r: f"{r['playbook']} · {r['outcome']}",
-        "ci_low",
-        "ci_high",
-        "effect",
-        "uplift",
-        "effect, percentage points (95%)",
-    )
-    if shown:
-        section.plots["uplift"] = _svg(figure, "uplift")
-    else:
-        section.notes.append("No interval yet: too few entities have reached their horizon.")
-    return section
-
-
-def _cost(conn) -> Section:
-    view = "metrics.agent_cost"
-    section = Section(
-        "cost",
-        "Cost per agent and per outcome",
-        "Model spend per agent (to date and in the last 7 days), per decision, and per "
-        "action that was sent. Decisions taken offline cost nothing.",
-    )
-    rows = _rows(
-        conn,
-        f"SELECT agent, decisions, llm_decisions, cost_usd, cost_usd_7d, actions_sent, "
-        f"cost_per_decision, cost_per_action_sent FROM {view}",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: run `revorch ingest`."
-        return section
-    if not [r for r in rows if r["agent"] != "(all)"]:
-        section.missing = "No agent has decided anything yet."
-        return section
-    columns = [
-        ("decisions", "decisions", "count"),
-        ("llm_decisions", "by a model", "count"),
-        ("cost_usd", "cost to date", "usd"),
-        ("cost_usd_7d", "last 7 days", "usd"),
-        ("actions_sent", "actions sent", "count"),
-        ("cost_per_decision", "per decision", "usd"),
-        ("cost_per_action_sent", "per action sent", "usd"),
-    ]
-    table = Table(["agent", *[name for _, name, _ in columns]], [])
-    for row in rows:
-        where = {"agent": row["agent"]}
-        table.rows.append(
-            [_label(row["agent"])] + [_cell(row, view, where, c, k) for c, _, k in columns]
-        )
-    section.tables.append(table)
-    agents = [r for r in rows if r["agent"] != "(all)"]
-    figure, ax = _figure()
-    _bars(
-        ax,
-        [r["agent"] for r in agents],
-        [float(r["cost_usd"]) for r in agents],
-        "cost",
-        color="#9467bd",
-    )
-    ax.set_ylabel("USD to date")
-    ax.tick_params(axis="x", labelrotation=20)
-    section.plots["cost"] = _svg(figure, "cost")
-    return section
-
-
-def _approvals(conn) -> Section:
-    view = "metrics.approvals"
-    section = Section(
-        "approvals",
-        "Approvals and their waiting time",
-        "Actions the policy held for a person: how many were approved, rejected or expired, "
-        "how many still wait, and the hours from proposal to decision.",
-    )
-    rows = _rows(
-        conn,
-        f"SELECT action_type, asked, approved, rejected, expired, waiting, "
-        f"median_hours_to_decision, p90_hours_to_decision, oldest_waiting_hours FROM {view}",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: run `revorch ingest`."
-        return section
-    if not rows or rows[0]["asked"] == 0:
-        section.missing = "No action has been held for approval."
-        return section
-    columns = [
-        ("asked", "asked", "count"),
-        ("approved", "approved", "count"),
-        ("rejected", "rejected", "count"),
-        ("expired", "expired", "count"),
-        ("waiting", "waiting", "count"),
-        ("median_hours_to_decision", "median hours", "hours"),
-        ("p90_hours_to_decision", "p90 hours", "hours"),
-        ("oldest_waiting_hours", "oldest waiting, hours", "hours"),
-    ]
-    table = Table(["action type", *[name for _, name, _ in columns]], [])
-    for row in rows:
-        where = {"action_type": row["action_type"]}
-        table.rows.append(
-            [_label(row["action_type"])] + [_cell(row, view, where, c, k) for c, _, k in columns]
-        )
-    section.tables.append(table)
+def _approvals_plot(rows: list[dict], conn) -> object:
     waits = _rows(conn, "SELECT waited_hours, waiting FROM metrics.approval_waits") or []
     figure, ax = _figure()
     groups = [
@@ -552,86 +285,300 @@ def _approvals(conn) -> Section:
     ax.set_xlabel("hours since proposal (to the decision, or to now)")
     ax.set_ylabel("actions")
     ax.legend(fontsize="small")
-    section.plots["approvals"] = _svg(figure, "approvals")
+    return figure
+
+
+# --- the sections -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a section's table: the view's column ``name`` under ``heading``, as text
+    (``kind`` "label") or as a number that names its source, formatted by ``kind`` (a
+    :func:`_fmt` kind, or a function of the row that picks one). ``at`` reads another row of
+    the same line: the conversion table shows several stages of a month side by side."""
+
+    name: str
+    heading: str
+    kind: str | Callable[[dict], str] = "label"
+    at: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """What a section reads and shows: ``sql`` (``{view}`` stands for ``view``) gives the
+    rows; ``keys`` name one row of the view, the ``line`` keys one line of the table (default:
+    all of them), and ``where`` is the rest of each number's ``data-where``."""
+
+    key: str
+    title: str
+    intro: str
+    view: str
+    sql: str
+    columns: tuple[Column, ...]
+    keys: tuple[str, ...] = ()
+    line: tuple[str, ...] | None = None
+    where: tuple[tuple[str, object], ...] = ()
+    not_yet: str = "run `revorch ingest`."  # what makes the view exist
+    empty: str | None = None  # said when ``is_empty``
+    is_empty: Callable[[list[dict]], bool] = lambda rows: not rows
+    plot: Callable[[list[dict], duckdb.DuckDBPyConnection], object] | None = None
+    notes: Callable[[list[dict], bool], list[str]] = lambda rows, plotted: []
+
+
+def _section(spec: SectionSpec, conn: duckdb.DuckDBPyConnection) -> Section:
+    """The section ``spec`` declares, read from ``conn``: its table, plot and notes, or why
+    it has nothing to show."""
+    section = Section(spec.key, spec.title, spec.intro)
+    rows = _rows(conn, spec.sql.format(view=spec.view))
+    if rows is None:
+        section.missing = f"{spec.view} does not exist yet: {spec.not_yet}"
+        return section
+    if spec.empty and spec.is_empty(rows):
+        section.missing = spec.empty
+        return section
+    line_keys = spec.keys if spec.line is None else spec.line
+    by_key = {tuple(r[k] for k in spec.keys): r for r in rows}
+    lines: dict[tuple, dict] = {}
+    for row in rows:
+        lines.setdefault(tuple(row[k] for k in line_keys), row)
+    table = Table([c.heading for c in spec.columns], [])
+    for first in lines.values():
+        cells = []
+        for column in spec.columns:
+            where = {**dict(spec.where), **{k: first[k] for k in line_keys}, **dict(column.at)}
+            row = by_key.get(tuple(where[k] for k in spec.keys), {}) if column.at else first
+            value = row.get(column.name)
+            if column.kind == "label":
+                cells.append(Cell("" if value is None else str(value)))
+                continue
+            kind = column.kind(row) if callable(column.kind) else column.kind
+            cells.append(Cell(_fmt(value, kind), spec.view, where, column.name, _number(value)))
+        table.rows.append(cells)
+    section.tables.append(table)
+    figure = spec.plot(rows, conn) if spec.plot else None
+    if figure is not None:
+        section.plots[spec.key] = _svg(figure, spec.key)
+    section.notes += spec.notes(rows, figure is not None)
     return section
 
 
-def _estate(conn) -> Section:
-    view = "metrics.automation_estate"
-    section = Section(
+CONVERSION_STEPS = (("lead", "lead → MQL"), ("mql", "MQL → SQL"), ("sql", "SQL → opportunity"))
+RATE_OUTCOMES = ("next_stage", "won", "renewed")  # in points, on one axis
+
+
+def _uplift_unit(row: dict) -> str:
+    """Days and ARR are differences of amounts; the other outcomes, of rates."""
+    return "signed" if row["outcome"] in ("days_to_next_stage", "expansion_arr") else "points"
+
+
+def _uplift_notes(rows: list[dict], plotted: bool) -> list[str]:
+    notes = []
+    if any(r["status"] == "interim" for r in rows):
+        notes.append(
+            "Interim: the analysis date has not come; do not stop or "
+            "scale a playbook on these intervals."
+        )
+    if not plotted:
+        notes.append("No interval yet: too few entities have reached their horizon.")
+    return notes
+
+
+SECTIONS = (
+    SectionSpec(
+        "funnel",
+        "Funnel",
+        FUNNEL_DEFINITION,
+        "metrics.funnel_conversion",
+        "SELECT stage, reached, conversion_to_next FROM {view} "
+        "WHERE lead_source = '(all)' ORDER BY stage_order",
+        (
+            Column("stage", "stage"),
+            Column("reached", "reached", "count"),
+            Column("conversion_to_next", "conversion to next stage", "pct"),
+        ),
+        keys=("stage",),
+        where=(("lead_source", "(all)"),),
+        plot=_bar_plot("stage", "reached", "funnel", "contacts that reached the stage", "#1f77b4"),
+    ),
+    SectionSpec(
+        "conversion",
+        "Conversion over time",
+        "The same funnel, by the month each contact first entered it (its cohort), for the "
+        f"last {MONTHS_SHOWN} months. A recent cohort has had less time to move on, so its "
+        "conversion is still rising.",
+        "metrics.funnel_by_month",
+        "SELECT month, strftime(month, '%Y-%m') AS cohort, stage, reached, conversion_to_next "
+        "FROM {view} WHERE month IN (SELECT DISTINCT month FROM {view} ORDER BY month DESC "
+        f"LIMIT {MONTHS_SHOWN}) ORDER BY month, stage_order",
+        (
+            Column("cohort", "cohort month"),
+            Column("reached", "leads", "count", at=(("stage", "lead"),)),
+            *(
+                Column("conversion_to_next", name, "pct", at=(("stage", stage),))
+                for stage, name in CONVERSION_STEPS
+            ),
+        ),
+        keys=("month", "stage"),
+        line=("month",),
+        empty="No contact has entered the funnel yet.",
+        plot=_conversion_plot,
+    ),
+    SectionSpec(
+        "cycle_time",
+        "Cycle time per stage",
+        "Days contacts and accounts spend in each stage: median and 90th percentile of the "
+        "stays that have ended; stays still open are counted apart.",
+        "metrics.stage_velocity",
+        "SELECT entity_type, stage, completed_stays, median_days, p90_days, open_stays "
+        f"FROM {{view}} ORDER BY entity_type DESC, list_position({list(LIFECYCLE)}, stage) "
+        "NULLS LAST, stage",
+        (
+            Column("entity_type", "entity"),
+            Column("stage", "stage"),
+            Column("completed_stays", "ended stays", "count"),
+            Column("median_days", "median days", "days"),
+            Column("p90_days", "p90 days", "days"),
+            Column("open_stays", "open stays", "count"),
+        ),
+        keys=("entity_type", "stage"),
+        plot=_cycle_time_plot,
+    ),
+    SectionSpec(
+        "retention",
+        "Net and gross revenue retention",
+        "Over the 12 months that end at the clock, for the accounts that had an active "
+        "subscription when the window started (docs/metrics.md gives the formulas).",
+        "metrics.revenue_retention",
+        "SELECT nrr, grr, starting_arr, churned_arr, contraction_arr, expansion_arr, accounts "
+        "FROM {view}",
+        (
+            Column("nrr", "NRR", "pct"),
+            Column("grr", "GRR", "pct"),
+            Column("starting_arr", "starting ARR", "usd0"),
+            Column("churned_arr", "churned ARR", "usd0"),
+            Column("contraction_arr", "contraction ARR", "usd0"),
+            Column("expansion_arr", "expansion ARR", "usd0"),
+            Column("accounts", "accounts in the cohort", "count"),
+        ),
+        plot=_retention_plot,
+    ),
+    SectionSpec(
+        "uplift",
+        "Uplift per playbook",
+        "What each playbook changes, measured against its randomized holdout, with a 95% "
+        "interval. Interim results (before the analysis date registered in "
+        "config/policy.yaml) are grey: to watch, not to decide by. An interval across zero "
+        "means the effect is not known, not that there is none.",
+        "metrics.playbook_uplift",
+        "SELECT playbook, outcome, status, n_treatment, n_holdout, units_waiting, effect, "
+        "ci_low, ci_high, analysis_date FROM {view} ORDER BY playbook, outcome",
+        (
+            Column("playbook", "playbook"),
+            Column("outcome", "outcome"),
+            Column("status", "status"),
+            Column("n_treatment", "treated", "count"),
+            Column("n_holdout", "held out", "count"),
+            Column("units_waiting", "waiting", "count"),
+            Column("effect", "effect", _uplift_unit),
+            Column("ci_low", "95% low", _uplift_unit),
+            Column("ci_high", "95% high", _uplift_unit),
+        ),
+        keys=("playbook", "outcome"),
+        not_yet="the uplift read-out has not run.",
+        empty="No playbook has exposed an entity yet.",
+        plot=_forest_plot(
+            lambda r: f"{r['playbook']} · {r['outcome']}",
+            "ci_low",
+            "ci_high",
+            "effect",
+            "uplift",
+            "effect, percentage points (95%)",
+            keep=lambda r: r["outcome"] in RATE_OUTCOMES,  # rates share an axis
+        ),
+        notes=_uplift_notes,
+    ),
+    SectionSpec(
+        "cost",
+        "Cost per agent and per outcome",
+        "Model spend per agent (to date and in the last 7 days), per decision, and per "
+        "action that was sent. Decisions taken offline cost nothing.",
+        "metrics.agent_cost",
+        "SELECT agent, decisions, llm_decisions, cost_usd, cost_usd_7d, actions_sent, "
+        "cost_per_decision, cost_per_action_sent FROM {view}",
+        (
+            Column("agent", "agent"),
+            Column("decisions", "decisions", "count"),
+            Column("llm_decisions", "by a model", "count"),
+            Column("cost_usd", "cost to date", "usd"),
+            Column("cost_usd_7d", "last 7 days", "usd"),
+            Column("actions_sent", "actions sent", "count"),
+            Column("cost_per_decision", "per decision", "usd"),
+            Column("cost_per_action_sent", "per action sent", "usd"),
+        ),
+        keys=("agent",),
+        empty="No agent has decided anything yet.",
+        is_empty=lambda rows: all(r["agent"] == "(all)" for r in rows),
+        plot=_bar_plot("agent", "cost_usd", "cost", "USD to date", "#9467bd", rotation=20),
+    ),
+    SectionSpec(
+        "approvals",
+        "Approvals and their waiting time",
+        "Actions the policy held for a person: how many were approved, rejected or expired, "
+        "how many still wait, and the hours from proposal to decision.",
+        "metrics.approvals",
+        "SELECT action_type, asked, approved, rejected, expired, waiting, "
+        "median_hours_to_decision, p90_hours_to_decision, oldest_waiting_hours FROM {view}",
+        (
+            Column("action_type", "action type"),
+            Column("asked", "asked", "count"),
+            Column("approved", "approved", "count"),
+            Column("rejected", "rejected", "count"),
+            Column("expired", "expired", "count"),
+            Column("waiting", "waiting", "count"),
+            Column("median_hours_to_decision", "median hours", "hours"),
+            Column("p90_hours_to_decision", "p90 hours", "hours"),
+            Column("oldest_waiting_hours", "oldest waiting, hours", "hours"),
+        ),
+        keys=("action_type",),
+        empty="No action has been held for approval.",
+        is_empty=lambda rows: not rows or rows[0]["asked"] == 0,
+        plot=_approvals_plot,
+    ),
+    SectionSpec(
         "estate",
         "Automation estate",
         "The automations already running (imported with `revorch estate import`), ranked: "
         "keep, migrate into Revorch, or retire. The outcome comparison is observational "
         "(records an automation touched against similar records it did not): a reason to "
         "look closer, not proof of an effect.",
-    )
-    rows = _rows(
-        conn,
-        f"SELECT rank, recommendation, automation_id, name, changes, records_touched, "
-        f"matched_stays, lift, lift_low, lift_high, evidence FROM {view} ORDER BY rank",
-    )
-    if rows is None:
-        section.missing = f"{view} does not exist yet: run `revorch ingest`."
-        return section
-    if not rows:
-        section.missing = "No automation imported yet: `revorch estate import FILE --format ...`."
-        return section
-    table = Table(
-        [
-            "rank",
-            "verdict",
-            "automation",
-            "changes",
-            "records",
+        "metrics.automation_estate",
+        "SELECT rank, recommendation, automation_id, name || ' (' || automation_id || ')' "
+        "AS automation, name, changes, records_touched, matched_stays, lift, lift_low, "
+        "lift_high, evidence FROM {view} ORDER BY rank",
+        (
+            Column("rank", "rank", "count"),
+            Column("recommendation", "verdict"),
+            Column("automation", "automation"),
+            Column("changes", "changes", "count"),
+            Column("records_touched", "records", "count"),
+            Column("lift", "lift", "points"),
+            Column("lift_low", "95% low", "points"),
+            Column("lift_high", "95% high", "points"),
+            Column("evidence", "evidence"),
+        ),
+        keys=("automation_id",),
+        empty="No automation imported yet: `revorch estate import FILE --format ...`.",
+        plot=_forest_plot(
+            lambda r: f"{r['rank']}. {r['name']}",
+            "lift_low",
+            "lift_high",
             "lift",
-            "95% low",
-            "95% high",
-            "evidence",
-        ],
-        [],
-    )
-    for row in rows:
-        where = {"automation_id": row["automation_id"]}
-        table.rows.append(
-            [
-                _cell(row, view, where, "rank", "count"),
-                _label(row["recommendation"]),
-                _label(f"{row['name']} ({row['automation_id']})"),
-                _cell(row, view, where, "changes", "count"),
-                _cell(row, view, where, "records_touched", "count"),
-                _cell(row, view, where, "lift", "points"),
-                _cell(row, view, where, "lift_low", "points"),
-                _cell(row, view, where, "lift_high", "points"),
-                _label(row["evidence"]),
-            ]
-        )
-    section.tables.append(table)
-    figure, shown = _forest(
-        rows,
-        lambda r: f"{r['rank']}. {r['name']}",
-        "lift_low",
-        "lift_high",
-        "lift",
-        "estate",
-        "lift in progress rate, percentage points (95%)",
-    )
-    if shown:
-        section.plots["estate"] = _svg(figure, "estate")
-    return section
-
-
-SECTIONS = (
-    _funnel,
-    _conversion_over_time,
-    _cycle_time,
-    _retention,
-    _uplift,
-    _cost,
-    _approvals,
-    _estate,
+            "estate",
+            "lift in progress rate, percentage points (95%)",
+        ),
+    ),
 )
-
 
 # --- the report ---------------------------------------------------------------------------------
 
@@ -647,7 +594,7 @@ def weekly_report_html(conn: duckdb.DuckDBPyConnection, *, source: str = "") -> 
     environment.filters["code"] = _code
     template = environment.get_template("weekly.html")
     return template.render(
-        sections=[make(conn) for make in SECTIONS],
+        sections=[_section(spec, conn) for spec in SECTIONS],
         clock_now=_moment(clock_now),
         data_until=_moment(data_until),
         source=source,

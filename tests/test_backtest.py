@@ -1,9 +1,6 @@
 """The lead model's backtest on a simulated CRM: it learns the signal, and it trains only on
 what was known at the split."""
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import numpy as np
@@ -74,25 +71,3 @@ def test_an_explicit_split_and_a_readable_report(crm, report):
     text = report.to_text()
     for words in ("AUC", "top-decile", "lift", "Brier", "calibration", "logistic regression"):
         assert words in text
-
-
-def test_the_backtest_command_shows_its_phases_when_asked(scoring_crm, tmp_path):
-    home = scoring_crm.copy("stages", tmp_path / "home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
-    backtest = subprocess.run(
-        [sys.executable, "-m", "revorch.cli", "backtest", "--progress"],
-        cwd=tmp_path,
-        env={**env, **home.env(), "CI": "true"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert backtest.returncode == 0, backtest.stderr
-    # Every model by default: this CRM has leads and deals, and no renewal history yet.
-    assert "Lead model backtest" in backtest.stdout and "Deal model backtest" in backtest.stdout
-    assert "Renewal model: not backtested" in backtest.stdout
-    bar = backtest.stderr.replace("\r", "\n")
-    for kind in ("lead", "deal", "renewal"):
-        for phase in ("reading its examples", "training and testing it"):
-            assert f"{kind} model: {phase}" in bar
-    assert "Backtest: 100%" in bar and "6/6" in bar

@@ -156,6 +156,7 @@ def renewal_history(n: int = 160, seed: int = 3):
 
 
 def test_the_backtest_command_compares_every_model_with_its_baselines(scoring_crm, tmp_path):
+    """Every model by default, with a bar over each model's phases when asked."""
     from revorch.definitions import materialize
 
     home = scoring_crm.copy("stages", tmp_path / "home")
@@ -164,7 +165,7 @@ def test_the_backtest_command_compares_every_model_with_its_baselines(scoring_cr
     materialize(ingestion, database=home.database, landing=home.landing.root, clock=clock.DATA)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
     backtest = subprocess.run(
-        [sys.executable, "-m", "revorch.cli", "backtest", "--model", "all"],
+        [sys.executable, "-m", "revorch.cli", "backtest", "--progress"],
         cwd=tmp_path,
         env={**env, **home.env(), "CI": "true"},
         capture_output=True,
@@ -182,6 +183,11 @@ def test_the_backtest_command_compares_every_model_with_its_baselines(scoring_cr
             assert 0.5 < auc <= 1
         assert "AUC" in table and "Brier" in table and "product calibration" in table
     assert "not backtested" not in out
+    bar = backtest.stderr.replace("\r", "\n")
+    for kind in ("lead", "deal", "renewal"):
+        for phase in ("reading its examples", "training and testing it"):
+            assert f"{kind} model: {phase}" in bar
+    assert "Backtest: 100%" in bar and "6/6" in bar
 
 
 def test_the_model_backtest_asset_records_every_figure(scoring_crm, tmp_path):

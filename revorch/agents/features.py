@@ -23,7 +23,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -274,7 +274,13 @@ RESERVED = frozenset(
 
 
 class _ModelDefinition(_Strict):
+    kind: ClassVar[str]  # lead, deal or renewal
     features: list[Feature]
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _expand(cls, features: object) -> object:
+        return _with_defaults(cls.kind, features)
 
     def check_features(self, kind: str, scoring_days: int | None = None) -> None:
         names = [f.name for f in self.features]
@@ -352,6 +358,7 @@ def _with_defaults(kind: str, features: object) -> object:
 
 
 class LeadDefinition(_ModelDefinition):
+    kind: ClassVar[str] = "lead"
     features: list[Feature] = Field(default_factory=lambda: list(DEFAULT_FEATURES["lead"]))
     scoring_days: int = Field(default=14, gt=0, description="scored this long after creation")
     outcome: LeadOutcome = LeadOutcome()
@@ -359,11 +366,6 @@ class LeadDefinition(_ModelDefinition):
     # fast-tracked) or expired (not scored at all). None: no limit.
     stale_after_days: int | None = Field(default=365, gt=0)
     stale: Literal["flag", "expire"] = "flag"
-
-    @field_validator("features", mode="before")
-    @classmethod
-    def _expand(cls, features: object) -> object:
-        return _with_defaults("lead", features)
 
     @model_validator(mode="after")
     def _valid(self) -> LeadDefinition:
@@ -377,13 +379,9 @@ class LeadDefinition(_ModelDefinition):
 
 
 class DealDefinition(_ModelDefinition):
+    kind: ClassVar[str] = "deal"
     features: list[Feature] = Field(default_factory=lambda: list(DEFAULT_FEATURES["deal"]))
     outcome: DealOutcome = DealOutcome()
-
-    @field_validator("features", mode="before")
-    @classmethod
-    def _expand(cls, features: object) -> object:
-        return _with_defaults("deal", features)
 
     @model_validator(mode="after")
     def _valid(self) -> DealDefinition:
@@ -392,13 +390,9 @@ class DealDefinition(_ModelDefinition):
 
 
 class RenewalDefinition(_ModelDefinition):
+    kind: ClassVar[str] = "renewal"
     features: list[Feature] = Field(default_factory=lambda: list(DEFAULT_FEATURES["renewal"]))
     outcome: RenewalOutcome = RenewalOutcome()
-
-    @field_validator("features", mode="before")
-    @classmethod
-    def _expand(cls, features: object) -> object:
-        return _with_defaults("renewal", features)
 
     @model_validator(mode="after")
     def _valid(self) -> RenewalDefinition:

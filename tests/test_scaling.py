@@ -254,14 +254,19 @@ def query_growth(sizes: tuple[int, int], base: Path) -> dict[str, tuple[float, f
     return {name: (values[0], values[1]) for name, values in cpu.items()}
 
 
-def test_id_list_queries_grow_at_most_about_linearly(tmp_path: Path):
-    figures = query_growth(QUERY_SIZES, tmp_path)
-    print("\n" + table(QUERY_SIZES, figures))
-    too_fast = {
+def grew_too_fast(figures: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """The figures that grew more than GROWTH_LIMIT times from the small to the large size."""
+    return {
         name: f"{b / max(a, 1e-3):.1f}x"
         for name, (a, b) in figures.items()
         if b / max(a, 1e-3) > GROWTH_LIMIT
     }
+
+
+def test_id_list_queries_grow_at_most_about_linearly(tmp_path: Path):
+    figures = query_growth(QUERY_SIZES, tmp_path)
+    print("\n" + table(QUERY_SIZES, figures))
+    too_fast = grew_too_fast(figures)
     assert not too_fast, (
         f"a query grew more than {GROWTH_LIMIT:.0f}x for 10x the ids and rows: {too_fast}\n"
         + table(QUERY_SIZES, figures)
@@ -274,11 +279,7 @@ def test_cpu_grows_at_most_about_linearly(tmp_path: Path, monkeypatch: pytest.Mo
     figures = growth(SIZES, tmp_path, monkeypatch)
     print("\n" + table(SIZES, figures))
     assert set(figures) >= {"through handoffs", "inputs of lead_qualification"}
-    too_fast = {
-        name: f"{b / max(a, 1e-3):.1f}x"
-        for name, (a, b) in figures.items()
-        if b / max(a, 1e-3) > GROWTH_LIMIT
-    }
+    too_fast = grew_too_fast(figures)
     assert not too_fast, (
         f"CPU grew more than {GROWTH_LIMIT:.0f}x for 10x the contacts: {too_fast}\n"
         + table(SIZES, figures)

@@ -36,9 +36,19 @@ class HubSpotResource(dg.ConfigurableResource):
         description="More HubSpot properties to land as they are, by object type.",
     )
 
+    attribution: bool = Field(
+        default_factory=config.attribution,
+        description="Read property history to credit each change to who made it "
+        "(REVORCH_HUBSPOT_ATTRIBUTION; about half a poll's requests).",
+    )
+
     def poll_settings(self) -> PollSettings:
         extra = {k: tuple(v) for k, v in self.extra_properties.items()}
-        return PollSettings(lookback_seconds=self.lookback_seconds, extra_properties=extra)
+        return PollSettings(
+            lookback_seconds=self.lookback_seconds,
+            extra_properties=extra,
+            attribution=self.attribution,
+        )
 
     @property
     def cursor_path(self) -> Path:

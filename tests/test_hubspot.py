@@ -509,6 +509,40 @@ def test_the_polled_object_types_come_from_the_environment(monkeypatch):
         config.poll_settings()
 
 
+@pytest.mark.parametrize("setting, reads_history", [("", True), ("false", False)])
+def test_attribution_switched_off_in_the_environment_asks_for_no_property_history(
+    tmp_path, monkeypatch, setting, reads_history
+):
+    from orch_assets.sources.hubspot import poll_hubspot
+
+    monkeypatch.setenv("REVORCH_HUBSPOT_ATTRIBUTION", setting)
+    with FakeHubSpot(small_portal()) as hubspot:
+        # As the resource is built for a deployment: every setting from its default.
+        resource = HubSpotResource(
+            access_token=TOKEN, base_url=hubspot.url, state_dir=str(tmp_path / "hubspot")
+        )
+        result = poll_hubspot.execute_in_process(
+            resources={
+                "hubspot": resource,
+                "landing_zone": LandingZoneResource(path=str(tmp_path / "landing")),
+            }
+        )
+        history_reads = sum(
+            hubspot.portal.count("POST", f"/crm/v3/objects/{kind}/batch/read")
+            for kind in ("contacts", "companies", "deals", "tickets")
+        )
+    assert result.success
+    assert resource.attribution is reads_history
+    # The property history is the poller's only batch read (propertiesWithHistory).
+    assert (history_reads > 0) is reads_history
+    events = landed(LandingZone(tmp_path / "landing"))
+    assert {e["object_id"] for e in events} >= {"101", "102", "5001", "7001"}
+    assert all(("source" in e) is reads_history for e in events if e["object_id"] == "101")
+    monkeypatch.setenv("REVORCH_HUBSPOT_ATTRIBUTION", "nope")
+    with pytest.raises(ValueError, match="must be true or false"):
+        HubSpotResource(access_token=TOKEN)
+
+
 def test_the_ledger_is_opened_once_for_reads_and_sees_later_writes(tmp_path, monkeypatch):
     """The webhook receiver reads the ledger on every request: one connection, not one per
     read, and still every write the dispatcher commits later, or a ledger started afresh."""

@@ -47,7 +47,9 @@ def _ols(outcome: np.ndarray, columns: list[np.ndarray], alpha: float):
     import statsmodels.api as sm  # heavy: imported only when an estimate is computed
 
     design = np.column_stack([np.ones(len(outcome)), *columns])
-    fit = sm.OLS(outcome, design).fit(cov_type="HC2")
+    # t rather than normal quantiles (n - k degrees of freedom): with a few dozen units per
+    # arm, normal quantiles on HC2 errors made 95% intervals cover about 85% of the time.
+    fit = sm.OLS(outcome, design).fit(cov_type="HC2", use_t=True)
     low, high = fit.conf_int(alpha=alpha)[1]
     return float(fit.params[1]), float(fit.bse[1]), float(low), float(high), float(fit.pvalues[1])
 
@@ -74,9 +76,13 @@ def estimate_uplift(
         x = x - x.mean()
         if np.ptp(x) > 0:
             unadjusted_se = se
-            effect, se, low, high, p = _ols(y, [t, x, t * x], alpha)
-            adjusted = True
-            reduction = 1.0 - (se / unadjusted_se) ** 2 if unadjusted_se > 0 else 0.0
+            fit = _ols(y, [t, x, t * x], alpha)
+            # A unit alone with its covariate value in its arm is fitted exactly (leverage
+            # 1): HC2 then has no error for it, so the adjustment gives no interval.
+            if np.isfinite(fit[1]) and np.isfinite(fit[2]) and np.isfinite(fit[3]):
+                effect, se, low, high, p = fit
+                adjusted = True
+                reduction = 1.0 - (se / unadjusted_se) ** 2 if unadjusted_se > 0 else 0.0
     return Estimate(
         n_treatment=n_t,
         n_holdout=n_h,

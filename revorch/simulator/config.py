@@ -40,6 +40,11 @@ class SimulationConfig:
     # assignment itself (revorch/experiments/assignment.py) at ``holdout_share``.
     playbook_effects: tuple[tuple[str, float], ...] = ()
     holdout_share: float = 0.10
+    # When Revorch starts exposing (an ISO instant with a time zone, or a date): the effects
+    # then raise only the conversions of contacts still undecided at that moment, so the
+    # history before it is the same for both arms and the set of contacts Revorch exposes
+    # then cannot depend on the arm. Empty: the effects act over the whole history.
+    effects_from: str = ""
 
     def __post_init__(self) -> None:
         # Resolved once, so the config (and every event it produces) names its own window.
@@ -64,6 +69,8 @@ class SimulationConfig:
             raise ValueError("holdout_share must be in [0, 1)")
         if any(not -1.0 <= points <= 1.0 for _, points in self.playbook_effects):
             raise ValueError("a playbook effect is a change of probability, in [-1, 1]")
+        if self.effects_from:
+            _instant(self.effects_from)  # refuses what is not an instant
         if self.window[1] - self.window[0] < 30 * DAY:
             raise ValueError("the history window must span at least 30 days")
 
@@ -71,6 +78,11 @@ class SimulationConfig:
     def window(self) -> tuple[int, int]:
         """Start and end of the history as epoch seconds."""
         return _epoch(self.start), _epoch(self.end)
+
+    @property
+    def effects_start(self) -> int | None:
+        """``effects_from`` as epoch seconds (None: effects act over the whole history)."""
+        return _instant(self.effects_from) if self.effects_from else None
 
     def rng(self, part: int) -> np.random.Generator:
         """An independent, reproducible random stream for one part of the simulation."""
@@ -80,3 +92,12 @@ class SimulationConfig:
 def _epoch(day: str) -> int:
     parsed = date.fromisoformat(day)
     return int(datetime(parsed.year, parsed.month, parsed.day, tzinfo=UTC).timestamp())
+
+
+def _instant(value: str) -> int:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        if len(value) > 10:
+            raise ValueError(f"effects_from needs a time zone: {value!r}")
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())

@@ -45,10 +45,24 @@ class Deals:
 
 
 @dataclass(frozen=True)
+class Conversion:
+    """Each contact's MQL -> SQL step as drawn (contact ``i`` is ``c-<i + 1>``): what a
+    playbook's known effect acts on, kept so a test can read the true effect back."""
+
+    mql_at: np.ndarray  # epoch seconds; the contact is an MQL from then on if ``mql``
+    mql: np.ndarray
+    sql_at: np.ndarray  # when it becomes an SQL, if it converts
+    decided_at: np.ndarray  # the first of its SQL and disqualification moments
+    base_odds: np.ndarray  # SQL odds without any playbook (0 for contacts never MQL)
+    undecided: np.ndarray  # decided after ``effects_from``: the effects act on it
+
+
+@dataclass(frozen=True)
 class Funnel:
     events: list[EventSet]
     deals: Deals
     activities: pl.DataFrame
+    conversion: Conversion
 
 
 def with_playbook_effects(
@@ -56,20 +70,59 @@ def with_playbook_effects(
     contacts: np.ndarray,
     effects: tuple[tuple[str, float], ...],
     holdout_share: float,
+    undecided: np.ndarray | None = None,
 ) -> np.ndarray:
     """``odds`` of the contacts at indexes ``contacts``, raised by each playbook's effect for
     the contacts it treats: those its holdout assignment (the policy's own hash) keeps in
-    treatment. Draws no random number, so a history without effects is unchanged."""
+    treatment, and, given ``undecided``, only where it is true. Draws no random number, so a
+    history without effects is unchanged."""
     if not effects:
         return odds
     ids = [f"c-{i + 1:07d}" for i in contacts]
     out = odds.astype(np.float64, copy=True)
+    acting = out > 0 if undecided is None else (out > 0) & undecided
     for playbook, points in effects:
         treated = np.fromiter(
             (not held_out(playbook, "contact", c, holdout_share) for c in ids), bool, len(ids)
         )
-        out = np.where(treated & (out > 0), np.clip(out + points, 0.0, 1.0), out)
+        out = np.where(treated & acting, np.clip(out + points, 0.0, 1.0), out)
     return out
+
+
+def true_uplift(
+    config: SimulationConfig,
+    conversion: Conversion,
+    playbook: str,
+    contacts: np.ndarray,
+    exposed_at: np.ndarray,
+    horizon_seconds: int,
+) -> np.ndarray:
+    """The simulator's own truth for the ``next_stage`` outcome: for each contact (by index)
+    exposed to ``playbook`` at ``exposed_at`` (epoch seconds), how much being treated rather
+    than held out raises its chance of moving on within ``horizon_seconds``. Non-zero only
+    for an MQL still undecided at its exposure whose SQL moment falls within the horizon (a
+    lead's next stage is MQL, whatever the arm); the other playbooks' effects stay as its
+    arms in them have them."""
+    points = dict(config.playbook_effects).get(playbook, 0.0)
+    if not points:
+        return np.zeros(len(contacts))
+    c = conversion
+    undecided = c.undecided[contacts]
+    others = tuple((p, x) for p, x in config.playbook_effects if p != playbook)
+    odds = with_playbook_effects(
+        c.base_odds[contacts], contacts, others, config.holdout_share, undecided
+    )
+    raised = np.clip(odds + points, 0.0, 1.0)
+    counts = (
+        c.mql[contacts]
+        & undecided
+        & (odds > 0)
+        & (c.mql_at[contacts] <= exposed_at)
+        & (c.decided_at[contacts] > exposed_at)
+        & (c.sql_at[contacts] <= exposed_at + horizon_seconds)
+        & (c.sql_at[contacts] < config.window[1])
+    )
+    return np.where(counts, raised - odds, 0.0)
 
 
 def build_funnel(config: SimulationConfig, population: Population, intent: np.ndarray) -> Funnel:
@@ -92,14 +145,25 @@ def build_funnel(config: SimulationConfig, population: Population, intent: np.nd
     mql = (rng.random(n) < calibrated_probability(score, MQL_RATE)) & (mql_at < t1)
     attempted_at = mql_at + rng.integers(HOUR, 3 * DAY, n)
     sql_at = attempted_at + HOUR + gamma_seconds(rng, 2.0, 5 * DAY, n)
-    sql_odds = np.zeros(n)
-    sql_odds[mql] = calibrated_probability(1.3 * score[mql], SQL_RATE)
-    sql_odds = with_playbook_effects(
-        sql_odds, np.arange(n), config.playbook_effects, config.holdout_share
-    )
-    sql = mql & (rng.random(n) < sql_odds) & (sql_at < t1)
-    disqualified = mql & ~sql & (rng.random(n) < 0.8)
+    base_odds = np.zeros(n)
+    base_odds[mql] = calibrated_probability(1.3 * score[mql], SQL_RATE)
+    # The same draws in the same order as ever (a history is unchanged), but the moment
+    # each contact is decided is known before its outcome, so effects can depend on it.
+    converts = rng.random(n)
+    disqualifies = rng.random(n)
     disqualified_at = attempted_at + HOUR + gamma_seconds(rng, 2.0, 10 * DAY, n)
+    decided_at = np.minimum(sql_at, disqualified_at)
+    start = config.effects_start
+    undecided = np.ones(n, bool) if start is None else decided_at > start
+    sql_odds = with_playbook_effects(
+        base_odds,
+        np.arange(n),
+        config.playbook_effects,
+        config.holdout_share,
+        None if start is None else undecided,
+    )
+    sql = mql & (converts < sql_odds) & (sql_at < t1)
+    disqualified = mql & ~sql & (disqualifies < 0.8)
     cold = ~mql & (rng.random(n) < 0.2)
     cold_at = contacts.created + rng.integers(20 * DAY, 90 * DAY, n)
     deleted = cold & (rng.random(n) < 0.03)
@@ -189,7 +253,8 @@ def build_funnel(config: SimulationConfig, population: Population, intent: np.nd
         stop,
         1.5 + 1.2 * deals.reached,
     )
-    return Funnel(events, deals, activities)
+    conversion = Conversion(mql_at, mql, sql_at, decided_at, base_odds, undecided)
+    return Funnel(events, deals, activities, conversion)
 
 
 def _contact_update(

@@ -10,6 +10,9 @@
                                          ``contacts=hs_lead_score,region;deals=forecast``
 ``REVORCH_HUBSPOT_OBJECTS``              the object types to poll, default
                                          ``contacts,companies,deals,tickets``
+``REVORCH_HUBSPOT_ATTRIBUTION``          ``false`` skips the property-history reads (who
+                                         made each change; half a poll's requests), default
+                                         ``true``
 """
 
 from __future__ import annotations
@@ -77,8 +80,21 @@ def objects() -> tuple[str, ...]:
     return chosen or PollSettings.objects
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def attribution() -> bool:
+    """Whether polls read property history, to credit each change to who made it."""
+    value = os.environ.get("REVORCH_HUBSPOT_ATTRIBUTION", "").strip().lower()
+    if value and value not in _TRUE + _FALSE:
+        raise ValueError(f"REVORCH_HUBSPOT_ATTRIBUTION must be true or false, not {value!r}")
+    return value not in _FALSE
+
+
 def poll_settings() -> PollSettings:
-    return PollSettings(objects=objects(), extra_properties=extra_properties())
+    return PollSettings(
+        objects=objects(), extra_properties=extra_properties(), attribution=attribution()
+    )
 
 
 def api_from_env() -> HubSpotApi:

@@ -12,7 +12,12 @@ def canonical_json(record: dict) -> str:
 
 
 def input_hash(record: dict) -> str:
-    return hashlib.sha256(canonical_json(record).encode()).hexdigest()
+    return text_hash(canonical_json(record))
+
+
+def text_hash(canonical: str) -> str:
+    """:func:`input_hash` of the record whose :func:`canonical_json` is ``canonical``."""
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def decision_id(agent: str, prompt_version: str, model: str, input_digest: str) -> str:

@@ -196,6 +196,25 @@ def test_lead_confidence_is_distance_from_the_cut(tier, crm):
         assert (decision.next_action in ("fast_track_to_sales", "accelerate_follow_up")) == (p >= t)
 
 
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_scoring_every_lead_at_once_decides_as_one_by_one(crm, calibrated):
+    """A run scores its open leads in bulk (``lead_qualifications``): the same bits as the
+    row-by-row model (a matrix product over all rows sums in another order and differs in
+    the last bit), the same decisions."""
+    from revorch.agents.scoring import ScoringConfig
+
+    tier = OfflineTier.train(crm, scoring=ScoringConfig() if calibrated else None)
+    assert hasattr(tier.lead_model, "calibrator") == calibrated
+    items = lead_inputs(crm)
+    model = tier.lead_model
+    assert len(items) > 1000 and {i["stale"] for i in items} == {False, True}
+    assert model.predict_each(items) == [model.predict([i])[0] for i in items]
+    assert model.fit_scores_each(items) == [model.fit_scores([i])[0] for i in items]
+    bulk = [d.model_dump() for d in tier.lead_qualifications(items)]
+    assert bulk == [tier.lead_qualification(i).model_dump() for i in items]
+    assert {d["next_action"] for d in bulk} >= {"nurture", "accelerate_follow_up"}
+
+
 TICKETS = {
     "cancel": (
         "Cancel our subscription",

@@ -12,7 +12,12 @@ def canonical_json(record: dict) -> str:
 
 
 def input_hash(record: dict) -> str:
-    return hashlib.sha256(canonical_json(record).encode()).hexdigest()
+    return text_hash(canonical_json(record))
+
+
+def text_hash(canonical: str) -> str:
+    """:func:`input_hash` of the record whose :func:`canonical_json` is ``canonical``."""
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def decision_id(agent: str, prompt_version: str, model: str, input_digest: str) -> str:
@@ -20,7 +25,12 @@ def decision_id(agent: str, prompt_version: str, model: str, input_digest: str) 
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+_AS_IS = (str, int, bool, type(None))  # most values: checked first, returned as they are
+
+
 def _normalise(value: object) -> object:
+    if type(value) in _AS_IS:
+        return value
     if isinstance(value, float):
         return round(value, 6)
     if isinstance(value, dict):

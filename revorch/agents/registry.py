@@ -11,7 +11,7 @@ from revorch.agents import offline as offline_inputs
 from revorch.agents.config import AgentSettings
 from revorch.agents.features import ModelsConfig
 from revorch.agents.offline import OfflineTier
-from revorch.agents.runtime import AgentSpec
+from revorch.agents.runtime import AgentSpec, Bulk
 from revorch.agents.schemas import (
     DealRisk,
     LeadQualification,
@@ -43,7 +43,9 @@ def agent_specs(tier: OfflineTier) -> dict[str, AgentSpec]:
         name: AgentSpec(
             name=name,
             output_model=output,
-            offline=getattr(tier, name),
+            offline=Bulk(tier.lead_qualification, tier.lead_qualifications)
+            if name == "lead_qualification"
+            else getattr(tier, name),
             offline_version=tier.model_version(name),
         )
         for name, output in OUTPUTS.items()

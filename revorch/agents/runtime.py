@@ -44,7 +44,7 @@ from revorch.agents.llm import (
     strict_json_schema,
     worst_case_prompt_tokens,
 )
-from revorch.agents.memo import canonical_json, decision_id, input_hash
+from revorch.agents.memo import canonical_json, decision_id, text_hash
 from revorch.agents.redact import known_names, redact
 from revorch.mcp.client import look_up, with_lookups
 
@@ -59,6 +59,18 @@ class AgentSpec:
     output_model: type[BaseModel]
     offline: Callable[[dict], BaseModel]  # the offline tier's decision for one input
     offline_version: str  # names the offline model in the memo key
+
+
+@dataclass(frozen=True)
+class Bulk:
+    """An offline decision that can also decide many inputs at once (``many``: the same
+    decisions, the models scored in bulk); ``run_agent`` uses ``many`` when it is there."""
+
+    one: Callable[[dict], BaseModel]
+    many: Callable[[list[dict]], list[BaseModel]]
+
+    def __call__(self, item: dict) -> BaseModel:
+        return self.one(item)
 
 
 @dataclass
@@ -127,7 +139,9 @@ def run_agent(
     settings = settings or config.agents[spec.name]
     report = RunReport(spec.name, inputs=len(items))
     day = datetime.now(UTC).date()
-    hashes = [input_hash(item) for item in items]
+    # Each input's canonical text once: hashed for the memo, stored with a new decision.
+    texts = [canonical_json(item) for item in items]
+    hashes = [text_hash(text) for text in texts]
     with connect() as conn:
         known = _memo(conn, spec, settings, sorted(set(hashes)))
     report.memo_hits = sum(1 for h in hashes if h in known)
@@ -136,7 +150,12 @@ def run_agent(
         (item, digest) for item, digest in zip(items, hashes, strict=True) if digest not in known
     ]
     todo = list({digest: (item, digest) for item, digest in todo}.values())  # same input once
-    offline = [spec.offline(item) for item, _ in todo]
+    text_of = dict(zip(hashes, texts, strict=True))
+    offline = (
+        spec.offline.many([item for item, _ in todo])
+        if isinstance(spec.offline, Bulk)
+        else [spec.offline(item) for item, _ in todo]
+    )
     wanted = [
         i
         for i, ((item, _), decision) in enumerate(zip(todo, offline, strict=True))
@@ -209,6 +228,7 @@ def run_agent(
                 price,
                 run_id,
                 redacted.get(i),
+                text_of[digest],
             )
         )
     if rows or seen is not None:
@@ -316,6 +336,7 @@ def _row(
     price,
     run_id,
     sent: dict | None,
+    text: str | None = None,
 ):
     answered = result is not None and result.output is not None
     output = result.output if answered else decision
@@ -334,7 +355,7 @@ def _row(
         "entity_id": str(item["id"]),
         "tier": "llm" if answered else "offline",
         "fallback_reason": reason,
-        "input": canonical_json(item),
+        "input": text if text is not None else canonical_json(item),
         "prompt": json.dumps(prompts.messages(spec.name, settings.prompt_version, sent))
         if result is not None
         else None,

@@ -114,6 +114,10 @@ class Calibrated:
     def predict(self, inputs: list[dict[str, Any]]) -> list[float]:
         return self.calibrator.apply(self.base.predict(inputs)).tolist()
 
+    def predict_each(self, inputs: list[dict[str, Any]], encoded: Any = None) -> list[float]:
+        # Defined here: through __getattr__ the base would answer uncalibrated.
+        return self.calibrator.apply(self.base.predict_each(inputs, encoded)).tolist()
+
     def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
         return self.calibrator.apply(self.base_predict_frame(frame))
 
@@ -130,7 +134,11 @@ class Calibrated:
         return self.cuts.fast_track
 
     def percentile(self, probability: float) -> float:
-        quantiles = self.calibrator.apply(self.base.intent_quantiles)
+        quantiles = self.__dict__.get("_quantiles")
+        if quantiles is None:  # the same for every lead: computed once
+            quantiles = self.__dict__["_quantiles"] = self.calibrator.apply(
+                self.base.intent_quantiles
+            )
         return float(np.searchsorted(quantiles, probability, side="right") / len(quantiles))
 
     def _content(self) -> dict[str, Any]:

@@ -415,7 +415,14 @@ def _stable(row: dict[str, Any]) -> dict[str, Any]:
     return {key: _stable_value(row[key]) for key in sorted(row)}
 
 
+# Values returned as they are, checked first (most values are text and counts). An int
+# counts only where it has no is_integer (Python < 3.12): there the last branch rounds it.
+_AS_IS = (str, type(None), *(() if hasattr(0, "is_integer") else (int, bool)))
+
+
 def _stable_value(value: Any) -> Any:
+    if type(value) in _AS_IS:
+        return value
     if isinstance(value, float):
         return round(value, 4)
     if isinstance(value, datetime):

@@ -111,14 +111,32 @@ class OfflineTier:
     def lead_qualification(self, item: dict[str, Any]) -> LeadQualification:
         """Fit, probability of reaching SQL, and what to do with a ``lead_inputs`` row.
         A stale lead (open longer than ``stale_after_days``) is never fast-tracked."""
+        return self._lead(item, None)
+
+    def lead_qualifications(self, items: list[dict[str, Any]]) -> list[LeadQualification]:
+        """:meth:`lead_qualification` of every item, the same decisions, with the model's
+        scores computed for all of them at once (a run scores every open lead)."""
+        model = self.lead_model
+        if model is None or not items:
+            return [self._lead(item, None) for item in items]
+        encoded = model.intent.encode_rows(items)
+        scores = zip(
+            model.predict_each(items, encoded),
+            model.fit_scores_each(items),
+            model.intent.effects(encoded),
+            strict=True,
+        )
+        return [self._lead(item, score) for item, score in zip(items, scores, strict=True)]
+
+    def _lead(self, item: dict[str, Any], scores: tuple | None) -> LeadQualification:
+        """``scores``: (probability, fit, features' effects) computed in bulk, else None."""
+        model = self.lead_model
+        if model is not None and scores is None:
+            scores = (model.predict([item])[0], model.fit_scores([item])[0], None)
         if item.get("stale"):
             return LeadQualification(
-                fit_score=round(self.lead_model.fit_scores([item])[0], 4)
-                if self.lead_model
-                else 0.5,
-                intent_score=round(self.lead_model.predict([item])[0], 4)
-                if self.lead_model
-                else 0.0,
+                fit_score=round(scores[1], 4) if model else 0.5,
+                intent_score=round(scores[0], 4) if model else 0.0,
                 next_action="nurture",
                 # A rule, not a close call: no reason to ask the LLM tier.
                 confidence=1.0,
@@ -128,7 +146,7 @@ class OfflineTier:
                 ],
             )
         if item.get("stage") == "sql":
-            fit = self.lead_model.fit_scores([item])[0] if self.lead_model else 0.5
+            fit = scores[1] if model else 0.5
             return LeadQualification(
                 fit_score=round(fit, 4),
                 intent_score=1.0,
@@ -136,11 +154,9 @@ class OfflineTier:
                 confidence=1.0,
                 reasons=["already sales-qualified"],
             )
-        if self.lead_model is None:
+        if model is None:
             return self._lead_by_engagement(item)
-        model = self.lead_model
-        p = model.predict([item])[0]
-        fit = model.fit_scores([item])[0]
+        p, fit, effects = scores
         t = model.threshold
         if p >= t:
             # A calibrated model has its own fast-track cut (config); otherwise the work-now one.
@@ -153,7 +169,7 @@ class OfflineTier:
         reasons = [
             f"{p:.0%} chance of SQL in {model.metadata['horizon_days']} days "
             f"(work-now cut {t:.0%})",
-            *model.reasons(item, limit=3),
+            *model.reasons(item, limit=3, effects=effects),
         ]
         return LeadQualification(
             fit_score=round(fit, 4),

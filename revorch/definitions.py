@@ -110,6 +110,7 @@ FULL_REBUILD_STEPS = (
     "stages__onboarding",
     "stages__adoption_health",
     *(f"agents__{name}" for name in AGENT_NAMES),
+    "metrics__playbook_uplift",  # otherwise recomputed once a clock day (metrics/uplift.py)
 )
 
 # Landing zone -> change log -> CRM state -> lifecycle -> stage views -> handoffs, without the

@@ -105,6 +105,7 @@ defs = dg.Definitions(
 # The steps that take a rebuild from the whole change log (RebuildConfig), by op name.
 FULL_REBUILD_STEPS = (
     "crm_current_state",
+    "stages__waiting_references",
     "stages__contact_lifecycle",
     "stages__account_lifecycle",
     "stages__onboarding",

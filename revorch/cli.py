@@ -957,13 +957,14 @@ def _backtest(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from resources import default_resources
-    from revorch.agents.models import offline_tier
+    from revorch.agents.models import stored_tier
     from revorch.agents.registry import agent_specs
     from revorch.agents.replay import replay_run, what_if
 
     with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
         _check_run_recorded(conn, args.run_id)
-        specs = agent_specs(offline_tier(conn))
+        # The models the recorded runs stored: a read-only copy is never trained into.
+        specs = agent_specs(stored_tier(conn))
         if not args.what_if:
             print(replay_run(conn, args.run_id, specs).to_text())
             return 0

@@ -322,6 +322,49 @@ def test_the_uplift_asset_reads_the_real_graphs_holdouts_into_the_metrics_table(
         assert metadata[f"{playbook}/{outcome}/n_holdout"] == n_h > 0
 
 
+def test_the_uplift_read_out_is_recomputed_only_when_it_can_change_and_equals_a_full_one(
+    copy_crm,
+):
+    from revorch.definitions import materialize
+
+    home = copy_crm("governed")
+
+    def run(full_rebuild: bool = False) -> bool:
+        result = materialize(
+            dg.AssetSelection.assets(["metrics", "playbook_uplift"]),
+            database=home.database,
+            landing=home.landing.root,
+            clock="data",
+            full_rebuild=full_rebuild,
+        )
+        (event,) = result.get_asset_materialization_events()
+        return event.materialization.metadata["recomputed"].value
+
+    def read_out() -> tuple[list, list]:
+        with home.connect() as conn:
+            return (
+                conn.execute(
+                    "SELECT * EXCLUDE (computed_at) FROM metrics.playbook_uplift "
+                    "ORDER BY playbook, outcome"
+                ).fetchall(),
+                conn.execute("SELECT * FROM metrics.playbook_units").fetchall(),
+            )
+
+    run()
+    assert run() is False  # same clock day, declaration and mature units: nothing to redo
+    with home.connect() as conn:
+        # New mature units (as if exposed 60 days before the history ends) change the key.
+        conn.execute(
+            "UPDATE governance.holdout_assignments SET exposed_at = exposed_at - INTERVAL 60 DAY"
+        )
+    assert run() is True
+    assert run() is False
+    keyed = read_out()
+    assert any(row[-1] for row in keyed[1])  # some units are mature
+    assert run(full_rebuild=True) is True
+    assert read_out() == keyed
+
+
 def test_the_simulator_applies_the_effect_only_to_treated_contacts():
     base = np.full(2_000, 0.3)
     odds = with_playbook_effects(

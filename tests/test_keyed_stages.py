@@ -1,4 +1,5 @@
-"""Stage tables kept by key (stages.onboarding, stages.adoption_health) recompute only the keys
+"""Stage tables kept by key (stages.onboarding, stages.adoption_health,
+stages.waiting_references) recompute only the keys
 touched since their last run, and give what a full recompute gives after every run of a
 sequence of changes, deletions and clock moves (forward over the look-back edge, back, and
 forward again). Views whose SQL did not change are not created again."""
@@ -162,3 +163,57 @@ def test_views_are_not_created_again_when_their_sql_did_not_change(crm):
         again = dict(conn.execute("SELECT name, updated_at FROM stages.sql_versions").fetchall())
     assert again["stages.renewals"] == made["stages.renewals"]
     assert again["stages.leads"] > made["stages.leads"]
+
+
+WAITING = dg.AssetSelection.assets(["stages", "waiting_references"])
+
+
+def waiting(database) -> list[tuple]:
+    with duckdb.connect(str(database), read_only=True) as conn:
+        return conn.execute("SELECT * FROM stages.waiting_references ORDER BY ALL").fetchall()
+
+
+def test_waiting_references_follow_the_change_and_equal_a_full_recompute(tmp_path):
+    zone = LandingZone(tmp_path / "landing").ensure()
+    database = tmp_path / "revorch.duckdb"
+    state = dg.AssetSelection.groups("ingestion", "crm_state").without_checks() | WAITING
+
+    def run() -> tuple[int, set[tuple[str, str, str]]]:
+        metadata = ingest_and_stage(database, zone, selection=state)["stages/waiting_references"]
+        full = tmp_path / "full.duckdb"
+        shutil.copyfile(database, full)
+        materialize(WAITING, database=full, landing=zone.root, full_rebuild=True)
+        assert waiting(database) == waiting(full)
+        full.unlink()
+        return metadata["keys_recomputed"], {(r[0], r[1], r[4]) for r in waiting(database)}
+
+    day, later = "2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z"
+    zone.write_events(
+        "test",
+        [
+            event("w-1", "contact", "c-1", day, company_id="co-1", owner_id="o-1"),
+            event("w-2", "contact", "c-2", day, company_id="co-2"),
+            event("w-3", "deal", "d-1", day, company_id="co-1", contact_id="c-1"),
+            event("w-4", "company", "co-9", day, name="Other"),
+        ],
+    )
+    assert run()[1] == {
+        ("contact", "c-1", "co-1"),
+        ("contact", "c-1", "o-1"),
+        ("contact", "c-2", "co-2"),
+        ("deal", "d-1", "co-1"),
+    }
+    # The company arrives, a contact names another missing one, a waiting deal is deleted.
+    zone.write_events(
+        "test",
+        [
+            event("w-5", "company", "co-1", later, name="Acme"),
+            event("w-6", "contact", "c-2", later, company_id="co-3"),
+            {**event("w-7", "deal", "d-1", later), "op": "delete"},
+        ],
+    )
+    keys, rows = run()
+    assert rows == {("contact", "c-1", "o-1"), ("contact", "c-2", "co-3")}
+    # The three changed records and c-1, which waited for co-1; not co-9.
+    assert keys == 4
+    assert run()[0] == 0  # nothing new: nothing recomputed

@@ -1,7 +1,8 @@
 -- One row per randomized (playbook, entity) and outcome: its arm, its exposure, the outcome
 -- read at a fixed horizon after that exposure, and a covariate measured before it (activity
 -- in the 30 days before exposure, or the amount at stake). Only entities whose horizon has
--- passed by the clock are here (`mature`), so a unit's outcome never changes once it counts.
+-- passed by the start of the clock day (mature_by) are `mature`, so a unit's outcome never
+-- changes once it counts, and the read-out changes only with the day or the mature set (uplift.py).
 CREATE OR REPLACE TABLE metrics.playbook_units AS
 WITH a AS (
     SELECT * FROM governance.holdout_assignments WHERE randomized
@@ -100,7 +101,9 @@ subscription_units AS (
     JOIN subscriptions AS s ON s.id = a.entity_id
     WHERE a.entity_type = 'subscription'
 )
-SELECT u.*, (u.exposed_at + to_days(CAST(u.horizon_days AS INTEGER))) <= clock_now() AS mature
+SELECT u.*,
+       (u.exposed_at + to_days(CAST(u.horizon_days AS INTEGER)))
+           <= CAST($mature_by AS TIMESTAMPTZ) AS mature
 FROM (SELECT * FROM contact_units UNION ALL SELECT * FROM deal_units
       UNION ALL SELECT * FROM subscription_units) AS u
 ORDER BY playbook, outcome, entity_type, entity_id

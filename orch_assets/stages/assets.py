@@ -382,13 +382,32 @@ expansion = chain_stage(
     "FROM stages.expansion",
     description="Accounts ready to grow: seats nearly all used, or an expansion deal open.",
 )
-waiting_references = stage_view(
-    "waiting_references",
-    [crm(table) for table in CURRENT_STATE_TABLES],
-    "Records that name a record not received yet (a contact before its company, a deal "
+waiting_references = sql_asset(
+    ["stages", "waiting_references"],
+    sql_files=[SQL_DIR / "waiting_references.sql"],
+    relation="stages.waiting_references",
+    deps=[crm(table) for table in CURRENT_STATE_TABLES],
+    description="Records that name a record not received yet (a contact before its company, a deal "
     "before its owner), with the missing id and since when they wait. Events may arrive in "
     "any order: these wait instead of failing the run, and leave when the record arrives.",
-    "SELECT count(DISTINCT (record_type, record_id)) AS records_waiting, "
+    group_name="stages",
+    keyed=KeyedStage(
+        "waiting_references.sql",
+        "stages.waiting_references",
+        "(record_type || ':' || record_id)",
+        " UNION ALL ".join(
+            f"SELECT '{record}:' || id FROM {table}"
+            for record, table in (
+                ("contact", "contacts"),
+                ("company", "companies"),
+                ("deal", "deals"),
+                ("activity", "activities"),
+                ("ticket", "tickets"),
+                ("subscription", "subscriptions"),
+            )
+        ),
+    ),
+    summary_sql="SELECT count(DISTINCT (record_type, record_id)) AS records_waiting, "
     "count(*) FILTER (WHERE missing_type = 'company') AS \"waiting_for/company\", "
     "count(*) FILTER (WHERE missing_type = 'contact') AS \"waiting_for/contact\", "
     "count(*) FILTER (WHERE missing_type = 'deal') AS \"waiting_for/deal\", "

@@ -1,10 +1,10 @@
 -- Records that name another record Revorch has not received yet: a contact before its
 -- company, a deal before its owner. Events may arrive in any order, so a missing record is
 -- not an error while it may still come; each waits here, since the change that named it was
--- received, and leaves by itself when the record arrives (the table is rebuilt on every run).
--- Deleted records wait for nothing.
-CREATE OR REPLACE TABLE stages.waiting_references AS
-WITH named AS (
+-- received, and leaves by itself when the record arrives. Deleted records wait for nothing.
+-- The rows of the records in `scope` (keys `<record_type>:<record_id>`; revorch/lifecycle/
+-- keyed_tables.py, waiting_references_touched.sql says which).
+WITH named_all AS (
     SELECT 'contact' AS record_type, id AS record_id, 'company_id' AS reference,
            'company' AS missing_type, company_id AS missing_id
     FROM contacts WHERE NOT _deleted
@@ -26,6 +26,9 @@ WITH named AS (
               FROM subscriptions WHERE NOT _deleted
     UNION ALL SELECT 'subscription', id, 'deal_id', 'deal', deal_id
               FROM subscriptions WHERE NOT _deleted
+),
+named AS (
+    SELECT * FROM named_all WHERE record_type || ':' || record_id IN (SELECT key FROM scope)
 ),
 known AS (
     SELECT 'owner' AS object_type, id FROM owners

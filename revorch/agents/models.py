@@ -1,12 +1,18 @@
-"""The offline tier's trained models, kept in ``agents.models`` by content version."""
+"""The offline tier's trained models, kept in ``agents.models`` by content version, and the
+attempts the history was too short for, in ``agents.model_attempts``."""
 
 from __future__ import annotations
 
+from datetime import date
+from typing import Any
+
 import duckdb
 
+from revorch import clock
 from revorch.agents.features import ModelsConfig, OutcomeCounts
 from revorch.agents.offline import DealModel, LeadModel, OfflineTier, RenewalModel
 from revorch.agents.offline.calibration import load_model
+from revorch.agents.offline.tier import MODEL_AGENTS, train_model
 from revorch.agents.scoring import ScoringConfig
 from revorch.lifecycle.config import LifecycleConfig
 
@@ -20,27 +26,26 @@ def train_and_store(
     models: ModelsConfig | None = None,
     scoring: ScoringConfig | None = None,
 ) -> OfflineTier:
-    """Train every model the history supports and keep the ones not stored yet; ``config``:
-    the lifecycle config (the run's snapshot; default: the shipped file); ``models``: the
-    declared features and outcomes (config/agents.yaml ``models:``); ``scoring``: the
-    calibration and cuts (config/agents.yaml ``scoring:``; None: uncalibrated)."""
-    tier = OfflineTier.train(conn, config=config, models=models, scoring=scoring)
-    for kind, model in (
-        ("lead", tier.lead_model),
-        ("deal", tier.deal_model),
-        ("renewal", tier.renewal_model),
-    ):
-        if model is None:
-            continue
-        exists = conn.execute(
-            "SELECT count(*) FROM agents.models WHERE version = ?", [model.version]
-        ).fetchone()[0]
-        if not exists:
-            conn.execute(
-                "INSERT INTO agents.models VALUES (?, ?, now(), ?)",
-                [model.version, kind, model.to_json()],
-            )
+    """Train every model the history supports and keep the ones not stored yet (the daily
+    retrain); ``config``: the lifecycle config (the run's snapshot; default: the shipped
+    file); ``models``: the declared features and outcomes (config/agents.yaml ``models:``);
+    ``scoring``: the calibration and cuts (config/agents.yaml ``scoring:``; None:
+    uncalibrated). A kind the history is too short for is recorded as tried today."""
+    models = models or ModelsConfig()
+    tier = OfflineTier(config=config)
+    config, today = tier.config, clock.now(conn).date()
+    for kind in KINDS:
+        _train_and_keep(conn, tier, kind, today, config=config, models=models, scoring=scoring)
     return tier
+
+
+def stored_tier(
+    conn: duckdb.DuckDBPyConnection, *, config: LifecycleConfig | None = None
+) -> OfflineTier:
+    """The newest stored model of each kind, as stored: never trains, never writes. What a
+    replay of a recorded run uses (it reads the analysts' read-only copy)."""
+    stored = stored_models(conn)
+    return OfflineTier(stored.get("lead"), stored.get("deal"), stored.get("renewal"), config=config)
 
 
 def offline_tier(
@@ -50,37 +55,80 @@ def offline_tier(
     models: ModelsConfig | None = None,
     scoring: ScoringConfig | None = None,
 ) -> OfflineTier:
-    """The newest stored models; trained from the history first if a kind is missing, or
-    was trained on other declared features or outcomes than ``models`` (a history too short
-    for a model leaves that agent to its rules until it grows)."""
+    """The newest stored models; a kind that is missing, or was trained on other declared
+    features or outcomes than ``models``, is trained first, that kind alone. A kind the
+    history is too short for is tried once per clock day and declaration: later runs that
+    day leave its agent to its rules (``untrained`` says why) without training again, and
+    the daily ``agents/offline_models`` retrain tries it next."""
     models = models or ModelsConfig()
+    stored = stored_models(conn)
+    tier = OfflineTier(config=config)
+    config, today = tier.config, None  # the clock is read only when a kind needs training
+    for kind in KINDS:
+        model = stored.get(kind)
+        if model is not None and _definition(model, kind) == models.definition(kind).key():
+            tier.set_model(kind, model)
+            continue
+        today = today or clock.now(conn).date()
+        failed = conn.execute(
+            "SELECT error FROM agents.model_attempts "
+            "WHERE kind = ? AND definition = ? AND tried_on = ?",
+            [kind, models.definition(kind).key(), today],
+        ).fetchone()
+        if failed:
+            tier.untrained[MODEL_AGENTS[kind]] = failed[0]
+            continue
+        _train_and_keep(conn, tier, kind, today, config=config, models=models, scoring=scoring)
+    return tier
+
+
+def stored_models(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """The newest stored model of each kind."""
     rows = conn.execute(
-        """
-        SELECT kind, arg_max(model, trained_at) FROM agents.models GROUP BY kind
-        """
+        "SELECT kind, arg_max(model, trained_at) FROM agents.models GROUP BY kind"
     ).fetchall()
-    stored = {kind: load_model(KINDS, kind, text) for kind, text in rows if kind in KINDS}
-    shipped = ModelsConfig()
-    current = all(
-        kind in stored
-        # A model stored before declarations existed was trained on the shipped ones.
-        and stored[kind].metadata.get("definition", shipped.definition(kind).key())
-        == models.definition(kind).key()
-        for kind in KINDS
-    )
-    if not current:
-        if _read_only(conn):
-            # A replay reads a copy it may not write: train in memory and store nothing.
-            return OfflineTier.train(conn, config=config, models=models, scoring=scoring)
-        return train_and_store(conn, config=config, models=models, scoring=scoring)
-    return OfflineTier(stored.get("lead"), stored.get("deal"), stored.get("renewal"), config=config)
+    return {kind: load_model(KINDS, kind, text) for kind, text in rows if kind in KINDS}
 
 
-def _read_only(conn: duckdb.DuckDBPyConnection) -> bool:
-    row = conn.execute(
-        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
-    ).fetchone()
-    return bool(row and row[0])
+def _definition(model: Any, kind: str) -> str:
+    # A model stored before declarations existed was trained on the shipped ones.
+    return model.metadata.get("definition", ModelsConfig().definition(kind).key())
+
+
+def _train_and_keep(
+    conn: duckdb.DuckDBPyConnection,
+    tier: OfflineTier,
+    kind: str,
+    today: date,
+    *,
+    config: LifecycleConfig | None,
+    models: ModelsConfig,
+    scoring: ScoringConfig | None,
+) -> None:
+    """Train ``kind`` into ``tier`` and store it, or record why the history could not."""
+    definition = models.definition(kind).key()
+    try:
+        model = train_model(kind, conn, config=config, models=models, scoring=scoring)
+    except ValueError as error:  # too little history: the rule decides instead
+        tier.untrained[MODEL_AGENTS[kind]] = str(error)
+        conn.execute(
+            "DELETE FROM agents.model_attempts WHERE kind = ? AND definition = ?",
+            [kind, definition],
+        )
+        conn.execute(
+            "INSERT INTO agents.model_attempts VALUES (?, ?, ?, now(), ?)",
+            [kind, definition, today, str(error)],
+        )
+        return
+    tier.set_model(kind, model)
+    exists = conn.execute(
+        "SELECT count(*) FROM agents.models WHERE version = ?", [model.version]
+    ).fetchone()[0]
+    if not exists:
+        conn.execute(
+            "INSERT INTO agents.models VALUES (?, ?, now(), ?)",
+            [model.version, kind, model.to_json()],
+        )
 
 
 def outcome_counts(model: LeadModel | DealModel | RenewalModel | None) -> OutcomeCounts | None:

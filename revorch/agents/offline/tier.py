@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from datetime import date
-from functools import partial
 from typing import Any
 
 import duckdb
@@ -39,6 +38,31 @@ RENEWAL_RISK_CUTS = (0.2, 0.5)
 BIG_DEAL_AMOUNT = 100_000
 BIG_ACCOUNT_ARR = 100_000
 STALE_DEAL_DAYS = 21
+
+
+# The agent each trained model decides for, by model kind.
+MODEL_AGENTS = {"lead": "lead_qualification", "deal": "deal_risk", "renewal": "renewal_risk"}
+
+
+def train_model(
+    kind: str,
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    config: LifecycleConfig | None = None,
+    models: ModelsConfig | None = None,
+    scoring: ScoringConfig | None = None,
+) -> Any:
+    """The ``kind`` model (lead, deal or renewal) trained on the history, calibrated when
+    ``scoring`` is given. Raises ValueError when the history is too short for it."""
+    config = config or load_lifecycle_config()
+    models = models or ModelsConfig()
+    if scoring is not None:
+        return train_calibrated(kind, conn, config=config, models=models, scoring=scoring)
+    if kind == "lead":
+        return LeadModel.train(conn, models=models)
+    if kind == "deal":
+        return DealModel.train(conn, models=models)
+    return RenewalModel.train(conn, config=config, models=models)
 
 
 class OfflineTier:
@@ -73,31 +97,19 @@ class OfflineTier:
         in ``untrained``). With ``scoring``, each model is calibrated on the newest part of
         its history and the lead cuts are the configured ones (``train_calibrated``)."""
         config = config or load_lifecycle_config()
-        models = models or ModelsConfig()
-        trained: dict[str, Any] = {}
-        untrained = {}
-        for agent, train in (
-            ("lead_qualification", lambda: LeadModel.train(conn, models=models)),
-            ("deal_risk", lambda: DealModel.train(conn, models=models)),
-            ("renewal_risk", lambda: RenewalModel.train(conn, config=config, models=models)),
-        ):
-            if scoring is not None:
-                kind = agent.split("_")[0]
-                train = partial(
-                    train_calibrated, kind, conn, config=config, models=models, scoring=scoring
-                )
+        tier = cls(config=config)
+        for kind in MODEL_AGENTS:
             try:
-                trained[agent] = train()
+                tier.set_model(
+                    kind, train_model(kind, conn, config=config, models=models, scoring=scoring)
+                )
             except ValueError as error:  # too little history: the rule decides instead
-                untrained[agent] = str(error)
-        tier = cls(
-            trained.get("lead_qualification"),
-            trained.get("deal_risk"),
-            trained.get("renewal_risk"),
-            config=config,
-        )
-        tier.untrained = untrained
+                tier.untrained[MODEL_AGENTS[kind]] = str(error)
         return tier
+
+    def set_model(self, kind: str, model: Any) -> None:
+        """Decide ``kind``'s agent with ``model`` (None: its rule)."""
+        setattr(self, f"{kind}_model", model)
 
     def model_version(self, agent: str) -> str:
         """What decides for ``agent``: a model version, or the rules' version."""

@@ -185,8 +185,8 @@ QUERY_SIZES = (5_000, 50_000)
 
 
 def _fill(conn: duckdb.DuckDBPyConnection, contacts: int) -> list[str]:
-    """Contacts, three activities each and a qualifying stage move for a third of them; the
-    contact ids."""
+    """Contacts, three activities each, a qualifying stage move for a third of them and an
+    exposure to a playbook for each; the contact ids."""
     conn.execute(
         "INSERT INTO contacts (id, created_at, _deleted) "
         "SELECT 'c' || i, now() - to_days(CAST(30 + i % 300 AS INTEGER)), false FROM range(?) t(i)",
@@ -205,16 +205,32 @@ def _fill(conn: duckdb.DuckDBPyConnection, contacts: int) -> list[str]:
         "'rule', 'test' FROM range(0, ?, 3) t(i)",
         [contacts],
     )
+    # Every contact exposed to one playbook 20 days ago, a tenth of them held out.
+    conn.execute("CREATE SCHEMA IF NOT EXISTS metrics")
+    conn.execute(
+        "INSERT INTO governance.holdout_assignments SELECT 'handoff/follow_up_cadence', "
+        "'contact', 'c' || i, NULL, CASE WHEN i % 10 = 0 THEN 'holdout' ELSE 'treatment' END, "
+        "true, (i % 10) / 10, 0.1, 'v1', now() - INTERVAL 20 DAY, 'x' || i, NULL FROM range(?) t(i)",
+        [contacts],
+    )
     return [f"c{i}" for i in range(contacts)]
 
 
 def id_list_queries() -> dict[str, tuple[str, Callable[[list[str]], dict]]]:
-    """Each query that filters by a list of ids, by name: its SQL and its parameters."""
+    """Each query that filters by a list of ids, by name: its SQL and its parameters; and the
+    uplift read-out's units, which join every exposure with the activities before it."""
+    from orch_assets.metrics.uplift import SQL_DIR
+    from orch_assets.sql_files import render
     from revorch.agents.features import ModelsConfig
     from revorch.agents.offline.inputs import RECENT_ACTIVITY_SQL
     from revorch.agents.offline.lead_model import LABELS_SQL
 
+    units = render(
+        (SQL_DIR / "playbook_units.sql").read_text(),
+        {"horizon_days": 30, "renewal_horizon_days": 90, "mature_by": "2100-01-01 00:00:00+00"},
+    )
     return {
+        "playbook units (uplift read-out)": (units, lambda ids: {}),
         "recent activity (lead inputs)": (
             RECENT_ACTIVITY_SQL,
             lambda ids: {"ids": ids, "as_of": None},

@@ -30,14 +30,22 @@ progressed AS (
     GROUP BY ALL
 ),
 prior_activity AS (
+    -- One equi-join per entity type: an OR of the two keys would make DuckDB compare every
+    -- exposure with every activity (123.7 CPU s against 0.27 s at 100k contacts).
     SELECT a.playbook, a.entity_type, a.entity_id, count(v.id) AS activities
     FROM a
     LEFT JOIN activities AS v
-      ON NOT v._deleted
-     AND ((a.entity_type = 'contact' AND v.contact_id = a.entity_id)
-          OR (a.entity_type = 'deal' AND v.deal_id = a.entity_id))
+      ON v.contact_id = a.entity_id AND NOT v._deleted
      AND v.activity_at > a.exposed_at - INTERVAL 30 DAY AND v.activity_at <= a.exposed_at
-    WHERE a.entity_type IN ('contact', 'deal')
+    WHERE a.entity_type = 'contact'
+    GROUP BY ALL
+    UNION ALL
+    SELECT a.playbook, a.entity_type, a.entity_id, count(v.id) AS activities
+    FROM a
+    LEFT JOIN activities AS v
+      ON v.deal_id = a.entity_id AND NOT v._deleted
+     AND v.activity_at > a.exposed_at - INTERVAL 30 DAY AND v.activity_at <= a.exposed_at
+    WHERE a.entity_type = 'deal'
     GROUP BY ALL
 ),
 contact_units AS (

@@ -359,3 +359,26 @@ def test_an_approval_is_dispatched_while_an_ingestion_run_is_in_flight(home, tmp
         ).fetchone()[0]
     assert status == "sent"
     assert action in home.outbox.read_text()
+
+
+def test_the_approvals_sensor_leaves_dispatch_to_a_review_or_dispatch_run_in_flight(
+    tmp_path, monkeypatch
+):
+    from sensors.approvals import approved_actions_sensor
+
+    monkeypatch.setenv("REVORCH_HOME", str(tmp_path))
+    for name in ("REVORCH_DB", "REVORCH_PUBLISHED_DB", "REVORCH_DISPATCH_JOURNAL"):
+        monkeypatch.delenv(name, raising=False)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance)
+        assert "no published state store" in approved_actions_sensor(context).skip_message
+        # `revorch approvals approve` reviews, then dispatches in its own process.
+        for job in ("review_actions", "dispatch_actions"):
+            run_id = instance.create_run_for_job(
+                job_def=defs.resolve_job_def(job),
+                status=dg.DagsterRunStatus.STARTED,
+                tags=dict(defs.resolve_job_def(job).tags),
+            ).run_id
+            skipped = approved_actions_sensor(dg.build_sensor_context(instance=instance))
+            assert skipped.skip_message == f"review or dispatch run {run_id[:8]} is in flight"
+            instance.report_run_failed(instance.get_run_by_id(run_id))

@@ -1035,13 +1035,13 @@ def _approvals(args: argparse.Namespace) -> int:
     if not result.success:
         print(f"revorch approvals: {_failure(result)}", file=sys.stderr)
         return 1
-    done = (
-        "approved; `revorch dispatch` (or the approvals sensor) sends them"
-        if (args.verb == "approve")
-        else "rejected; they will never be sent"
-    )
-    print(f"{len(set(args.action_ids))} actions {done}.")
-    return 0
+    if args.verb == "reject":
+        print(f"{len(set(args.action_ids))} actions rejected; they will never be sent.")
+        return 0
+    print(f"{len(set(args.action_ids))} actions approved; dispatching now.", flush=True)
+    # In this process, at once: not after the approvals sensor's next tick and a new run
+    # process (bench/README.md, "Live mode"). If it fails, they stay approved for the next.
+    return _dispatch(args)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -4,19 +4,19 @@ from pathlib import Path
 
 import dagster as dg
 
-from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets, offline_models
 from orch_assets.agents.assets import UPSTREAM as AGENT_NAMES
-from orch_assets.agents.backtest import MODEL_BACKTEST, model_backtest
+from orch_assets.agents.assets import agent_assets, offline_models
+from orch_assets.agents.backtest import model_backtest
 from orch_assets.estate.assets import automation_estate
 from orch_assets.governance.assets import governance_assets
 from orch_assets.governance.checks import governance_checks
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
-from orch_assets.ingestion.jobs import DECIDE_SELECTION, LANE_TAG, live_jobs
+from orch_assets.ingestion.jobs import DECIDE_SELECTION, LANE_TAG, live_jobs, revorch_main
 from orch_assets.metrics.assets import metric_assets
 from orch_assets.metrics.uplift import playbook_uplift
 from orch_assets.publish.assets import published_state_asset
-from orch_assets.reports.assets import WEEKLY_REPORT, report_assets
+from orch_assets.reports.assets import report_assets
 from orch_assets.schedules import jobs as scheduled_jobs
 from orch_assets.schedules import schedules
 from orch_assets.sources.hubspot import hubspot_poll_schedule, poll_hubspot
@@ -48,18 +48,6 @@ pipeline_assets = [
 ]
 published_state = published_state_asset(
     deps=[key for assets_def in pipeline_assets for key in assets_def.keys]
-)
-
-revorch_main = dg.define_asset_job(
-    "revorch_main",
-    # Models are retrained and backtested daily (on_cron) and the weekly report is made on
-    # Mondays (orch_assets/schedules.py), not on every batch.
-    selection=dg.AssetSelection.all()
-    - dg.AssetSelection.assets(OFFLINE_MODELS, MODEL_BACKTEST, WEEKLY_REPORT),
-    description="Ingest every waiting batch and bring every asset up to date.",
-    # One process for the whole run: steps share the DuckDB writer pool one at a time anyway,
-    # and a process per step would add seconds to every run.
-    executor_def=dg.in_process_executor,
 )
 
 # Declarative automation: when an upstream asset is updated outside revorch_main (by hand in

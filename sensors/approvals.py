@@ -5,8 +5,10 @@ import hashlib
 import dagster as dg
 import duckdb
 
+from orch_assets.ingestion.jobs import LANE_TAG
 from revorch import settings
 from revorch.governance.journal import interrupted_attempts
+from sensors.landing_zone import IN_FLIGHT
 
 WAITING_SQL = """
 SELECT action_id, status, attempts FROM governance.actions
@@ -24,6 +26,14 @@ ORDER BY action_id
     "the dispatch journal, so it never blocks the writer.",
 )
 def approved_actions_sensor(context: dg.SensorEvaluationContext):
+    # A review or dispatch run in flight (the CLI's approve dispatches right after its review)
+    # sends what waits, or publishes what is left to send: a second dispatcher beside it would
+    # only compete for the writer.
+    busy = context.instance.get_run_ids(
+        dg.RunsFilter(tags={LANE_TAG: "governance"}, statuses=IN_FLIGHT), limit=1
+    )
+    if busy:
+        return dg.SkipReason(f"review or dispatch run {busy[0][:8]} is in flight")
     # A dispatcher killed mid-delivery left attempts of unknown outcome: finish them now.
     interrupted = interrupted_attempts(settings.dispatch_journal_path())
     if interrupted:

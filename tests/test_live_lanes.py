@@ -1,5 +1,7 @@
 """Live mode keeps up: one run per lane, batches claimed once, people never wait on a run.
 
+- The two lanes together run exactly what revorch_main runs: nothing it leaves to a schedule
+  (the daily model fit and backtest, the weekly report) runs with every batch.
 - The landing sensor, on a real Dagster instance, requests a live_ingest run when batches wait
   and nothing while one is queued or running; a live_decide run once per successful ingestion,
   never two at once.
@@ -27,8 +29,11 @@ import duckdb
 import pytest
 
 from conftest import event
+from orch_assets.agents.assets import OFFLINE_MODELS
+from orch_assets.agents.backtest import MODEL_BACKTEST
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
-from orch_assets.ingestion.jobs import LANE_TAG, live_decide, live_ingest
+from orch_assets.ingestion.jobs import LANE_TAG, PUBLISHED, live_decide, live_ingest
+from orch_assets.reports.assets import WEEKLY_REPORT
 from resources import LandingZoneResource
 from revorch.definitions import defs
 from revorch.instance import INSTANCE_CONFIG
@@ -70,6 +75,23 @@ def _run(instance, job, status: dg.DagsterRunStatus) -> str:
 def _land(zone: LandingZone, n: int) -> None:
     for i in range(n):
         zone.write_events("sim", [event(f"e{time.time_ns()}-{i}", "contact", "c1", "2026-01-01")])
+
+
+def _runs(job_name: str) -> set:
+    """The assets and checks a run of this job materializes or evaluates."""
+    graph = defs.resolve_job_def(job_name).asset_layer.asset_graph
+    return set(graph.executable_asset_keys) | set(graph.asset_check_keys)
+
+
+def test_the_two_lanes_run_exactly_what_revorch_main_runs():
+    main, ingest, decide = _runs("revorch_main"), _runs("live_ingest"), _runs("live_decide")
+    assert ingest | decide == main
+    # Both lanes end by publishing the analysts' copy; nothing else runs in both.
+    assert ingest & decide == {PUBLISHED}
+    for daily in (OFFLINE_MODELS, MODEL_BACKTEST, WEEKLY_REPORT):
+        assert daily not in main | ingest | decide, daily
+    assert dg.AssetKey(["agents", "lead_qualification"]) in decide
+    assert dg.AssetKey(["stages", "expansion"]) in ingest
 
 
 def test_the_sensor_keeps_one_ingestion_in_flight_and_one_decision_after_each(tmp_path):
@@ -337,3 +359,26 @@ def test_an_approval_is_dispatched_while_an_ingestion_run_is_in_flight(home, tmp
         ).fetchone()[0]
     assert status == "sent"
     assert action in home.outbox.read_text()
+
+
+def test_the_approvals_sensor_leaves_dispatch_to_a_review_or_dispatch_run_in_flight(
+    tmp_path, monkeypatch
+):
+    from sensors.approvals import approved_actions_sensor
+
+    monkeypatch.setenv("REVORCH_HOME", str(tmp_path))
+    for name in ("REVORCH_DB", "REVORCH_PUBLISHED_DB", "REVORCH_DISPATCH_JOURNAL"):
+        monkeypatch.delenv(name, raising=False)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance)
+        assert "no published state store" in approved_actions_sensor(context).skip_message
+        # `revorch approvals approve` reviews, then dispatches in its own process.
+        for job in ("review_actions", "dispatch_actions"):
+            run_id = instance.create_run_for_job(
+                job_def=defs.resolve_job_def(job),
+                status=dg.DagsterRunStatus.STARTED,
+                tags=dict(defs.resolve_job_def(job).tags),
+            ).run_id
+            skipped = approved_actions_sensor(dg.build_sensor_context(instance=instance))
+            assert skipped.skip_message == f"review or dispatch run {run_id[:8]} is in flight"
+            instance.report_run_failed(instance.get_run_by_id(run_id))

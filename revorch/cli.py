@@ -35,6 +35,8 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -322,7 +324,7 @@ def _estate_import(args: argparse.Namespace) -> int:
 def _estate_report(args: argparse.Namespace) -> int:
     from revorch.estate.report import estate_report
 
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+    with _reading() as conn:
         try:
             text = estate_report(conn)
         except duckdb.CatalogException as error:
@@ -870,28 +872,28 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analyst_database() -> Path:
-    """The published copy when there is one: it can be read while a run writes."""
-    published = settings.published_path()
-    if published.exists():
-        return published
-    if not settings.database_path().exists():
-        raise RevorchError(
-            f"no state store at {settings.database_path()} yet; run `revorch quickstart` "
-            "(simulated data) or `revorch import FILE` then `revorch ingest` first"
-        )
-    return settings.database_path()
+@contextmanager
+def _reading(*, working: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The state store for reading: the published copy, or the live DuckLake catalog
+    (revorch/state/access.py); a clear error when there is none yet."""
+    from revorch.state.access import NoState, StateBusy, reading
+
+    try:
+        with reading(working=working, or_working=True) as conn:
+            yield conn
+    except (NoState, StateBusy) as error:
+        raise RevorchError(str(error)) from error
 
 
 def _report_text() -> str:
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+    with _reading() as conn:
         return funnel_summary(conn)
 
 
 def _sql(args: argparse.Namespace) -> int:
     from revorch.reports.formats import render  # polars: imported only when needed
 
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+    with _reading() as conn:
         try:
             result = conn.sql(args.query)
             if result is None:  # a statement with no result, such as SET
@@ -920,7 +922,7 @@ def _backtest(args: argparse.Namespace) -> int:
         raise RevorchError(f"{invalid}; fix it and run again") from invalid
     kinds = KINDS if args.model == "all" else (args.model,)
     with (
-        duckdb.connect(str(_analyst_database()), read_only=True) as conn,
+        _reading() as conn,
         tqdm(
             total=len(kinds) * len(PHASES),
             desc="Backtest",
@@ -961,7 +963,7 @@ def _replay(args: argparse.Namespace) -> int:
     from revorch.agents.registry import agent_specs
     from revorch.agents.replay import replay_run, what_if
 
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+    with _reading() as conn:
         _check_run_recorded(conn, args.run_id)
         # The models the recorded runs stored: a read-only copy is never trained into.
         specs = agent_specs(stored_tier(conn))
@@ -1005,7 +1007,7 @@ def _approvals(args: argparse.Namespace) -> int:
     from revorch.governance.approvals import Review, ReviewError
 
     if args.verb == "list":
-        with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+        with _reading() as conn:
             waiting = conn.execute(
                 "SELECT action_id, action_type, entity_id, verdict_rules[-1], approval_due_at, "
                 "escalated_at IS NOT NULL FROM governance.approval_queue"
@@ -1078,21 +1080,21 @@ def _audit(args: argparse.Namespace) -> int:
 
     from orch_assets.governance.assets import dagster_anchors
     from revorch.governance.audit import verify
+    from revorch.state.access import NoState, StateBusy, reading
 
-    # The working file, not the published copy: the anchors may be newer than the copy.
-    if not settings.database_path().exists():
-        raise RevorchError(f"no state store at {settings.database_path()} yet; nothing to verify")
     ensure_dagster_home()
     # The heads the runs recorded in Dagster's event log: anchors the writer does not rewrite.
     with dg.DagsterInstance.get() as instance:
         anchors = dagster_anchors(instance)
+    # The working file, not the published copy: the anchors may be newer than the copy.
     try:
-        conn = duckdb.connect(str(settings.database_path()), read_only=True)
-    except duckdb.IOException:
+        with reading(working=True) as conn:
+            report = verify(conn, settings.audit_anchor_path(), dagster_anchors=anchors)
+    except NoState as error:
+        raise RevorchError(f"{error}; nothing to verify") from error
+    except StateBusy:
         print("revorch audit: a run is writing the state store; try again", file=sys.stderr)
         return 1
-    with conn:
-        report = verify(conn, settings.audit_anchor_path(), dagster_anchors=anchors)
     print(
         f"{report.rows:,} audit rows, head {report.head_seq} {report.head_hash[:16]}..., "
         f"{report.anchors_checked} anchors checked, anchored up to row {report.anchored_seq}"
@@ -1155,7 +1157,7 @@ def _holdouts_line(holdouts) -> str:
 
 
 def _history(args: argparse.Namespace) -> int:
-    with duckdb.connect(str(_analyst_database()), read_only=True) as conn:
+    with _reading() as conn:
         conn.sql(
             "SELECT happened_at, kind, actor, entity_id, what, action_id "
             "FROM governance.company_history(?)",
@@ -1172,11 +1174,11 @@ def _report(args: argparse.Namespace) -> int:
 
     from revorch import clock
     from revorch.reports.weekly import ReportError, print_pdf, weekly_report_html
+    from revorch.state.access import source
 
-    database = _analyst_database()
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with _reading() as conn:
         clock.bind(conn, os.environ.get("REVORCH_CLOCK") or clock.WALL)  # as the runs read it
-        html = weekly_report_html(conn, source=str(database))
+        html = weekly_report_html(conn, source=source())
     out = (
         args.out
         or settings.revorch_home() / "reports" / f"weekly-{datetime.now(UTC):%Y-%m-%d}.html"
@@ -1235,10 +1237,12 @@ def _mcp(args: argparse.Namespace) -> int:
     from revorch.mcp import server
     from revorch.mcp.config import McpConfigError, Tokens, load_mcp_config
 
+    anchor = _dagster_anchor()
     try:
         config = load_mcp_config()
         if not args.http:
-            server.run_stdio(config, args.client)  # stdout is the protocol's: print nothing
+            # stdout is the protocol's: print nothing
+            server.run_stdio(config, args.client, anchor)
             return 0
         tokens = Tokens.from_env(config)
     except McpConfigError as invalid:
@@ -1249,10 +1253,23 @@ def _mcp(args: argparse.Namespace) -> int:
         print(f"MCP endpoint at {url}; clients with a token: {clients}", flush=True)
 
     try:
-        server.run_http(config, tokens, args.host, args.port, ready)
+        server.run_http(config, tokens, args.host, args.port, ready, anchor)
     except ValueError as invalid:
         raise RevorchError(str(invalid)) from invalid
     return 0
+
+
+def _dagster_anchor():
+    """Records the audit trail's head after an MCP call as an observation of
+    ``governance/audit_trail`` in the Dagster instance, where `revorch audit verify` reads the
+    runs' anchors: rows the server wrote are then anchored without waiting for a run."""
+    import dagster as dg
+
+    from orch_assets.governance.assets import record_anchor
+
+    ensure_dagster_home()
+    instance = dg.DagsterInstance.get()
+    return lambda seq, head: record_anchor(instance, seq, head)
 
 
 if __name__ == "__main__":

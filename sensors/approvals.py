@@ -8,6 +8,7 @@ import duckdb
 from orch_assets.ingestion.jobs import LANE_TAG
 from revorch import settings
 from revorch.governance.journal import interrupted_attempts
+from revorch.state.access import NoState, StateBusy, reading
 from sensors.landing_zone import IN_FLIGHT
 
 WAITING_SQL = """
@@ -41,14 +42,14 @@ def approved_actions_sensor(context: dg.SensorEvaluationContext):
         return dg.RunRequest(
             run_key=f"recover-{key}", tags={"revorch/recover": str(len(interrupted))}
         )
-    published = settings.published_path()
-    if not published.exists():
-        return dg.SkipReason(f"no published state store yet at {published}")
     try:
-        with duckdb.connect(str(published), read_only=True) as conn:
+        # The published copy, or the live catalog on DuckLake (revorch/state/access.py).
+        with reading() as conn:
             waiting = conn.execute(WAITING_SQL).fetchall()
+    except (NoState, StateBusy) as unreadable:
+        return dg.SkipReason(str(unreadable))
     except duckdb.CatalogException:
-        return dg.SkipReason("the published state store has no governance tables yet")
+        return dg.SkipReason("the state store has no governance tables yet")
     if not waiting:
         return dg.SkipReason("nothing approved waits")
     # One run per set of waiting actions and attempts: the same set asks for nothing new.

@@ -23,12 +23,46 @@ from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 from revorch.state.migrate import migrate
 
+# The state backend the suite's stores use: `pytest --state-backend ducklake` (or this variable)
+# puts every store a test builds from the environment on a fresh DuckLake (see `state_backend`).
+STATE_BACKEND_VARIABLE = "REVORCH_TEST_STATE_BACKEND"
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--state-backend",
+        choices=["duckdb", "ducklake"],
+        default=os.environ.get(STATE_BACKEND_VARIABLE) or "duckdb",
+        help="the state backend of the stores tests build (default: the embedded file, or "
+        f"{STATE_BACKEND_VARIABLE}); tests marked file_only skip on ducklake",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Modules with slow tests first. pytest-xdist hands each worker one module at a time in
-    this order, so the longest start early instead of running alone at the end of the run."""
+    this order, so the longest start early instead of running alone at the end of the run.
+    On DuckLake, tests marked ``file_only`` skip with their reason."""
     slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+    if config.getoption("--state-backend") == "ducklake":
+        for item in items:
+            if marker := item.get_closest_marker("file_only"):
+                item.add_marker(pytest.mark.skip(reason=f"file only: {marker.args[0]}"))
+
+
+@pytest.fixture(autouse=True)
+def state_backend(request: pytest.FixtureRequest) -> str:
+    """The backend this run's stores use. On ``ducklake`` each test gets a fresh DuckLake (an
+    empty PostgreSQL catalog, files under ``tmp_path``) through the environment, so the
+    ``conn`` fixture, ``materialize(database=...)``, ``default_resources()`` and ``revorch``
+    subprocesses all use it; a test that clears the REVORCH_ variables runs on the file."""
+    backend = request.config.getoption("--state-backend")
+    if backend == "ducklake" and not request.node.get_closest_marker("file_only"):
+        env = request.getfixturevalue("monkeypatch")
+        env.setenv("REVORCH_STATE_BACKEND", "ducklake")
+        env.setenv("REVORCH_DUCKLAKE_CATALOG", request.getfixturevalue("postgres_database"))
+        env.setenv("REVORCH_DUCKLAKE_DATA", str(request.getfixturevalue("tmp_path") / "lake"))
+    return backend
 
 
 @pytest.fixture
@@ -56,10 +90,25 @@ STATE_STORE_CONNECTION = CONNECTION_CONFIG
 
 
 @pytest.fixture
-def conn(db_path: Path):
+def conn(db_path: Path, state_backend: str):
     """A migrated state store in a real DuckDB file, on the data clock: tests write histories
     with fixed dates, so "now" is their newest change, whatever day the suite runs. It may
-    stay open while the graph runs on ``db_path`` (``revorch.definitions.materialize``)."""
+    stay open while the graph runs on ``db_path`` (``revorch.definitions.materialize``).
+    With ``--state-backend ducklake``, a connection to this test's DuckLake instead."""
+    if state_backend == "ducklake":
+        from resources.state_store import StateStore
+        from revorch import settings
+
+        store = StateStore(
+            database=str(db_path),
+            clock=clock.DATA,
+            backend="ducklake",
+            catalog_dsn=settings.ducklake_catalog_dsn(),
+            data_path=settings.ducklake_data_path(),
+        )
+        with store.get_connection() as connection:
+            yield connection
+        return
     connection = duckdb.connect(str(db_path), config=STATE_STORE_CONNECTION)
     connection.execute("SET TimeZone = 'UTC'")
     migrate(connection)

@@ -228,20 +228,37 @@ def audit_trail(state_store: StateStore):
     )
 
 
+def record_anchor(instance: dg.DagsterInstance, seq: int, head: str) -> None:
+    """Keep a head written outside a run (an MCP call's audit row) in the event log, as an
+    observation of ``governance/audit_trail``: an anchor, and no materialization that would
+    set off the assets downstream of it."""
+    instance.report_runless_asset_event(
+        dg.AssetObservation(AUDIT_TRAIL, metadata={"audit/head_seq": seq, "audit/head_hash": head})
+    )
+
+
 def dagster_anchors(instance: dg.DagsterInstance, page: int = 1000) -> list[Anchor]:
     """The audit trail's heads kept in the instance's event log, one per materialization of
-    ``governance/audit_trail``: anchors the state store's writer does not rewrite."""
+    ``governance/audit_trail`` and per head an MCP call recorded (:func:`record_anchor`):
+    anchors the state store's writer does not rewrite."""
+    return [
+        *_anchors(instance.fetch_materializations, page),
+        *_anchors(instance.fetch_observations, page),
+    ]
+
+
+def _anchors(fetch, page: int) -> list[Anchor]:
     anchors, cursor = [], None
     while True:
-        result = instance.fetch_materializations(AUDIT_TRAIL, limit=page, cursor=cursor)
+        result = fetch(AUDIT_TRAIL, limit=page, cursor=cursor)
         for record in result.records:
-            metadata = record.asset_materialization.metadata
+            metadata = record.asset_event.metadata
             if "audit/head_seq" in metadata and metadata["audit/head_seq"].value:
                 anchors.append(
                     Anchor(
                         int(metadata["audit/head_seq"].value),
                         str(metadata["audit/head_hash"].value),
-                        f"Dagster run {record.run_id}",
+                        f"Dagster run {record.run_id}" if record.run_id else "Dagster",
                     )
                 )
         if not result.has_more:

@@ -53,6 +53,7 @@ from revorch.governance.screen import Screen
 from revorch.governance.status import update_actions
 from revorch.governance.targets import Target
 from revorch.governance.verdicts import judge, record_policy_version, verdict_event
+from revorch.state.backend import retry_conflicts
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
@@ -113,9 +114,17 @@ def dispatch(
     with open_journal(journal_path) as journal:
         with connect() as conn:
             now = now or clock.now(conn)
-            report.recovered = _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
+            # On DuckLake a transaction that conflicts with a concurrent writer's (another
+            # dispatcher, a review, an audited call) rolls back whole: it runs again on the
+            # newer snapshot (revorch/state/backend.py).
+            report.recovered = retry_conflicts(
+                lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
+            )
             report.repairs = target.repair()
-            go, messages = _decide(conn, policy, target, report, now, run_id, anchor_path)
+            tries: list[set[str]] = []
+            go, messages = retry_conflicts(
+                lambda: _decide(conn, policy, target, report, now, run_id, anchor_path, tries)
+            )
         for start in range(0, len(go), target.batch_size):
             batch = go[start : start + target.batch_size]
             attempts = [(action["action_id"], action["attempts"] + 1) for action in batch]
@@ -129,7 +138,9 @@ def dispatch(
             )
         if go:
             with connect() as conn:
-                _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
+                retry_conflicts(
+                    lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
+                )
     return report
 
 
@@ -141,12 +152,23 @@ def _decide(
     now: datetime,
     run_id: str | None,
     anchor_path: Path | None,
+    tries: list[set[str]],
 ) -> tuple[list[dict], list[dict]]:
-    """Judge every due action again; mark those to send ``sending``; build their messages."""
-    cursor = conn.execute(DUE_SQL, {"now": now})
-    names = [column[0] for column in cursor.description]
-    due = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    """Judge every due action again; mark those to send ``sending``; build their messages.
+
+    Run again after a conflicting commit, it leaves the actions that became ``sending`` since
+    its first try: a concurrent dispatcher took them and delivers them."""
+    outcomes: Counter = Counter()  # counted once the transaction commits
+    # Read in the transaction that marks them: on DuckLake a concurrent dispatcher's marks
+    # then make this commit conflict instead of being overwritten.
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+        cursor = conn.execute(DUE_SQL, {"now": now})
+        names = [column[0] for column in cursor.description]
+        due = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        sending = {a["action_id"] for a in due if a["status"] == "sending"}
+        if tries:  # ``tries`` holds what was ``sending`` at the first try
+            due = [a for a in due if a["status"] != "sending" or a["action_id"] in tries[0]]
+        tries.append(sending)
         trail.extend(AuditEvent("outbox_repaired", "dispatcher", r) for r in report.repairs)
         if not due:
             return [], []
@@ -165,7 +187,7 @@ def _decide(
                 playbook = playbook_of(action["source"], action["action_type"])
                 trail.append(withheld_event(action, playbook, policy.digest, "dispatch"))
                 updates.append(withheld_update(action, playbook, policy.digest))
-                report.outcomes["withheld"] += 1
+                outcomes["withheld"] += 1
                 continue
             trail.append(verdict_event(action, judgement, "dispatch"))
             update = {
@@ -176,17 +198,18 @@ def _decide(
             }
             if judgement.verdict == "forbid":
                 update |= _closed("forbidden", f"forbidden at dispatch by {judgement.rules}")
-                report.outcomes["forbidden"] += 1
+                outcomes["forbidden"] += 1
             elif judgement.verdict == "approve" and not action["approved_by"]:
                 due_at = now + timedelta(hours=policy.approvals.sla_hours)
                 update |= {"status": "pending_approval", "approval_due_at": due_at}
-                report.outcomes["sent_for_approval"] += 1
+                outcomes["sent_for_approval"] += 1
             else:
                 # The attempt counter moves when an attempt is folded, not here.
                 update |= {"status": "sending", "target": target.name}
                 go.append(action)
             updates.append(update)
         update_actions(conn, updates)
+    report.outcomes.update(outcomes)
     originals = _personal_data(conn, go, policy)
     return go, [_message(action, originals.get(action["decision_id"])) for action in go]
 
@@ -206,12 +229,13 @@ def _fold(
     if not attempts:
         return 0
     ids = sorted({a.action_id for a in attempts})
-    cursor = conn.execute(ATTEMPTED_SQL, {"ids": ids})
-    names = [column[0] for column in cursor.description]
-    actions = {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
-    folded = set(conn.execute(FOLDED_SQL, {"ids": ids}).fetchall())
     updates: dict[str, dict] = {}
+    outcomes: Counter = Counter()  # counted once the transaction commits
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+        cursor = conn.execute(ATTEMPTED_SQL, {"ids": ids})
+        names = [column[0] for column in cursor.description]
+        actions = {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+        folded = set(conn.execute(FOLDED_SQL, {"ids": ids}).fetchall())
         for attempt in attempts:
             action = actions.get(attempt.action_id)
             if action is None or (attempt.action_id, attempt.attempt) in folded:
@@ -219,9 +243,10 @@ def _fold(
             update = _outcome(attempt, max_attempts, now)
             updates[attempt.action_id] = update  # the latest attempt decides the status
             if not attempt.interrupted:
-                report.outcomes[update["status"]] += 1
+                outcomes[update["status"]] += 1
             trail.append(_event(attempt, action, update["status"]))
         update_actions(conn, list(updates.values()))
+    report.outcomes.update(outcomes)
     journal.forget(attempts)
     return len(attempts)
 

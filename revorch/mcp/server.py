@@ -38,6 +38,7 @@ from revorch.mcp import reads
 from revorch.mcp.config import PROPOSE, READ, Client, McpConfig, Tokens, client
 from revorch.mcp.propose import Proposal, ProposalRefused, propose
 from revorch.mcp.state import StateBusy, StateUnavailable, Store
+from revorch.state.backend import retry_conflicts
 
 INSTRUCTIONS = (
     "Revorch orchestrates a B2B revenue lifecycle. Read tools return its state as analysts see "
@@ -70,6 +71,7 @@ DESCRIPTIONS = {
         "pending_approval (a person decides) or forbidden. Needs the propose scope."
     ),
 }
+HEAD_SQL = "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 # The hosts for which the SDK arms its DNS-rebinding protection (Host and Origin checks).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -99,6 +101,9 @@ class Calls:
     store: Store
     transport: str
     stdio_client: Client | None = None
+    # Called with the audit trail's head (seq, hash) after each call's audit row commits: a
+    # second anchor the state store's writer does not rewrite (the CLI records it in Dagster).
+    anchor: Callable[[int, str], None] | None = None
 
     def caller(self) -> Client:
         token = get_access_token()
@@ -137,12 +142,17 @@ class Calls:
     ) -> None:
         detail = {"tool": tool, "arguments": arguments, "transport": self.transport}
         detail |= {"outcome": outcome} | ({"why": why} if why else {})
+
+        def write() -> None:
+            with self.store.writer() as conn:
+                with audited(conn, run_id=None, anchor_path=self.store.anchor) as trail:
+                    trail.append(AuditEvent("mcp_call", caller.actor, detail, **where))
+                if self.anchor is not None:
+                    self.anchor(*conn.execute(HEAD_SQL).fetchone())
+
         try:
-            with (
-                self.store.writer() as conn,
-                audited(conn, run_id=None, anchor_path=self.store.anchor) as trail,
-            ):
-                trail.append(AuditEvent("mcp_call", caller.actor, detail, **where))
+            # On DuckLake a concurrent audited write makes the commit conflict: again.
+            retry_conflicts(write)
         except (StateBusy, StateUnavailable) as unaudited:
             raise ToolError(f"{unaudited} (the call could not be audited)") from unaudited
 
@@ -230,8 +240,12 @@ def build_server(calls: Calls, *, auth: tuple[McpConfig, Tokens] | None = None) 
 
         def work(caller: Client) -> tuple[dict, dict]:
             policy = load_policy(settings.policy_path())  # the policy in force now
-            with calls.store.writer() as conn:
-                action = propose(conn, proposal, caller, policy, anchor_path=calls.store.anchor)
+
+            def write() -> dict:
+                with calls.store.writer() as conn:
+                    return propose(conn, proposal, caller, policy, anchor_path=calls.store.anchor)
+
+            action = retry_conflicts(write)
             where = {
                 "action_id": action["action_id"],
                 "entity_type": entity_type,
@@ -299,13 +313,20 @@ def build_server(calls: Calls, *, auth: tuple[McpConfig, Tokens] | None = None) 
     return server
 
 
-def run_stdio(config: McpConfig, client_name: str) -> None:
-    calls = Calls(config, Store.from_env(), "stdio", client(config, client_name))
+def run_stdio(
+    config: McpConfig, client_name: str, anchor: Callable[[int, str], None] | None = None
+) -> None:
+    calls = Calls(config, Store.from_env(), "stdio", client(config, client_name), anchor)
     build_server(calls).run("stdio")
 
 
 def run_http(
-    config: McpConfig, tokens: Tokens, host: str, port: int, ready: Callable[[str], None]
+    config: McpConfig,
+    tokens: Tokens,
+    host: str,
+    port: int,
+    ready: Callable[[str], None],
+    anchor: Callable[[int, str], None] | None = None,
 ) -> None:
     """Serve streamable HTTP on ``host:port`` (loopback only; 0 picks a free port) and call
     ``ready`` with the endpoint's URL once it listens."""
@@ -316,7 +337,8 @@ def run_http(
             f"revorch mcp --http listens on {', '.join(LOOPBACK_HOSTS)} only, not {host}; put a "
             "TLS proxy in front to reach it from elsewhere"
         )
-    app = build_server(Calls(config, Store.from_env(), "http"), auth=(config, tokens))
+    calls = Calls(config, Store.from_env(), "http", anchor=anchor)
+    app = build_server(calls, auth=(config, tokens))
     server = uvicorn.Server(
         uvicorn.Config(
             app.streamable_http_app(host=host), host=host, port=port, log_level="warning"

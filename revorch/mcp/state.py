@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 
 from revorch import clock, settings
+from revorch.state import access
 from revorch.state.migrate import migrate
 from revorch.state.writer_lock import WriterBusy, writer_lock
 
@@ -40,7 +41,8 @@ class Store:
 
     @classmethod
     def from_env(cls) -> Store:
-        return cls(
+        kind = LakeStore if access.is_lake() else cls
+        return kind(
             database=settings.database_path(),
             published=settings.published_path(),
             anchor=settings.audit_anchor_path(),
@@ -50,15 +52,18 @@ class Store:
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The published copy, read-only: what analysts see, refreshed after every run."""
-        if not self.published.exists():
+        """The published copy, read-only: what analysts see, refreshed after every run (on
+        DuckLake, the live catalog: revorch/state/access.py)."""
+        if not self.published.exists() and not access.is_lake():
             raise StateUnavailable(
                 f"no published copy of the state store at {self.published} yet; "
                 "run `revorch ingest` first"
             )
-        with duckdb.connect(str(self.published), read_only=True) as conn:
-            conn.execute("SET TimeZone = 'UTC'")
-            yield conn
+        try:
+            with access.reading() as conn:
+                yield conn
+        except (access.NoState, access.StateBusy) as error:
+            raise StateUnavailable(str(error)) from error
 
     @contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -80,3 +85,13 @@ class Store:
                 f"a run holds the state store's writer for more than {self.busy_seconds:.0f} s; "
                 "nothing was done, try again when it ends"
             ) from None
+
+
+class LakeStore(Store):
+    """On DuckLake: writes go to the catalog with no writer lock (DuckLake detects conflicting
+    commits), so a proposal is in the approval queue the inbox reads as soon as it commits."""
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with access.lake_writing(self.clock_setting) as conn:
+            yield conn

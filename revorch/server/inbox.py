@@ -4,7 +4,7 @@
 The page lists the actions waiting in ``governance.approval_queue`` with their reason, the
 decision and evidence behind them, the rules that held them and the SLA left. It reads the
 analysts' published copy, so it never waits for the writer; the copy is refreshed by every run
-and by every review.
+and by every review. On DuckLake it reads the live catalog (revorch/state/access.py).
 
 A click applies the review the way ``revorch approvals approve|reject`` does: it runs the job
 ``review_actions`` in this process with the same config, so the same code
@@ -47,6 +47,7 @@ from starlette.templating import Jinja2Templates
 
 from revorch import clock, settings
 from revorch.governance.approvals import Review, ReviewError
+from revorch.state.access import NoState, StateBusy, reading
 from revorch.state.writer_lock import lock_path
 
 log = logging.getLogger("revorch.inbox")
@@ -143,13 +144,10 @@ class InboxSettings:
 
 def pending_actions(page: int, page_size: int) -> tuple[int, list[dict]] | str:
     """One page of the actions waiting for approval, oldest first, with the decision behind
-    each, from the published copy; or why there is nothing to show."""
-    published = settings.published_path()
-    if not published.exists():
-        return f"no published state store at {published} yet: run `revorch ingest` first"
+    each, from the published copy (or the live DuckLake catalog); or why there is nothing to
+    show."""
     try:
-        with duckdb.connect(str(published), read_only=True) as conn:
-            conn.execute("SET TimeZone = 'UTC'")
+        with reading() as conn:
             clock.bind(conn, os.environ.get("REVORCH_CLOCK") or clock.WALL)
             total = conn.execute("SELECT count(*) FROM governance.approval_queue").fetchone()[0]
             cursor = conn.execute(
@@ -157,8 +155,10 @@ def pending_actions(page: int, page_size: int) -> tuple[int, list[dict]] | str:
             )
             names = [column[0] for column in cursor.description]
             rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    except (NoState, StateBusy) as error:
+        return str(error)
     except duckdb.CatalogException:
-        return "the published state store has no governance tables yet: run `revorch ingest`"
+        return "the state store has no governance tables yet: run `revorch ingest`"
     return total, [_shown(row) for row in rows]
 
 

@@ -79,38 +79,39 @@ def load_extensions(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"LOAD '{extension_path(name)}'")
 
 
-def attach_lake(conn: duckdb.DuckDBPyConnection, catalog_dsn: str, data_path: str) -> None:
+def attach_lake(
+    conn: duckdb.DuckDBPyConnection, catalog_dsn: str, data_path: str, *, read_only: bool = False
+) -> None:
     """Attach the DuckLake whose catalog is the PostgreSQL database ``catalog_dsn`` (a libpq
     connection string) and whose files are under ``data_path``, and make it the default."""
     load_extensions(conn)
     data = data_path.rstrip("/") + "/"
-    if "://" not in data:
+    if "://" not in data and not read_only:
         Path(data).mkdir(parents=True, exist_ok=True)
-    conn.execute(
-        f"ATTACH {_literal('ducklake:postgres:' + catalog_dsn)} AS {LAKE} "
-        f"(DATA_PATH {_literal(data)})"
-    )
+    options = f"DATA_PATH {_literal(data)}" + (", READ_ONLY" if read_only else "")
+    conn.execute(f"ATTACH {_literal('ducklake:postgres:' + catalog_dsn)} AS {LAKE} ({options})")
     conn.execute(f"USE {LAKE}")
 
 
-_lakes: dict[tuple[int, str, str], duckdb.DuckDBPyConnection] = {}
+_lakes: dict[tuple[int, str, str, bool], duckdb.DuckDBPyConnection] = {}
 _lakes_guard = threading.Lock()
 
 
 def lake_connection(
-    catalog_dsn: str, data_path: str, config: dict[str, object]
+    catalog_dsn: str, data_path: str, config: dict[str, object], *, read_only: bool = False
 ) -> duckdb.DuckDBPyConnection:
-    """A new connection to this process's DuckDB instance that has the lake attached.
+    """A new connection to this process's DuckDB instance that has the lake attached
+    (``read_only``: attached read-only, for readers that must not write).
 
     Loading the extensions and attaching the catalog costs about a second, so each process
     does it once and hands out cursors: each is its own connection, with its own
     transactions (DuckLake detects conflicts between them as between processes)."""
-    key = (os.getpid(), catalog_dsn, data_path)
+    key = (os.getpid(), catalog_dsn, data_path, read_only)
     with _lakes_guard:
         root = _lakes.get(key)
         if root is None:
             root = duckdb.connect(":memory:", config=config | OFFLINE_CONFIG)
-            attach_lake(root, catalog_dsn, data_path)
+            attach_lake(root, catalog_dsn, data_path, read_only=read_only)
             _lakes[key] = root
     conn = root.cursor()
     conn.execute(f"USE {LAKE}")

@@ -1,6 +1,7 @@
 """The `revorch` command, run as a user runs it, in a fresh directory."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,26 @@ def _revorch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
-def test_quickstart_fills_the_state_store_and_prints_the_funnel(tmp_path):
-    done = _revorch("quickstart", "--contacts", "1000", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def quickstarted(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``revorch quickstart --contacts 1000`` in a fresh folder for the module's tests,
+    which copy the folder (``.revorch`` holds only relative paths) and change their copy."""
+    folder = tmp_path_factory.mktemp("quickstart")
+    return folder, _revorch("quickstart", "--contacts", "1000", cwd=folder)
+
+
+def _quickstarted_copy(quickstarted, tmp_path: Path) -> Path:
+    folder, done = quickstarted
     assert done.returncode == 0, done.stderr
-    database = tmp_path / ".revorch" / "revorch.duckdb"
+    shutil.copytree(folder / ".revorch", tmp_path / ".revorch")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_quickstart_fills_the_state_store_and_prints_the_funnel(quickstarted, tmp_path):
+    folder, done = quickstarted
+    assert done.returncode == 0, done.stderr
+    database = folder / ".revorch" / "revorch.duckdb"
     assert "Funnel" in done.stdout
     assert str(database) in done.stdout
     assert "revorch ui" in done.stdout
@@ -39,14 +55,21 @@ def test_quickstart_fills_the_state_store_and_prints_the_funnel(tmp_path):
         ).fetchone()
     assert received == loaded > 0
     # The run is in the project's Dagster instance, so the UI shows it.
-    assert (tmp_path / ".revorch" / "dagster" / "dagster.yaml").exists()
-    assert any((tmp_path / ".revorch" / "dagster").rglob("*.db"))
+    assert (folder / ".revorch" / "dagster" / "dagster.yaml").exists()
+    assert any((folder / ".revorch" / "dagster").rglob("*.db"))
 
     # Running it again lands the same seeded events: all duplicates, the same funnel.
-    again = _revorch("quickstart", "--contacts", "1000", cwd=tmp_path)
+    again = _revorch(
+        "quickstart", "--contacts", "1000", cwd=_quickstarted_copy(quickstarted, tmp_path)
+    )
     assert again.returncode == 0, again.stderr
-    funnel = [line for line in done.stdout.splitlines() if line.startswith("  ")]
-    assert funnel == [line for line in again.stdout.splitlines() if line.startswith("  ")]
+
+    def funnel(run: subprocess.CompletedProcess, home: Path) -> list[str]:
+        # The indented lines, with the home folder (the copy's differs) named alike.
+        lines = run.stdout.replace(str(home), "HOME").splitlines()
+        return [line for line in lines if line.startswith("  ")]
+
+    assert funnel(done, folder) == funnel(again, tmp_path)
 
 
 def test_import_lands_a_file_and_ingest_loads_it(tmp_path):
@@ -69,8 +92,8 @@ def test_import_of_a_missing_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_rebuild_recomputes_everything_and_keeps_the_same_state(tmp_path):
-    assert _revorch("quickstart", "--contacts", "1000", cwd=tmp_path).returncode == 0
+def test_rebuild_recomputes_everything_and_keeps_the_same_state(quickstarted, tmp_path):
+    _quickstarted_copy(quickstarted, tmp_path)
     database = tmp_path / ".revorch" / "revorch.duckdb"
     query = "SELECT * FROM stages.stage_transitions ORDER BY ALL"
     with duckdb.connect(str(database), read_only=True) as conn:
@@ -119,8 +142,10 @@ def test_setting_an_llm_url_switches_the_agents_to_the_llm_tier(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_person_approves_and_rejects_from_the_command_line_and_dispatch_sends_once(tmp_path):
-    assert _revorch("quickstart", "--contacts", "1000", cwd=tmp_path).returncode == 0
+def test_a_person_approves_and_rejects_from_the_command_line_and_dispatch_sends_once(
+    quickstarted, tmp_path
+):
+    _quickstarted_copy(quickstarted, tmp_path)
     listed = _revorch("approvals", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     waiting = [line.split()[0] for line in listed.stdout.splitlines()[1:]]

@@ -12,7 +12,7 @@ from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, history_frame, simulate_history
 
 CONFIG = SimulationConfig(
-    contacts=2_000, seed=7, malformed_share=0.02, duplicate_share=0.05, batch_size=5_000
+    contacts=1_000, seed=7, malformed_share=0.02, duplicate_share=0.05, batch_size=5_000
 )
 
 

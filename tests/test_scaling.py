@@ -248,7 +248,7 @@ def id_list_queries() -> dict[str, tuple[str, Callable[[list[str]], dict]]]:
 
 
 def query_growth(sizes: tuple[int, int], base: Path) -> dict[str, tuple[float, float]]:
-    """CPU seconds of each id-list query over all the ids at both sizes (the better of two
+    """CPU seconds of each id-list query over all the ids at both sizes (the best of three
     tries each)."""
     from revorch.state.migrate import migrate
 
@@ -265,7 +265,7 @@ def query_growth(sizes: tuple[int, int], base: Path) -> dict[str, tuple[float, f
                 def run(sql: str = sql, arguments: dict = arguments) -> None:
                     conn.execute(sql, arguments).fetchall()
 
-                tries = [cpu_of(run) for _ in "ab"]
+                tries = [cpu_of(run) for _ in "abc"]
                 cpu.setdefault(name, []).append(min(tries))
     return {name: (values[0], values[1]) for name, values in cpu.items()}
 

@@ -382,7 +382,9 @@ class TearingOutbox(OutboxFile):
 
 
 def _recovery_requested() -> bool:
-    result = approved_actions_sensor(dg.build_sensor_context())
+    result = approved_actions_sensor(
+        dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral())
+    )
     return isinstance(result, dg.RunRequest) and result.run_key.startswith("recover-")
 
 

@@ -750,7 +750,8 @@ def test_the_approvals_sensor_asks_for_a_dispatch_when_approved_actions_wait(
     chosen = gov.ids("status = 'pending_approval'")[0]
     published = tmp_path / "published.duckdb"
     monkeypatch.setenv("REVORCH_PUBLISHED_DB", str(published))
-    context = dg.build_sensor_context()
+    # The sensor asks the instance whether a review or dispatch run is in flight first.
+    context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral())
     gov.conn.execute("CHECKPOINT")
     shutil.copyfile(tmp_path / "revorch.duckdb", published)
     assert isinstance(approved_actions_sensor(context), dg.SkipReason)

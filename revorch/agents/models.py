@@ -69,7 +69,13 @@ def offline_tier(
         if model is not None and _definition(model, kind) == models.definition(kind).key():
             tier.set_model(kind, model)
             continue
-        today = today or clock.now(conn).date()
+        if today is None:
+            now = clock.now(conn)
+            if now is None:
+                # The data clock on an empty history: nothing to train on, nothing to record.
+                tier.untrained[MODEL_AGENTS[kind]] = "no history yet"
+                continue
+            today = now.date()
         failed = conn.execute(
             "SELECT error FROM agents.model_attempts "
             "WHERE kind = ? AND definition = ? AND tried_on = ?",

@@ -94,11 +94,8 @@ defs = dg.Definitions(
 # The steps that take a rebuild from the whole change log (RebuildConfig), by op name.
 FULL_REBUILD_STEPS = (
     "crm_current_state",
-    "stages__waiting_references",
-    "stages__contact_lifecycle",
-    "stages__account_lifecycle",
-    "stages__onboarding",
-    "stages__adoption_health",
+    "state_machines",  # orch_assets/stages/assets.py: contact and account lifecycles
+    "stage_chain",  # the chain's keyed tables (onboarding, adoption) and waiting references
     *(f"agents__{name}" for name in AGENT_NAMES),
     "metrics__playbook_uplift",  # otherwise recomputed once a clock day (metrics/uplift.py)
 )

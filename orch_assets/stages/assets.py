@@ -6,12 +6,19 @@ after them is a view or a small table over their result, with its SQL in a file 
 module. The stages form one chain in the asset graph, each after the one before it, and each
 reports its count, who entered and left, its median days in stage and its conversion to the
 next stage (docs/lifecycle.md).
+
+The assets are two subsettable multi-assets (``state_machines``, then ``stage_chain``): a run
+takes the ``duckdb_writer`` slot twice for all of them, instead of once per stage between
+other runs' steps (bench/README.md, "Live mode"). A blocking check on a stage of the chain
+therefore stops what comes after the chain (handoffs, agents), not the rest of the chain.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from orch_assets.ingestion.assets import CURRENT_STATE_TABLES, DUCKDB_WRITER_POOL, RebuildConfig
 from orch_assets.sql_files import render, run_sql_file
@@ -40,41 +47,47 @@ def _stage_counts(conn, entity_type: str) -> dict[str, int]:
     return {f"in_stage/{stage}": count for stage, count in rows}
 
 
-def lifecycle_asset(key, *, entity_type, refresh, deps, description) -> dg.AssetsDefinition:
-    """An asset that runs one state machine over the entities touched since its last run."""
+# What refreshes one asset on the writer's connection, given the lifecycle config and whether
+# to rebuild from the whole change log; it returns the asset's metadata.
+Refresh = Callable[[duckdb.DuckDBPyConnection, LifecycleConfig, bool], dict[str, object]]
 
-    @dg.asset(
-        key=key,
+
+@dataclass(frozen=True)
+class Stage:
+    """One asset of the ``stages`` multi-asset: its spec and what refreshes it."""
+
+    spec: dg.AssetSpec
+    refresh: Refresh
+
+
+def stage_spec(key, *, deps, description) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key,
         deps=deps,
         description=description,
         group_name="stages",
         kinds={"duckdb"},
-        pool=DUCKDB_WRITER_POOL,
         automation_condition=EAGER,
     )
-    def _asset(
-        context: dg.AssetExecutionContext,
-        config: RebuildConfig,
-        state_store: StateStore,
-        lifecycle: LifecycleConfigResource,
-    ):
-        with state_store.get_connection() as conn:
-            result = refresh(conn, lifecycle.load(), full_rebuild=config.full_rebuild)
-            counts = _stage_counts(conn, entity_type)
-        context.log.info(f"{entity_type} lifecycle: {result}")
-        return dg.MaterializeResult(
-            metadata={
-                "entities_recomputed": result.entities,
-                "transitions_written": result.transitions,
-                "forbidden_moves": result.forbidden,
-                **counts,
-            }
-        )
-
-    return _asset
 
 
-contact_lifecycle = lifecycle_asset(
+def lifecycle_stage(key, *, entity_type, refresh, deps, description) -> Stage:
+    """A stage that runs one state machine over the entities touched since its last run."""
+
+    def _refresh(conn, config: LifecycleConfig, full_rebuild: bool) -> dict[str, object]:
+        result = refresh(conn, config, full_rebuild=full_rebuild)
+        dg.get_dagster_logger().info(f"{entity_type} lifecycle: {result}")
+        return {
+            "entities_recomputed": result.entities,
+            "transitions_written": result.transitions,
+            "forbidden_moves": result.forbidden,
+            **_stage_counts(conn, entity_type),
+        }
+
+    return Stage(stage_spec(key, deps=deps, description=description), _refresh)
+
+
+contact_lifecycle = lifecycle_stage(
     CONTACT_LIFECYCLE,
     entity_type="contact",
     refresh=refresh_contact_lifecycle,
@@ -83,7 +96,7 @@ contact_lifecycle = lifecycle_asset(
     "every move it made and why, and the moves the state machine refused. Recomputes the "
     "contacts touched since the last run.",
 )
-account_lifecycle = lifecycle_asset(
+account_lifecycle = lifecycle_stage(
     ACCOUNT_LIFECYCLE,
     entity_type="company",
     refresh=refresh_account_lifecycle,
@@ -160,22 +173,73 @@ def _metadata_row(conn, sql: str) -> dict[str, dg.MetadataValue]:
     return metadata
 
 
-def sql_asset(
-    key: list[str],
+def sql_refresh(
     *,
     sql_files: list[Path],
     relation: str,
-    deps: list[dg.AssetKey],
-    description: str,
-    group_name: str,
     summary_sql: str | None = None,
     flow: StageFlow | None = None,
     keyed: KeyedStage | None = None,
+) -> Refresh:
+    """Runs the SQL files (views, tables, or a ``keyed`` table recomputed for the keys touched
+    since the last run) and reports rows and a summary (``summary_sql``, one row) or, for a
+    stage of the chain, its ``flow``. A view whose SQL has not changed is not created again."""
+
+    def _refresh(conn, config: LifecycleConfig, full_rebuild: bool) -> dict[str, object]:
+        parameters = sql_parameters(config)
+        metadata: dict[str, object] = {}
+        conn.execute("BEGIN TRANSACTION")
+        for path in sql_files:
+            if keyed and path.name == keyed.file:
+                refreshed = refresh_keyed_table(
+                    conn,
+                    table=keyed.table,
+                    key=keyed.key,
+                    rows_sql=render(path.read_text(), parameters),
+                    touched_sql=render(
+                        path.with_name(f"{path.stem}_touched.sql").read_text(), parameters
+                    ),
+                    all_keys_sql=keyed.all_keys,
+                    full_rebuild=full_rebuild,
+                )
+                metadata["keys_recomputed"] = refreshed.keys
+                metadata["recomputed_because"] = refreshed.why
+            else:
+                run_sql_file(conn, path, parameters)
+        if flow:
+            # In the same transaction as the views, so a failed run keeps last time's.
+            conn.execute(
+                "CREATE OR REPLACE TEMP TABLE members_now AS SELECT DISTINCT "
+                f"hash(member_id) AS member FROM ({flow.members}) AS m(member_id)"
+            )
+            conn.execute(render(STAGE_FLOW_SQL.read_text(), {"stage": flow.stage}))
+        conn.execute("COMMIT")
+        metadata["dagster/row_count"] = conn.execute(f"SELECT count(*) FROM {relation}").fetchone()[
+            0
+        ]
+        if flow:
+            for path in flow.metadata_sql:
+                sql = render(path.read_text(), parameters | flow.parameters)
+                metadata |= _metadata_row(conn, sql)
+            metadata["next_stage"] = dg.MetadataValue.text(flow.next_stage)
+            metadata |= _metadata_row(conn, "SELECT * FROM stage_flow")
+        if summary_sql:
+            metadata |= _metadata_row(conn, summary_sql.format(relation=relation))
+        return metadata
+
+    return _refresh
+
+
+def sql_asset(
+    key: list[str],
+    *,
+    deps: list[dg.AssetKey],
+    description: str,
+    group_name: str,
+    **refresh_args,
 ) -> dg.AssetsDefinition:
-    """An asset that runs its SQL files (views, tables, or a ``keyed`` table recomputed for the
-    keys touched since its last run) and reports rows and a summary (``summary_sql``, one row)
-    or, for a stage of the chain, its ``flow``. A view whose SQL has not changed is not
-    created again."""
+    """An asset of its own that runs ``sql_refresh(**refresh_args)`` (the handoffs)."""
+    refresh = sql_refresh(**refresh_args)
 
     @dg.asset(
         key=key,
@@ -187,61 +251,11 @@ def sql_asset(
         automation_condition=EAGER,
     )
     def _asset(config: RebuildConfig, state_store: StateStore, lifecycle: LifecycleConfigResource):
-        parameters = sql_parameters(lifecycle.load())
-        metadata: dict[str, object] = {}
         with state_store.get_connection() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            for path in sql_files:
-                if keyed and path.name == keyed.file:
-                    refreshed = refresh_keyed_table(
-                        conn,
-                        table=keyed.table,
-                        key=keyed.key,
-                        rows_sql=render(path.read_text(), parameters),
-                        touched_sql=render(
-                            path.with_name(f"{path.stem}_touched.sql").read_text(), parameters
-                        ),
-                        all_keys_sql=keyed.all_keys,
-                        full_rebuild=config.full_rebuild,
-                    )
-                    metadata["keys_recomputed"] = refreshed.keys
-                    metadata["recomputed_because"] = refreshed.why
-                else:
-                    run_sql_file(conn, path, parameters)
-            if flow:
-                # In the same transaction as the views, so a failed run keeps last time's.
-                conn.execute(
-                    "CREATE OR REPLACE TEMP TABLE members_now AS SELECT DISTINCT "
-                    f"hash(member_id) AS member FROM ({flow.members}) AS m(member_id)"
-                )
-                conn.execute(render(STAGE_FLOW_SQL.read_text(), {"stage": flow.stage}))
-            conn.execute("COMMIT")
-            metadata["dagster/row_count"] = conn.execute(
-                f"SELECT count(*) FROM {relation}"
-            ).fetchone()[0]
-            if flow:
-                for path in flow.metadata_sql:
-                    sql = render(path.read_text(), parameters | flow.parameters)
-                    metadata |= _metadata_row(conn, sql)
-                metadata["next_stage"] = dg.MetadataValue.text(flow.next_stage)
-                metadata |= _metadata_row(conn, "SELECT * FROM stage_flow")
-            if summary_sql:
-                metadata |= _metadata_row(conn, summary_sql.format(relation=relation))
+            metadata = refresh(conn, lifecycle.load(), config.full_rebuild)
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset
-
-
-def stage_view(name: str, deps: list[dg.AssetKey], description: str, summary_sql=None):
-    return sql_asset(
-        ["stages", name],
-        sql_files=[SQL_DIR / f"{name}.sql"],
-        relation=f"stages.{name}",
-        deps=deps,
-        description=description,
-        group_name="stages",
-        summary_sql=summary_sql,
-    )
 
 
 # --- The chain: lead -> MQL -> SQL -> opportunity -> customer -> onboarding -> adoption ->
@@ -272,26 +286,25 @@ def chain_stage(
     metadata_sql: tuple[str, ...] = (),
     parameters: dict[str, object] | None = None,
     keyed: KeyedStage | None = None,
-) -> dg.AssetsDefinition:
+) -> Stage:
     """A stage of the chain: its view or table (``<name>.sql``, or ``sql_files``) and, as
     run metadata, who entered and left it since its last materialization (``members``) and
     what its metadata files (``<name>_metadata.sql``, or ``metadata_sql``) report: count,
     median days in stage, conversion to the next stage in percent."""
-    return sql_asset(
-        ["stages", name],
-        sql_files=[SQL_DIR / file for file in (sql_files or (f"{name}.sql",))],
-        relation=relation or f"stages.{name}",
-        deps=[previous, *deps],
-        description=description,
-        group_name="stages",
-        flow=StageFlow(
-            name,
-            next_stage,
-            members,
-            tuple(SQL_DIR / file for file in (metadata_sql or (f"{name}_metadata.sql",))),
-            parameters or {},
+    return Stage(
+        stage_spec(stage_key(name), deps=[previous, *deps], description=description),
+        sql_refresh(
+            sql_files=[SQL_DIR / file for file in (sql_files or (f"{name}.sql",))],
+            relation=relation or f"stages.{name}",
+            flow=StageFlow(
+                name,
+                next_stage,
+                members,
+                tuple(SQL_DIR / file for file in (metadata_sql or (f"{name}_metadata.sql",))),
+                parameters or {},
+            ),
+            keyed=keyed,
         ),
-        keyed=keyed,
     )
 
 
@@ -382,44 +395,45 @@ expansion = chain_stage(
     "FROM stages.expansion",
     description="Accounts ready to grow: seats nearly all used, or an expansion deal open.",
 )
-waiting_references = sql_asset(
-    ["stages", "waiting_references"],
-    sql_files=[SQL_DIR / "waiting_references.sql"],
-    relation="stages.waiting_references",
-    deps=[crm(table) for table in CURRENT_STATE_TABLES],
-    description="Records that name a record not received yet (a contact before its company, a deal "
-    "before its owner), with the missing id and since when they wait. Events may arrive in "
-    "any order: these wait instead of failing the run, and leave when the record arrives.",
-    group_name="stages",
-    keyed=KeyedStage(
-        "waiting_references.sql",
-        "stages.waiting_references",
-        "(record_type || ':' || record_id)",
-        " UNION ALL ".join(
-            f"SELECT '{record}:' || id FROM {table}"
-            for record, table in (
-                ("contact", "contacts"),
-                ("company", "companies"),
-                ("deal", "deals"),
-                ("activity", "activities"),
-                ("ticket", "tickets"),
-                ("subscription", "subscriptions"),
-            )
-        ),
+waiting_references = Stage(
+    stage_spec(
+        stage_key("waiting_references"),
+        deps=[crm(table) for table in CURRENT_STATE_TABLES],
+        description="Records that name a record not received yet (a contact before its company, "
+        "a deal before its owner), with the missing id and since when they wait. Events may "
+        "arrive in any order: these wait instead of failing the run, and leave when the record "
+        "arrives.",
     ),
-    summary_sql="SELECT count(DISTINCT (record_type, record_id)) AS records_waiting, "
-    "count(*) FILTER (WHERE missing_type = 'company') AS \"waiting_for/company\", "
-    "count(*) FILTER (WHERE missing_type = 'contact') AS \"waiting_for/contact\", "
-    "count(*) FILTER (WHERE missing_type = 'deal') AS \"waiting_for/deal\", "
-    "count(*) FILTER (WHERE missing_type = 'owner') AS \"waiting_for/owner\", "
-    "round(max(epoch(now() - waiting_since)) / 3600, 2) AS longest_wait_hours FROM {relation}",
+    sql_refresh(
+        sql_files=[SQL_DIR / "waiting_references.sql"],
+        relation="stages.waiting_references",
+        keyed=KeyedStage(
+            "waiting_references.sql",
+            "stages.waiting_references",
+            "(record_type || ':' || record_id)",
+            " UNION ALL ".join(
+                f"SELECT '{record}:' || id FROM {table}"
+                for record, table in (
+                    ("contact", "contacts"),
+                    ("company", "companies"),
+                    ("deal", "deals"),
+                    ("activity", "activities"),
+                    ("ticket", "tickets"),
+                    ("subscription", "subscriptions"),
+                )
+            ),
+        ),
+        summary_sql="SELECT count(DISTINCT (record_type, record_id)) AS records_waiting, "
+        "count(*) FILTER (WHERE missing_type = 'company') AS \"waiting_for/company\", "
+        "count(*) FILTER (WHERE missing_type = 'contact') AS \"waiting_for/contact\", "
+        "count(*) FILTER (WHERE missing_type = 'deal') AS \"waiting_for/deal\", "
+        "count(*) FILTER (WHERE missing_type = 'owner') AS \"waiting_for/owner\", "
+        "round(max(epoch(now() - waiting_since)) / 3600, 2) AS longest_wait_hours FROM {relation}",
+    ),
 )
 
-# What waits for a reference, then in lifecycle order: the state machines and the chain.
-stage_assets = [
-    waiting_references,
-    contact_lifecycle,
-    account_lifecycle,
+# The chain in lifecycle order.
+CHAIN = [
     leads,
     mqls,
     sqls,
@@ -430,3 +444,46 @@ stage_assets = [
     renewals,
     expansion,
 ]
+
+
+def stages_asset(name: str, stages: list[Stage], description: str) -> dg.AssetsDefinition:
+    """``stages`` as one subsettable multi-asset: a run refreshes the ones it selects, in this
+    order, on one connection, and reports each as materialized as soon as it is done."""
+
+    @dg.multi_asset(
+        name=name,
+        specs=[stage.spec for stage in stages],
+        can_subset=True,
+        pool=DUCKDB_WRITER_POOL,
+        description=description,
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: RebuildConfig,
+        state_store: StateStore,
+        lifecycle: LifecycleConfigResource,
+    ):
+        selected = context.selected_asset_keys
+        lifecycle_config = lifecycle.load()
+        with state_store.get_connection() as conn:
+            for stage in stages:
+                if stage.spec.key in selected:
+                    metadata = stage.refresh(conn, lifecycle_config, config.full_rebuild)
+                    yield dg.MaterializeResult(asset_key=stage.spec.key, metadata=metadata)
+
+    return _asset
+
+
+# Two steps: the state machines, whose blocking checks (orch_assets/stages/checks.py) guard
+# every stage after them, then the chain and what waits for a reference.
+state_machines = stages_asset(
+    "state_machines",
+    [contact_lifecycle, account_lifecycle],
+    "The contact and account state machines, over what changed since their last run.",
+)
+stage_chain = stages_asset(
+    "stage_chain",
+    [waiting_references, *CHAIN],
+    "Every stage of the chain, lead to expansion, and the records waiting for a reference.",
+)
+stage_assets = [state_machines, stage_chain]

@@ -73,6 +73,15 @@ dispatch_actions = _job(
     dg.AssetSelection.assets(*DISPATCH_STEPS),
     PEOPLE_FIRST,
 )
+# What `revorch approvals approve` runs: the review, then the dispatch of what it approved, in
+# one run (one process, one audit-trail step and one publish instead of two of each).
+approve_and_dispatch = _job(
+    "approve_and_dispatch",
+    "Approve waiting actions and send them at once: set ops.governance__approval_queue.config "
+    "(action_ids, decision approve, reviewer, comment).",
+    dg.AssetSelection.assets(["governance", "approval_queue"], *DISPATCH_STEPS),
+    PEOPLE_FIRST,
+)
 approval_sla_check = _job(
     "approval_sla_check",
     "Escalate approvals past their SLA, close expired ones, send the escalations.",
@@ -99,5 +108,6 @@ jobs = [
     funnel_report_job,
     review_actions,
     dispatch_actions,
+    approve_and_dispatch,
     approval_sla_check,
 ]

@@ -1033,17 +1033,27 @@ def _approvals(args: argparse.Namespace) -> int:
     # A review the state store refuses fails the run; its reason is printed below.
     _check_configs()
     ops = {"governance__approval_queue": {"config": review}}
-    result = _run_job("review_actions", ops, log_level="CRITICAL", say_waiting=True)
-    if not result.success:
+    # An approval is dispatched in the same run, at once: not after the approvals sensor's next
+    # tick and a run of its own (bench/README.md, "Live mode").
+    job = "approve_and_dispatch" if args.verb == "approve" else "review_actions"
+    result = _run_job(job, ops, log_level="CRITICAL", say_waiting=True)
+    reviewed = any(
+        e.asset_key.path == ["governance", "approval_queue"]
+        for e in result.get_asset_materialization_events()
+    )
+    if not reviewed:
         print(f"revorch approvals: {_failure(result)}", file=sys.stderr)
         return 1
+    count = len(set(args.action_ids))
     if args.verb == "reject":
-        print(f"{len(set(args.action_ids))} actions rejected; they will never be sent.")
+        print(f"{count} actions rejected; they will never be sent.")
         return 0
-    print(f"{len(set(args.action_ids))} actions approved; dispatching now.", flush=True)
-    # In this process, at once: not after the approvals sensor's next tick and a new run
-    # process (bench/README.md, "Live mode"). If it fails, they stay approved for the next.
-    return _dispatch(args)
+    print(f"{count} actions approved.", flush=True)
+    if not result.success:
+        # They stay approved: the approvals sensor or `revorch dispatch` sends them later.
+        print(f"revorch approvals: not dispatched yet: {_failure(result)}", file=sys.stderr)
+        return 1
+    return _print_dispatched(result)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -1052,6 +1062,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if not result.success:
         print(f"revorch dispatch: {_failure(result)}", file=sys.stderr)
         return 1
+    return _print_dispatched(result)
+
+
+def _print_dispatched(result) -> int:
+    """Print what the run's dispatch step did (sent, held, failed...)."""
     [materialization] = [
         e.materialization
         for e in result.get_asset_materialization_events()

@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
 
+from revorch import settings
 from revorch.clock import bind as bind_clock
 from revorch.state.backend import lake_connection
 from revorch.state.migrate import migrate
@@ -38,6 +39,9 @@ class StateStore(DuckDBResource):
     backend: str = "duckdb"
     catalog_dsn: str | None = None
     data_path: str | None = None
+    # DuckDB's memory cap (``4GB``); None: settings.duckdb_memory_limit(). Past it DuckDB
+    # spills to its temp directory, ``<database>.tmp`` in REVORCH_HOME for the file.
+    memory_limit: str | None = None
 
     @property
     def is_lake(self) -> bool:
@@ -56,6 +60,11 @@ class StateStore(DuckDBResource):
             interruptible(conn),
         ):
             conn.execute("SET TimeZone = 'UTC'")
+            # A setting of the database, not of the connection; SET rather than the connect
+            # config so connections opened with CONNECTION_CONFIG still share the database.
+            conn.execute(
+                "SET memory_limit = ?", [self.memory_limit or settings.duckdb_memory_limit()]
+            )
             migrate(conn)
             bind_clock(conn, self.clock)
             yield conn

@@ -4,6 +4,8 @@
 Dagster instance; ``REVORCH_DB`` and ``REVORCH_LANDING`` override the first two.
 ``REVORCH_STATE_BACKEND=ducklake`` keeps the state on DuckLake instead of the file
 (``REVORCH_DUCKLAKE_CATALOG``, ``REVORCH_DUCKLAKE_DATA``; docs/deployment.md).
+``REVORCH_DUCKDB_MEMORY_LIMIT`` caps DuckDB's memory in a run (default: a quarter of the
+machine's memory); past it, DuckDB spills to ``revorch.duckdb.tmp`` beside the state store.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ def state_backend() -> str:
             "catalog as a libpq string (host=... port=... dbname=... user=...)"
         )
     return value
+
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's ``memory_limit`` for a run: ``REVORCH_DUCKDB_MEMORY_LIMIT`` (``4GB``, ``500MB``)
+    or a quarter of the machine's memory, at least 1 GiB. DuckDB's default (80%) would let its
+    buffer pool and the run's Python objects (a row per open lead in an agent step) together
+    outgrow the machine at a million contacts."""
+    value = os.environ.get("REVORCH_DUCKDB_MEMORY_LIMIT", "").strip()
+    if value:
+        return value
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(total // 4, 2**30) // 2**20}MiB"
 
 
 def ducklake_catalog_dsn() -> str | None:

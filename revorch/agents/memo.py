@@ -6,9 +6,16 @@ import hashlib
 import json
 
 
+class Stable(dict):
+    """A record whose values are already what :func:`_normalise` would make them (sorted
+    keys, rounded floats, text times: the agents' inputs), so it is dumped as it is."""
+
+
 def canonical_json(record: dict) -> str:
     """One text per input whatever the key order or float noise: what is hashed and stored."""
-    return json.dumps(_normalise(record), sort_keys=True, separators=(",", ":"), default=str)
+    # Walking every value again costs as much as the dump itself, a run scores every open lead.
+    plain = record if type(record) is Stable else _normalise(record)
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def input_hash(record: dict) -> str:

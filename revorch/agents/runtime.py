@@ -49,6 +49,21 @@ from revorch.agents.redact import known_names, redact
 from revorch.mcp.client import look_up, with_lookups
 
 MAX_COMPLETION_TOKENS = 400
+ROWS_PER_FRAME = 10_000
+
+# The columns of agents.decisions a run writes (decided_at is the insert's), as _row makes them.
+DECISION_COLUMNS = {
+    **dict.fromkeys(
+        ("decision_id", "agent", "prompt_version", "model", "input_hash", "entity_id", "tier"),
+        pl.String,
+    ),
+    **dict.fromkeys(("fallback_reason", "input", "prompt", "output", "raw_output"), pl.String),
+    **dict.fromkeys(("prompt_tokens", "cached_tokens", "completion_tokens"), pl.Int64),
+    "cost_usd": pl.Float64,
+    "latency_ms": pl.Float64,
+    "attempts": pl.Int64,
+    "run_id": pl.String,
+}
 
 
 @dataclass(frozen=True)
@@ -200,7 +215,10 @@ def run_agent(
     ]
     results = {int(r.key): r for r in llm.complete_many(requests)} if requests else {}
     price = config.prices[settings.model]
-    rows = []
+    # The decisions are kept as frames of ROWS_PER_FRAME rows, not one dict each, so a run
+    # that decides every open lead of a large CRM holds each decision's text only once.
+    frames: list[pl.DataFrame] = []
+    rows: list[dict] = []
     for i, ((item, digest), decision) in enumerate(zip(todo, offline, strict=True)):
         result = results.get(i)
         if result is not None and result.error_kind == "circuit_open":
@@ -231,9 +249,15 @@ def run_agent(
                 text_of[digest],
             )
         )
-    if rows or seen is not None:
+        if len(rows) == ROWS_PER_FRAME:
+            frames.append(pl.DataFrame(rows, schema=DECISION_COLUMNS))
+            rows = []
+    if rows:
+        frames.append(pl.DataFrame(rows, schema=DECISION_COLUMNS))
+    if frames or seen is not None:
+        decided = pl.concat(frames) if frames else pl.DataFrame(schema=DECISION_COLUMNS)
         with connect() as conn:
-            _record(conn, spec, settings, rows, report, run_id, day, reservation, seen)
+            _record(conn, spec, settings, decided, report, run_id, day, reservation, seen)
     return report
 
 
@@ -372,23 +396,30 @@ def _row(
 
 
 def _record(
-    conn, spec, settings, rows, report: RunReport, run_id, day: date, reservation, seen=None
+    conn,
+    spec,
+    settings,
+    rows: pl.DataFrame,
+    report: RunReport,
+    run_id,
+    day: date,
+    reservation,
+    seen=None,
 ) -> None:
-    """In one transaction: the new decisions, the money in the ledger, the reservation
-    settled, the watermark moved on. An input that a concurrent run decided since the memo
-    was read keeps that decision (counted as a memo hit); the calls made for it are still
-    paid for."""
+    """In one transaction: the new decisions (``rows``, DECISION_COLUMNS), the money in the
+    ledger, the reservation settled, the watermark moved on. An input that a concurrent run
+    decided since the memo was read keeps that decision (counted as a memo hit); the calls
+    made for it are still paid for."""
     conn.execute("BEGIN TRANSACTION")
     try:
-        decided = _memo(conn, spec, settings, sorted({row["input_hash"] for row in rows}))
-        new = [row for row in rows if row["input_hash"] not in decided]
-        report.memo_hits += len(rows) - len(new)
-        for row in new:
-            report.decisions_by_tier[row["tier"]] += 1
-            if row["fallback_reason"]:
-                report.fallbacks[row["fallback_reason"]] += 1
-        if new:
-            conn.register("new_decisions", pl.DataFrame(new, infer_schema_length=None))
+        decided = _memo(conn, spec, settings, sorted(set(rows["input_hash"].to_list())))
+        new = rows.filter(~pl.col("input_hash").is_in(sorted(decided)))
+        report.memo_hits += rows.height - new.height
+        report.decisions_by_tier.update(dict(new.group_by("tier").len().iter_rows()))
+        fell_back = new.drop_nulls("fallback_reason").filter(pl.col("fallback_reason") != "")
+        report.fallbacks.update(dict(fell_back.group_by("fallback_reason").len().iter_rows()))
+        if new.height:
+            conn.register("new_decisions", new)
             conn.execute(
                 "INSERT INTO agents.decisions BY NAME "
                 "SELECT *, now() AS decided_at FROM new_decisions"

@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 
 from revorch.agents.features import ModelsConfig
+from revorch.agents.memo import Stable
 from revorch.agents.offline.declared import declared_values
 from revorch.lifecycle.config import LifecycleConfig, load_lifecycle_config
 
@@ -412,7 +413,7 @@ def _clock_week(conn: duckdb.DuckDBPyConnection) -> str | None:
 
 def _stable(row: dict[str, Any]) -> dict[str, Any]:
     """Sorted keys, rounded floats, ISO times: a row whose facts did not change hashes alike."""
-    return {key: _stable_value(row[key]) for key in sorted(row)}
+    return Stable((key, _stable_value(row[key])) for key in sorted(row))
 
 
 # Values returned as they are, checked first (most values are text and counts). An int
@@ -429,10 +430,10 @@ def _stable_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, date):
         return value.isoformat()
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_stable_value(v) for v in value]
     if isinstance(value, dict):
-        return _stable(value)
+        return _stable({str(key): v for key, v in value.items()})
     if hasattr(value, "is_integer"):  # Decimal and numpy numbers
         return round(float(value), 4)
     return value

@@ -190,8 +190,8 @@ class LogisticModel:
 
     def contributions_of(self, effects: np.ndarray) -> list[tuple[str, float]]:
         """:meth:`contributions` of the row whose :meth:`effects` these are."""
-        columns = self.columns
-        kept = [(columns[j], effects[j].item()) for j in np.flatnonzero(effects)]
+        columns, values = self.columns, effects.tolist()
+        kept = [(columns[j], values[j]) for j in np.flatnonzero(effects).tolist()]
         return sorted(kept, key=lambda e: (-abs(e[1]), e[0]))
 
     def _encode_row(self, row: dict[str, Any]) -> list[float]:

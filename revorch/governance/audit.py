@@ -80,24 +80,31 @@ def append(conn: duckdb.DuckDBPyConnection, events: list[AuditEvent], run_id: st
         return 0
     seq, prev = _head(conn)
     recorded_at = datetime.now(UTC)
+    # Built column by column: a frame from a dict per event costs several times more.
+    columns = (
+        "event",
+        "actor",
+        "action_id",
+        "decision_id",
+        "entity_type",
+        "entity_id",
+        "company_id",
+    )
     frame = pl.DataFrame(
-        [
-            {
-                "seq": seq + offset,
-                "recorded_at": recorded_at,
-                "run_id": run_id,
-                "event": event.event,
-                "actor": event.actor,
-                "action_id": event.action_id,
-                "decision_id": event.decision_id,
-                "entity_type": event.entity_type,
-                "entity_id": event.entity_id,
-                "company_id": event.company_id,
-                "detail": canonical(event.detail),
-            }
-            for offset, event in enumerate(events, start=1)
-        ],
-        schema_overrides={"recorded_at": pl.Datetime("us", "UTC"), "seq": pl.Int64},
+        {
+            "seq": range(seq + 1, seq + 1 + len(events)),
+            "recorded_at": [recorded_at] * len(events),
+            "run_id": [run_id] * len(events),
+            **{column: [getattr(e, column) for e in events] for column in columns},
+            "detail": [canonical(e.detail) for e in events],
+        },
+        schema={
+            "seq": pl.Int64,
+            "recorded_at": pl.Datetime("us", "UTC"),
+            "run_id": pl.String,
+            **dict.fromkeys(columns, pl.String),
+            "detail": pl.String,
+        },
     )
     conn.register("new_audit_rows", frame)
     digests = conn.execute(f"SELECT {DIGEST_SQL} FROM new_audit_rows ORDER BY seq").fetchall()

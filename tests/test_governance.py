@@ -720,6 +720,27 @@ def test_the_screen_holds_personal_data_a_model_wrote_but_spends_nothing_on_offl
     assert screen.findings(offline) == []
 
 
+def test_a_screen_of_the_named_addresses_finds_what_the_whole_screen_finds(gov):
+    """The dispatcher reads only the addresses and domains its actions' text names."""
+    email, domain = gov.conn.execute(
+        "SELECT c.email, (SELECT domain FROM companies WHERE domain IS NOT NULL LIMIT 1) "
+        "FROM contacts AS c WHERE c.email IS NOT NULL LIMIT 1"
+    ).fetchone()
+    held = email.split("@")[1]
+    texts = [
+        f"write to {email.upper()}, see https://www.{domain}/a and http://mail.{held}/x",
+        "write to someone@evil.example, see https://evil.example and www.other.example/x",
+        f"see http://{held}.evil.example",
+        "nothing to look up here",
+    ]
+    payloads = [{"model_text": {"written_by": "x (offline tier)", "note": t}} for t in texts]
+    whole, named = Screen.from_state(gov.conn), Screen.from_state(gov.conn, payloads)
+    assert len(named.emails) == 1 and len(named.emails) < len(whole.emails)
+    found = [named.findings(p) for p in payloads]
+    assert found == [whole.findings(p) for p in payloads]
+    assert found[0] == [] and found[1] and found[2] == [f"outside link {held}.evil.example"]
+
+
 def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_path):
     resources = {
         "state_store": StateStore(database=str(tmp_path / "revorch.duckdb")),

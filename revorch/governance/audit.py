@@ -318,11 +318,8 @@ def verify(
     anchor source still holds it, only the rows and anchors after it are checked. Otherwise
     the whole chain is. ``report.verified`` is the anchor to start from next time."""
     report = Verification()
-    report.rows, (report.head_seq, head) = (
-        conn.execute("SELECT count(*) FROM governance.audit_log").fetchone()[0],
-        _head(conn),
-    )
-    report.head_hash = head
+    report.rows = conn.execute("SELECT count(*) FROM governance.audit_log").fetchone()[0]
+    report.head_seq, report.head_hash = _head(conn)
     sources = _sources(anchor_path, dagster_anchors, report)
     after = since if since is not None and _still_holds(conn, since, sources) else None
     if after is not None:
@@ -386,9 +383,13 @@ def _still_holds(
 ) -> bool:
     """Whether the chain up to ``since`` is still the one verified: that row has that hash,
     there are exactly ``since.seq`` rows up to it, and every anchor source holds it."""
-    if not sources or any(
-        not any(a.seq == since.seq and a.hash == since.hash for a in anchors)
-        for _, anchors in sources
+    if (
+        not sources
+        or not _is_hex(since.hash)
+        or any(
+            not any(a.seq == since.seq and a.hash == since.hash for a in anchors)
+            for _, anchors in sources
+        )
     ):
         return False
     rows, found = conn.execute(
@@ -399,9 +400,13 @@ def _still_holds(
     return rows == since.seq and found == since.hash
 
 
+def _is_hex(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def _hex(value: str) -> str:
     """A hash to put into SQL text: hexadecimal digits only, so it cannot carry SQL."""
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if not _is_hex(value):
         raise ValueError(f"not a SHA-256 hex digest: {value!r}")
     return value
 

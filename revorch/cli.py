@@ -14,7 +14,7 @@ revorch estate report         the automation estate ranked: keep, migrate or ret
 revorch approvals [list]      actions waiting for a person
 revorch approvals approve|reject ID... --by NAME [--comment TEXT]
 revorch dispatch              send approved and allowed actions now
-revorch audit verify          recompute the audit trail's hash chain against its anchors
+revorch audit verify [--incremental]   recompute the audit trail's hash chain against its anchors
 revorch policy check          what a compromised model could get sent without a person
 revorch history COMPANY_ID    every decision and action about one company, in order
 revorch ui                    start the Dagster UI (dagster dev) on this project
@@ -242,6 +242,11 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="check the audit trail")
     audit.add_argument("verb", choices=["verify"])
+    audit.add_argument(
+        "--incremental",
+        action="store_true",
+        help="only the rows after the last verified anchor (the default recomputes every row)",
+    )
     audit.set_defaults(handler=_audit)
 
     policy = commands.add_parser("policy", help="check the policy against a compromised model")
@@ -1094,7 +1099,7 @@ def _audit(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from orch_assets.governance.assets import dagster_anchors
-    from revorch.governance.audit import verify
+    from revorch.governance.audit import read_checkpoint, verify, write_checkpoint
     from revorch.state.access import NoState, StateBusy, reading
 
     ensure_dagster_home()
@@ -1102,17 +1107,22 @@ def _audit(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         anchors = dagster_anchors(instance)
     # The working file, not the published copy: the anchors may be newer than the copy.
+    anchor = settings.audit_anchor_path()
+    since = read_checkpoint(anchor) if args.incremental else None
     try:
         with reading(working=True) as conn:
-            report = verify(conn, settings.audit_anchor_path(), dagster_anchors=anchors)
+            report = verify(conn, anchor, dagster_anchors=anchors, since=since)
     except NoState as error:
         raise RevorchError(f"{error}; nothing to verify") from error
     except StateBusy:
         print("revorch audit: a run is writing the state store; try again", file=sys.stderr)
         return 1
+    write_checkpoint(anchor, report)
+    checked = f"rows after {report.verified_from}" if report.verified_from else "every row"
     print(
-        f"{report.rows:,} audit rows, head {report.head_seq} {report.head_hash[:16]}..., "
-        f"{report.anchors_checked} anchors checked, anchored up to row {report.anchored_seq}"
+        f"{report.rows:,} audit rows ({checked} recomputed), head {report.head_seq} "
+        f"{report.head_hash[:16]}..., {report.anchors_checked} anchors checked, anchored up "
+        f"to row {report.anchored_seq}"
     )
     for notice in report.notices:
         print(f"note: {notice}")

@@ -33,7 +33,15 @@ from resources import DispatcherResource, GovernanceResource, StateStore
 from revorch.agents.redact import known_names, pseudonymise, redact
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
-from revorch.governance.audit import DIGEST_SQL, GENESIS, Anchor, chain_hash, verify
+from revorch.governance.audit import (
+    DIGEST_SQL,
+    GENESIS,
+    Anchor,
+    chain_hash,
+    read_checkpoint,
+    verify,
+    write_checkpoint,
+)
 from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import DEFAULT_PATH, Policy, PolicyError, load_policy
 from revorch.governance.policy_check import check
@@ -390,6 +398,48 @@ def test_a_forged_tail_is_unanchored_and_a_missing_anchor_file_is_an_error(gov):
     )
 
 
+def test_the_incremental_check_starts_at_the_last_verified_anchor(gov):
+    gov.propose_and_judge()
+    first = verify(gov.conn, gov.anchor)
+    assert first.intact and first.verified_from == 0 and first.verified.seq == first.head_seq
+    write_checkpoint(gov.anchor, first)
+    since = read_checkpoint(gov.anchor)
+    assert (since.seq, since.hash) == (first.head_seq, first.head_hash)
+    gov.dispatch()  # rows after the checkpoint, anchored by the dispatch
+
+    again = verify(gov.conn, gov.anchor, since=since)
+    assert again.intact and again.verified_from == since.seq and again.head_seq > since.seq
+    # A row changed after the last verified anchor: the incremental check recomputes it.
+    after = since.seq + 2
+    actor = gov.conn.execute("SELECT actor FROM governance.audit_log WHERE seq = ?", [after])
+    actor = actor.fetchone()[0]
+    set_actor = "UPDATE governance.audit_log SET actor = ? WHERE seq = ?"
+    gov.conn.execute(set_actor, ["human:mallory", after])
+    assert f"row {after}: content" in " ".join(verify(gov.conn, gov.anchor, since=since).problems)
+    gov.conn.execute(set_actor, [actor, after])
+    assert verify(gov.conn, gov.anchor, since=since).intact
+
+    # A row changed before it: not recomputed by the incremental check (the threat model in
+    # docs/governance.md), caught by the full verification.
+    before = since.seq // 2
+    gov.conn.execute(
+        "UPDATE governance.audit_log SET actor = 'human:mallory' WHERE seq = ?", [before]
+    )
+    assert verify(gov.conn, gov.anchor, since=since).intact
+    full = verify(gov.conn, gov.anchor)
+    assert not full.intact and full.verified is None
+    assert f"row {before}: content" in " ".join(full.problems)
+
+    # A row removed before it, or a checkpoint no anchor holds: the whole chain is verified.
+    gov.conn.execute("DELETE FROM governance.audit_log WHERE seq = ?", [before])
+    removed = verify(gov.conn, gov.anchor, since=since)
+    assert removed.verified_from == 0 and f"row {before + 1} found where row {before}" in " ".join(
+        removed.problems
+    )
+    unanchored = Anchor(since.seq - 1, GENESIS, "forged checkpoint")
+    assert verify(gov.conn, gov.anchor, since=unanchored).verified_from == 0
+
+
 def test_no_revorch_code_updates_or_deletes_the_audit_log():
     root = Path(__file__).resolve().parents[1]
     offenders = []
@@ -668,6 +718,27 @@ def test_the_screen_holds_personal_data_a_model_wrote_but_spends_nothing_on_offl
     assert screen.findings(unknown) == screen.findings(by_model)
     offline = {"model_text": {"written_by": "agent:deal_risk (offline tier)", "reasons": words}}
     assert screen.findings(offline) == []
+
+
+def test_a_screen_of_the_named_addresses_finds_what_the_whole_screen_finds(gov):
+    """The dispatcher reads only the addresses and domains its actions' text names."""
+    email, domain = gov.conn.execute(
+        "SELECT c.email, (SELECT domain FROM companies WHERE domain IS NOT NULL LIMIT 1) "
+        "FROM contacts AS c WHERE c.email IS NOT NULL LIMIT 1"
+    ).fetchone()
+    held = email.split("@")[1]
+    texts = [
+        f"write to {email.upper()}, see https://www.{domain}/a and http://mail.{held}/x",
+        "write to someone@evil.example, see https://evil.example and www.other.example/x",
+        f"see http://{held}.evil.example",
+        "nothing to look up here",
+    ]
+    payloads = [{"model_text": {"written_by": "x (offline tier)", "note": t}} for t in texts]
+    whole, named = Screen.from_state(gov.conn), Screen.from_state(gov.conn, payloads)
+    assert len(named.emails) == 1 and len(named.emails) < len(whole.emails)
+    found = [named.findings(p) for p in payloads]
+    assert found == [whole.findings(p) for p in payloads]
+    assert found[0] == [] and found[1] and found[2] == [f"outside link {held}.evil.example"]
 
 
 def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_path):

@@ -212,9 +212,10 @@ def audit_trail(state_store: StateStore):
     metadata (an anchor in Dagster's event log) and in the anchor file; the check
     ``audit_chain_intact`` and ``revorch audit verify`` recompute the chain against both."""
     with state_store.get_connection() as conn:
+        # The head row alone (not arg_max over every row's hash): a run's cost is not the trail's.
         seq, head = conn.execute(
-            "SELECT coalesce(max(seq), 0), arg_max(hash, seq) FROM governance.audit_log"
-        ).fetchone()
+            "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone() or (0, None)
         events = conn.execute(
             "SELECT event, count(*) FROM governance.audit_log GROUP BY ALL"
         ).fetchall()

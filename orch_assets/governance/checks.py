@@ -10,7 +10,7 @@ from orch_assets.governance.assets import AUDIT_TRAIL, DISPATCHED_ACTIONS, dagst
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from resources import GovernanceResource, StateStore
 from revorch.agents.redact import prompt_leaks, stored_prompts
-from revorch.governance.audit import verify
+from revorch.governance.audit import read_checkpoint, verify, write_checkpoint
 
 SAMPLE = 10
 
@@ -21,16 +21,20 @@ def _sample_table(rows: list[dict]) -> dg.MetadataValue:
 
 @dg.asset_check(
     asset=AUDIT_TRAIL,
-    description="Recompute the hash chain and match the anchors (file and Dagster event log); "
-    "rows after the last anchor are unanchored.",
+    description="Recompute the hash chain from the last verified anchor and match the anchors "
+    "(file and Dagster event log); rows after the last anchor are unanchored. "
+    "`revorch audit verify` recomputes the whole chain.",
     pool=DUCKDB_WRITER_POOL,
 )
 def audit_chain_intact(
     context: dg.AssetCheckExecutionContext, state_store: StateStore, governance: GovernanceResource
 ):
     anchors = dagster_anchors(context.instance)
+    # Incremental: rows up to the last verified anchor were recomputed by an earlier check.
+    since = read_checkpoint(governance.anchor)
     with state_store.get_connection() as conn:
-        report = verify(conn, governance.anchor, dagster_anchors=anchors)
+        report = verify(conn, governance.anchor, dagster_anchors=anchors, since=since)
+    write_checkpoint(governance.anchor, report)
     return dg.AssetCheckResult(
         passed=report.intact,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,24 +80,31 @@ def append(conn: duckdb.DuckDBPyConnection, events: list[AuditEvent], run_id: st
         return 0
     seq, prev = _head(conn)
     recorded_at = datetime.now(UTC)
+    # Built column by column: a frame from a dict per event costs several times more.
+    columns = (
+        "event",
+        "actor",
+        "action_id",
+        "decision_id",
+        "entity_type",
+        "entity_id",
+        "company_id",
+    )
     frame = pl.DataFrame(
-        [
-            {
-                "seq": seq + offset,
-                "recorded_at": recorded_at,
-                "run_id": run_id,
-                "event": event.event,
-                "actor": event.actor,
-                "action_id": event.action_id,
-                "decision_id": event.decision_id,
-                "entity_type": event.entity_type,
-                "entity_id": event.entity_id,
-                "company_id": event.company_id,
-                "detail": canonical(event.detail),
-            }
-            for offset, event in enumerate(events, start=1)
-        ],
-        schema_overrides={"recorded_at": pl.Datetime("us", "UTC"), "seq": pl.Int64},
+        {
+            "seq": range(seq + 1, seq + 1 + len(events)),
+            "recorded_at": [recorded_at] * len(events),
+            "run_id": [run_id] * len(events),
+            **{column: [getattr(e, column) for e in events] for column in columns},
+            "detail": [canonical(e.detail) for e in events],
+        },
+        schema={
+            "seq": pl.Int64,
+            "recorded_at": pl.Datetime("us", "UTC"),
+            "run_id": pl.String,
+            **dict.fromkeys(columns, pl.String),
+            "detail": pl.String,
+        },
     )
     conn.register("new_audit_rows", frame)
     digests = conn.execute(f"SELECT {DIGEST_SQL} FROM new_audit_rows ORDER BY seq").fetchall()
@@ -205,6 +213,8 @@ class Verification:
     head_hash: str = GENESIS
     anchors_checked: int = 0
     anchored_seq: int = 0  # the last row every anchor source covers
+    verified_from: int = 0  # rows up to this one were verified before (0: the whole chain)
+    verified: Anchor | None = None  # intact up to this anchor: where the next check can start
     problems: list[str] = field(default_factory=list)
     # Rows a write found after the last anchor, and anchored (recorded in the trail).
     notices: list[str] = field(default_factory=list)
@@ -225,6 +235,7 @@ class Verification:
             "audit/head_hash": self.head_hash,
             "audit/anchors_checked": self.anchors_checked,
             "audit/anchored_seq": self.anchored_seq,
+            "audit/verified_from_seq": self.verified_from,
             "audit/unanchored_rows": self.unanchored,
             "audit/problems": len(self.problems),
         }
@@ -241,13 +252,16 @@ class Verification:
         return lines
 
 
-# Rows out of place, not linked to the row before, or whose content no longer matches.
+# Rows out of place, not linked to the row before, or whose content no longer matches; only
+# the rows after row {after} (the last verified anchor, or 0 for the whole chain), whose hash
+# was {after_hash}. The rows are in seq order on disk, so DuckDB skips the older row groups.
 BROKEN_ROWS_SQL = f"""
 WITH chain AS (
-    SELECT seq, row_number() OVER (ORDER BY seq) AS position, prev_hash, hash,
-           lag(hash, 1, '{GENESIS}') OVER (ORDER BY seq) AS previous_row_hash,
+    SELECT seq, {{after}} + row_number() OVER (ORDER BY seq) AS position, prev_hash, hash,
+           lag(hash, 1, '{{after_hash}}') OVER (ORDER BY seq) AS previous_row_hash,
            sha256(prev_hash || {DIGEST_SQL}) AS recomputed
     FROM governance.audit_log
+    WHERE seq > {{after}}
 )
 SELECT seq, position, seq = position AS in_place, prev_hash = previous_row_hash AS linked,
        recomputed = hash AS sealed
@@ -258,23 +272,62 @@ LIMIT $limit
 """
 
 
+def checkpoint_path(anchor_path: Path) -> Path:
+    """Where the last verified anchor is kept: beside the anchor file, outside the database."""
+    return anchor_path.with_name(f"{anchor_path.name}.verified")
+
+
+def read_checkpoint(anchor_path: Path | None) -> Anchor | None:
+    """The last anchor a verification found intact up to (None if there is none yet)."""
+    if anchor_path is None or not checkpoint_path(anchor_path).exists():
+        return None
+    path = checkpoint_path(anchor_path)
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        return Anchor(int(found["seq"]), str(found["hash"]), str(path))
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: the next check verifies the whole chain
+
+
+def write_checkpoint(anchor_path: Path, report: Verification) -> None:
+    """Record ``report.verified`` (when there is one) for the next incremental check."""
+    if report.verified is None:
+        return
+    path = checkpoint_path(anchor_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.partial")
+    line = {"seq": report.verified.seq, "hash": report.verified.hash}
+    partial.write_text(json.dumps({**line, "at": datetime.now(UTC).isoformat()}) + "\n")
+    os.replace(partial, path)  # whole or not at all
+
+
 def verify(
     conn: duckdb.DuckDBPyConnection,
     anchor_path: Path | None,
     *,
     dagster_anchors: list[Anchor] | None = None,
     max_problems: int = 20,
+    since: Anchor | None = None,
 ) -> Verification:
     """Recompute every row's hash and link, and compare the chain with the anchors: those of
     ``anchor_path`` and, when given, those recorded in the Dagster instance. Each source must
-    exist and match; rows after the last anchor of any source are unanchored."""
+    exist and match; rows after the last anchor of any source are unanchored.
+
+    ``since`` (the last verified anchor, :func:`read_checkpoint`) makes it incremental: when
+    that row still has that hash, the rows before it still number ``since.seq`` and every
+    anchor source still holds it, only the rows and anchors after it are checked. Otherwise
+    the whole chain is. ``report.verified`` is the anchor to start from next time."""
     report = Verification()
-    report.rows, report.head_seq, head = conn.execute(
-        "SELECT count(*), coalesce(max(seq), 0), arg_max(hash, seq) FROM governance.audit_log"
-    ).fetchone()
-    report.head_hash = head or GENESIS
+    report.rows = conn.execute("SELECT count(*) FROM governance.audit_log").fetchone()[0]
+    report.head_seq, report.head_hash = _head(conn)
+    sources = _sources(anchor_path, dagster_anchors, report)
+    after = since if since is not None and _still_holds(conn, since, sources) else None
+    if after is not None:
+        report.verified_from = after.seq
+    start, start_hash = (after.seq, after.hash) if after else (0, GENESIS)
+    broken = BROKEN_ROWS_SQL.format(after=int(start), after_hash=_hex(start_hash))
     for seq, position, in_place, linked, sealed in conn.execute(
-        BROKEN_ROWS_SQL, {"limit": max_problems}
+        broken, {"limit": max_problems}
     ).fetchall():
         if not in_place:
             report.problems.append(f"row {seq} found where row {position} should be")
@@ -284,7 +337,7 @@ def verify(
             report.problems.append(f"row {seq}: content does not match its hash")
     for recorded_at, run_id, found in conn.execute(
         "SELECT recorded_at, run_id, detail FROM governance.audit_log "
-        "WHERE event = 'unanchored_rows_found' ORDER BY seq"
+        f"WHERE seq > {int(start)} AND event = 'unanchored_rows_found' ORDER BY seq"
     ).fetchall():
         found = json.loads(found)
         report.notices.append(
@@ -292,6 +345,27 @@ def verify(
             f"at {recorded_at:%Y-%m-%d %H:%M:%S}: appended outside Revorch, or a crash cut "
             "off their anchor; read them"
         )
+    if not sources:
+        return report  # no anchor (asked for, or found): every row is unanchored
+    anchored = []
+    for name, anchors in sources:
+        if not anchors and report.rows:
+            report.problems.append(f"{name} holds no anchor for a trail of {report.rows} rows")
+        anchored.append(max((a.seq for a in anchors), default=0))
+        _match(conn, [a for a in anchors if a.seq >= start], report, max_problems)
+    report.anchored_seq = min(min(anchored), report.head_seq)
+    if not report.problems and report.anchored_seq > 0:
+        verified_hash = conn.execute(
+            "SELECT hash FROM governance.audit_log WHERE seq = ?", [report.anchored_seq]
+        ).fetchone()[0]
+        report.verified = Anchor(report.anchored_seq, verified_hash, "verified")
+    return report
+
+
+def _sources(
+    anchor_path: Path | None, dagster_anchors: list[Anchor] | None, report: Verification
+) -> list[tuple[str, list[Anchor]]]:
+    """The anchor sources to match: the file (its absence is a problem) and the instance's."""
     sources: list[tuple[str, list[Anchor]]] = []
     if anchor_path is not None:
         in_file = file_anchors(anchor_path)
@@ -301,16 +375,40 @@ def verify(
             sources.append((f"the anchor file {anchor_path}", in_file))
     if dagster_anchors is not None:
         sources.append(("the Dagster instance", dagster_anchors))
-    if not sources:
-        return report  # no anchor (asked for, or found): every row is unanchored
-    anchored = []
-    for name, anchors in sources:
-        if not anchors and report.rows:
-            report.problems.append(f"{name} holds no anchor for a trail of {report.rows} rows")
-        anchored.append(max((a.seq for a in anchors), default=0))
-        _match(conn, anchors, report, max_problems)
-    report.anchored_seq = min(min(anchored), report.head_seq)
-    return report
+    return sources
+
+
+def _still_holds(
+    conn: duckdb.DuckDBPyConnection, since: Anchor, sources: list[tuple[str, list[Anchor]]]
+) -> bool:
+    """Whether the chain up to ``since`` is still the one verified: that row has that hash,
+    there are exactly ``since.seq`` rows up to it, and every anchor source holds it."""
+    if (
+        not sources
+        or not _is_hex(since.hash)
+        or any(
+            not any(a.seq == since.seq and a.hash == since.hash for a in anchors)
+            for _, anchors in sources
+        )
+    ):
+        return False
+    rows, found = conn.execute(
+        "SELECT count(*), any_value(hash) FILTER (WHERE seq = $seq) "
+        "FROM governance.audit_log WHERE seq <= $seq",
+        {"seq": since.seq},
+    ).fetchone()
+    return rows == since.seq and found == since.hash
+
+
+def _is_hex(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _hex(value: str) -> str:
+    """A hash to put into SQL text: hexadecimal digits only, so it cannot carry SQL."""
+    if not _is_hex(value):
+        raise ValueError(f"not a SHA-256 hex digest: {value!r}")
+    return value
 
 
 def _match(

@@ -173,7 +173,10 @@ def _decide(
         if not due:
             return [], []
         record_policy_version(conn, policy)
-        screen = Screen.from_state(conn)
+        for action in due:  # parsed once: screened, judged and sent from the same dict
+            action["payload"] = json.loads(action["payload"])
+        # Only the addresses and domains the due actions' text names: not every contact.
+        screen = Screen.from_state(conn, [action["payload"] for action in due])
         updates: list[dict] = []
         go = []
         # A held-out entity gets nothing, whatever was decided before: withheld, audited
@@ -288,7 +291,7 @@ def _message(action: dict, originals: dict[str, str] | None) -> dict:
         "entity_id": action["entity_id"],
         "company_id": action["company_id"],
         "reason": action["reason"],
-        "payload": json.loads(action["payload"]),
+        "payload": action["payload"],
         "approved_by": action["approved_by"],
         "proposed_at": action["proposed_at"].isoformat(),
     }

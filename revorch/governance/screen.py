@@ -68,7 +68,14 @@ class Screen:
     domains: frozenset[str]
 
     @classmethod
-    def from_state(cls, conn: duckdb.DuckDBPyConnection) -> Screen:
+    def from_state(
+        cls, conn: duckdb.DuckDBPyConnection, payloads: list[dict] | None = None
+    ) -> Screen:
+        """What the CRM holds; with ``payloads``, only the addresses and domains their model
+        text names (the same findings for them, without reading every contact into Python:
+        a dispatch of a few actions then costs the same at a million contacts)."""
+        if payloads is not None:
+            return cls._named_in(conn, [model_text_of(p) for p in payloads])
         emails = {
             e.lower()
             for (e,) in conn.execute(
@@ -83,6 +90,39 @@ class Screen:
             ).fetchall()
         }
         domains |= {e.rsplit("@", 1)[1] for e in emails}
+        return cls(frozenset(emails), frozenset(domains))
+
+    @classmethod
+    def _named_in(cls, conn: duckdb.DuckDBPyConnection, texts: list[str]) -> Screen:
+        addresses = {m.lower().rstrip(".") for t in texts for m in EMAIL.findall(t)}
+        hosts = {_host(m) for t in texts for m in URL.findall(t)} - {""}
+        # Every domain a finding may ask about: each host's suffixes (see _holds_domain).
+        suffixes = {
+            ".".join(parts[i:])
+            for host in hosts
+            for parts in [host.split(".")]
+            for i in range(len(parts) - 1)
+        }
+        if not addresses and not suffixes:
+            return cls(frozenset(), frozenset())
+        emails = {
+            e
+            for (e,) in conn.execute(
+                "SELECT lower(email) AS e FROM contacts WHERE lower(email) IN (SELECT unnest($a)) "
+                "UNION SELECT lower(email) FROM owners WHERE lower(email) IN (SELECT unnest($a))",
+                {"a": sorted(addresses)},
+            ).fetchall()
+        }
+        domains = {
+            d
+            for (d,) in conn.execute(
+                "SELECT d FROM (SELECT regexp_replace(lower(domain), '^www\\.', '') AS d "
+                "FROM companies UNION SELECT string_split(lower(email), '@')[-1] FROM contacts "
+                "UNION SELECT string_split(lower(email), '@')[-1] FROM owners) "
+                "WHERE d IN (SELECT unnest($s))",
+                {"s": sorted(suffixes)},
+            ).fetchall()
+        }
         return cls(frozenset(emails), frozenset(domains))
 
     def findings(self, payload: dict) -> list[str]:

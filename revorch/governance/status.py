@@ -1,6 +1,8 @@
-"""Moving many actions at once: one UPDATE from a frame of changes."""
+"""Moving many actions at once: one UPDATE per shape of change, from a frame of changes."""
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import duckdb
 import polars as pl
@@ -22,21 +24,24 @@ COLUMNS = {
 
 
 def update_actions(conn: duckdb.DuckDBPyConnection, updates: list[dict]) -> None:
-    """One UPDATE for many actions: a column an update does not name keeps its value."""
-    if not updates:
-        return
-    frame = pl.DataFrame(
-        [{column: u.get(column) for column in ["action_id", *COLUMNS]} for u in updates],
-        schema={"action_id": pl.String, **COLUMNS},
-    ).with_columns(pl.Series("named", [sorted(u) for u in updates], dtype=pl.List(pl.String)))
-    assignments = ",\n".join(
-        f"{column} = CASE WHEN list_contains(u.named, '{column}') THEN u.{column} "
-        f"ELSE a.{column} END"
-        for column in COLUMNS
-    )
-    conn.register("action_updates", frame)
-    conn.execute(
-        f"UPDATE governance.actions AS a SET {assignments}, updated_at = now() "
-        "FROM action_updates AS u WHERE a.action_id = u.action_id"
-    )
-    conn.unregister("action_updates")
+    """Change many actions: a column an update does not name keeps its value. Updates that
+    name the same columns (a dispatch has two or three such shapes) share one UPDATE."""
+    shapes: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+    for update in updates:
+        shapes[tuple(sorted(set(update) - {"action_id"}))].append(update)
+    for named, group in shapes.items():
+        unknown = set(named) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"not a column an update may change: {sorted(unknown)}")
+        # Built column by column: a frame from many dicts costs far more.
+        frame = pl.DataFrame(
+            {column: [u[column] for u in group] for column in ("action_id", *named)},
+            schema={"action_id": pl.String, **{column: COLUMNS[column] for column in named}},
+        )
+        assignments = "".join(f"{column} = u.{column}, " for column in named)
+        conn.register("action_updates", frame)
+        conn.execute(
+            f"UPDATE governance.actions AS a SET {assignments}updated_at = now() "
+            "FROM action_updates AS u WHERE a.action_id = u.action_id"
+        )
+        conn.unregister("action_updates")

@@ -100,6 +100,7 @@ FULL_REBUILD_STEPS = (
     "stages__onboarding",
     "stages__adoption_health",
     *(f"agents__{name}" for name in AGENT_NAMES),
+    "governance__proposed_actions",
     "metrics__playbook_uplift",  # otherwise recomputed once a clock day (metrics/uplift.py)
 )
 

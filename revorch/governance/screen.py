@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import duckdb
@@ -60,30 +59,53 @@ INSTRUCTIONS: dict[str, re.Pattern[str]] = {
 }
 
 
-@dataclass(frozen=True)
 class Screen:
-    """What the CRM holds: the addresses and domains model text may name."""
+    """What the CRM holds: the addresses and domains model text may name. From the state
+    store (:meth:`from_state`), read only when a text names an address or a link, so a batch
+    of clean text costs no read of every contact."""
 
-    emails: frozenset[str]
-    domains: frozenset[str]
+    def __init__(
+        self,
+        emails: frozenset[str] | None = None,
+        domains: frozenset[str] | None = None,
+        *,
+        conn: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
+        self._known = None if conn is not None else (emails or frozenset(), domains or frozenset())
+        self._conn = conn
 
     @classmethod
     def from_state(cls, conn: duckdb.DuckDBPyConnection) -> Screen:
-        emails = {
-            e.lower()
-            for (e,) in conn.execute(
-                "SELECT email FROM contacts WHERE email IS NOT NULL "
-                "UNION SELECT email FROM owners WHERE email IS NOT NULL"
-            ).fetchall()
-        }
-        domains = {
-            d.lower().removeprefix("www.")
-            for (d,) in conn.execute(
-                "SELECT domain FROM companies WHERE domain IS NOT NULL"
-            ).fetchall()
-        }
-        domains |= {e.rsplit("@", 1)[1] for e in emails}
-        return cls(frozenset(emails), frozenset(domains))
+        """A screen that reads the CRM's addresses and domains from ``conn`` when first
+        needed (use it while ``conn`` is open)."""
+        return cls(conn=conn)
+
+    @property
+    def emails(self) -> frozenset[str]:
+        return self._held()[0]
+
+    @property
+    def domains(self) -> frozenset[str]:
+        return self._held()[1]
+
+    def _held(self) -> tuple[frozenset[str], frozenset[str]]:
+        if self._known is None:
+            emails = {
+                e.lower()
+                for (e,) in self._conn.execute(
+                    "SELECT email FROM contacts WHERE email IS NOT NULL "
+                    "UNION SELECT email FROM owners WHERE email IS NOT NULL"
+                ).fetchall()
+            }
+            domains = {
+                d.lower().removeprefix("www.")
+                for (d,) in self._conn.execute(
+                    "SELECT domain FROM companies WHERE domain IS NOT NULL"
+                ).fetchall()
+            }
+            domains |= {e.rsplit("@", 1)[1] for e in emails}
+            self._known = (frozenset(emails), frozenset(domains))
+        return self._known
 
     def findings(self, payload: dict) -> list[str]:
         """Why the payload's model text must not leave without a person; empty if clean."""

@@ -11,6 +11,9 @@ from conftest import SHARED_CRM, STEPS
 from revorch.definitions import materialize
 from revorch.governance import open_items
 from revorch.governance.actions import propose
+from revorch.governance.policy import load_policy
+from revorch.governance.screen import Screen
+from revorch.governance.verdicts import judge
 from revorch.simulator import stream_live
 
 # What an action is, without when and by which run it was proposed.
@@ -75,3 +78,30 @@ def test_an_incremental_proposal_finds_what_one_from_scratch_finds(copy_crm, tmp
     with home.connect() as conn:
         assert propose(conn, run_id="again", anchor_path=None) == 0
         assert open_items.refresh(conn).items.height == 0
+
+
+def test_the_batched_verdicts_are_the_ones_each_action_gets_alone(copy_crm):
+    """judge_proposed screens each text once and updates actions in batches; every action's
+    recorded verdict is still what the policy and a fresh screen give that action alone."""
+    home = copy_crm("governed")
+    policy = load_policy()
+    with home.connect() as conn:
+        cursor = conn.execute(
+            "SELECT action_id, action_type, source, entity_type, entity_id, company_id, "
+            "CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload, verdict, "
+            "status, verdict_rules, approval_due_at IS NOT NULL AS due "
+            "FROM governance.actions WHERE source <> 'governance' ORDER BY action_id"
+        )
+        names = [column[0] for column in cursor.description]
+        actions = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        assert len({a["verdict"] for a in actions}) >= 3  # a varied store
+        for action in actions:
+            if action["verdict"] == "withhold":
+                assert action["status"] == "withheld"
+                continue
+            alone = judge(policy, action, Screen.from_state(conn))
+            assert (action["verdict"], action["verdict_rules"]) == (
+                alone.verdict,
+                list(alone.rules),
+            ), action["action_id"]
+            assert action["due"] == (alone.verdict == "approve")

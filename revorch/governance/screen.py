@@ -73,6 +73,8 @@ class Screen:
     ) -> None:
         self._known = None if conn is not None else (emails or frozenset(), domains or frozenset())
         self._conn = conn
+        # Many actions carry the same words (templated reasons): each text is screened once.
+        self._screened: dict[tuple[str, bool], list[str]] = {}
 
     @classmethod
     def from_state(cls, conn: duckdb.DuckDBPyConnection) -> Screen:
@@ -112,6 +114,12 @@ class Screen:
         text = model_text_of(payload)
         if not text:
             return []
+        key = (text, _model_wrote(payload))
+        if key not in self._screened:
+            self._screened[key] = self._findings(*key)
+        return list(self._screened[key])
+
+    def _findings(self, text: str, model_wrote: bool) -> list[str]:
         found = []
         for address in sorted({m.lower().rstrip(".") for m in EMAIL.findall(text)}):
             if address not in self.emails:
@@ -120,7 +128,7 @@ class Screen:
             if not self._holds_domain(host):
                 found.append(f"outside link {host}")
         found += [f"instruction ({name})" for name, p in INSTRUCTIONS.items() if p.search(text)]
-        if _model_wrote(payload):  # our own offline tier's words need no recognizer's time
+        if model_wrote:  # our own offline tier's words need no recognizer's time
             from revorch.agents import recognizers  # Presidio takes seconds to import
 
             kinds = {f.kind for f in recognizers.find(text)} - {"EMAIL"}  # emails: above

@@ -22,21 +22,24 @@ COLUMNS = {
 
 
 def update_actions(conn: duckdb.DuckDBPyConnection, updates: list[dict]) -> None:
-    """One UPDATE for many actions: a column an update does not name keeps its value."""
-    if not updates:
-        return
-    frame = pl.DataFrame(
-        [{column: u.get(column) for column in ["action_id", *COLUMNS]} for u in updates],
-        schema={"action_id": pl.String, **COLUMNS},
-    ).with_columns(pl.Series("named", [sorted(u) for u in updates], dtype=pl.List(pl.String)))
-    assignments = ",\n".join(
-        f"{column} = CASE WHEN list_contains(u.named, '{column}') THEN u.{column} "
-        f"ELSE a.{column} END"
-        for column in COLUMNS
-    )
-    conn.register("action_updates", frame)
-    conn.execute(
-        f"UPDATE governance.actions AS a SET {assignments}, updated_at = now() "
-        "FROM action_updates AS u WHERE a.action_id = u.action_id"
-    )
-    conn.unregister("action_updates")
+    """Few UPDATEs for many actions, one per set of columns named (a step names the same
+    columns for most of its actions): a column an update does not name keeps its value."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for update in updates:
+        named = tuple(column for column in COLUMNS if column in update)
+        groups.setdefault(named, []).append(update)
+    for named, group in groups.items():
+        frame = pl.DataFrame(
+            {
+                "action_id": [u["action_id"] for u in group],
+                **{column: [u[column] for u in group] for column in named},
+            },
+            schema={"action_id": pl.String, **{column: COLUMNS[column] for column in named}},
+        )
+        assignments = "".join(f"{column} = u.{column}, " for column in named)
+        conn.register("action_updates", frame)
+        conn.execute(
+            f"UPDATE governance.actions AS a SET {assignments}updated_at = now() "
+            "FROM action_updates AS u WHERE a.action_id = u.action_id"
+        )
+        conn.unregister("action_updates")

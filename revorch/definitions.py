@@ -97,6 +97,7 @@ FULL_REBUILD_STEPS = (
     "state_machines",  # orch_assets/stages/assets.py: contact and account lifecycles
     "stage_chain",  # the chain's keyed tables (onboarding, adoption) and waiting references
     *(f"agents__{name}" for name in AGENT_NAMES),
+    "governance__proposed_actions",
     "metrics__playbook_uplift",  # otherwise recomputed once a clock day (metrics/uplift.py)
 )
 

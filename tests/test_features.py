@@ -23,7 +23,7 @@ from revorch.agents.offline import DealModel, LeadModel, OfflineTier, RenewalMod
 from revorch.agents.offline.deal_model import labelled_deals
 from revorch.agents.offline.lead_model import intent_features, labelled_leads, lead_examples
 from revorch.agents.offline.renewal_model import labelled_renewals
-from revorch.agents.registry import _clock
+from revorch.agents.registry import input_clock
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 
@@ -282,8 +282,8 @@ def test_activity_windows_and_derived_features_are_counted_by_the_scoring_point(
     assert examples["replies_recent"].sum() <= shipped["emails_replied"].sum()
     assert examples["quiet_days"].min() >= 0 and examples["quiet_days"].max() <= 14
     # A window ending at the scoring point moves with the clock: the agent rebuilds on any move.
-    assert _clock("lead_qualification", models) == "instant"
-    assert _clock("lead_qualification", ModelsConfig()) == "week"  # the stale flag
+    assert input_clock("lead_qualification", models) == "instant"
+    assert input_clock("lead_qualification", ModelsConfig()) == "week"  # the stale flag
 
 
 def test_a_declared_outcome_changes_the_labels_and_says_what_it_kept_and_dropped(crm):

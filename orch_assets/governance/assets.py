@@ -15,7 +15,7 @@ from pydantic import Field
 
 from orch_assets.agents.assets import agent_assets
 from orch_assets.handoffs.assets import handoff_assets
-from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
 from resources import DispatcherResource, GovernanceResource, StateStore
 from revorch import settings
 from revorch.governance.actions import propose
@@ -62,13 +62,22 @@ def governance_asset(key: dg.AssetKey, deps: list[dg.AssetKey], **kwargs):
     ],
 )
 def proposed_actions(
-    context: dg.AssetExecutionContext, state_store: StateStore, governance: GovernanceResource
+    context: dg.AssetExecutionContext,
+    config: RebuildConfig,
+    state_store: StateStore,
+    governance: GovernanceResource,
 ):
     """The outbox: every action the agents recommend and the handoffs call for (assign an
     owner, follow up, offer a discount, escalate, notify a CSM, ...), each with its reason and
-    the decision behind it, proposed once. Nothing is sent from here."""
+    the decision behind it, proposed once. Nothing is sent from here. Looks at what changed
+    since the last run; ``full_rebuild`` looks at everything (and finds the same actions)."""
     with state_store.get_connection() as conn:
-        proposed = propose(conn, run_id=context.run_id, anchor_path=governance.anchor)
+        proposed = propose(
+            conn,
+            run_id=context.run_id,
+            anchor_path=governance.anchor,
+            full=config.full_rebuild,
+        )
         by_type = conn.execute(
             "SELECT action_type, count(*) FROM governance.actions "
             "WHERE proposed_run_id = ? GROUP BY ALL",

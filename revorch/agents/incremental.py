@@ -195,14 +195,16 @@ def plan(
     full_rebuild: bool = False,
     renewal_window_days: int = 0,
     clock: str | None = None,
+    watermark: str | None = None,
 ) -> Scope:
     """The scope of this run of ``agent`` (see the module docstring); the renewal window is
     the one the renewal agent's inputs flag; ``clock`` overrides how its inputs read the clock
-    (``CLOCK``), when declared features make them read it."""
+    (``CLOCK``), when declared features make them read it. ``watermark`` names the watermark
+    to plan from when another reader of the agent's inputs keeps its own (default: ``agent``)."""
     seen = Watermark(
         _loads_folded(conn, agent), conn.execute("SELECT clock_now()").fetchone()[0], version
     )
-    last = _watermark(conn, agent)
+    last = _watermark(conn, watermark or agent)
     why = _why_everything(agent, last, seen, full_rebuild, clock or CLOCK[agent])
     if why is not None:
         return Scope(None, why, seen)

@@ -78,7 +78,7 @@ def inputs_to_decide(
         version,
         full_rebuild=full_rebuild,
         renewal_window_days=lifecycle.accounts.renewal_window_days,
-        clock=_clock(spec.name, models),
+        clock=input_clock(spec.name, models),
     )
     if scope.ids == []:
         return [], scope
@@ -89,7 +89,7 @@ def inputs_to_decide(
     return INPUTS[spec.name](conn, scope.ids, **by_config), scope
 
 
-def _clock(agent: str, models: ModelsConfig) -> str | None:
+def input_clock(agent: str, models: ModelsConfig) -> str | None:
     """How a lead's inputs read the clock, when its declaration makes them: a stale flag or
     a day count moves with the week, a window ending at the scoring point with any move."""
     if agent != "lead_qualification":

@@ -21,8 +21,7 @@ import duckdb
 import polars as pl
 
 from revorch import clock
-from revorch.agents.memo import input_hash
-from revorch.agents.registry import INPUTS
+from revorch.governance import open_items
 from revorch.governance.audit import AuditEvent, audited
 
 CANDIDATES_SQL = (Path(__file__).parent / "candidate_actions.sql").read_text()
@@ -120,25 +119,37 @@ FOLLOW_UP_CADENCE = {
 
 
 def propose(
-    conn: duckdb.DuckDBPyConnection, *, run_id: str | None, anchor_path: Path | None
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    run_id: str | None,
+    anchor_path: Path | None,
+    full: bool = False,
 ) -> int:
     """Propose every new action; return how many. Each is recorded with a ``proposed``
-    audit event (and a ``decided`` one for the agent decision behind it)."""
+    audit event (and a ``decided`` one for the agent decision behind it). Looks only at
+    what changed since the last proposal (revorch/governance/open_items.py); ``full`` looks
+    at everything, and finds the same actions."""
     action_map = pl.DataFrame(
         [
             {"source": agent, "recommendation": rec, "action_type": t, "entity_type": e}
             for (agent, rec), (t, e) in AGENT_ACTIONS.items()
         ]
     )
-    open_items = _open_items(conn)
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+        refreshed = open_items.refresh(conn, full=full)
         conn.register("action_map", action_map)
-        conn.register("open_items", open_items)
-        cursor = conn.execute(CANDIDATES_SQL)
+        conn.register("proposal_scope", refreshed.items)
+        cursor = conn.execute(
+            CANDIDATES_SQL,
+            {
+                "everything": sorted(refreshed.everything),
+                "decided_after": refreshed.decided_after,
+            },
+        )
         names = [column[0] for column in cursor.description]
         candidates = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         conn.unregister("action_map")
-        conn.unregister("open_items")
+        conn.unregister("proposal_scope")
         now = clock.now(conn)
         rows = [_action_row(c, now, run_id) for c in candidates]
         for candidate, row in zip(candidates, rows, strict=True):
@@ -153,19 +164,6 @@ def propose(
             )
             conn.unregister("new_actions")
     return len(rows)
-
-
-def _open_items(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Every agent's items as they stand now (the inputs it is asked about), with the hash
-    its decisions are memoized by."""
-    return pl.DataFrame(
-        [
-            {"agent": agent, "entity_id": str(item["id"]), "input_hash": input_hash(item)}
-            for agent, read in INPUTS.items()
-            for item in read(conn)
-        ],
-        schema={"agent": pl.String, "entity_id": pl.String, "input_hash": pl.String},
-    )
 
 
 def _action_row(candidate: dict, now: datetime, run_id: str | None) -> dict:

@@ -2,15 +2,31 @@
 -- `dedup_key` names the proposal within its source and entity: an agent's recommendation
 -- for an entity, a handoff's occurrence. The same candidate seen again is the same action.
 -- An agent proposes only from its decision on an item still open, as the item stands now
--- (`open_items`: every agent's current inputs and their hashes). A decision taken on what had
--- arrived earlier, or on an item closed since, proposes nothing, so the actions do not
--- depend on the order events arrived in.
-WITH current_decisions AS (
-    SELECT d.* FROM agents.decisions AS d
-    JOIN open_items AS o
+-- (governance.open_items: every agent's open items and their input hashes). A decision taken
+-- on what had arrived earlier, or on an item closed since, proposes nothing, so the actions
+-- do not depend on the order events arrived in. Only the items whose proposal may have
+-- changed are looked at (revorch/governance/open_items.py): every item of the agents in
+-- $everything, the items read again (`proposal_scope`) and those decided after
+-- $decided_after (NULL: every decision).
+WITH scope AS (
+    SELECT agent, entity_id FROM proposal_scope
+    UNION
+    SELECT agent, entity_id FROM governance.open_items WHERE list_contains($everything, agent)
+    UNION
+    SELECT agent, entity_id FROM agents.decisions
+    WHERE $decided_after IS NULL OR decided_at > $decided_after
+),
+-- Keys first, the decisions' JSON only for the ones chosen: the scan stays narrow.
+current_keys AS (
+    SELECT d.decision_id, d.decided_at FROM agents.decisions AS d
+    JOIN scope AS s ON s.agent = d.agent AND s.entity_id = d.entity_id
+    JOIN governance.open_items AS o
       ON o.agent = d.agent AND o.entity_id = d.entity_id AND o.input_hash = d.input_hash
     QUALIFY row_number() OVER (PARTITION BY d.agent, d.entity_id
                                ORDER BY d.decided_at DESC, d.decision_id) = 1
+),
+current_decisions AS (
+    SELECT d.* FROM agents.decisions AS d SEMI JOIN current_keys USING (decision_id, decided_at)
 ),
 agent_candidates AS (
     SELECT d.agent AS source, m.action_type, m.entity_type, d.entity_id,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import duckdb
@@ -60,37 +59,62 @@ INSTRUCTIONS: dict[str, re.Pattern[str]] = {
 }
 
 
-@dataclass(frozen=True)
 class Screen:
-    """What the CRM holds: the addresses and domains model text may name."""
+    """What the CRM holds: the addresses and domains model text may name. From the state
+    store (:meth:`from_state`), read only when a text names an address or a link, so a batch
+    of clean text costs no read of every contact."""
 
-    emails: frozenset[str]
-    domains: frozenset[str]
+    def __init__(
+        self,
+        emails: frozenset[str] | None = None,
+        domains: frozenset[str] | None = None,
+        *,
+        conn: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
+        self._known = None if conn is not None else (emails or frozenset(), domains or frozenset())
+        self._conn = conn
+        # Many actions carry the same words (templated reasons): each text is screened once.
+        self._screened: dict[tuple[str, bool], list[str]] = {}
 
     @classmethod
     def from_state(
         cls, conn: duckdb.DuckDBPyConnection, payloads: list[dict] | None = None
     ) -> Screen:
-        """What the CRM holds; with ``payloads``, only the addresses and domains their model
+        """What the CRM holds. With ``payloads``, only the addresses and domains their model
         text names (the same findings for them, without reading every contact into Python:
-        a dispatch of a few actions then costs the same at a million contacts)."""
+        a dispatch of a few actions then costs the same at a million contacts); without, a
+        screen that reads them from ``conn`` when first needed (use it while ``conn`` is
+        open)."""
         if payloads is not None:
             return cls._named_in(conn, [model_text_of(p) for p in payloads])
-        emails = {
-            e.lower()
-            for (e,) in conn.execute(
-                "SELECT email FROM contacts WHERE email IS NOT NULL "
-                "UNION SELECT email FROM owners WHERE email IS NOT NULL"
-            ).fetchall()
-        }
-        domains = {
-            d.lower().removeprefix("www.")
-            for (d,) in conn.execute(
-                "SELECT domain FROM companies WHERE domain IS NOT NULL"
-            ).fetchall()
-        }
-        domains |= {e.rsplit("@", 1)[1] for e in emails}
-        return cls(frozenset(emails), frozenset(domains))
+        return cls(conn=conn)
+
+    @property
+    def emails(self) -> frozenset[str]:
+        return self._held()[0]
+
+    @property
+    def domains(self) -> frozenset[str]:
+        return self._held()[1]
+
+    def _held(self) -> tuple[frozenset[str], frozenset[str]]:
+        if self._known is None:
+            emails = {
+                e.lower()
+                for (e,) in self._conn.execute(
+                    "SELECT email FROM contacts WHERE email IS NOT NULL "
+                    "UNION SELECT email FROM owners WHERE email IS NOT NULL"
+                ).fetchall()
+            }
+            domains = {
+                d.lower().removeprefix("www.")
+                for (d,) in self._conn.execute(
+                    "SELECT domain FROM companies WHERE domain IS NOT NULL"
+                ).fetchall()
+            }
+            domains |= {e.rsplit("@", 1)[1] for e in emails}
+            self._known = (frozenset(emails), frozenset(domains))
+        return self._known
 
     @classmethod
     def _named_in(cls, conn: duckdb.DuckDBPyConnection, texts: list[str]) -> Screen:
@@ -130,6 +154,12 @@ class Screen:
         text = model_text_of(payload)
         if not text:
             return []
+        key = (text, _model_wrote(payload))
+        if key not in self._screened:
+            self._screened[key] = self._findings(*key)
+        return list(self._screened[key])
+
+    def _findings(self, text: str, model_wrote: bool) -> list[str]:
         found = []
         for address in sorted({m.lower().rstrip(".") for m in EMAIL.findall(text)}):
             if address not in self.emails:
@@ -138,7 +168,7 @@ class Screen:
             if not self._holds_domain(host):
                 found.append(f"outside link {host}")
         found += [f"instruction ({name})" for name, p in INSTRUCTIONS.items() if p.search(text)]
-        if _model_wrote(payload):  # our own offline tier's words need no recognizer's time
+        if model_wrote:  # our own offline tier's words need no recognizer's time
             from revorch.agents import recognizers  # Presidio takes seconds to import
 
             kinds = {f.kind for f in recognizers.find(text)} - {"EMAIL"}  # emails: above

@@ -1,0 +1,104 @@
+"""Every agent's open items as they stand now, kept by key for the outbox.
+
+An agent's decision proposes an action only while its item is open and its inputs are the
+ones decided on (candidate_actions.sql). Reading every agent's inputs on every run costs as
+much as the store; instead ``governance.open_items`` keeps each open item's input hash, and a
+proposal reads again only the items touched since the last one, planned as the agents plan
+their own runs (revorch/agents/incremental.py) under the watermarks ``proposals/<agent>``:
+everything on the first run, on a full rebuild, when the inputs' version or the lifecycle
+config changed, or when the clock moved into a period the inputs read.
+
+The decisions to look at are those of the items read again and every decision taken since
+the last proposal (``proposals/decisions``, the newest ``decided_at`` seen): for any other
+item nothing that decides its proposal changed, so a proposal from scratch finds only actions
+already proposed there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+import polars as pl
+
+from revorch.agents import incremental
+from revorch.agents.features import ModelsConfig
+from revorch.agents.memo import input_hash
+from revorch.agents.registry import INPUTS, input_clock
+from revorch.lifecycle.config import load_lifecycle_config
+
+DECISIONS = "proposals/decisions"
+
+
+def watermark(agent: str) -> str:
+    return f"proposals/{agent}"
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """What a proposal must look at again: every item of the agents in ``everything``, the
+    (agent, entity_id) pairs of ``items``, and the decisions taken after ``decided_after``."""
+
+    everything: frozenset[str]
+    items: pl.DataFrame  # agent, entity_id
+    decided_after: datetime | None  # None: every decision
+    decided_upto: datetime | None  # the newest decision seen now (the next mark)
+
+
+def refresh(conn: duckdb.DuckDBPyConnection, *, full: bool = False) -> Refreshed:
+    """Bring ``governance.open_items`` up to date and move the watermarks on; call inside the
+    transaction that records the proposals, so a proposal that dies moves nothing."""
+    lifecycle = load_lifecycle_config()
+    # As the inputs are read here: the shipped feature declarations, the lifecycle config.
+    models = ModelsConfig()
+    version = incremental.version_key("proposals", lifecycle.model_dump_json())
+    everything, pairs = set(), []
+    for agent, read in INPUTS.items():
+        scope = incremental.plan(
+            conn,
+            agent,
+            version,
+            full_rebuild=full,
+            renewal_window_days=lifecycle.accounts.renewal_window_days,
+            clock=input_clock(agent, models),
+            watermark=watermark(agent),
+        )
+        by_config = {"config": lifecycle} if agent == "renewal_risk" else {}
+        if scope.ids is None:
+            everything.add(agent)
+            items = read(conn, **by_config)
+            conn.execute("DELETE FROM governance.open_items WHERE agent = ?", [agent])
+        else:
+            items = read(conn, scope.ids, **by_config) if scope.ids else []
+            pairs += [(agent, entity_id) for entity_id in scope.ids]
+            if scope.ids:
+                conn.execute(
+                    "DELETE FROM governance.open_items "
+                    "WHERE agent = ? AND entity_id IN (SELECT unnest(?))",
+                    [agent, scope.ids],
+                )
+        if items:
+            rows = pl.DataFrame(
+                {
+                    "agent": agent,
+                    "entity_id": [str(item["id"]) for item in items],
+                    "input_hash": [input_hash(item) for item in items],
+                }
+            )
+            conn.register("refreshed_items", rows)
+            conn.execute("INSERT INTO governance.open_items BY NAME SELECT * FROM refreshed_items")
+            conn.unregister("refreshed_items")
+        incremental.save(conn, watermark(agent), scope.seen)
+    last = conn.execute(
+        "SELECT as_of FROM agents.watermarks WHERE agent = ?", [DECISIONS]
+    ).fetchone()
+    upto = conn.execute("SELECT max(decided_at) FROM agents.decisions").fetchone()[0]
+    if upto is not None:
+        incremental.save(conn, DECISIONS, incremental.Watermark(0, upto, ""))
+    return Refreshed(
+        frozenset(everything),
+        pl.DataFrame(pairs, schema={"agent": pl.String, "entity_id": pl.String}, orient="row"),
+        None if full or last is None else last[0],
+        upto,
+    )

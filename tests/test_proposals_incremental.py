@@ -1,0 +1,107 @@
+"""Proposals look only at what changed since the last one (revorch/governance/open_items.py),
+and find exactly what a proposal from scratch finds."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+
+from conftest import SHARED_CRM, STEPS
+from revorch.definitions import materialize
+from revorch.governance import open_items
+from revorch.governance.actions import propose
+from revorch.governance.policy import load_policy
+from revorch.governance.screen import Screen
+from revorch.governance.verdicts import judge
+from revorch.simulator import stream_live
+
+# What an action is, without when and by which run it was proposed.
+ACTION_COLUMNS = (
+    "action_id, action_type, source, decision_id, entity_type, entity_id, company_id, reason, "
+    "CAST(payload AS VARCHAR), CAST(facts AS VARCHAR), status"
+)
+
+
+def _actions(conn: duckdb.DuckDBPyConnection, run_id: str) -> list[tuple]:
+    return conn.execute(
+        f"SELECT {ACTION_COLUMNS} FROM governance.actions WHERE proposed_run_id = ? "
+        "ORDER BY action_id",
+        [run_id],
+    ).fetchall()
+
+
+def _open_items(conn: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return conn.execute("SELECT * FROM governance.open_items ORDER BY ALL").fetchall()
+
+
+def test_an_incremental_proposal_finds_what_one_from_scratch_finds(copy_crm, tmp_path):
+    home = copy_crm("governed")  # proposed once already: the watermarks are set
+    # New and changed records of every kind, through the stages and the agents.
+    for _ in stream_live(
+        home.landing, SHARED_CRM, events_per_batch=400, interval_seconds=0, max_batches=2
+    ):
+        pass
+    materialize(
+        STEPS["stages"] | STEPS["decided"], database=home.database, landing=home.landing.root
+    )
+    scratch = tmp_path / "scratch.duckdb"
+    shutil.copyfile(home.database, scratch)
+    planned = tmp_path / "planned.duckdb"
+    shutil.copyfile(home.database, planned)
+
+    # The incremental one reads again only the items touched since the last proposal.
+    with duckdb.connect(str(planned)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        total = conn.execute("SELECT count(*) FROM governance.open_items").fetchone()[0]
+        refreshed = open_items.refresh(conn)
+        assert refreshed.everything == frozenset()
+        assert 0 < refreshed.items.height < total
+        assert refreshed.decided_after is not None
+
+    with home.connect() as conn:
+        incremental = propose(conn, run_id="incremental", anchor_path=None)
+        proposed_incrementally = _actions(conn, "incremental")
+        items_incrementally = _open_items(conn)
+    with duckdb.connect(str(scratch)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        full = propose(conn, run_id="full", anchor_path=None, full=True)
+        proposed_from_scratch = _actions(conn, "full")
+        items_from_scratch = _open_items(conn)
+
+    assert incremental > 0  # the changes called for new actions
+    assert incremental == full
+    assert proposed_incrementally == proposed_from_scratch
+    assert items_incrementally == items_from_scratch
+
+    # Proposing again with nothing new adds nothing, and reads no item again.
+    with home.connect() as conn:
+        assert propose(conn, run_id="again", anchor_path=None) == 0
+        assert open_items.refresh(conn).items.height == 0
+
+
+def test_the_batched_verdicts_are_the_ones_each_action_gets_alone(copy_crm):
+    """judge_proposed screens each text once and updates actions in batches; every action's
+    recorded verdict is still what the policy and a fresh screen give that action alone."""
+    home = copy_crm("governed")
+    policy = load_policy()
+    with home.connect() as conn:
+        cursor = conn.execute(
+            "SELECT action_id, action_type, source, entity_type, entity_id, company_id, "
+            "CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload, verdict, "
+            "status, verdict_rules, approval_due_at IS NOT NULL AS due "
+            "FROM governance.actions WHERE source <> 'governance' ORDER BY action_id"
+        )
+        names = [column[0] for column in cursor.description]
+        actions = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        assert len({a["verdict"] for a in actions}) >= 3  # a varied store
+        for action in actions:
+            if action["verdict"] == "withhold":
+                assert action["status"] == "withheld"
+                continue
+            alone = judge(policy, action, Screen.from_state(conn))
+            assert (action["verdict"], action["verdict_rules"]) == (
+                alone.verdict,
+                list(alone.rules),
+            ), action["action_id"]
+            assert action["due"] == (alone.verdict == "approve")

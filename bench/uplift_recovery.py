@@ -43,6 +43,7 @@ from revorch.experiments.recovery import (  # noqa: E402
 )
 from revorch.governance.policy import DEFAULT_PATH  # noqa: E402
 from revorch.landing import LandingZone  # noqa: E402
+from revorch.settings import ELSEWHERE  # noqa: E402
 from revorch.simulator import SimulationConfig, history_frame  # noqa: E402
 from revorch.simulator.config import DAY  # noqa: E402
 from revorch.simulator.pipeline import true_uplift  # noqa: E402
@@ -57,19 +58,6 @@ SHARE = 0.5  # held out of every playbook (the policy's and the simulator's)
 # history does.
 START, HISTORY, END = "2026-10-01T12:00:00+00:00", "2026-08-01", "2026-11-05"
 UPLIFT = dg.AssetKey(["metrics", "playbook_uplift"])
-# Variables that would point the run away from its folder or at a network service.
-_ENVIRONMENT = (
-    "REVORCH_DB",
-    "REVORCH_LANDING",
-    "REVORCH_PUBLISHED_DB",
-    "REVORCH_AUDIT_ANCHOR",
-    "REVORCH_OUTBOX",
-    "REVORCH_LLM_BASE_URL",
-    "OPENAI_API_KEY",
-    "REVORCH_WEBHOOK_URL",
-    "REVORCH_WEBHOOK_SECRET",
-    "REVORCH_STATE_BACKEND",
-)
 
 
 def recovery_config(
@@ -104,8 +92,8 @@ class Recovery:
 
 @contextmanager
 def _environment(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in (*_ENVIRONMENT, *values)}
-    for name in _ENVIRONMENT:
+    saved = {k: os.environ.get(k) for k in (*ELSEWHERE, *values)}
+    for name in ELSEWHERE:
         os.environ.pop(name, None)
     os.environ.update(values)
     try:

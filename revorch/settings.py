@@ -17,6 +17,24 @@ from pathlib import Path
 # load polars, numpy and pydantic, which `revorch --help` and the import of settings should not.
 
 
+# Variables that point a run away from its REVORCH_HOME (another file, another backend) or at
+# a network service. A build that must stay in its own folder clears them (tests/conftest.py,
+# tests/test_scaling.py, bench/uplift_recovery.py).
+ELSEWHERE = (
+    "REVORCH_DB",
+    "REVORCH_LANDING",
+    "REVORCH_PUBLISHED_DB",
+    "REVORCH_AUDIT_ANCHOR",
+    "REVORCH_OUTBOX",
+    "REVORCH_DISPATCH_JOURNAL",
+    "REVORCH_STATE_BACKEND",
+    "REVORCH_LLM_BASE_URL",
+    "OPENAI_API_KEY",
+    "REVORCH_WEBHOOK_URL",
+    "REVORCH_WEBHOOK_SECRET",
+)
+
+
 def revorch_home() -> Path:
     return Path(os.environ.get("REVORCH_HOME", ".revorch")).resolve()
 

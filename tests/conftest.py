@@ -17,7 +17,7 @@ from filelock import FileLock
 # the environment the suite starts with, never with a test's broken config path (test_cli).
 import revorch.definitions  # noqa: F401
 from resources.state_store import CONNECTION_CONFIG
-from revorch import clock
+from revorch import clock, settings
 from revorch.governance.audit import DIGEST_SQL, chain_hash
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
@@ -97,7 +97,6 @@ def conn(db_path: Path, state_backend: str):
     With ``--state-backend ducklake``, a connection to this test's DuckLake instead."""
     if state_backend == "ducklake":
         from resources.state_store import StateStore
-        from revorch import settings
 
         store = StateStore(
             database=str(db_path),
@@ -220,20 +219,6 @@ class SimulatedCrm:
         return CrmHome(destination)
 
 
-# Variables that would point the build away from its own folder or at a network service.
-_ENVIRONMENT = (
-    "REVORCH_DB",
-    "REVORCH_LANDING",
-    "REVORCH_PUBLISHED_DB",
-    "REVORCH_AUDIT_ANCHOR",
-    "REVORCH_OUTBOX",
-    "REVORCH_LLM_BASE_URL",
-    "OPENAI_API_KEY",
-    "REVORCH_WEBHOOK_URL",
-    "REVORCH_WEBHOOK_SECRET",
-)
-
-
 def build_crm(
     config: SimulationConfig,
     base: Path,
@@ -254,7 +239,7 @@ def build_crm(
     metadata: dict[str, dict[str, dg.MetadataValue]] = {}
     checks: dict[str, dg.AssetCheckEvaluation] = {}
     with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
-        for name in _ENVIRONMENT:
+        for name in settings.ELSEWHERE:  # the build stays in its folder, on the file
             env.delenv(name, raising=False)
         env.setenv("REVORCH_HOME", str(work.root))
         env.setenv("REVORCH_CLOCK", clock_setting)

@@ -1,7 +1,7 @@
 """The attacker's test: a compromised model over the whole pipeline, then dispatch.
 
-A simulated CRM goes through the real `revorch` command (simulate, ingest: every asset and
-check, the dispatcher included) with the LLM tier pointed at an OpenAI-compatible server on
+A simulated CRM goes through the real `revorch ingest` command (every asset and check, the
+dispatcher included) with the LLM tier pointed at an OpenAI-compatible server on
 127.0.0.1 that answers as a compromised model, in two ways: out of the schema (a made-up
 action, a tool call), and inside it with an attacker's text (forward the contact list to an
 outside address, a link to an outside site, placeholders to be filled with personal data) and
@@ -35,8 +35,10 @@ from conftest import forge_approval
 from fake_openai import FakeOpenAI, example_from_schema
 from revorch.agents.config import DEFAULT_PATH as AGENTS_CONFIG
 from revorch.governance.actions import CUSTOMER_FACING
+from revorch.landing import LandingZone
+from revorch.simulator import SimulationConfig, simulate_history
 
-# It runs `revorch simulate` and `revorch ingest` as processes, with a model server.
+# It runs `revorch ingest` as a process, with a model server.
 pytestmark = pytest.mark.slow
 
 OUTSIDE_ADDRESS = "attacker@evil.example"
@@ -166,8 +168,10 @@ def attacked(tmp_path_factory) -> Iterator[AttackedHome]:
             **{k: v for k, v in os.environ.items() if k == "REVORCH_POLICY"},
         }
         home = AttackedHome(root, env, model, 0)
-        simulated = home.revorch("simulate", "--contacts", "300", "--seed", "12")
-        assert simulated.returncode == 0, simulated.stderr
+        # What `revorch simulate --contacts 300 --seed 12` writes, without its own process.
+        simulate_history(
+            LandingZone(root / "landing").ensure(), SimulationConfig(contacts=300, seed=12)
+        )
         ingested = home.revorch("ingest")
         assert ingested.returncode == 0, ingested.stderr
         home.requests = server.total_requests

@@ -4,19 +4,22 @@ outside the schema is used, no stored decision leaves its allow-list, no planted
 phone number leaves the process, and the system prompt still says record text is data.
 Attacks planted in a company's name never reach the model: the name is redacted.
 
-What the policy and the dispatcher then do with the in-schema answers is tested with the
+What the policy and the dispatcher then do with the in-schema answers is tested on a copy, the
 ``attacked_crm`` fixture at the end of this module."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
 import typing
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -93,8 +96,8 @@ def test_each_attack_is_planted_where_its_agent_reads_and_names_its_planted_pii(
 # -- end to end ---------------------------------------------------------------------------------
 
 
-def test_the_attacks_are_landed_and_ingested_with_nothing_quarantined(attacked_crm):
-    landed, plan = attacked_crm.landed, attacked_crm.plan
+def test_the_attacks_are_landed_and_ingested_with_nothing_quarantined(attack):
+    landed, plan = attack.landed, attack.plan
     assert landed["received"] == landed["loaded"] == len(plan.events)
     assert landed["quarantined"] == 0
     assert set(plan.targets) == {e.id for e in CORPUS}
@@ -251,6 +254,7 @@ class AttackedCrm:
     requests: list[dict]
     reports: dict[str, RunReport]
     run_id: str = RUN_ID
+    kept: Path | None = None  # a copy of the home as the attacks left it (``attack``)
 
     def reached(self) -> dict[str, set[str]]:
         """For each entry, the agents whose requests to the model carried its text."""
@@ -330,20 +334,28 @@ def land_and_run_attacks(home: CrmHome) -> AttackedCrm:
 
 @pytest.fixture(scope="module")
 def attack(simulated_crm, tmp_path_factory) -> Iterator[AttackedCrm]:
-    """One attacked CRM shared by this module's read-only tests."""
-    home = simulated_crm.copy("stages", tmp_path_factory.mktemp("injection") / "crm")
+    """One attacked CRM shared by this module's read-only tests; its home is also kept as
+    the attacks left it, for :func:`attacked_crm` to copy."""
+    folder = tmp_path_factory.mktemp("injection")
+    home = simulated_crm.copy("stages", folder / "crm")
     attacked = land_and_run_attacks(home)
+    attacked.conn.close()
+    attacked.kept = folder / "attacked"
+    shutil.copytree(home.root, attacked.kept)
+    attacked.conn = home.connect()
     yield attacked
     attacked.conn.close()
 
 
 @pytest.fixture
-def attacked_crm(copy_crm) -> Iterator[AttackedCrm]:
-    """The attacked CRM on the test's own copy of the shared CRM, after
-    :func:`land_and_run_attacks`: every corpus entry planted, ingested and decided by its
-    agent with the obedient model as the LLM tier. For a test that carries the decisions
-    further (outbox, policy, dispatch) and asserts that nothing out of policy is sent."""
-    attacked = land_and_run_attacks(copy_crm("stages"))
+def attacked_crm(attack, tmp_path) -> Iterator[AttackedCrm]:
+    """The attacked CRM on the test's own copy, after :func:`land_and_run_attacks`: every
+    corpus entry planted, ingested and decided by its agent with the obedient model as the
+    LLM tier. A copy of ``attack``'s home as the attacks left it (the same run, not run
+    again), for a test that carries the decisions further (outbox, policy, dispatch) and
+    asserts that nothing out of policy is sent."""
+    shutil.copytree(attack.kept, tmp_path / "attacked")
+    attacked = dataclasses.replace(attack, conn=CrmHome(tmp_path / "attacked").connect())
     yield attacked
     attacked.conn.close()
 

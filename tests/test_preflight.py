@@ -1,15 +1,19 @@
 """The LLM endpoint is checked once before a run; a wrong setup sends the run offline at once."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
 
 from fake_openai import FakeOpenAI, Fault
 from revorch.agents.preflight import check_llm_endpoint
+from revorch.landing import LandingZone
+from revorch.simulator import SimulationConfig, simulate_history
 
 MODELS = {"gpt-4o-mini"}
 
@@ -18,6 +22,15 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> Path:
+    """The landing zone `revorch simulate --contacts 300` writes (its default seed), written
+    once for the module's ingests; each copies it into its own folder."""
+    landing = tmp_path_factory.mktemp("preflight") / "landing"
+    simulate_history(LandingZone(landing).ensure(), SimulationConfig(contacts=300, seed=42))
+    return landing
 
 
 def test_a_server_that_serves_the_model_passes():
@@ -56,14 +69,13 @@ def test_an_unreachable_endpoint_sends_the_run_offline():
 
 
 @pytest.mark.slow
-def test_an_ingest_with_a_refused_key_decides_offline_without_calling_the_model(tmp_path):
+def test_an_ingest_with_a_refused_key_decides_offline_without_calling_the_model(
+    simulated, tmp_path
+):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
     env.pop("OPENAI_API_KEY", None)
     revorch = [sys.executable, "-m", "revorch.cli"]
-    simulated = subprocess.run(
-        [*revorch, "simulate", "--contacts", "300"], cwd=tmp_path, env=env, timeout=300
-    )
-    assert simulated.returncode == 0
+    shutil.copytree(simulated, tmp_path / ".revorch" / "landing")
     # The URL is set and the key is not (finding 5); the server wants a key.
     with FakeOpenAI(served_model="gpt-4o-mini", api_key="the-real-key") as server:
         env["REVORCH_LLM_BASE_URL"] = server.base_url
@@ -86,14 +98,13 @@ def test_an_ingest_with_a_refused_key_decides_offline_without_calling_the_model(
 
 
 @pytest.mark.slow
-def test_an_endpoint_that_breaks_mid_run_trips_the_breaker_and_the_summary_says_so(tmp_path):
+def test_an_endpoint_that_breaks_mid_run_trips_the_breaker_and_the_summary_says_so(
+    simulated, tmp_path
+):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
     env.pop("OPENAI_API_KEY", None)
     revorch = [sys.executable, "-m", "revorch.cli"]
-    simulated = subprocess.run(
-        [*revorch, "simulate", "--contacts", "300"], cwd=tmp_path, env=env, timeout=300
-    )
-    assert simulated.returncode == 0
+    shutil.copytree(simulated, tmp_path / ".revorch" / "landing")
     # The models listing passes the preflight; then every completion fails.
     with FakeOpenAI(served_model="gpt-4o-mini") as server:
         server.failing = Fault.status(503)

@@ -35,10 +35,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from conftest import _ENVIRONMENT
 from resources.state_store import CONNECTION_CONFIG
 from revorch import clock
 from revorch.landing import LandingZone
+from revorch.settings import ELSEWHERE
 from revorch.simulator import SimulationConfig, simulate_history
 
 GROWTH_LIMIT = 15.0  # CPU ratio allowed for 10x the data
@@ -69,7 +69,7 @@ def run_graph(home: Path, selection: dg.AssetSelection, monkeypatch: pytest.Monk
     from resources import default_resources
     from revorch.definitions import materialize
 
-    for name in _ENVIRONMENT:
+    for name in ELSEWHERE:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REVORCH_HOME", str(home))
     with dg.instance_for_test() as instance:

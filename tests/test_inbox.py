@@ -183,12 +183,12 @@ def test_a_review_runs_the_review_job_and_the_audit_trail_names_the_reviewer(
     assert f'id="action-{approved}"' not in page.text  # the published copy was refreshed
     assert f'id="action-{rejected}"' in page.text
     assert _statuses_and_reviews(home, [approved, rejected]) == (
-        {approved: "approved", rejected: "pending_approval"},
+        {approved: "sent", rejected: "pending_approval"},  # approved, and sent at once
         [(approved, "approved", "human:bob", "ok")],
     )
     with dg.DagsterInstance.get() as instance:
         [run] = instance.get_runs(dg.RunsFilter(tags={"revorch/via": "inbox"}))
-        assert run.job_name == "review_actions"
+        assert run.job_name == "approve_and_dispatch"
         assert run.tags["revorch/reviewer"] == "bob"
         queue = instance.get_latest_materialization_event(
             dg.AssetKey(["governance", "approval_queue"])
@@ -225,7 +225,7 @@ def test_a_review_says_busy_and_applies_nothing_while_the_writer_is_held(home, i
         assert "run f00dcafe (a run) is in step crm__change_log" in busy.text
         again = client.post(f"{inbox}/review", data={**review, "csrf": csrf})
         assert again.status_code == 303
-    assert _statuses_and_reviews(home, [action])[0] == {action: "approved"}
+    assert _statuses_and_reviews(home, [action])[0] == {action: "sent"}
 
 
 def test_a_review_that_outlasts_the_wait_is_reported_as_applying_then_applied(home):
@@ -246,7 +246,7 @@ def test_a_review_that_outlasts_the_wait_is_reported_as_applying_then_applied(ho
         while "review-applying" in (page := client.get(f"{inbox}/").text):
             time.sleep(0.5)
     assert 'class="review-applied">' in page and action in page
-    assert _statuses_and_reviews(home, [action])[0] == {action: "approved"}
+    assert _statuses_and_reviews(home, [action])[0] == {action: "sent"}
 
 
 def _outbox(home) -> list[str]:

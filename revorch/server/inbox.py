@@ -7,10 +7,11 @@ analysts' published copy, so it never waits for the writer; the copy is refreshe
 and by every review. On DuckLake it reads the live catalog (revorch/state/access.py).
 
 A click applies the review the way ``revorch approvals approve|reject`` does: it runs the job
-``review_actions`` in this process with the same config, so the same code
-(``revorch.governance.approvals.review``) applies it all or nothing, the audit trail records
-``human:<reviewer>`` and the comment, the audit trail's head is anchored in Dagster, and the
-published copy is refreshed for the approvals sensor, which dispatches. When a run holds the
+``approve_and_dispatch`` (or ``review_actions`` for a rejection) in this process with the
+same config, so the same code (``revorch.governance.approvals.review``) applies it all or
+nothing, the audit trail records ``human:<reviewer>`` and the comment, an approved action is
+judged again and sent at once by the dispatcher, the audit trail's head is anchored in
+Dagster, and the published copy is refreshed. When a run holds the
 state store's writer, the inbox says so and applies nothing ("busy, retry"), instead of
 leaving the reviewer waiting in silence.
 
@@ -295,8 +296,8 @@ def writer_holder(wait_seconds: float) -> str | None:
 
 
 def run_review_job(review: Review) -> str | None:
-    """Run ``review_actions`` with this review, as ``revorch approvals`` does; None when it
-    was applied, else why not (the step's own words)."""
+    """Run the review's job, as ``revorch approvals`` does (an approval is dispatched in the
+    same run); None when the review was applied, else why not (the step's own words)."""
     import dagster as dg
 
     from resources import default_resources
@@ -314,7 +315,8 @@ def run_review_job(review: Review) -> str | None:
     with dg.DagsterInstance.get() as instance:
         for recovered in recover_abandoned_runs(instance):  # as the CLI does before a run
             log.warning("%s", recovered)
-        result = defs.resolve_job_def("review_actions").execute_in_process(
+        job = "approve_and_dispatch" if review.decision == "approve" else "review_actions"
+        result = defs.resolve_job_def(job).execute_in_process(
             instance=instance,
             run_config={
                 "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
@@ -331,6 +333,18 @@ def run_review_job(review: Review) -> str | None:
         )
     if result.success:
         return None
+    failure = _step_failure(result)
+    if any(
+        e.asset_key.path == ["governance", "approval_queue"]
+        for e in result.get_asset_materialization_events()
+    ):
+        # Applied; the send failed. They stay approved: the approvals sensor sends them later.
+        log.warning("%s approved, not dispatched yet: %s", review.action_ids, failure)
+        return None
+    return failure
+
+
+def _step_failure(result) -> str:
     for event in result.all_events:
         if event.is_step_failure:
             data = event.step_failure_data

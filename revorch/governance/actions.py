@@ -24,6 +24,7 @@ from revorch import clock
 from revorch.agents.memo import input_hash
 from revorch.agents.registry import INPUTS
 from revorch.governance.audit import AuditEvent, audited
+from revorch.state.backend import retry_conflicts
 
 CANDIDATES_SQL = (Path(__file__).parent / "candidate_actions.sql").read_text()
 
@@ -123,7 +124,13 @@ def propose(
     conn: duckdb.DuckDBPyConnection, *, run_id: str | None, anchor_path: Path | None
 ) -> int:
     """Propose every new action; return how many. Each is recorded with a ``proposed``
-    audit event (and a ``decided`` one for the agent decision behind it)."""
+    audit event (and a ``decided`` one for the agent decision behind it). On DuckLake a
+    commit that conflicts with a concurrent writer's runs again on the newer snapshot, which
+    then holds what the other one proposed."""
+    return retry_conflicts(lambda: _propose(conn, run_id, anchor_path))
+
+
+def _propose(conn: duckdb.DuckDBPyConnection, run_id: str | None, anchor_path: Path | None) -> int:
     action_map = pl.DataFrame(
         [
             {"source": agent, "recommendation": rec, "action_type": t, "entity_type": e}

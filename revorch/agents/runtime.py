@@ -47,6 +47,8 @@ from revorch.agents.llm import (
 from revorch.agents.memo import canonical_json, decision_id, text_hash
 from revorch.agents.redact import known_names, redact
 from revorch.mcp.client import look_up, with_lookups
+from revorch.state.backend import claim, retry_conflicts
+from revorch.state.migrate import rollback
 
 MAX_COMPLETION_TOKENS = 400
 
@@ -293,11 +295,17 @@ def _room(conn, spec: AgentSpec, settings: AgentSettings, day: date) -> float:
 
 def _reserve(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
     """Reserve the worst-case cost of as many of these calls (in order) as the room left
-    allows. One transaction on the writer's connection, so concurrent runs reserve one after
-    the other."""
+    allows. One transaction, so concurrent runs reserve one after the other: on the file the
+    writer lock orders them; on DuckLake the claim makes the later commit conflict, and it
+    runs again on the newer snapshot, with the other's reservation counted."""
+    return retry_conflicts(lambda: _reserve_once(conn, spec, settings, worst, run_id, day))
+
+
+def _reserve_once(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
     reservation = Reservation(str(uuid.uuid4()), 0, 0.0)
     conn.execute("BEGIN TRANSACTION")
     try:
+        claim(conn, "agents")
         room = _room(conn, spec, settings, day)
         for cost in worst:
             if reservation.reserved_usd + cost > room:
@@ -320,7 +328,7 @@ def _reserve(conn, spec, settings, worst: list[float], run_id, day: date) -> Res
             )
         conn.execute("COMMIT")
     except Exception:
-        conn.execute("ROLLBACK")
+        rollback(conn)  # a commit that conflicted has ended the transaction already
         raise
     return reservation
 
@@ -377,16 +385,27 @@ def _record(
     """In one transaction: the new decisions, the money in the ledger, the reservation
     settled, the watermark moved on. An input that a concurrent run decided since the memo
     was read keeps that decision (counted as a memo hit); the calls made for it are still
-    paid for."""
+    paid for. On DuckLake the claim makes two runs recording at once conflict: the later
+    runs again and finds the other's decisions."""
+    new = retry_conflicts(
+        lambda: _record_once(conn, spec, settings, rows, report, run_id, day, reservation, seen)
+    )
+    report.memo_hits += len(rows) - len(new)
+    for row in new:
+        report.decisions_by_tier[row["tier"]] += 1
+        if row["fallback_reason"]:
+            report.fallbacks[row["fallback_reason"]] += 1
+
+
+def _record_once(
+    conn, spec, settings, rows, report: RunReport, run_id, day: date, reservation, seen
+) -> list[dict]:
+    """One try of :func:`_record`; the decisions it recorded."""
     conn.execute("BEGIN TRANSACTION")
     try:
+        claim(conn, "agents")
         decided = _memo(conn, spec, settings, sorted({row["input_hash"] for row in rows}))
         new = [row for row in rows if row["input_hash"] not in decided]
-        report.memo_hits += len(rows) - len(new)
-        for row in new:
-            report.decisions_by_tier[row["tier"]] += 1
-            if row["fallback_reason"]:
-                report.fallbacks[row["fallback_reason"]] += 1
         if new:
             conn.register("new_decisions", pl.DataFrame(new, infer_schema_length=None))
             conn.execute(
@@ -419,5 +438,6 @@ def _record(
             incremental.save(conn, spec.name, seen)
         conn.execute("COMMIT")
     except Exception:
-        conn.execute("ROLLBACK")
+        rollback(conn)  # a commit that conflicted has ended the transaction already
         raise
+    return new

@@ -21,6 +21,8 @@ from revorch import clock, settings
 from revorch.governance.audit import DIGEST_SQL, chain_hash
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
+from revorch.state import access
+from revorch.state.backend import LAKE, lake_connection
 from revorch.state.migrate import migrate
 
 # The state backend the suite's stores use: `pytest --state-backend ducklake` (or this variable)
@@ -192,7 +194,15 @@ class CrmHome:
         return {"REVORCH_HOME": str(self.root)}
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """Read-write, and may stay open while the asset graph runs on this home."""
+        """Read-write, and may stay open while the asset graph runs on this home. On
+        DuckLake (``state_backend``), a connection to this test's lake, where ``copy`` put
+        the home's state."""
+        if access.is_lake():
+            connection = lake_connection(
+                settings.ducklake_catalog_dsn(), settings.ducklake_data_path(), CONNECTION_CONFIG
+            )
+            connection.execute("SET TimeZone = 'UTC'")
+            return connection
         connection = duckdb.connect(str(self.database), config=STATE_STORE_CONNECTION)
         connection.execute("SET TimeZone = 'UTC'")
         return connection
@@ -216,7 +226,11 @@ class SimulatedCrm:
         if step not in self.homes:
             raise ValueError(f"unknown step {step!r}; one of {sorted(self.homes)}")
         shutil.copytree(self.homes[step].root, destination)
-        return CrmHome(destination)
+        home = CrmHome(destination)
+        if access.is_lake():  # this test's lake (``state_backend``): the step's state goes in
+            with access.lake_writing() as conn:
+                copy_into_lake(conn, home.database)
+        return home
 
 
 def build_crm(
@@ -425,3 +439,86 @@ def lake_store(postgres_database: str, tmp_path: Path):
         data_path=str(tmp_path / "lake"),
         clock="data",
     )
+
+
+# -- the shared CRM's state in a DuckLake -------------------------------------------------------
+
+
+def copy_into_lake(conn: duckdb.DuckDBPyConnection, database: Path) -> None:
+    """Every table and view of the state store file ``database`` into the (migrated) lake."""
+    conn.execute(f"ATTACH '{database}' AS seed (READ_ONLY)")
+    try:
+        in_lake = {
+            (s, t)
+            for s, t in conn.execute(
+                "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
+                "UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
+                "WHERE database_name = ?",
+                [LAKE, LAKE],
+            ).fetchall()
+        }
+        tables = conn.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'seed' "
+            "AND table_name <> 'schema_migrations' AND NOT starts_with(table_name, 'write_claims_')"
+        ).fetchall()
+        # One commit for all the tables (each commit is a round trip to the catalog); the
+        # rows a migration seeded (object types) are replaced by the file's.
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            for schema, table in tables:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                source, target = f'seed."{schema}"."{table}"', f'"{schema}"."{table}"'
+                if (schema, table) in in_lake:
+                    conn.execute(f"DELETE FROM {target}")
+                    conn.execute(f"INSERT INTO {target} SELECT * FROM {source}")
+                else:
+                    conn.execute(f"CREATE TABLE {target} AS SELECT * FROM {source}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        views = [
+            (schema, sql)
+            for schema, view, sql in conn.execute(
+                "SELECT schema_name, view_name, sql FROM duckdb_views() "
+                "WHERE database_name = 'seed' AND NOT internal"
+            ).fetchall()
+            if (schema, view) not in in_lake
+        ]
+        while views:  # a view over a view waits for it
+            waiting = []
+            for schema, sql in views:
+                conn.execute(f"SET schema = '{schema}'")
+                try:
+                    conn.execute(sql)
+                except (duckdb.CatalogException, duckdb.BinderException):
+                    waiting.append((schema, sql))
+            conn.execute("SET schema = 'main'")
+            if len(waiting) == len(views):
+                break  # views the readers here do not use (analytics built by the runs)
+            views = waiting
+    finally:
+        conn.execute("DETACH seed")
+
+
+@pytest.fixture
+def lake_home(copy_crm, postgres_database: str, tmp_path: Path, monkeypatch) -> CrmHome:
+    """The shared CRM after governance, its state copied into a fresh DuckLake, as this
+    process's environment (REVORCH_STATE_BACKEND=ducklake). Its published copy stays on disk:
+    readers must not read it."""
+    for name in list(os.environ):
+        if name.startswith(("REVORCH_", "DAGSTER_")):
+            monkeypatch.delenv(name)
+    (tmp_path / "mcp.yaml").write_text("version: 1\nclients:\n  desk: {scopes: [read, propose]}\n")
+    lake = {
+        "REVORCH_STATE_BACKEND": "ducklake",
+        "REVORCH_DUCKLAKE_CATALOG": postgres_database,
+        "REVORCH_DUCKLAKE_DATA": str(tmp_path / "lake"),
+        "REVORCH_MCP_CONFIG": str(tmp_path / "mcp.yaml"),
+    }
+    for name, value in lake.items():
+        monkeypatch.setenv(name, value)
+    home = copy_crm("governed")  # on the lake now: the copy goes into it
+    monkeypatch.setenv("REVORCH_HOME", str(home.root))
+    monkeypatch.setenv("DAGSTER_HOME", str(home.root / "dagster"))
+    return home

@@ -97,6 +97,9 @@ def test_a_run_with_nothing_changed_builds_no_input_and_calls_no_model(home):
     conn.close()
 
 
+@pytest.mark.file_only(
+    "compares with a second state store copied from the file mid-test; a test gets one lake"
+)
 def test_a_change_to_a_few_contacts_rebuilds_those_and_decides_as_a_full_recompute(home, tmp_path):
     conn = connect(home)
     for name in OUTPUTS:
@@ -192,6 +195,9 @@ def test_the_assets_run_incrementally_and_a_full_rebuild_rebuilds_every_input(ho
         assert set(conn.execute(DECISIONS).fetchall()) == before
 
 
+@pytest.mark.file_only(
+    "compares with a second state store copied from the file mid-test; a test gets one lake"
+)
 def test_a_clock_move_rebuilds_only_the_renewals_and_onboardings_it_touched(home, tmp_path):
     """Their stage tables are kept by key: a move of the clock rebuilds the items whose rows
     or windows it moved over, and decides as a full recompute does."""

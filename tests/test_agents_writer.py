@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from conftest import event, ingest_and_stage
+from conftest import copy_into_lake, event, ingest_and_stage
 from fake_openai import FakeOpenAI, example_from_schema
 from orch_assets.agents.assets import OFFLINE_MODELS, agent_assets
 from resources import AgentsConfigResource, LifecycleConfigResource, LlmResource, StateStore
@@ -32,6 +32,7 @@ from revorch.agents.runtime import run_agent, worst_case_cost
 from revorch.definitions import THROUGH_HANDOFFS
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
+from revorch.state import access
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = "lead_qualification"
@@ -106,7 +107,18 @@ def decided_crm(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def crm(decided_crm, tmp_path) -> StateStore:
-    """This test's own copy of the CRM, as the state store resource."""
+    """This test's own copy of the CRM, as the state store resource; with
+    ``--state-backend ducklake``, in this test's lake (no writer lock: runs write at once)."""
+    if access.is_lake():
+        store = StateStore(
+            database=":memory:",
+            backend="ducklake",
+            catalog_dsn=settings.ducklake_catalog_dsn(),
+            data_path=settings.ducklake_data_path(),
+        )
+        with store.get_connection() as conn:
+            copy_into_lake(conn, decided_crm)
+        return store
     path = tmp_path / "revorch.duckdb"
     shutil.copy(decided_crm, path)
     return StateStore(database=str(path))
@@ -124,6 +136,10 @@ def scalar(store: StateStore, sql: str, params=None):
         return conn.execute(sql, params or []).fetchone()[0]
 
 
+@pytest.mark.file_only(
+    "the file's one writer and the duckdb_writer pool; on DuckLake nothing holds a writer "
+    "(tests/test_ducklake.py: ingestions and the dispatcher at once)"
+)
 def test_a_slow_model_does_not_delay_ingestion_of_other_changes(crm, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -277,6 +293,7 @@ def test_a_reservation_left_by_a_run_that_died_still_counts(crm):
     assert scalar(crm, "SELECT count(*) FROM agents.budget_reservations") == 1
 
 
+@pytest.mark.file_only("the writer lock is the file's; DuckLake writers do not queue")
 def test_writers_from_two_processes_queue_on_the_writer_lock(crm, caplog):
     caplog.set_level(logging.INFO)
     holder = subprocess.Popen(

@@ -23,83 +23,9 @@ from starlette.applications import Starlette
 from conftest import CrmHome, serving_app
 from revorch.server.inbox import InboxSettings, inbox_routes
 from revorch.state import access
-from revorch.state.backend import LAKE
 
 REVORCH = str(Path(sys.executable).with_name("revorch"))
 TOKENS = {"alice": "alice-token-4f9c2a7e1b"}
-
-
-def copy_into_lake(conn: duckdb.DuckDBPyConnection, database: Path) -> None:
-    """Every table and view of the state store file ``database`` into the (migrated) lake."""
-    conn.execute(f"ATTACH '{database}' AS seed (READ_ONLY)")
-    try:
-        in_lake = {
-            (s, t)
-            for s, t in conn.execute(
-                "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
-                "UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
-                "WHERE database_name = ?",
-                [LAKE, LAKE],
-            ).fetchall()
-        }
-        tables = conn.execute(
-            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'seed' "
-            "AND table_name <> 'schema_migrations' AND NOT starts_with(table_name, 'write_claims_')"
-        ).fetchall()
-        for schema, table in tables:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            source = f'seed."{schema}"."{table}"'
-            if (schema, table) in in_lake:
-                conn.execute(f'INSERT INTO "{schema}"."{table}" SELECT * FROM {source}')
-            else:
-                conn.execute(f'CREATE TABLE "{schema}"."{table}" AS SELECT * FROM {source}')
-        views = [
-            (schema, sql)
-            for schema, view, sql in conn.execute(
-                "SELECT schema_name, view_name, sql FROM duckdb_views() "
-                "WHERE database_name = 'seed' AND NOT internal"
-            ).fetchall()
-            if (schema, view) not in in_lake
-        ]
-        while views:  # a view over a view waits for it
-            waiting = []
-            for schema, sql in views:
-                conn.execute(f"SET schema = '{schema}'")
-                try:
-                    conn.execute(sql)
-                except (duckdb.CatalogException, duckdb.BinderException):
-                    waiting.append((schema, sql))
-            conn.execute("SET schema = 'main'")
-            if len(waiting) == len(views):
-                break  # views the readers here do not use (analytics built by the runs)
-            views = waiting
-    finally:
-        conn.execute("DETACH seed")
-
-
-@pytest.fixture
-def lake_home(copy_crm, postgres_database: str, tmp_path: Path, monkeypatch) -> CrmHome:
-    """The shared CRM after governance, its state copied into a fresh DuckLake, as this
-    process's environment (REVORCH_STATE_BACKEND=ducklake). Its published copy stays on disk:
-    readers must not read it."""
-    home = copy_crm("governed")
-    for name in list(os.environ):
-        if name.startswith(("REVORCH_", "DAGSTER_")):
-            monkeypatch.delenv(name)
-    (tmp_path / "mcp.yaml").write_text("version: 1\nclients:\n  desk: {scopes: [read, propose]}\n")
-    env = {
-        "REVORCH_HOME": str(home.root),
-        "DAGSTER_HOME": str(home.root / "dagster"),
-        "REVORCH_STATE_BACKEND": "ducklake",
-        "REVORCH_DUCKLAKE_CATALOG": postgres_database,
-        "REVORCH_DUCKLAKE_DATA": str(tmp_path / "lake"),
-        "REVORCH_MCP_CONFIG": str(tmp_path / "mcp.yaml"),
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with access.lake_writing() as conn:
-        copy_into_lake(conn, home.database)
-    return home
 
 
 def _revorch(*args: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import forge_approval
+from conftest import CrmHome, copy_into_lake, forge_approval
 from orch_assets.governance.assets import approval_queue, governance_assets
 from orch_assets.governance.checks import (
     audit_chain_intact,
@@ -30,6 +30,7 @@ from orch_assets.governance.checks import (
     prompts_hold_no_personal_data,
 )
 from resources import DispatcherResource, GovernanceResource, StateStore
+from revorch import settings
 from revorch.agents.redact import known_names, pseudonymise, redact
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
@@ -48,6 +49,7 @@ from revorch.governance.policy_check import check
 from revorch.governance.screen import Screen
 from revorch.governance.targets import OutboxFile, Webhook
 from revorch.governance.verdicts import judge_proposed
+from revorch.state import access
 from sensors.approvals import approved_actions_sensor
 
 POLICY = load_policy()
@@ -71,15 +73,43 @@ class Governed:
     """One test's copy of the decided CRM, with its anchor and outbox files."""
 
     def __init__(self, source: Path, folder: Path) -> None:
-        shutil.copyfile(source, folder / "revorch.duckdb")
-        self.conn = duckdb.connect(str(folder / "revorch.duckdb"))
+        if access.is_lake():  # --state-backend ducklake: this test's lake (conftest)
+            with access.lake_writing() as conn:
+                copy_into_lake(conn, source)
+            self.conn = CrmHome(folder).connect()
+        else:
+            shutil.copyfile(source, folder / "revorch.duckdb")
+            self.conn = duckdb.connect(str(folder / "revorch.duckdb"))
         self.conn.execute("SET TimeZone = 'UTC'")
+        self.folder = folder
         self.anchor = folder / "anchors.jsonl"
         self.outbox = OutboxFile(folder / "outbox.jsonl")
         self.journal = folder / "dispatch-journal.sqlite3"
 
     def connect(self):
         return nullcontext(self.conn)
+
+    def store(self) -> StateStore:
+        """The state store resource on this copy, as a run opens it (file or lake)."""
+        if access.is_lake():
+            return StateStore(
+                database=":memory:",
+                backend="ducklake",
+                catalog_dsn=settings.ducklake_catalog_dsn(),
+                data_path=settings.ducklake_data_path(),
+            )
+        return StateStore(database=str(self.folder / "revorch.duckdb"))
+
+    def reopen(self) -> None:
+        """A new connection, after a run has used the copy."""
+        self.conn = CrmHome(self.folder).connect()
+        self.conn.execute("SET TimeZone = 'UTC'")
+
+    def publish(self, published: Path) -> None:
+        """What the analysts' copy holds after a run; on DuckLake readers read the lake."""
+        if not access.is_lake():
+            self.conn.execute("CHECKPOINT")
+            shutil.copyfile(self.folder / "revorch.duckdb", published)
 
     def propose_and_judge(self, policy: Policy = POLICY, run_id: str = "run-1") -> None:
         propose(self.conn, run_id=run_id, anchor_path=self.anchor)
@@ -743,7 +773,7 @@ def test_a_screen_of_the_named_addresses_finds_what_the_whole_screen_finds(gov):
 
 def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_path):
     resources = {
-        "state_store": StateStore(database=str(tmp_path / "revorch.duckdb")),
+        "state_store": gov.store(),
         "governance": GovernanceResource(
             policy_path=str(DEFAULT_PATH), audit_anchor_path=str(gov.anchor)
         ),
@@ -785,7 +815,7 @@ def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_
 
         # A review given in the launchpad's config is applied; a bad one fails the run, clearly.
         pending = meta["approval_queue"]["approvals_pending"]
-        waiting = duckdb.connect(str(tmp_path / "revorch.duckdb"))
+        waiting = CrmHome(tmp_path).connect()
         chosen = waiting.execute(
             "SELECT action_id FROM governance.approval_queue LIMIT 1"
         ).fetchone()[0]
@@ -823,13 +853,11 @@ def test_the_approvals_sensor_asks_for_a_dispatch_when_approved_actions_wait(
     monkeypatch.setenv("REVORCH_PUBLISHED_DB", str(published))
     # The sensor asks the instance whether a review or dispatch run is in flight first.
     context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral())
-    gov.conn.execute("CHECKPOINT")
-    shutil.copyfile(tmp_path / "revorch.duckdb", published)
+    gov.publish(published)
     assert isinstance(approved_actions_sensor(context), dg.SkipReason)
 
     review(gov.conn, Review([chosen], "approve", "alice"), run_id="r", anchor_path=gov.anchor)
-    gov.conn.execute("CHECKPOINT")
-    shutil.copyfile(tmp_path / "revorch.duckdb", published)
+    gov.publish(published)
     request = approved_actions_sensor(context)
     assert isinstance(request, dg.RunRequest)
     assert request == approved_actions_sensor(context)  # the same wait, the same run key
@@ -908,16 +936,14 @@ def test_the_webhook_target_signs_retries_what_may_heal_and_fails_what_will_not(
     assert "HTTP 400" in resolution
 
 
-def test_the_prompt_check_finds_personal_data_in_a_stored_prompt(gov, tmp_path):
-    path = tmp_path / "revorch.duckdb"
-
+def test_the_prompt_check_finds_personal_data_in_a_stored_prompt(gov):
     def prompt_results():
-        gov.conn.close()  # the check opens the file itself, as in a run
-        store = StateStore(database=str(path))
+        gov.conn.close()  # the check opens the store itself, as in a run
+        store = gov.store()
         results = {
             r.asset_key.path[-1]: r for r in prompts_hold_no_personal_data(state_store=store)
         }
-        gov.conn = duckdb.connect(str(path))
+        gov.reopen()
         return results
 
     clean = gov.conn.execute(

@@ -47,6 +47,8 @@ from revorch.agents.llm import (
 from revorch.agents.memo import canonical_json, decision_id, text_hash
 from revorch.agents.redact import known_names, redact
 from revorch.mcp.client import look_up, with_lookups
+from revorch.state.backend import claim, retry_conflicts
+from revorch.state.migrate import rollback
 
 MAX_COMPLETION_TOKENS = 400
 ROWS_PER_FRAME = 10_000
@@ -317,11 +319,17 @@ def _room(conn, spec: AgentSpec, settings: AgentSettings, day: date) -> float:
 
 def _reserve(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
     """Reserve the worst-case cost of as many of these calls (in order) as the room left
-    allows. One transaction on the writer's connection, so concurrent runs reserve one after
-    the other."""
+    allows. One transaction, so concurrent runs reserve one after the other: on the file the
+    writer lock orders them; on DuckLake the claim makes the later commit conflict, and it
+    runs again on the newer snapshot, with the other's reservation counted."""
+    return retry_conflicts(lambda: _reserve_once(conn, spec, settings, worst, run_id, day))
+
+
+def _reserve_once(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
     reservation = Reservation(str(uuid.uuid4()), 0, 0.0)
     conn.execute("BEGIN TRANSACTION")
     try:
+        claim(conn, "agents")
         room = _room(conn, spec, settings, day)
         for cost in worst:
             if reservation.reserved_usd + cost > room:
@@ -344,7 +352,7 @@ def _reserve(conn, spec, settings, worst: list[float], run_id, day: date) -> Res
             )
         conn.execute("COMMIT")
     except Exception:
-        conn.execute("ROLLBACK")
+        rollback(conn)  # a commit that conflicted has ended the transaction already
         raise
     return reservation
 
@@ -409,15 +417,34 @@ def _record(
     """In one transaction: the new decisions (``rows``, DECISION_COLUMNS), the money in the
     ledger, the reservation settled, the watermark moved on. An input that a concurrent run
     decided since the memo was read keeps that decision (counted as a memo hit); the calls
-    made for it are still paid for."""
+    made for it are still paid for. On DuckLake the claim makes two runs recording at once
+    conflict: the later runs again and finds the other's decisions."""
+    new = retry_conflicts(
+        lambda: _record_once(conn, spec, settings, rows, report, run_id, day, reservation, seen)
+    )
+    report.memo_hits += rows.height - new.height
+    report.decisions_by_tier.update(dict(new.group_by("tier").len().iter_rows()))
+    fell_back = new.drop_nulls("fallback_reason").filter(pl.col("fallback_reason") != "")
+    report.fallbacks.update(dict(fell_back.group_by("fallback_reason").len().iter_rows()))
+
+
+def _record_once(
+    conn,
+    spec,
+    settings,
+    rows: pl.DataFrame,
+    report: RunReport,
+    run_id,
+    day: date,
+    reservation,
+    seen,
+) -> pl.DataFrame:
+    """One try of :func:`_record`; the decisions it recorded."""
     conn.execute("BEGIN TRANSACTION")
     try:
+        claim(conn, "agents")
         decided = _memo(conn, spec, settings, sorted(set(rows["input_hash"].to_list())))
         new = rows.filter(~pl.col("input_hash").is_in(sorted(decided)))
-        report.memo_hits += rows.height - new.height
-        report.decisions_by_tier.update(dict(new.group_by("tier").len().iter_rows()))
-        fell_back = new.drop_nulls("fallback_reason").filter(pl.col("fallback_reason") != "")
-        report.fallbacks.update(dict(fell_back.group_by("fallback_reason").len().iter_rows()))
         if new.height:
             conn.register("new_decisions", new)
             conn.execute(
@@ -450,5 +477,6 @@ def _record(
             incremental.save(conn, spec.name, seen)
         conn.execute("COMMIT")
     except Exception:
-        conn.execute("ROLLBACK")
+        rollback(conn)  # a commit that conflicted has ended the transaction already
         raise
+    return new

@@ -23,6 +23,7 @@ import polars as pl
 from revorch import clock
 from revorch.governance import open_items
 from revorch.governance.audit import AuditEvent, audited
+from revorch.state.backend import claim, retry_conflicts
 
 CANDIDATES_SQL = (Path(__file__).parent / "candidate_actions.sql").read_text()
 
@@ -128,7 +129,15 @@ def propose(
     """Propose every new action; return how many. Each is recorded with a ``proposed``
     audit event (and a ``decided`` one for the agent decision behind it). Looks only at
     what changed since the last proposal (revorch/governance/open_items.py); ``full`` looks
-    at everything, and finds the same actions."""
+    at everything, and finds the same actions. On DuckLake a commit that conflicts with a
+    concurrent writer's runs again on the newer snapshot, which then holds what the other one
+    proposed."""
+    return retry_conflicts(lambda: _propose(conn, run_id, anchor_path, full))
+
+
+def _propose(
+    conn: duckdb.DuckDBPyConnection, run_id: str | None, anchor_path: Path | None, full: bool
+) -> int:
     action_map = pl.DataFrame(
         [
             {"source": agent, "recommendation": rec, "action_type": t, "entity_type": e}
@@ -136,6 +145,9 @@ def propose(
         ]
     )
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+        # On DuckLake: conflict with an agent run recording decisions at the same time, so
+        # the decisions mark (open_items.refresh) never passes a decision this snapshot lacks.
+        claim(conn, "agents")
         refreshed = open_items.refresh(conn, full=full)
         conn.register("action_map", action_map)
         conn.register("proposal_scope", refreshed.items)

@@ -20,8 +20,9 @@ import polars as pl
 from revorch import clock
 from revorch.governance.actions import GOVERNANCE
 from revorch.governance.audit import AuditEvent, audited
-from revorch.governance.policy import Policy
+from revorch.governance.policy import Approvals, Policy
 from revorch.governance.verdicts import judge_proposed
+from revorch.state.backend import retry_conflicts
 
 PENDING = "pending_approval"
 DECISIONS = {"approve": "approved", "reject": "rejected"}
@@ -56,8 +57,18 @@ def review(
     run_id: str | None,
     anchor_path: Path | None,
 ) -> int:
-    """Apply one person's approval or rejection to pending actions, all or none."""
+    """Apply one person's approval or rejection to pending actions, all or none.
+
+    On DuckLake a review whose commit conflicts with a concurrent writer's (another review,
+    the dispatcher) runs again on the newer snapshot: an action the other one reviewed
+    meanwhile is then no longer pending, and nothing of this review is applied."""
     review.validate()
+    return retry_conflicts(lambda: _review(conn, review, run_id, anchor_path))
+
+
+def _review(
+    conn: duckdb.DuckDBPyConnection, review: Review, run_id: str | None, anchor_path: Path | None
+) -> int:
     status = DECISIONS[review.decision]
     ids = sorted(set(review.action_ids))
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
@@ -113,7 +124,22 @@ def escalate_and_expire(
 ) -> tuple[int, int]:
     """Escalate pending approvals past their SLA, close those past expiry; return the counts."""
     now = now or clock.now(conn)
-    settings = policy.approvals
+    # Retried as a review is: on DuckLake it may meet a concurrent review or dispatch.
+    notices, expired = retry_conflicts(
+        lambda: _escalate_and_expire(conn, policy.approvals, run_id, anchor_path, now)
+    )
+    if notices:  # the notices pass the policy like every other action
+        judge_proposed(conn, policy, run_id=run_id, anchor_path=anchor_path, now=now)
+    return notices, expired
+
+
+def _escalate_and_expire(
+    conn: duckdb.DuckDBPyConnection,
+    settings: Approvals,
+    run_id: str | None,
+    anchor_path: Path | None,
+    now: datetime,
+) -> tuple[int, int]:
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         # Select, then update, in the one transaction: DuckLake has no UPDATE ... RETURNING.
         expired = conn.execute(
@@ -197,8 +223,6 @@ def escalate_and_expire(
                 )
                 for n in notices
             )
-    if notices:  # the notices pass the policy like every other action
-        judge_proposed(conn, policy, run_id=run_id, anchor_path=anchor_path, now=now)
     return len(notices), len(expired)
 
 

@@ -60,7 +60,7 @@ Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 DUE_SQL = """
 SELECT action_id, action_type, source, decision_id, entity_type, entity_id, company_id, reason,
        CAST(payload AS VARCHAR) AS payload, CAST(facts AS VARCHAR) AS facts, status,
-       approved_by, attempts, proposed_at
+       approved_by, attempts, proposed_at, sending_journal
 FROM governance.actions
 WHERE status IN ('ready', 'approved', 'sending')
    OR (status = 'retry' AND next_attempt_at <= $now)
@@ -121,9 +121,8 @@ def dispatch(
                 lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
             )
             report.repairs = target.repair()
-            tries: list[set[str]] = []
             go, messages = retry_conflicts(
-                lambda: _decide(conn, policy, target, report, now, run_id, anchor_path, tries)
+                lambda: _decide(conn, policy, target, report, now, run_id, anchor_path, journal.id)
             )
         for start in range(0, len(go), target.batch_size):
             batch = go[start : start + target.batch_size]
@@ -152,12 +151,14 @@ def _decide(
     now: datetime,
     run_id: str | None,
     anchor_path: Path | None,
-    tries: list[set[str]],
+    journal_id: str,
 ) -> tuple[list[dict], list[dict]]:
-    """Judge every due action again; mark those to send ``sending``; build their messages.
+    """Judge every due action again; mark those to send ``sending``, claimed by this
+    dispatcher's journal; build their messages.
 
-    Run again after a conflicting commit, it leaves the actions that became ``sending`` since
-    its first try: a concurrent dispatcher took them and delivers them."""
+    An action already ``sending`` is taken again only if this journal claimed it (an attempt
+    of ours that died): one another dispatcher claimed is being delivered by it, on this
+    machine or another, and it recovers it from its own journal if it dies."""
     outcomes: Counter = Counter()  # counted once the transaction commits
     # Read in the transaction that marks them: on DuckLake a concurrent dispatcher's marks
     # then make this commit conflict instead of being overwritten.
@@ -165,10 +166,10 @@ def _decide(
         cursor = conn.execute(DUE_SQL, {"now": now})
         names = [column[0] for column in cursor.description]
         due = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        sending = {a["action_id"] for a in due if a["status"] == "sending"}
-        if tries:  # ``tries`` holds what was ``sending`` at the first try
-            due = [a for a in due if a["status"] != "sending" or a["action_id"] in tries[0]]
-        tries.append(sending)
+        # Unclaimed ``sending`` rows predate the claims (state store version 13).
+        due = [
+            a for a in due if a["status"] != "sending" or a["sending_journal"] in (None, journal_id)
+        ]
         trail.extend(AuditEvent("outbox_repaired", "dispatcher", r) for r in report.repairs)
         if not due:
             return [], []
@@ -208,7 +209,11 @@ def _decide(
                 outcomes["sent_for_approval"] += 1
             else:
                 # The attempt counter moves when an attempt is folded, not here.
-                update |= {"status": "sending", "target": target.name}
+                update |= {
+                    "status": "sending",
+                    "target": target.name,
+                    "sending_journal": journal_id,
+                }
                 go.append(action)
             updates.append(update)
         update_actions(conn, updates)

@@ -38,6 +38,14 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 
+# The journal's id, made once: the dispatcher marks the actions it sends with it, in the state
+# store, so another dispatcher (another machine, another journal) leaves them alone.
+IDENTITY = """
+CREATE TABLE IF NOT EXISTS journal (id TEXT NOT NULL);
+INSERT INTO journal (id) SELECT lower(hex(randomblob(16))) WHERE NOT EXISTS (SELECT 1 FROM journal);
+"""
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One delivery attempt; ``ok`` is None while its outcome is unknown."""
@@ -60,6 +68,7 @@ class Attempt:
 class Journal:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.id: str = conn.execute("SELECT id FROM journal").fetchone()[0]
 
     def started(self, attempts: list[tuple[str, int]], target: str, run_id: str | None) -> None:
         """Record attempts (action id, attempt number) before any byte of them leaves."""
@@ -125,6 +134,7 @@ def open_journal(path: Path, *, lock_timeout_seconds: float = 600) -> Iterator[J
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(SCHEMA)
+        conn.executescript(IDENTITY)
         yield Journal(conn)
 
 

@@ -15,6 +15,7 @@ COLUMNS = {
     "verdict_rules": pl.List(pl.String),
     "approval_due_at": pl.Datetime("us", "UTC"),
     "target": pl.String,
+    "sending_journal": pl.String,
     "attempts": pl.Int32,
     "next_attempt_at": pl.Datetime("us", "UTC"),
     "last_error": pl.String,

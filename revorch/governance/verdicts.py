@@ -27,6 +27,7 @@ from revorch.governance.holdouts import (
 from revorch.governance.policy import Judgement, Policy
 from revorch.governance.screen import Screen, payload_of, screened
 from revorch.governance.status import update_actions
+from revorch.state.backend import retry_conflicts
 
 STATUS_FOR = {"allow": "ready", "approve": "pending_approval", "forbid": "forbidden"}
 
@@ -81,8 +82,20 @@ def judge_proposed(
     only: list[str] | None = None,
 ) -> Counter:
     """Judge every action still ``proposed`` (or those of them in ``only``); return the count
-    of each verdict."""
+    of each verdict. On DuckLake a commit that conflicts with a concurrent writer's runs again
+    on the newer snapshot (``retry_conflicts``)."""
     now = now or clock.now(conn)
+    return retry_conflicts(lambda: _judge(conn, policy, run_id, anchor_path, now, only))
+
+
+def _judge(
+    conn: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    run_id: str | None,
+    anchor_path: Path | None,
+    now: datetime,
+    only: list[str] | None,
+) -> Counter:
     due = now + timedelta(hours=policy.approvals.sla_hours)
     verdicts: Counter = Counter()
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:

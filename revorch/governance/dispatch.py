@@ -166,7 +166,7 @@ def _decide(
         cursor = conn.execute(DUE_SQL, {"now": now})
         names = [column[0] for column in cursor.description]
         due = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        # Unclaimed ``sending`` rows predate the claims (state store version 13).
+        # Unclaimed ``sending`` rows predate the claims (state store version 14).
         due = [
             a for a in due if a["status"] != "sending" or a["sending_journal"] in (None, journal_id)
         ]

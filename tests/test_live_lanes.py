@@ -237,6 +237,13 @@ def _step_starts(instance, run_id: str) -> dict[str, float]:
     }
 
 
+def _step_successes(instance, run_id: str) -> dict[str, float]:
+    return {
+        e.step_key: e.timestamp
+        for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+    }
+
+
 def _review(instance, action_id: str, run_id: str | None = None):
     """Approve ``action_id`` with the review_actions job, as the CLI and the inbox do."""
     config = {"action_ids": [action_id], "decision": "approve", "reviewer": "ana"}
@@ -335,10 +342,39 @@ def test_an_approval_is_dispatched_while_an_ingestion_run_is_in_flight(home, tmp
             assert ingest_run, "the ingestion run did not start"
 
             review = _review(instance, action)
-            dispatch = defs.resolve_job_def("dispatch_actions").execute_in_process(
-                instance=instance, resources=_resources()
+            # A stand-in step takes the writer pool's one slot as soon as the ingestion's
+            # current step frees it (the highest priority waiting) and holds it until the
+            # dispatch step is done: the ingestion is still in flight, whatever the machine's
+            # speed, and the dispatch step shows it needs no writer slot. (The dispatch run's
+            # audit-trail step does; it runs once the stand-in lets go.)
+            storage = instance.event_log_storage
+            while not storage.claim_concurrency_slot(
+                DUCKDB_WRITER_POOL, "stand-in", "stand_in", 100
+            ).is_claimed:
+                assert time.monotonic() < deadline, "the stand-in never got the writer slot"
+                time.sleep(0.05)
+            dispatch_run = str(uuid.uuid4())
+            runs = []
+            dispatching = threading.Thread(
+                target=lambda: runs.append(
+                    defs.resolve_job_def("dispatch_actions").execute_in_process(
+                        instance=instance, resources=_resources(), run_id=dispatch_run
+                    )
+                )
             )
-            dispatched_at = time.time()
+            dispatching.start()
+            try:
+                while not (dispatched := _step_successes(instance, dispatch_run)).get(
+                    "governance__dispatched_actions"
+                ):
+                    assert dispatching.is_alive(), "the dispatch run ended before its step"
+                    assert time.monotonic() < deadline, "the dispatch step did not finish"
+                    time.sleep(0.05)
+                dispatched_at = dispatched["governance__dispatched_actions"]
+            finally:
+                storage.free_concurrency_slot_for_step("stand-in", "stand_in")
+                dispatching.join(timeout=600)
+            [dispatch] = runs
             assert ingesting.wait(timeout=600) == 0
         finally:
             if ingesting.poll() is None:

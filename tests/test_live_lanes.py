@@ -351,8 +351,7 @@ def test_an_approval_is_dispatched_while_an_ingestion_run_is_in_flight(home, tmp
             while not storage.claim_concurrency_slot(
                 DUCKDB_WRITER_POOL, "stand-in", "stand_in", 100
             ).is_claimed:
-                assert time.monotonic() < deadline, "the stand-in never got the writer slot"
-                time.sleep(0.05)
+                time.sleep(0.05)  # pytest-timeout is the guard against a hang
             dispatch_run = str(uuid.uuid4())
             runs = []
             dispatching = threading.Thread(
@@ -368,7 +367,6 @@ def test_an_approval_is_dispatched_while_an_ingestion_run_is_in_flight(home, tmp
                     "governance__dispatched_actions"
                 ):
                     assert dispatching.is_alive(), "the dispatch run ended before its step"
-                    assert time.monotonic() < deadline, "the dispatch step did not finish"
                     time.sleep(0.05)
                 dispatched_at = dispatched["governance__dispatched_actions"]
             finally:

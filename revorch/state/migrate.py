@@ -9,13 +9,17 @@ On DuckLake (revorch/state/backend.py), which has no primary keys or unique cons
 those constraints are left out when a migration is applied (its checksum is of the file as
 written); the writers keep the uniqueness (delete and insert in one transaction, claims).
 Two processes migrating at once conflict on DuckLake; the later one retries and finds the
-migration applied.
+migration applied. Within one process the lake's connections are cursors of one DuckDB
+instance, which share its catalog: there a half-applied migration (a macro created, the
+view that calls it not yet) is visible to the other cursors' binders, so one process
+migrates through one connection at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # `, PRIMARY KEY (a, b)` at the end of a table, or `PRIMARY KEY` after a column's type.
 _KEYS = re.compile(r",\s*PRIMARY KEY\s*\([^)]*\)|\s+PRIMARY KEY\b", re.IGNORECASE)
+_one_at_a_time = threading.Lock()
 
 
 def without_keys(sql: str) -> str:
@@ -64,6 +69,11 @@ def available_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 def migrate(conn: duckdb.DuckDBPyConnection, folder: Path = MIGRATIONS_DIR) -> list[int]:
     """Apply every migration not yet applied; return the versions applied now."""
+    with _one_at_a_time:
+        return _migrate(conn, folder)
+
+
+def _migrate(conn: duckdb.DuckDBPyConnection, folder: Path) -> list[int]:
     lake = is_lake(conn)
     ddl = without_keys if lake else (lambda sql: sql)
     retry_conflicts(

@@ -419,64 +419,51 @@ def _record(
     decided since the memo was read keeps that decision (counted as a memo hit); the calls
     made for it are still paid for. On DuckLake the claim makes two runs recording at once
     conflict: the later runs again and finds the other's decisions."""
-    new = retry_conflicts(
-        lambda: _record_once(conn, spec, settings, rows, report, run_id, day, reservation, seen)
-    )
+
+    def once() -> pl.DataFrame:
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            claim(conn, "agents")
+            decided = _memo(conn, spec, settings, sorted(set(rows["input_hash"].to_list())))
+            new = rows.filter(~pl.col("input_hash").is_in(sorted(decided)))
+            if new.height:
+                conn.register("new_decisions", new)
+                conn.execute(
+                    "INSERT INTO agents.decisions BY NAME "
+                    "SELECT *, now() AS decided_at FROM new_decisions"
+                )
+                conn.unregister("new_decisions")
+            if report.calls:
+                conn.execute(
+                    "INSERT INTO agents.cost_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+                    [
+                        run_id,
+                        spec.name,
+                        settings.model,
+                        day,
+                        report.calls,
+                        report.failed_calls,
+                        report.prompt_tokens,
+                        report.cached_tokens,
+                        report.completion_tokens,
+                        report.cost_usd,
+                    ],
+                )
+            if reservation is not None:
+                conn.execute(
+                    "DELETE FROM agents.budget_reservations WHERE reservation_id = ?",
+                    [reservation.reservation_id],
+                )
+            if seen is not None:
+                incremental.save(conn, spec.name, seen)
+            conn.execute("COMMIT")
+        except Exception:
+            rollback(conn)  # a commit that conflicted has ended the transaction already
+            raise
+        return new
+
+    new = retry_conflicts(once)
     report.memo_hits += rows.height - new.height
     report.decisions_by_tier.update(dict(new.group_by("tier").len().iter_rows()))
     fell_back = new.drop_nulls("fallback_reason").filter(pl.col("fallback_reason") != "")
     report.fallbacks.update(dict(fell_back.group_by("fallback_reason").len().iter_rows()))
-
-
-def _record_once(
-    conn,
-    spec,
-    settings,
-    rows: pl.DataFrame,
-    report: RunReport,
-    run_id,
-    day: date,
-    reservation,
-    seen,
-) -> pl.DataFrame:
-    """One try of :func:`_record`; the decisions it recorded."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        claim(conn, "agents")
-        decided = _memo(conn, spec, settings, sorted(set(rows["input_hash"].to_list())))
-        new = rows.filter(~pl.col("input_hash").is_in(sorted(decided)))
-        if new.height:
-            conn.register("new_decisions", new)
-            conn.execute(
-                "INSERT INTO agents.decisions BY NAME "
-                "SELECT *, now() AS decided_at FROM new_decisions"
-            )
-            conn.unregister("new_decisions")
-        if report.calls:
-            conn.execute(
-                "INSERT INTO agents.cost_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-                [
-                    run_id,
-                    spec.name,
-                    settings.model,
-                    day,
-                    report.calls,
-                    report.failed_calls,
-                    report.prompt_tokens,
-                    report.cached_tokens,
-                    report.completion_tokens,
-                    report.cost_usd,
-                ],
-            )
-        if reservation is not None:
-            conn.execute(
-                "DELETE FROM agents.budget_reservations WHERE reservation_id = ?",
-                [reservation.reservation_id],
-            )
-        if seen is not None:
-            incremental.save(conn, spec.name, seen)
-        conn.execute("COMMIT")
-    except Exception:
-        rollback(conn)  # a commit that conflicted has ended the transaction already
-        raise
-    return new

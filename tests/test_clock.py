@@ -260,3 +260,35 @@ def test_the_clock_is_configuration_with_clear_errors(monkeypatch, tmp_path):
             monkeypatch.delenv("REVORCH_CLOCK")
         result = dg.materialize([clock_setting], resources=default_resources())
         assert result.output_for_node("clock_setting") == expected
+
+
+@pytest.mark.parametrize(
+    "time_zone", ["UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe"]
+)
+def test_days_between_counts_the_midnights_date_diff_counts(time_zone):
+    """days_between (migration 0016) casts to local timestamps before counting days, which
+    costs a twentieth of ICU's date_diff on TIMESTAMPTZ; both count the same midnights,
+    whatever the time zone, across DST changes (half-hour ones included) and both ways."""
+    from revorch.state.migrate import migrate
+
+    conn = duckdb.connect()
+    migrate(conn)
+    conn.execute(f"SET TimeZone = '{time_zone}'")
+    # Pairs of instants an hour apart to two years apart, starting at every 37 minutes of
+    # a year that holds two DST changes in each zone that has them.
+    differ, pairs = conn.execute(
+        """
+        WITH starts AS (
+            SELECT TIMESTAMPTZ '2026-01-01 00:00:00+00' + to_minutes(m) AS a
+            FROM range(0, 366 * 24 * 60, 37) AS t(m)
+        ), pairs AS (
+            SELECT a, a + to_hours(h) AS b FROM starts, unnest([1, 5, 23, 25, 49, 24 * 400]) AS u(h)
+        )
+        SELECT count(*) FILTER (WHERE days_between(a, b) <> date_diff('day', a, b)
+                                   OR days_between(b, a) <> date_diff('day', b, a)),
+               count(*)
+        FROM pairs
+        """
+    ).fetchone()
+    assert pairs > 80_000
+    assert differ == 0

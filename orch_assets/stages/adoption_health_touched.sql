@@ -12,7 +12,8 @@ edge AS (  -- the span of the look-back window's start (a second wider: more is 
 ),
 companies AS (
     SELECT c.properties->>'company_id' AS company_id FROM change_log AS c
-    SEMI JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    SEMI JOIN (SELECT * FROM changed WHERE object_type = 'ticket') AS t
+        ON t.object_type = c.object_type AND t.object_id = c.object_id
     WHERE c.object_type = 'ticket'
     UNION
     SELECT company_id FROM tickets, edge

@@ -9,7 +9,8 @@ WITH changed AS (
 SELECT object_id FROM changed WHERE object_type = 'deal'
 UNION
 SELECT c.properties->>'deal_id' FROM change_log AS c
-SEMI JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+SEMI JOIN (SELECT * FROM changed WHERE object_type = 'subscription') AS t
+    ON t.object_type = c.object_type AND t.object_id = c.object_id
 WHERE c.object_type = 'subscription'
 UNION
 SELECT id FROM deals WHERE EXISTS (SELECT 1 FROM changed WHERE object_type = 'owner')

@@ -66,7 +66,8 @@ contacts_touched AS (
     SELECT object_id AS contact_id FROM changed WHERE object_type = 'contact'
     UNION
     SELECT (c.properties->>'contact_id') FROM change_log AS c
-    JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    JOIN (SELECT * FROM changed WHERE object_type IN ('deal', 'activity')) AS t
+        ON t.object_type = c.object_type AND t.object_id = c.object_id
     WHERE c.object_type IN ('deal', 'activity') AND (c.properties->>'contact_id') IS NOT NULL
     UNION
     SELECT contact_id FROM activities
@@ -92,7 +93,8 @@ WITH {CHANGED_CTE}
 SELECT object_id FROM changed WHERE object_type = 'deal'
 UNION
 SELECT (c.properties->>'deal_id') FROM change_log AS c
-JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+JOIN (SELECT * FROM changed WHERE object_type = 'activity') AS t
+    ON t.object_type = c.object_type AND t.object_id = c.object_id
 WHERE c.object_type = 'activity' AND (c.properties->>'deal_id') IS NOT NULL
 UNION
 SELECT id FROM deals
@@ -105,7 +107,8 @@ companies_touched AS (
     SELECT object_id AS company_id FROM changed WHERE object_type = 'company'
     UNION
     SELECT (c.properties->>'company_id') FROM change_log AS c
-    JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    JOIN (SELECT * FROM changed WHERE object_type = 'subscription') AS t
+        ON t.object_type = c.object_type AND t.object_id = c.object_id
     WHERE c.object_type = 'subscription' AND (c.properties->>'company_id') IS NOT NULL
 )
 SELECT object_id FROM changed WHERE object_type = 'ticket'
@@ -139,7 +142,8 @@ companies_touched AS (
     SELECT object_id AS company_id FROM changed WHERE object_type = 'company'
     UNION
     SELECT (c.properties->>'company_id') FROM change_log AS c
-    JOIN changed AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
+    JOIN (SELECT * FROM changed WHERE object_type = 'ticket') AS t
+        ON t.object_type = c.object_type AND t.object_id = c.object_id
     WHERE c.object_type = 'ticket' AND (c.properties->>'company_id') IS NOT NULL
 )
 SELECT key FROM stages.keyed_refreshes

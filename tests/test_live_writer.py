@@ -69,9 +69,12 @@ def _other_run_served(instance, stop: threading.Event) -> threading.Thread:
         while not stop.is_set():
             # As a waiting step does: ask again until the slot is given (Dagster assigns a
             # freed slot to the waiting claim of highest priority; it claims on its next ask).
-            if storage.has_pending_step(DUCKDB_WRITER_POOL, OTHER, "its_step") and (
-                storage.claim_concurrency_slot(DUCKDB_WRITER_POOL, OTHER, "its_step", priority)
-            ).is_claimed:
+            if (
+                storage.has_pending_step(DUCKDB_WRITER_POOL, OTHER, "its_step")
+                and (
+                    storage.claim_concurrency_slot(DUCKDB_WRITER_POOL, OTHER, "its_step", priority)
+                ).is_claimed
+            ):
                 SEEN["other served"] = True
                 storage.free_concurrency_slot_for_step(OTHER, "its_step")
                 return
@@ -164,9 +167,37 @@ def test_recovery_keeps_a_living_commands_claim_and_frees_a_dead_ones(instance_h
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         ).stdout.strip()
         dead_run = str(uuid.uuid4())
-        assert storage.claim_concurrency_slot(
-            DUCKDB_WRITER_POOL, dead_run, dead_key, 10
-        ).is_claimed
+        assert storage.claim_concurrency_slot(DUCKDB_WRITER_POOL, dead_run, dead_key, 10).is_claimed
         [recovered] = recover_abandoned_runs(instance)
         assert recovered.run_id == dead_run
         assert _holders(instance) == set()
+
+
+def test_the_inbox_is_not_busy_while_a_live_run_holds_the_writer_it_will_yield(
+    instance_home, tmp_path, monkeypatch
+):
+    from revorch.server.inbox import writer_holder
+
+    monkeypatch.setenv("REVORCH_HOME", str(tmp_path / "home"))
+    with dg.DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        storage.initialize_concurrency_limit_to_default(DUCKDB_WRITER_POOL)
+        for job_name, priority, step_key in (
+            ("live_ingest", "5", "whole_run"),  # held for its run, yields to a review
+            ("live_decide", "0", "state_machines"),  # one step of a run that claims per step
+            ("dispatch_actions", "10", "whole_run"),  # held, yields to nothing below 11
+        ):
+            run = instance.create_run_for_job(
+                job_def=two_writer_steps,
+                status=dg.DagsterRunStatus.STARTED,
+                tags={"dagster/priority": priority, "job": job_name},
+            )
+            assert storage.claim_concurrency_slot(
+                DUCKDB_WRITER_POOL, run.run_id, step_key, int(priority)
+            ).is_claimed
+            holder = writer_holder(wait_seconds=0.3)
+            storage.free_concurrency_slot_for_step(run.run_id, step_key)
+            if job_name == "live_ingest":
+                assert holder is None, job_name
+            else:
+                assert holder and step_key in holder, (job_name, holder)

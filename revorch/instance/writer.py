@@ -25,6 +25,17 @@ def pool_holder(instance: dg.DagsterInstance, *, besides: str | None = None) -> 
     return None
 
 
+def held_for_whole_run(instance: dg.DagsterInstance, *, below: int) -> bool:
+    """Whether a launched run of priority lower than ``below`` holds the writer for its whole
+    run (:data:`writer_held_executor`): a claim at ``below`` gets it at that run's next step
+    boundary, without waiting for the run."""
+    for slot in instance.event_log_storage.get_concurrency_info(DUCKDB_WRITER_POOL).claimed_slots:
+        run = instance.get_run_by_id(slot.run_id) if slot.step_key == WHOLE_RUN else None
+        if run and int(run.tags.get("dagster/priority", "0") or 0) < below:
+            return True
+    return False
+
+
 @contextlib.contextmanager
 def say_while_waiting(
     instance: dg.DagsterInstance,

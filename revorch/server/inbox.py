@@ -269,13 +269,17 @@ class Reviews:
                 log.info("%s: %s %s", record.reviewer, record.decision, record.action_ids)
 
 
+# The run priority of review_actions and approve_and_dispatch (orch_assets/schedules.py).
+REVIEW_PRIORITY = 10
+
+
 def writer_holder(wait_seconds: float) -> str | None:
     """Who holds the state store's writer (a run's step in the ``duckdb_writer`` pool, or a
     connection of another process), if it stays held for ``wait_seconds``; None once free."""
     import dagster as dg
 
     from revorch.instance import ensure_dagster_home
-    from revorch.instance.writer import pool_holder
+    from revorch.instance.writer import held_for_whole_run, pool_holder
 
     ensure_dagster_home()
     # The lock file every writer holds while its connection is open.
@@ -283,6 +287,10 @@ def writer_holder(wait_seconds: float) -> str | None:
     deadline = time.monotonic() + wait_seconds
     with dg.DagsterInstance.get() as instance:
         while True:
+            if held_for_whole_run(instance, below=REVIEW_PRIORITY):
+                # A live ingestion holds it for its run and lets a review go between two of
+                # its steps (revorch/instance/writer.py): the review will not wait for the run.
+                return None
             holder = pool_holder(instance)
             if holder is None:
                 try:

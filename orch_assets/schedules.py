@@ -13,16 +13,20 @@ What only needs new data (retraining the offline models) uses on_cron on its ass
 import dagster as dg
 
 from orch_assets.ingestion.jobs import GOVERNANCE_PRIORITY, LANE_TAG, PRIORITY_TAG
+from revorch.instance.writer import writer_held_executor
 
 PUBLISHED = dg.AssetKey(["analytics", "published_state"])
 
 
 def _job(name: str, description: str, selection: dg.AssetSelection, tags: dict | None = None):
+    people_first = tags is not None
     return dg.define_asset_job(
         name,
         selection=selection | dg.AssetSelection.assets(PUBLISHED),
         description=description,
-        executor_def=dg.in_process_executor,
+        # A person's runs take the DuckDB writer once for all their steps, not once a step
+        # behind the live lanes' steps (revorch/instance/writer.py).
+        executor_def=writer_held_executor if people_first else dg.in_process_executor,
         tags=tags,
     )
 
@@ -74,32 +78,46 @@ dispatch_actions = _job(
     PEOPLE_FIRST,
 )
 # What `revorch approvals approve` runs: the review, then the dispatch of what it approved, in
-# one run (one process, one audit-trail step and one publish instead of two of each).
+# one run (one process, one audit-trail step and one publish instead of two of each). Without
+# a review in its config it is the hourly approval SLA check: escalate approvals past their SLA,
+# close expired ones, send what waits.
 approve_and_dispatch = _job(
     "approve_and_dispatch",
     "Approve waiting actions and send them at once: set ops.governance__approval_queue.config "
-    "(action_ids, decision approve, reviewer, comment).",
+    "(action_ids, decision approve, reviewer, comment). With no review (the hourly schedule): "
+    "escalate approvals past their SLA, close expired ones, send the escalations.",
     dg.AssetSelection.assets(["governance", "approval_queue"], *DISPATCH_STEPS),
     PEOPLE_FIRST,
-)
-approval_sla_check = _job(
-    "approval_sla_check",
-    "Escalate approvals past their SLA, close expired ones, send the escalations.",
-    dg.AssetSelection.assets(["governance", "approval_queue"], *DISPATCH_STEPS),
 )
 
 schedules = [
     dg.ScheduleDefinition(
+        name=name,
         job=job,
         cron_schedule=cron,
         description=description,
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
-    for job, cron, description in (
-        (renewal_risk_scan, "0 6 * * *", "Daily renewal-risk scan at 06:00 UTC."),
-        (sla_check, "0 * * * *", "Hourly SLA check."),
-        (funnel_report_job, "0 7 * * 1", "Weekly funnel report, Mondays at 07:00 UTC."),
-        (approval_sla_check, "30 * * * *", "Hourly approval SLA check."),
+    for name, job, cron, description in (
+        (
+            "renewal_risk_scan_schedule",
+            renewal_risk_scan,
+            "0 6 * * *",
+            "Daily renewal-risk scan at 06:00 UTC.",
+        ),
+        ("sla_check_schedule", sla_check, "0 * * * *", "Hourly SLA check."),
+        (
+            "weekly_funnel_report_schedule",
+            funnel_report_job,
+            "0 7 * * 1",
+            "Weekly funnel report, Mondays at 07:00 UTC.",
+        ),
+        (
+            "approval_sla_check_schedule",
+            approve_and_dispatch,
+            "30 * * * *",
+            "Hourly approval SLA check (approve_and_dispatch with no review).",
+        ),
     )
 ]
 jobs = [
@@ -109,5 +127,4 @@ jobs = [
     review_actions,
     dispatch_actions,
     approve_and_dispatch,
-    approval_sla_check,
 ]

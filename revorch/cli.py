@@ -724,21 +724,22 @@ def _run_job(
     per step as it starts and ends. ``stoppable``: Ctrl-C or SIGTERM cancels the run within
     seconds (revorch/stopping.py) and raises :class:`_Stopped`. ``say_waiting``: while the
     run waits for the DuckDB writer, say on stderr which run holds it."""
-    import dagster as dg
 
     ensure_dagster_home()
     from revorch.definitions import defs
     from revorch.instance.recovery import in_process_run_tags, recover_abandoned_runs
+    from revorch.instance.writer import in_process_instance
 
     # The terminal gets warnings only; every event is still in the run's log in the UI.
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if ops:
         run_config["ops"] = ops
-    with dg.DagsterInstance.get() as instance:
+    job = defs.resolve_job_def(name)
+    run_id = str(uuid.uuid4())  # known before the run starts, for progress and stopping
+    with in_process_instance(job) as (instance, hold_writer):
         # A run killed earlier would hold the duckdb_writer slot and block this one forever.
         for recovered in recover_abandoned_runs(instance):
             print(recovered, flush=True)
-        run_id = str(uuid.uuid4())  # known before the run starts, for progress and stopping
         with contextlib.ExitStack() as stack:
             if progress:
                 stack.enter_context(_step_progress(instance, run_id))
@@ -747,9 +748,10 @@ def _run_job(
 
                 stack.enter_context(say_while_waiting(instance, run_id, _say))
             stop = stack.enter_context(_cancel_on_signal(instance, run_id)) if stoppable else None
+            stack.enter_context(hold_writer(run_id))
             result = None
             try:
-                result = defs.resolve_job_def(name).execute_in_process(
+                result = job.execute_in_process(
                     instance=instance,
                     run_config=run_config,
                     raise_on_error=False,

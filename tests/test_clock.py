@@ -22,7 +22,7 @@ from orch_assets.governance.assets import (
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import crm_change_log, crm_current_state
 from orch_assets.publish.assets import published_state_asset
-from orch_assets.schedules import PUBLISHED, approval_sla_check, renewal_risk_scan, sla_check
+from orch_assets.schedules import PUBLISHED, approve_and_dispatch, renewal_risk_scan, sla_check
 from orch_assets.stages.assets import stage_assets
 from resources import (
     DispatcherResource,
@@ -54,7 +54,8 @@ def scheduled(job: dg.UnresolvedAssetJobDefinition) -> dg.AssetSelection:
 FOLLOWERS = dg.AssetSelection.assets(PROPOSED_ACTIONS, POLICY_VERDICTS)
 SLA_CHECK = scheduled(sla_check) | FOLLOWERS
 RENEWAL_SCAN = scheduled(renewal_risk_scan) | FOLLOWERS
-APPROVAL_SLA_CHECK = scheduled(approval_sla_check)
+# The hourly approval SLA check is approve_and_dispatch with no review in its config.
+APPROVAL_SLA_CHECK = scheduled(approve_and_dispatch)
 assert APPROVAL_SLA_CHECK.resolve(ASSETS) == {APPROVAL_QUEUE, DISPATCHED_ACTIONS, AUDIT_TRAIL}
 
 

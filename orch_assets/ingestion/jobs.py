@@ -23,6 +23,7 @@ import dagster as dg
 from orch_assets.agents.assets import OFFLINE_MODELS
 from orch_assets.agents.backtest import MODEL_BACKTEST
 from orch_assets.reports.assets import WEEKLY_REPORT
+from revorch.instance.writer import writer_held_executor
 
 LANE_TAG = "revorch/lane"
 PRIORITY_TAG = "dagster/priority"
@@ -48,19 +49,20 @@ revorch_main = dg.define_asset_job(
 
 live_ingest = dg.define_asset_job(
     "live_ingest",
-    selection=dg.AssetSelection.groups(*INGEST_GROUPS).without_checks()
-    | dg.AssetSelection.assets(PUBLISHED),
+    selection=dg.AssetSelection.groups(*INGEST_GROUPS).without_checks(),
     description="Ingest every waiting batch and refresh the CRM state and the stages for the "
-    "records they touch, then publish: the live lane the landing sensor keeps one run of.",
+    "records they touch: the live lane the landing sensor keeps one run of.",
     tags={LANE_TAG: "ingest", PRIORITY_TAG: INGEST_PRIORITY},
-    executor_def=dg.in_process_executor,
+    # The writer once for the whole run, not once a step behind live_decide's steps
+    # (revorch/instance/writer.py).
+    executor_def=writer_held_executor,
 )
 
 # The rest of revorch_main: everything after the stages, the stages' checks (off the ingestion
-# lane's critical path) and the analysts' copy.
-DECIDE_SELECTION = (revorch_main.selection - live_ingest.selection) | dg.AssetSelection.assets(
-    PUBLISHED
-)
+# lane's critical path) and the analysts' copy, published at the end of every decide run (the
+# landing sensor starts one after every successful ingestion), so the next batch's ingestion
+# does not wait for the copy.
+DECIDE_SELECTION = revorch_main.selection - live_ingest.selection
 
 live_decide = dg.define_asset_job(
     "live_decide",

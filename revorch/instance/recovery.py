@@ -82,6 +82,23 @@ def in_process_run_tags() -> dict[str, str]:
     return tags
 
 
+def process_claim_key(prefix: str) -> str:
+    """A pool step key that names this process (``prefix@host:pid:identity``): a command that
+    claims the writer before its run exists (revorch/instance/writer.py) is not taken for a
+    deleted run while it lives, and is freed once it is gone."""
+    pid = os.getpid()
+    return f"{prefix}@{socket.gethostname()}:{pid}:{_process_identity(pid) or ''}"
+
+
+def _claimed_by_live_process(step_key: str) -> bool:
+    _, at, owner = step_key.partition("@")
+    host, _, rest = owner.partition(":")
+    pid, _, identity = rest.partition(":")
+    if not at or host != socket.gethostname() or not pid.isdigit():
+        return False
+    return _process_alive(int(pid), identity=identity or None)
+
+
 def recover_abandoned_runs(instance: dg.DagsterInstance) -> list[RecoveredRun]:
     """Fail the unfinished runs of this host whose process is gone, and free every pool slot
     held by a run that can no longer release it. Returns what was recovered."""
@@ -107,10 +124,12 @@ def recover_abandoned_runs(instance: dg.DagsterInstance) -> list[RecoveredRun]:
             instance.report_run_failed(current, message)
             recovered[run.run_id] = RecoveredRun(run.run_id, reason, "failed")
 
-    for run_id, pools in _slot_holders(instance).items():
+    for run_id, (pools, step_keys) in _slot_holders(instance).items():
         run = instance.get_run_by_id(run_id)
         if run is not None and not run.is_finished:
             continue
+        if run is None and any(_claimed_by_live_process(key) for key in step_keys):
+            continue  # a command that holds the writer for a run it is about to start
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
         claimed = Counter({pool: n for pool, n in pools.items() if n})
         if run_id in recovered:
@@ -121,17 +140,22 @@ def recover_abandoned_runs(instance: dg.DagsterInstance) -> list[RecoveredRun]:
     return list(recovered.values())
 
 
-def _slot_holders(instance: dg.DagsterInstance) -> dict[str, Counter[str]]:
-    """Per run id, the slots it has claimed in each pool (0 for a run that only waits)."""
+def _slot_holders(instance: dg.DagsterInstance) -> dict[str, tuple[Counter[str], set[str]]]:
+    """Per run id, the slots it has claimed in each pool (0 for a run that only waits), and
+    the step keys of its claims."""
     storage = instance.event_log_storage
-    holders: dict[str, Counter[str]] = {}
+    holders: dict[str, tuple[Counter[str], set[str]]] = {}
     if not storage.supports_global_concurrency_limits:
         return holders
     for pool, info in storage.get_concurrency_infos(list(storage.get_concurrency_keys())).items():
         for step in info.pending_steps:
-            holders.setdefault(step.run_id, Counter())[pool] += 0
+            pools, keys = holders.setdefault(step.run_id, (Counter(), set()))
+            pools[pool] += 0
+            keys.add(step.step_key)
         for slot in info.claimed_slots:
-            holders.setdefault(slot.run_id, Counter())[pool] += 1
+            pools, keys = holders.setdefault(slot.run_id, (Counter(), set()))
+            pools[pool] += 1
+            keys.add(slot.step_key)
     return holders
 
 

@@ -134,8 +134,7 @@ def refresh_keyed_table(
     conn.execute("DROP TABLE scope")
     conn.execute("DELETE FROM state_watermarks WHERE name = ?", [name])
     conn.execute(
-        "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) "
-        "VALUES (?, ?, now(), ?)",
+        "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) VALUES (?, ?, now(), ?)",
         [name, upto, as_of],
     )
     store_hash(conn, name, version)

@@ -31,6 +31,7 @@ import re
 import secrets
 import threading
 import time
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -268,13 +269,17 @@ class Reviews:
                 log.info("%s: %s %s", record.reviewer, record.decision, record.action_ids)
 
 
+# The run priority of review_actions and approve_and_dispatch (orch_assets/schedules.py).
+REVIEW_PRIORITY = 10
+
+
 def writer_holder(wait_seconds: float) -> str | None:
     """Who holds the state store's writer (a run's step in the ``duckdb_writer`` pool, or a
     connection of another process), if it stays held for ``wait_seconds``; None once free."""
     import dagster as dg
 
     from revorch.instance import ensure_dagster_home
-    from revorch.instance.writer import pool_holder
+    from revorch.instance.writer import held_for_whole_run, pool_holder
 
     ensure_dagster_home()
     # The lock file every writer holds while its connection is open.
@@ -282,6 +287,10 @@ def writer_holder(wait_seconds: float) -> str | None:
     deadline = time.monotonic() + wait_seconds
     with dg.DagsterInstance.get() as instance:
         while True:
+            if held_for_whole_run(instance, below=REVIEW_PRIORITY):
+                # A live ingestion holds it for its run and lets a review go between two of
+                # its steps (revorch/instance/writer.py): the review will not wait for the run.
+                return None
             holder = pool_holder(instance)
             if holder is None:
                 try:
@@ -298,12 +307,12 @@ def writer_holder(wait_seconds: float) -> str | None:
 def run_review_job(review: Review) -> str | None:
     """Run the review's job, as ``revorch approvals`` does (an approval is dispatched in the
     same run); None when the review was applied, else why not (the step's own words)."""
-    import dagster as dg
 
     from resources import default_resources
     from revorch.definitions import defs
     from revorch.instance import ensure_dagster_home
     from revorch.instance.recovery import in_process_run_tags, recover_abandoned_runs
+    from revorch.instance.writer import in_process_instance
 
     ensure_dagster_home()
     config = {
@@ -312,25 +321,31 @@ def run_review_job(review: Review) -> str | None:
         "reviewer": review.reviewer,
         "comment": review.comment,
     }
-    with dg.DagsterInstance.get() as instance:
+    job = defs.resolve_job_def(
+        "approve_and_dispatch" if review.decision == "approve" else "review_actions"
+    )
+    run_id = str(uuid.uuid4())
+    # The writer once for the run's steps, as the CLI does (revorch/instance/writer.py).
+    with in_process_instance(job) as (instance, hold_writer):
         for recovered in recover_abandoned_runs(instance):  # as the CLI does before a run
             log.warning("%s", recovered)
-        job = "approve_and_dispatch" if review.decision == "approve" else "review_actions"
-        result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance,
-            run_config={
-                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-                "ops": {"governance__approval_queue": {"config": config}},
-            },
-            # The environment as it is now (paths, clock), not as it was at import.
-            resources=default_resources(),
-            raise_on_error=False,
-            tags={
-                **in_process_run_tags(),
-                "revorch/via": "inbox",
-                "revorch/reviewer": review.reviewer,
-            },
-        )
+        with hold_writer(run_id):
+            result = job.execute_in_process(
+                run_id=run_id,
+                instance=instance,
+                run_config={
+                    "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+                    "ops": {"governance__approval_queue": {"config": config}},
+                },
+                # The environment as it is now (paths, clock), not as it was at import.
+                resources=default_resources(),
+                raise_on_error=False,
+                tags={
+                    **in_process_run_tags(),
+                    "revorch/via": "inbox",
+                    "revorch/reviewer": review.reviewer,
+                },
+            )
     if result.success:
         return None
     failure = _step_failure(result)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -55,15 +56,26 @@ def _step(backend: str, kind: str, home: Path, catalog: str, shard: int) -> dict
             catalog_dsn=catalog,
             data_path=str(home / "lake"),
         )
-    rows = shards = 0
+    rows, shard_cpu = 0, []
     with store.get_connection() as conn:
         if kind == "ingest":
             zone = LandingZone(home / "landing")
-            while (result := ingest_pending(conn, zone, max_batches=shard)).batches:
-                rows, shards = rows + result.loaded, shards + 1
+            while True:
+                before = _cpu()
+                result = ingest_pending(conn, zone, max_batches=shard)
+                if not result.batches:
+                    break
+                rows += result.loaded
+                shard_cpu.append(round(_cpu() - before, 1))
         else:
             rows = sum(refresh_current_state(conn).values())
-    return {"rows": rows, "shards": shards}
+    return {"rows": rows, "shards": len(shard_cpu), "shard_cpu_s": shard_cpu}
+
+
+def _cpu() -> float:
+    """This process's CPU seconds so far (user + system, all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _environment(home: Path, backend: str, catalog: str) -> dict[str, str]:
@@ -143,6 +155,7 @@ def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
             ingest = _measure_step(backend, "ingest", home, catalog, args.shard_batches)
             assert ingest["rows"] == events, (backend, events, ingest)
             what = f"ingest ({ingest['shards']} shards)"
+            print(f"<!-- {backend} CPU s per shard: {ingest['shard_cpu_s']} -->")
             store = _store_mb(home, backend, dsn, name)
             print(_row(contacts, events, backend, what, ingest, store), flush=True)
             state = _measure_step(backend, "state", home, catalog, args.shard_batches)

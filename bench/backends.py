@@ -1,14 +1,24 @@
-"""Cost curve of the two state backends: ingestion and the current-state build on the embedded
-DuckDB file and on DuckLake with a PostgreSQL catalog.
+"""Cost curve of the two state backends (the embedded DuckDB file, DuckLake with a PostgreSQL
+catalog): ingestion sharded by batch, the current-state build and, optionally, the whole
+pipeline (`revorch ingest`), per million contacts.
 
-    REVORCH_BENCH_POSTGRES_DSN="host=127.0.0.1 port=5432 user=postgres dbname=postgres" \\
-        .venv/bin/python bench/backends.py --sizes 100000 1000000
+    REVORCH_BENCH_POSTGRES_DSN="$(.ci/postgres start /tmp/pg-bench/server)" \\
+        .venv/bin/python bench/backends.py --sizes 1000000 --pipeline ducklake
 
-For each size the simulator writes its default history (seed 42) into a fresh landing zone;
-then each backend, each step in its own process (peak memory is that step's alone), ingests
-it all (`ingest_pending`, one transaction) and builds the current-state tables
-(`refresh_current_state`). DuckLake gets a fresh catalog database per size and its data files
-in the work folder. Prints one Markdown table; bench/README.md keeps the measured ones.
+For each size `revorch simulate --contacts N` (seed 42; 50,000-event batches) writes one source
+home. Each measurement gets its own copy of it (hard links: ingestion only renames batches)
+and, on DuckLake, a fresh catalog database and data folder. Each measured step is a child
+process; its CPU seconds (user + system, DuckDB's threads included) and peak resident memory
+come from its own rusage (bench/pipeline.py's `measured`):
+
+- ingest: `ingest_pending` with `max_batches=--shard-batches` again and again until the landing
+  zone is empty, one transaction per shard (crm_change_log);
+- state: `refresh_current_state` (crm_current_state);
+- pipeline (for the backends named by --pipeline): `revorch ingest` on a fresh copy, every
+  asset, check, agent and governance step of revorch_main, as bench/pipeline.py's first run.
+
+Store size: the DuckDB file, or DuckLake's data folder plus its catalog database
+(pg_database_size). Prints Markdown rows as they finish; bench/README.md keeps the measured ones.
 """
 
 from __future__ import annotations
@@ -16,104 +26,187 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from ingest import _peak_mb, _simulate, machine  # noqa: E402
+from ingest import machine  # noqa: E402
+from pipeline import REVORCH, environment, measured  # noqa: E402
 
 
-def _step(backend: str, kind: str, workdir: Path, catalog: str) -> dict:
+def _step(backend: str, kind: str, home: Path, catalog: str, shard: int) -> dict:
     from resources.state_store import StateStore
     from revorch.ingestion.change_log import ingest_pending
     from revorch.ingestion.current_state import refresh_current_state
     from revorch.landing import LandingZone
 
     if backend == "duckdb":
-        store = StateStore(database=str(workdir / "revorch.duckdb"))
+        store = StateStore(database=str(home / "revorch.duckdb"))
     else:
         store = StateStore(
             database=":memory:",
             backend="ducklake",
             catalog_dsn=catalog,
-            data_path=str(workdir / "lake"),
+            data_path=str(home / "lake"),
         )
+    rows, shard_cpu = 0, []
     with store.get_connection() as conn:
-        start = time.perf_counter()
         if kind == "ingest":
-            count = ingest_pending(conn, LandingZone(workdir / "landing")).loaded
+            zone = LandingZone(home / "landing")
+            while True:
+                before = _cpu()
+                result = ingest_pending(conn, zone, max_batches=shard)
+                if not result.batches:
+                    break
+                rows += result.loaded
+                shard_cpu.append(round(_cpu() - before, 1))
         else:
-            count = sum(refresh_current_state(conn).values())
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rows": count, "peak_mb": _peak_mb()}
+            rows = sum(refresh_current_state(conn).values())
+    return {"rows": rows, "shards": len(shard_cpu), "shard_cpu_s": shard_cpu}
 
 
-def _measure(backend: str, kind: str, workdir: Path, catalog: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--step", backend, kind, str(workdir), catalog],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _cpu() -> float:
+    """This process's CPU seconds so far (user + system, all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def _new_catalog(dsn: str) -> str:
+def _environment(home: Path, backend: str, catalog: str) -> dict[str, str]:
+    env = environment(home)
+    if backend == "ducklake":
+        env |= {
+            "REVORCH_STATE_BACKEND": "ducklake",
+            "REVORCH_DUCKLAKE_CATALOG": catalog,
+            "REVORCH_DUCKLAKE_DATA": str(home / "lake"),
+        }
+    return env
+
+
+def _measure_step(backend: str, kind: str, home: Path, catalog: str, shard: int) -> dict:
+    command = [sys.executable, __file__, "--step", backend, kind, str(home), catalog, str(shard)]
+    figures = measured(command, _environment(home, backend, catalog))
+    return figures | json.loads(figures.pop("output").strip().splitlines()[-1])
+
+
+def _admin(dsn: str, sql: str) -> object:
     import psycopg2
 
-    name = f"revorch_bench_{uuid.uuid4().hex[:8]}"
     admin = psycopg2.connect(dsn)
     admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    admin.close()
+    try:
+        cursor = admin.cursor()
+        cursor.execute(sql)
+        return cursor.fetchone() if cursor.description else None
+    finally:
+        admin.close()
+
+
+def _with_dbname(dsn: str, name: str) -> str:
     return " ".join([p for p in dsn.split() if not p.startswith("dbname=")] + [f"dbname={name}"])
+
+
+def _store_mb(home: Path, backend: str, dsn: str, name: str) -> float:
+    if backend == "duckdb":
+        files = [home / "revorch.duckdb"]
+        catalog = 0
+    else:
+        files = [p for p in (home / "lake").rglob("*") if p.is_file()]
+        catalog = _admin(dsn, f"SELECT pg_database_size('{name}')")[0]
+    return (sum(p.stat().st_size for p in files) + catalog) / 2**20
+
+
+def _copy_home(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, copy_function=os.link)
+    return target
+
+
+def _row(contacts: int, events: int, backend: str, what: str, figures: dict, store: float) -> str:
+    per = 1e6 / contacts
+    return (
+        f"| {contacts:,} | {events:,} | {backend} | {what} | {figures['cpu_s']:.1f} "
+        f"| {figures['wall_s']:.1f} | {figures['cpu_s'] * per:.1f} | {figures['peak_mb']:,.0f} "
+        f"| {store:,.0f} | {figures['load_before']:.1f} / {figures['load_after']:.1f} |"
+    )
+
+
+def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
+    work = Path(tempfile.mkdtemp(prefix=f"revorch-backends-{contacts}-", dir=args.workdir))
+    try:
+        source = work / "source"
+        simulated = measured(
+            [str(REVORCH), "simulate", "--contacts", str(contacts)], environment(source)
+        )
+        events = int(simulated["output"].split("Wrote ")[1].split()[0].replace(",", ""))
+        took = f"{simulated['wall_s']:.0f} s wall, {simulated['cpu_s']:.0f} s CPU"
+        print(f"<!-- {contacts:,} contacts ({events:,} events) simulated in {took} -->", flush=True)
+        for backend in args.backends:
+            name = f"revorch_bench_{uuid.uuid4().hex[:8]}"
+            catalog = _with_dbname(dsn, name) if backend == "ducklake" else ""
+            if catalog:
+                _admin(dsn, f"CREATE DATABASE {name}")
+            home = _copy_home(source, work / backend)
+            ingest = _measure_step(backend, "ingest", home, catalog, args.shard_batches)
+            assert ingest["rows"] == events, (backend, events, ingest)
+            what = f"ingest ({ingest['shards']} shards)"
+            print(f"<!-- {backend} CPU s per shard: {ingest['shard_cpu_s']} -->")
+            store = _store_mb(home, backend, dsn, name)
+            print(_row(contacts, events, backend, what, ingest, store), flush=True)
+            state = _measure_step(backend, "state", home, catalog, args.shard_batches)
+            store = _store_mb(home, backend, dsn, name)
+            print(_row(contacts, events, backend, "current state", state, store), flush=True)
+            shutil.rmtree(home)
+            if catalog:
+                _admin(dsn, f"DROP DATABASE {name}")
+        for backend in args.pipeline:
+            name = f"revorch_bench_{uuid.uuid4().hex[:8]}"
+            catalog = _with_dbname(dsn, name) if backend == "ducklake" else ""
+            if catalog:
+                _admin(dsn, f"CREATE DATABASE {name}")
+            home = _copy_home(source, work / f"pipeline-{backend}")
+            figures = measured([str(REVORCH), "ingest"], _environment(home, backend, catalog))
+            store = _store_mb(home, backend, dsn, name)
+            print(_row(contacts, events, backend, "whole pipeline", figures, store), flush=True)
+            shutil.rmtree(home)
+            if catalog:
+                _admin(dsn, f"DROP DATABASE {name}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--step", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--backends", nargs="*", default=["duckdb", "ducklake"])
+    parser.add_argument("--pipeline", nargs="*", default=[], help="backends to run it on")
+    parser.add_argument(
+        "--shard-batches", type=int, default=20, help="landed batches per ingestion transaction"
+    )
+    parser.add_argument("--workdir", help="where the homes go (default: the temp folder)")
+    parser.add_argument("--step", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
-        backend, kind, workdir, catalog = args.step
-        print(json.dumps(_step(backend, kind, Path(workdir), catalog)))
+        backend, kind, home, catalog, shard = args.step
+        print(json.dumps(_step(backend, kind, Path(home), catalog, int(shard))))
         return
     dsn = os.environ["REVORCH_BENCH_POSTGRES_DSN"]
-    print(f"Machine: {machine()}\n")
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"Machine: {machine()}; uptime before: {uptime}\n")
     print(
-        "| contacts | events | backend | ingest s | ingest s per 1M events | ingest peak MB "
-        "| state s | state peak MB |"
+        "| contacts | events | backend | step | CPU s | wall s | CPU s per 1M contacts "
+        "| peak MB | store MB | load before / after |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---|---|---:|---:|---:|---:|---:|---|")
     for contacts in args.sizes:
-        workdir = Path(tempfile.mkdtemp(prefix=f"revorch-backends-{contacts}-"))
-        try:
-            events, _ = _simulate(contacts, workdir)
-            pristine = workdir / "landing-copy"
-            shutil.copytree(workdir / "landing", pristine)
-            for backend in ("duckdb", "ducklake"):
-                shutil.rmtree(workdir / "landing")
-                shutil.copytree(pristine, workdir / "landing")
-                catalog = _new_catalog(dsn) if backend == "ducklake" else ""
-                ingest = _measure(backend, "ingest", workdir, catalog)
-                state = _measure(backend, "state", workdir, catalog)
-                assert ingest["rows"] == events, (backend, events, ingest)
-                print(
-                    f"| {contacts:,} | {events:,} | {backend} | {ingest['seconds']:.1f} "
-                    f"| {ingest['seconds'] / events * 1e6:.1f} | {ingest['peak_mb']:,.0f} "
-                    f"| {state['seconds']:.1f} | {state['peak_mb']:,.0f} |",
-                    flush=True,
-                )
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        run_size(contacts, args, dsn)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"\nuptime after: {uptime}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import psycopg2
+import psycopg2.errors
 import pytest
 from filelock import FileLock
 
@@ -22,7 +25,7 @@ from revorch.governance.audit import DIGEST_SQL, chain_hash
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 from revorch.state import access
-from revorch.state.backend import LAKE, lake_connection
+from revorch.state.backend import LAKE, OFFLINE_CONFIG, attach_lake, lake_connection
 from revorch.state.migrate import migrate
 
 # The state backend the suite's stores use: `pytest --state-backend ducklake` (or this variable)
@@ -54,16 +57,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def state_backend(request: pytest.FixtureRequest) -> str:
-    """The backend this run's stores use. On ``ducklake`` each test gets a fresh DuckLake (an
-    empty PostgreSQL catalog, files under ``tmp_path``) through the environment, so the
+    """The backend this run's stores use. On ``ducklake`` each test gets a fresh DuckLake (a
+    migrated one, ``migrated_lake``: files under ``tmp_path``) through the environment, so the
     ``conn`` fixture, ``materialize(database=...)``, ``default_resources()`` and ``revorch``
     subprocesses all use it; a test that clears the REVORCH_ variables runs on the file."""
     backend = request.config.getoption("--state-backend")
     if backend == "ducklake" and not request.node.get_closest_marker("file_only"):
         env = request.getfixturevalue("monkeypatch")
         env.setenv("REVORCH_STATE_BACKEND", "ducklake")
-        env.setenv("REVORCH_DUCKLAKE_CATALOG", request.getfixturevalue("postgres_database"))
-        env.setenv("REVORCH_DUCKLAKE_DATA", str(request.getfixturevalue("tmp_path") / "lake"))
+        lake = request.getfixturevalue("migrated_lake")
+        env.setenv("REVORCH_DUCKLAKE_CATALOG", lake.catalog)
+        env.setenv("REVORCH_DUCKLAKE_DATA", str(lake.data))
     return backend
 
 
@@ -221,13 +225,15 @@ class SimulatedCrm:
     metadata: dict[str, dict[str, dg.MetadataValue]]
     checks: dict[str, dg.AssetCheckEvaluation]
 
-    def copy(self, step: str, destination: Path) -> CrmHome:
-        """A copy of the home after ``step`` at ``destination`` (which must not exist)."""
+    def copy(self, step: str, destination: Path, *, into_lake: bool = True) -> CrmHome:
+        """A copy of the home after ``step`` at ``destination`` (which must not exist); on
+        DuckLake (``state_backend``) its state also goes into this test's lake, unless not
+        ``into_lake``."""
         if step not in self.homes:
             raise ValueError(f"unknown step {step!r}; one of {sorted(self.homes)}")
         shutil.copytree(self.homes[step].root, destination)
         home = CrmHome(destination)
-        if access.is_lake():  # this test's lake (``state_backend``): the step's state goes in
+        if into_lake and access.is_lake():  # this test's lake: the step's state goes in
             with access.lake_writing() as conn:
                 copy_into_lake(conn, home.database)
         return home
@@ -316,13 +322,26 @@ def scoring_crm(tmp_path_factory: pytest.TempPathFactory) -> SimulatedCrm:
 
 
 @pytest.fixture
-def copy_crm(simulated_crm: SimulatedCrm, tmp_path: Path) -> Callable[..., CrmHome]:
+def copy_crm(
+    simulated_crm: SimulatedCrm, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., CrmHome]:
     """Copies the shared CRM as it was after a step (``"stages"``, ``"decided"`` or
     ``"governed"``, the default) into this test's ``tmp_path`` and returns the copy, which the
-    test may change freely: ``home = copy_crm("decided"); conn = home.connect()``."""
+    test may change freely: ``home = copy_crm("decided"); conn = home.connect()``. On DuckLake
+    (``state_backend``) its state goes into this test's lake: the lake becomes a clone of the
+    step's template (``lake_templates``) while nobody is connected to it, else the state is
+    copied in (``copy_into_lake``)."""
 
     def copy(step: str = "governed") -> CrmHome:
-        return simulated_crm.copy(step, tmp_path / f"crm-{step}")
+        home = simulated_crm.copy(step, tmp_path / f"crm-{step}", into_lake=False)
+        if access.is_lake():
+            lake = request.getfixturevalue("migrated_lake")
+            assert settings.ducklake_catalog_dsn() == lake.catalog, "not this test's lake"
+            templates: LakeTemplates = request.getfixturevalue("lake_templates")
+            if not templates.crm(simulated_crm, step).restore(lake):
+                with access.lake_writing() as conn:
+                    copy_into_lake(conn, home.database)
+        return home
 
     return copy
 
@@ -407,19 +426,11 @@ def postgres_dsn() -> Iterator[str]:
 @pytest.fixture
 def postgres_database(postgres_dsn: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test (dropped after it); its libpq string."""
-    import uuid
-
-    import psycopg2
-
-    name = f"revorch_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(postgres_dsn)
-    admin.autocommit = True
+    name = _create_database(postgres_dsn)
     try:
-        admin.cursor().execute(f"CREATE DATABASE {name}")
         yield _with_dbname(postgres_dsn, name)
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
-        admin.close()
+        _drop_database(postgres_dsn, name)
 
 
 def _with_dbname(dsn: str, name: str) -> str:
@@ -427,16 +438,145 @@ def _with_dbname(dsn: str, name: str) -> str:
     return " ".join([*parts, f"dbname={name}"])
 
 
+@dataclass(frozen=True)
+class Lake:
+    """A DuckLake: its catalog (a PostgreSQL database's libpq string) and its data folder."""
+
+    catalog: str
+    data: Path
+
+
+@dataclass(frozen=True)
+class LakeTemplate:
+    """A DuckLake built once per test process, which tests clone rather than build: PostgreSQL
+    copies the catalog (``CREATE DATABASE ... TEMPLATE``, a file copy on the server) and the
+    data folder is copied beside the test. Migrating an empty catalog and copying the shared
+    CRM into it cost about a minute of setup per test; a clone costs about a second."""
+
+    server: str  # the admin libpq string (``postgres_dsn``)
+    name: str
+    data: Path
+
+    @classmethod
+    def build(cls, server: str, folder: Path, fill: Callable[[duckdb.DuckDBPyConnection], None]):
+        """A migrated lake under ``folder``, then ``fill(conn)`` (one connection, closed after:
+        PostgreSQL copies a database only while nobody is connected to it)."""
+        name = _create_database(server)
+        data = folder / "lake"
+        conn = duckdb.connect(":memory:", config=OFFLINE_CONFIG)
+        try:
+            attach_lake(conn, _with_dbname(server, name), str(data))
+            conn.execute("SET TimeZone = 'UTC'")
+            migrate(conn)
+            fill(conn)
+        finally:
+            conn.close()
+        return cls(server, name, data)
+
+    @contextmanager
+    def clone(self, folder: Path) -> Iterator[Lake]:
+        """A copy of the lake with its files under ``folder`` (which must not exist), dropped
+        after the block."""
+        name = _create_database(self.server, template=self.name)
+        try:
+            lake = Lake(_with_dbname(self.server, name), folder)
+            self._copy_files(lake)
+            yield lake
+        finally:
+            _drop_database(self.server, name)
+
+    def restore(self, lake: Lake) -> bool:
+        """Make ``lake`` (same catalog name and folder) a copy of this one, if nobody is
+        connected to its catalog (PostgreSQL refuses to drop it then): whether it did."""
+        name = psycopg2.extensions.parse_dsn(lake.catalog)["dbname"]
+        try:
+            _drop_database(self.server, name, force=False)
+        except psycopg2.errors.ObjectInUse:
+            return False
+        _create_database(self.server, template=self.name, name=name)
+        shutil.rmtree(lake.data, ignore_errors=True)
+        self._copy_files(lake)
+        return True
+
+    def _copy_files(self, lake: Lake) -> None:
+        shutil.copytree(self.data, lake.data)
+        # The catalog names its data folder; the copy's files are elsewhere (the files'
+        # own paths are relative to it).
+        with closing(psycopg2.connect(lake.catalog)) as pg, pg, pg.cursor() as cursor:
+            cursor.execute(
+                "UPDATE ducklake_metadata SET value = %s WHERE key = 'data_path'",
+                [str(lake.data).rstrip("/") + "/"],
+            )
+
+    def drop(self) -> None:
+        _drop_database(self.server, self.name)
+
+
+class LakeTemplates:
+    """The lake templates of this test process, each built on first use: ``migrated()``, an
+    empty lake, and ``crm(crm, step)``, the shared CRM's state after ``step``."""
+
+    def __init__(self, server: str, folder: Path) -> None:
+        self.server, self.folder = server, folder
+        self.built: dict[str, LakeTemplate] = {}
+
+    def _get(self, key: str, fill: Callable[[duckdb.DuckDBPyConnection], None]) -> LakeTemplate:
+        if key not in self.built:
+            self.built[key] = LakeTemplate.build(self.server, self.folder / key, fill)
+        return self.built[key]
+
+    def migrated(self) -> LakeTemplate:
+        return self._get("migrated", lambda conn: None)
+
+    def crm(self, crm: SimulatedCrm, step: str) -> LakeTemplate:
+        database = crm.homes[step].database
+        key = f"{crm.config.contacts}-{crm.config.seed}-{step}"
+        return self._get(key, lambda conn: copy_into_lake(conn, database))
+
+
+def _create_database(server: str, *, template: str | None = None, name: str = "") -> str:
+    name = name or f"revorch_{uuid.uuid4().hex[:12]}"
+    with closing(psycopg2.connect(server)) as admin:
+        admin.autocommit = True
+        copy = f" TEMPLATE {template}" if template else ""
+        admin.cursor().execute(f"CREATE DATABASE {name}{copy}")
+    return name
+
+
+def _drop_database(server: str, name: str, *, force: bool = True) -> None:
+    with closing(psycopg2.connect(server)) as admin:
+        admin.autocommit = True
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}{' WITH (FORCE)' * force}")
+
+
+@pytest.fixture(scope="session")
+def lake_templates(
+    postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LakeTemplates]:
+    """This test process's lake templates (each built once, on first use), dropped at its end."""
+    templates = LakeTemplates(postgres_dsn, tmp_path_factory.mktemp("lake-templates"))
+    yield templates
+    for template in templates.built.values():
+        template.drop()
+
+
 @pytest.fixture
-def lake_store(postgres_database: str, tmp_path: Path):
-    """A StateStore on DuckLake: a fresh PostgreSQL catalog, files under ``tmp_path``."""
+def migrated_lake(lake_templates: LakeTemplates, tmp_path: Path) -> Iterator[Lake]:
+    """This test's own migrated, empty DuckLake (files under ``tmp_path``), dropped after it."""
+    with lake_templates.migrated().clone(tmp_path / "lake") as lake:
+        yield lake
+
+
+@pytest.fixture
+def lake_store(migrated_lake: Lake):
+    """A StateStore on this test's DuckLake (``migrated_lake``)."""
     from resources.state_store import StateStore
 
     return StateStore(
         database=":memory:",
         backend="ducklake",
-        catalog_dsn=postgres_database,
-        data_path=str(tmp_path / "lake"),
+        catalog_dsn=migrated_lake.catalog,
+        data_path=str(migrated_lake.data),
         clock="data",
     )
 
@@ -502,23 +642,45 @@ def copy_into_lake(conn: duckdb.DuckDBPyConnection, database: Path) -> None:
 
 
 @pytest.fixture
-def lake_home(copy_crm, postgres_database: str, tmp_path: Path, monkeypatch) -> CrmHome:
-    """The shared CRM after governance, its state copied into a fresh DuckLake, as this
-    process's environment (REVORCH_STATE_BACKEND=ducklake). Its published copy stays on disk:
-    readers must not read it."""
+def lake_home(
+    simulated_crm: SimulatedCrm,
+    lake_templates: LakeTemplates,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[CrmHome]:
+    """The shared CRM after governance, its state in this test's own DuckLake (a clone of its
+    template, ``lake_templates``), as this process's environment (REVORCH_STATE_BACKEND=ducklake).
+    Its published copy stays on disk: readers must not read it."""
     for name in list(os.environ):
         if name.startswith(("REVORCH_", "DAGSTER_")):
             monkeypatch.delenv(name)
+    home = simulated_crm.copy("governed", tmp_path / "crm-governed", into_lake=False)
     (tmp_path / "mcp.yaml").write_text("version: 1\nclients:\n  desk: {scopes: [read, propose]}\n")
-    lake = {
-        "REVORCH_STATE_BACKEND": "ducklake",
-        "REVORCH_DUCKLAKE_CATALOG": postgres_database,
-        "REVORCH_DUCKLAKE_DATA": str(tmp_path / "lake"),
-        "REVORCH_MCP_CONFIG": str(tmp_path / "mcp.yaml"),
-    }
-    for name, value in lake.items():
-        monkeypatch.setenv(name, value)
-    home = copy_crm("governed")  # on the lake now: the copy goes into it
-    monkeypatch.setenv("REVORCH_HOME", str(home.root))
-    monkeypatch.setenv("DAGSTER_HOME", str(home.root / "dagster"))
-    return home
+    with lake_templates.crm(simulated_crm, "governed").clone(tmp_path / "lake") as lake:
+        environment = {
+            "REVORCH_STATE_BACKEND": "ducklake",
+            "REVORCH_DUCKLAKE_CATALOG": lake.catalog,
+            "REVORCH_DUCKLAKE_DATA": str(lake.data),
+            "REVORCH_MCP_CONFIG": str(tmp_path / "mcp.yaml"),
+            "REVORCH_HOME": str(home.root),
+            "DAGSTER_HOME": str(home.root / "dagster"),
+        }
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        yield home
+
+
+def sent_actions_due_again() -> set[str]:
+    """On this test's lake (``lake_home``): the actions the shared CRM already sent made due
+    again (``ready``, as their next attempt; the trail keeps the last one); the ids of every
+    due action."""
+    with access.lake_writing() as conn:
+        conn.execute(
+            "UPDATE governance.actions SET status = 'ready', sent_at = NULL WHERE status = 'sent'"
+        )
+        return {
+            action
+            for (action,) in conn.execute(
+                "SELECT action_id FROM governance.actions WHERE status IN ('ready', 'approved')"
+            ).fetchall()
+        }

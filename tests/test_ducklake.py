@@ -53,8 +53,15 @@ def test_extensions_load_from_the_pinned_wheels_without_downloading():
 
 
 def test_migrations_apply_once_on_ducklake_even_from_writers_starting_together(
-    lake_store: StateStore,
+    postgres_database: str, tmp_path: Path
 ):
+    # An empty catalog (not ``lake_store``, a clone of a migrated lake): the writers migrate it.
+    lake_store = StateStore(
+        database=":memory:",
+        backend="ducklake",
+        catalog_dsn=postgres_database,
+        data_path=str(tmp_path / "lake"),
+    )
     errors: list[BaseException] = []
 
     def open_and_migrate() -> None:

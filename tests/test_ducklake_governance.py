@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CrmHome
+from conftest import CrmHome, sent_actions_due_again
 from revorch import settings
 from revorch.governance.approvals import Review, ReviewError, review
 from revorch.governance.audit import verify
@@ -150,16 +150,7 @@ def test_dispatchers_with_separate_journals_never_send_an_action_twice(
     """The first dispatcher has claimed its actions and is delivering them (its first
     request is held) when a second one, with its own journal (another machine), starts: the
     second leaves them to the first. The target receives each action once."""
-    with access.lake_writing() as conn:
-        conn.execute(
-            "UPDATE governance.actions SET status = 'ready', sent_at = NULL WHERE status = 'sent'"
-        )
-        due = {
-            a
-            for (a,) in conn.execute(
-                "SELECT action_id FROM governance.actions WHERE status IN ('ready', 'approved')"
-            ).fetchall()
-        }
+    due = sent_actions_due_again()
     assert len(due) > 1
     handler = type(
         "Receiver",

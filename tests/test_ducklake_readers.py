@@ -20,7 +20,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from starlette.applications import Starlette
 
-from conftest import CrmHome, serving_app
+from conftest import CrmHome, sent_actions_due_again, serving_app
 from revorch.server.inbox import InboxSettings, inbox_routes
 from revorch.state import access
 
@@ -168,17 +168,7 @@ AUDITED_WRITER = textwrap.dedent(
 def test_two_dispatchers_at_once_on_ducklake_send_every_action_once(lake_home: CrmHome):
     """Two dispatcher processes and an audited writer at the same time: each transaction that
     conflicts runs again; no process fails, and every due action is sent exactly once."""
-    with access.lake_writing() as conn:
-        # Sent once already: to be sent again, as their next attempt (the trail has the last).
-        conn.execute(
-            "UPDATE governance.actions SET status = 'ready', sent_at = NULL WHERE status = 'sent'"
-        )
-        due = {
-            a
-            for (a,) in conn.execute(
-                "SELECT action_id FROM governance.actions WHERE status IN ('ready', 'approved')"
-            ).fetchall()
-        }
+    due = sent_actions_due_again()
     assert due
     lake_home.outbox.unlink(missing_ok=True)
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -55,10 +55,11 @@ class Refreshed:
 
 
 def refresh(
-    conn: duckdb.DuckDBPyConnection, *, full: bool = False, slice_ids: int = SLICE_IDS
+    conn: duckdb.DuckDBPyConnection, *, full: bool = False, slice_ids: int | None = None
 ) -> Refreshed:
     """Bring ``governance.open_items`` up to date and move the watermarks on; call inside the
     transaction that records the proposals, so a proposal that dies moves nothing."""
+    slice_ids = slice_ids or SLICE_IDS
     lifecycle = load_lifecycle_config()
     # As the inputs are read here: the shipped feature declarations, the lifecycle config.
     models = ModelsConfig()

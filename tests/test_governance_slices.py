@@ -87,10 +87,11 @@ def test_sliced_governance_proposes_judges_and_sends_what_one_piece_does(
 ):
     source = simulated_crm.homes["decided"].database
     whole = governed(source, tmp_path / "whole", slice_rows=None)
-    # Slices of 7 actions and 5 open leads: many slices, with boundaries everywhere.
-    monkeypatch.setattr(open_items, "SLICE_IDS", 5)
-    sliced = governed(source, tmp_path / "sliced", slice_rows=7)
-    assert whole["proposed"] > 10 * 7, "too few actions to cross many slices"
+    # Slices of 97 actions and 400 contacts: several slices each, with boundaries everywhere.
+    monkeypatch.setattr(open_items, "SLICE_IDS", 400)
+    sliced = governed(source, tmp_path / "sliced", slice_rows=97)
+    assert whole["proposed"] > 5 * 97, "too few actions to cross several slices"
+    assert len(whole["open_items"]) > 2 * 400, "too few open leads to cross slices"
     assert whole["proposed"] < actions.SLICE_ROWS, "the whole run must be one slice"
     assert len({row[0] for row in whole["actions"]}) == whole["proposed"]
     assert whole["sent"] and len(set(whole["sent"])) == len(whole["sent"])

@@ -169,7 +169,8 @@ def approval_queue(
 
 
 # Not in the writer pool: the dispatcher waits on targets, and takes the DuckDB connection
-# only for two short transactions (decide, then record), so ingestion never waits on it.
+# only for short transactions (decide, then record, per slice of due actions), so ingestion
+# never waits on it.
 @dg.asset(
     key=DISPATCHED_ACTIONS,
     deps=[APPROVAL_QUEUE],

@@ -119,24 +119,40 @@ FOLLOW_UP_CADENCE = {
 }
 
 
+# Candidates proposed per slice: a slice's rows and audit events are all that is held in
+# Python at once (a first run proposes about 800,000 actions at a million contacts).
+SLICE_ROWS = 20_000
+CANDIDATE_SLICE_SQL = """
+SELECT * EXCLUDE (slice_row) FROM proposal_candidates
+WHERE slice_row > $after AND slice_row <= $after + $slice
+ORDER BY slice_row
+"""
+
+
 def propose(
     conn: duckdb.DuckDBPyConnection,
     *,
     run_id: str | None,
     anchor_path: Path | None,
     full: bool = False,
+    slice_rows: int = SLICE_ROWS,
 ) -> int:
     """Propose every new action; return how many. Each is recorded with a ``proposed``
     audit event (and a ``decided`` one for the agent decision behind it). Looks only at
     what changed since the last proposal (revorch/governance/open_items.py); ``full`` looks
-    at everything, and finds the same actions. On DuckLake a commit that conflicts with a
+    at everything, and finds the same actions. In one transaction, ``slice_rows`` candidates
+    at a time (in ``action_id`` order, as a whole). On DuckLake a commit that conflicts with a
     concurrent writer's runs again on the newer snapshot, which then holds what the other one
     proposed."""
-    return retry_conflicts(lambda: _propose(conn, run_id, anchor_path, full))
+    return retry_conflicts(lambda: _propose(conn, run_id, anchor_path, full, slice_rows))
 
 
 def _propose(
-    conn: duckdb.DuckDBPyConnection, run_id: str | None, anchor_path: Path | None, full: bool
+    conn: duckdb.DuckDBPyConnection,
+    run_id: str | None,
+    anchor_path: Path | None,
+    full: bool,
+    slice_rows: int,
 ) -> int:
     action_map = pl.DataFrame(
         [
@@ -144,6 +160,7 @@ def _propose(
             for (agent, rec), (t, e) in AGENT_ACTIONS.items()
         ]
     )
+    proposed = 0
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         # On DuckLake: conflict with an agent run recording decisions at the same time, so
         # the decisions mark (open_items.refresh) never passes a decision this snapshot lacks.
@@ -151,23 +168,28 @@ def _propose(
         refreshed = open_items.refresh(conn, full=full)
         conn.register("action_map", action_map)
         conn.register("proposal_scope", refreshed.items)
-        cursor = conn.execute(
-            CANDIDATES_SQL,
+        # Kept by DuckDB (spilling past its memory cap), read back a slice at a time.
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE proposal_candidates AS SELECT "
+            f"row_number() OVER (ORDER BY action_id) AS slice_row, * FROM ({CANDIDATES_SQL}\n)",
             {
                 "everything": sorted(refreshed.everything),
                 "decided_after": refreshed.decided_after,
             },
         )
-        names = [column[0] for column in cursor.description]
-        candidates = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         conn.unregister("action_map")
         conn.unregister("proposal_scope")
         now = clock.now(conn)
-        rows = [_action_row(c, now, run_id) for c in candidates]
-        for candidate, row in zip(candidates, rows, strict=True):
-            trail.extend(_proposal_events(candidate, row))
-        trail.extend(_refused_outputs(conn))
-        if rows:
+        after = 0
+        while True:
+            cursor = conn.execute(CANDIDATE_SLICE_SQL, {"after": after, "slice": slice_rows})
+            names = [column[0] for column in cursor.description]
+            candidates = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            if not candidates:
+                break
+            rows = [_action_row(c, now, run_id) for c in candidates]
+            for candidate, row in zip(candidates, rows, strict=True):
+                trail.extend(_proposal_events(candidate, row))
             frame = pl.DataFrame(rows, schema_overrides={"proposed_at": pl.Datetime("us", "UTC")})
             conn.register("new_actions", frame)
             conn.execute(
@@ -175,7 +197,12 @@ def _propose(
                 "SELECT *, proposed_at AS updated_at, 'proposed' AS status FROM new_actions"
             )
             conn.unregister("new_actions")
-    return len(rows)
+            trail.flush()
+            proposed += len(rows)
+            after += slice_rows
+        conn.execute("DROP TABLE proposal_candidates")
+        trail.extend(_refused_outputs(conn))
+    return proposed
 
 
 def _action_row(candidate: dict, now: datetime, run_id: str | None) -> dict:

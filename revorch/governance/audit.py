@@ -162,27 +162,48 @@ def _unanchored_rows_found(conn: duckdb.DuckDBPyConnection, anchor_path: Path) -
     ]
 
 
+class Trail(list):
+    """The events of one audited transaction. ``flush`` appends those gathered so far to the
+    chain (in the transaction) and forgets them, so a step that works through many actions
+    in slices holds one slice's events, not all of them; ``audited`` appends the rest when
+    the block ends. The chain is the same whether a step flushes or not."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
+        super().__init__()
+        self.conn = conn
+        self.run_id = run_id
+        self.appended = 0
+
+    def flush(self) -> None:
+        if not self:
+            return
+        if not self.appended:
+            # Two writers appending at once on DuckLake would both link to the same head:
+            # the claim makes the later commit conflict and roll back instead of forking.
+            claim(self.conn, "audit_log")
+        self.appended += append(self.conn, list(self), self.run_id)
+        self.clear()
+
+
 @contextmanager
 def audited(
     conn: duckdb.DuckDBPyConnection, *, run_id: str | None, anchor_path: Path | None
-) -> Iterator[list[AuditEvent]]:
-    """One transaction for a change and its audit events: add events to the yielded list."""
-    events: list[AuditEvent] = []
+) -> Iterator[Trail]:
+    """One transaction for a change and its audit events: add events to the yielded trail
+    (and ``flush`` it between slices of a large change)."""
     conn.execute("BEGIN TRANSACTION")
     try:
-        yield events
+        trail = Trail(conn, run_id)
+        # Found before the change: in this transaction only this trail appends to the chain.
         if anchor_path is not None:
-            events[:0] = _unanchored_rows_found(conn, anchor_path)
-        if events:
-            # Two writers appending at once on DuckLake would both link to the same head:
-            # the claim makes the later commit conflict and roll back instead of forking.
-            claim(conn, "audit_log")
-        append(conn, events, run_id)
+            trail.extend(_unanchored_rows_found(conn, anchor_path))
+        yield trail
+        trail.flush()
         conn.execute("COMMIT")
     except BaseException:
         rollback(conn)
         raise
-    if events and anchor_path is not None:
+    if trail.appended and anchor_path is not None:
         write_anchor(conn, anchor_path)
 
 

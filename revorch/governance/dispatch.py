@@ -33,6 +33,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -57,15 +58,27 @@ from revorch.state.backend import retry_conflicts
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
+# Due actions, a slice at a time in (proposed_at, action_id) order after the last one taken.
+# A ``sending`` action is taken again only if this journal claimed it (or none did: those
+# predate the claims, state store version 14).
 DUE_SQL = """
 SELECT action_id, action_type, source, decision_id, entity_type, entity_id, company_id, reason,
        CAST(payload AS VARCHAR) AS payload, CAST(facts AS VARCHAR) AS facts, status,
        approved_by, attempts, proposed_at, sending_journal
 FROM governance.actions
-WHERE status IN ('ready', 'approved', 'sending')
-   OR (status = 'retry' AND next_attempt_at <= $now)
+WHERE (status IN ('ready', 'approved')
+       OR (status = 'sending' AND coalesce(sending_journal, $journal) = $journal)
+       OR (status = 'retry' AND next_attempt_at <= $now))
+  AND ($after_at::TIMESTAMPTZ IS NULL OR proposed_at > $after_at
+       OR (proposed_at = $after_at AND action_id > $after_id))
 ORDER BY proposed_at, action_id
+LIMIT $slice
 """
+
+# Due actions decided, delivered and recorded per slice: a slice's actions, messages and audit
+# events are all that is held in Python at once (a first run's backlog is about 700,000
+# actions at a million contacts).
+SLICE_ROWS = 20_000
 
 ATTEMPTED_SQL = """
 SELECT action_id, action_type, entity_type, entity_id, company_id, attempts
@@ -105,11 +118,15 @@ def dispatch(
     anchor_path: Path | None,
     max_attempts: int = 5,
     now: datetime | None = None,
+    slice_rows: int = SLICE_ROWS,
 ) -> DispatchReport:
-    """Send every due action that the policy allows now; see the module docstring.
+    """Send every due action that the policy allows now; see the module docstring. Steps 2-4
+    run once per slice of ``slice_rows`` due actions, in (proposed_at, action_id) order, so a
+    large backlog is never held in memory whole.
 
     ``connect`` opens a short DuckDB connection (``StateStore.get_connection``); it is called
-    twice, and no connection is open while the target is waited on."""
+    once, then once per slice delivered, and no connection is open while the target is
+    waited on."""
     report = DispatchReport()
     with open_journal(journal_path) as journal:
         with connect() as conn:
@@ -121,26 +138,93 @@ def dispatch(
                 lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
             )
             report.repairs = target.repair()
-            go, messages = retry_conflicts(
-                lambda: _decide(conn, policy, target, report, now, run_id, anchor_path, journal.id)
+            go, messages, after = _decide_next(
+                conn,
+                policy,
+                target,
+                report,
+                now,
+                run_id,
+                anchor_path,
+                journal.id,
+                None,
+                slice_rows,
+                report.repairs,
             )
-        for start in range(0, len(go), target.batch_size):
-            batch = go[start : start + target.batch_size]
-            attempts = [(action["action_id"], action["attempts"] + 1) for action in batch]
-            journal.started(attempts, target.name, run_id)
-            deliveries = target.deliver(messages[start : start + target.batch_size])
-            journal.finished(
-                [
-                    (action_id, n, d.ok, d.retryable, d.detail)
-                    for (action_id, n), d in zip(attempts, deliveries, strict=True)
-                ]
-            )
-        if go:
+        while go:
+            _deliver(journal, target, go, messages, run_id)
+            go = messages = []  # delivered: not held while the next slice is decided
             with connect() as conn:
                 retry_conflicts(
                     lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
                 )
+                if after is not None:
+                    go, messages, after = _decide_next(
+                        conn,
+                        policy,
+                        target,
+                        report,
+                        now,
+                        run_id,
+                        anchor_path,
+                        journal.id,
+                        after,
+                        slice_rows,
+                        [],
+                    )
     return report
+
+
+def _decide_next(
+    conn: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    target: Target,
+    report: DispatchReport,
+    now: datetime,
+    run_id: str | None,
+    anchor_path: Path | None,
+    journal_id: str,
+    after: tuple[datetime, str] | None,
+    slice_rows: int,
+    repairs: list[dict],
+) -> tuple[list[dict], list[dict], tuple[datetime, str] | None]:
+    """Decide slices from ``after`` on until one has actions to send or none is left."""
+    while True:
+        decide = partial(
+            _decide,
+            conn,
+            policy,
+            target,
+            report,
+            now,
+            run_id,
+            anchor_path,
+            journal_id,
+            after=after,
+            slice_rows=slice_rows,
+            repairs=repairs,
+        )
+        go, messages, after = retry_conflicts(decide)
+        repairs = []
+        if go or after is None:
+            return go, messages, after
+
+
+def _deliver(
+    journal: Journal, target: Target, go: list[dict], messages: list[dict], run_id: str | None
+) -> None:
+    """Deliver with no DuckDB connection open: each batch journaled before and after."""
+    for start in range(0, len(go), target.batch_size):
+        batch = go[start : start + target.batch_size]
+        attempts = [(action["action_id"], action["attempts"] + 1) for action in batch]
+        journal.started(attempts, target.name, run_id)
+        deliveries = target.deliver(messages[start : start + target.batch_size])
+        journal.finished(
+            [
+                (action_id, n, d.ok, d.retryable, d.detail)
+                for (action_id, n), d in zip(attempts, deliveries, strict=True)
+            ]
+        )
 
 
 def _decide(
@@ -152,9 +236,14 @@ def _decide(
     run_id: str | None,
     anchor_path: Path | None,
     journal_id: str,
-) -> tuple[list[dict], list[dict]]:
-    """Judge every due action again; mark those to send ``sending``, claimed by this
-    dispatcher's journal; build their messages.
+    *,
+    after: tuple[datetime, str] | None,
+    slice_rows: int,
+    repairs: list[dict],
+) -> tuple[list[dict], list[dict], tuple[datetime, str] | None]:
+    """Judge the next ``slice_rows`` due actions (those after ``after``) again; mark those to
+    send ``sending``, claimed by this dispatcher's journal; build their messages. Returns
+    them and where the next slice starts (None: no slice is left).
 
     An action already ``sending`` is taken again only if this journal claimed it (an attempt
     of ours that died): one another dispatcher claimed is being delivered by it, on this
@@ -163,16 +252,22 @@ def _decide(
     # Read in the transaction that marks them: on DuckLake a concurrent dispatcher's marks
     # then make this commit conflict instead of being overwritten.
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
-        cursor = conn.execute(DUE_SQL, {"now": now})
+        cursor = conn.execute(
+            DUE_SQL,
+            {
+                "now": now,
+                "journal": journal_id,
+                "after_at": after[0] if after else None,
+                "after_id": after[1] if after else None,
+                "slice": slice_rows,
+            },
+        )
         names = [column[0] for column in cursor.description]
         due = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        # Unclaimed ``sending`` rows predate the claims (state store version 14).
-        due = [
-            a for a in due if a["status"] != "sending" or a["sending_journal"] in (None, journal_id)
-        ]
-        trail.extend(AuditEvent("outbox_repaired", "dispatcher", r) for r in report.repairs)
+        trail.extend(AuditEvent("outbox_repaired", "dispatcher", r) for r in repairs)
         if not due:
-            return [], []
+            return [], [], None
+        following = (due[-1]["proposed_at"], due[-1]["action_id"])
         record_policy_version(conn, policy)
         for action in due:  # parsed once: screened, judged and sent from the same dict
             action["payload"] = json.loads(action["payload"])
@@ -219,7 +314,8 @@ def _decide(
         update_actions(conn, updates)
     report.outcomes.update(outcomes)
     originals = _personal_data(conn, go, policy)
-    return go, [_message(action, originals.get(action["decision_id"])) for action in go]
+    messages = [_message(action, originals.get(action["decision_id"])) for action in go]
+    return go, messages, following if len(due) == slice_rows else None
 
 
 def _fold(

@@ -29,6 +29,14 @@ from revorch.agents.registry import INPUTS, input_clock
 from revorch.lifecycle.config import load_lifecycle_config
 
 DECISIONS = "proposals/decisions"
+# Reading every item of an agent (a first run, a full rebuild), ids are read this many at a
+# time from a superset of the agent's items (the reader keeps the open ones), so no more
+# than a slice's inputs are held in Python: about 700,000 open leads at a million contacts.
+SLICE_IDS = 50_000
+ALL_IDS = {
+    "lead_qualification": "SELECT DISTINCT entity_id FROM stages.entity_stages "
+    "WHERE entity_type = 'contact' ORDER BY entity_id",
+}
 
 
 def watermark(agent: str) -> str:
@@ -46,9 +54,12 @@ class Refreshed:
     decided_upto: datetime | None  # the newest decision seen now (the next mark)
 
 
-def refresh(conn: duckdb.DuckDBPyConnection, *, full: bool = False) -> Refreshed:
+def refresh(
+    conn: duckdb.DuckDBPyConnection, *, full: bool = False, slice_ids: int | None = None
+) -> Refreshed:
     """Bring ``governance.open_items`` up to date and move the watermarks on; call inside the
     transaction that records the proposals, so a proposal that dies moves nothing."""
+    slice_ids = slice_ids or SLICE_IDS
     lifecycle = load_lifecycle_config()
     # As the inputs are read here: the shipped feature declarations, the lifecycle config.
     models = ModelsConfig()
@@ -67,10 +78,14 @@ def refresh(conn: duckdb.DuckDBPyConnection, *, full: bool = False) -> Refreshed
         by_config = {"config": lifecycle} if agent == "renewal_risk" else {}
         if scope.ids is None:
             everything.add(agent)
-            items = read(conn, **by_config)
             conn.execute("DELETE FROM governance.open_items WHERE agent = ?", [agent])
+            if agent in ALL_IDS:
+                ids = [entity_id for (entity_id,) in conn.execute(ALL_IDS[agent]).fetchall()]
+                for start in range(0, len(ids), slice_ids):
+                    _insert(conn, agent, read(conn, ids[start : start + slice_ids], **by_config))
+            else:
+                _insert(conn, agent, read(conn, **by_config))
         else:
-            items = read(conn, scope.ids, **by_config) if scope.ids else []
             pairs += [(agent, entity_id) for entity_id in scope.ids]
             if scope.ids:
                 conn.execute(
@@ -78,17 +93,7 @@ def refresh(conn: duckdb.DuckDBPyConnection, *, full: bool = False) -> Refreshed
                     "WHERE agent = ? AND entity_id IN (SELECT unnest(?))",
                     [agent, scope.ids],
                 )
-        if items:
-            rows = pl.DataFrame(
-                {
-                    "agent": agent,
-                    "entity_id": [str(item["id"]) for item in items],
-                    "input_hash": [input_hash(item) for item in items],
-                }
-            )
-            conn.register("refreshed_items", rows)
-            conn.execute("INSERT INTO governance.open_items BY NAME SELECT * FROM refreshed_items")
-            conn.unregister("refreshed_items")
+                _insert(conn, agent, read(conn, scope.ids, **by_config))
         incremental.save(conn, watermark(agent), scope.seen)
     last = conn.execute(
         "SELECT as_of FROM agents.watermarks WHERE agent = ?", [DECISIONS]
@@ -102,3 +107,19 @@ def refresh(conn: duckdb.DuckDBPyConnection, *, full: bool = False) -> Refreshed
         None if full or last is None else last[0],
         upto,
     )
+
+
+def _insert(conn: duckdb.DuckDBPyConnection, agent: str, items: list[dict]) -> None:
+    """Record the open items read, with their input hashes."""
+    if not items:
+        return
+    rows = pl.DataFrame(
+        {
+            "agent": agent,
+            "entity_id": [str(item["id"]) for item in items],
+            "input_hash": [input_hash(item) for item in items],
+        }
+    )
+    conn.register("refreshed_items", rows)
+    conn.execute("INSERT INTO governance.open_items BY NAME SELECT * FROM refreshed_items")
+    conn.unregister("refreshed_items")

@@ -72,6 +72,21 @@ def judge(policy: Policy, action: dict, screen: Screen) -> Judgement:
     return screened(judgement, screen.findings(payload_of(action)))
 
 
+# Actions judged per slice: a slice's rows, verdicts and audit events are all that is held
+# in Python at once (a first run proposes about 700,000 actions at a million contacts).
+SLICE_ROWS = 20_000
+
+PROPOSED_SQL = """
+SELECT action_id, action_type, source, entity_type, entity_id, company_id,
+       CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload
+FROM governance.actions
+WHERE status = 'proposed' AND action_id > $after
+  AND ($only::VARCHAR[] IS NULL OR action_id IN (SELECT unnest($only::VARCHAR[])))
+ORDER BY action_id
+LIMIT $slice
+"""
+
+
 def judge_proposed(
     conn: duckdb.DuckDBPyConnection,
     policy: Policy,
@@ -80,12 +95,14 @@ def judge_proposed(
     anchor_path: Path | None,
     now: datetime | None = None,
     only: list[str] | None = None,
+    slice_rows: int = SLICE_ROWS,
 ) -> Counter:
     """Judge every action still ``proposed`` (or those of them in ``only``); return the count
-    of each verdict. On DuckLake a commit that conflicts with a concurrent writer's runs again
-    on the newer snapshot (``retry_conflicts``)."""
+    of each verdict. In one transaction, ``slice_rows`` actions at a time (in ``action_id``
+    order, as a whole). On DuckLake a commit that conflicts with a concurrent writer's runs
+    again on the newer snapshot (``retry_conflicts``)."""
     now = now or clock.now(conn)
-    return retry_conflicts(lambda: _judge(conn, policy, run_id, anchor_path, now, only))
+    return retry_conflicts(lambda: _judge(conn, policy, run_id, anchor_path, now, only, slice_rows))
 
 
 def _judge(
@@ -95,49 +112,62 @@ def _judge(
     anchor_path: Path | None,
     now: datetime,
     only: list[str] | None,
+    slice_rows: int,
 ) -> Counter:
-    due = now + timedelta(hours=policy.approvals.sla_hours)
     verdicts: Counter = Counter()
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         record_policy_version(conn, policy)
-        cursor = conn.execute(
-            "SELECT action_id, action_type, source, entity_type, entity_id, company_id, "
-            "CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload "
-            "FROM governance.actions "
-            "WHERE status = 'proposed' AND (? OR list_contains(?, action_id)) "
-            "ORDER BY action_id",
-            [only is None, only or []],
-        )
-        names = [column[0] for column in cursor.description]
-        judged = []
-        actions = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
-        # A held-out entity's action is withheld unless the rules forbid it outright: forbid,
-        # then withhold, then approve (a person need not review what will not be sent).
-        arms, events = assign(conn, policy.holdouts, policy.digest, actions, now=now, run_id=run_id)
-        trail.extend(events)
         screen = Screen.from_state(conn)
-        for action in actions:
-            judgement = judge(policy, action, screen)
-            if arms.get(action["action_id"]) == HOLDOUT and judgement.verdict != "forbid":
-                playbook = playbook_of(action["source"], action["action_type"])
-                verdicts["withhold"] += 1
-                trail.append(withheld_event(action, playbook, policy.digest, "proposal"))
-                judged.append(withheld_update(action, playbook, policy.digest))
-                continue
-            verdicts[judgement.verdict] += 1
-            trail.append(verdict_event(action, judgement, "proposal"))
-            judged.append(
-                {
-                    "action_id": action["action_id"],
-                    "status": STATUS_FOR[judgement.verdict],
-                    "verdict": judgement.verdict,
-                    "policy_version": judgement.policy_version,
-                    "verdict_rules": list(judgement.rules),
-                    "approval_due_at": due if judgement.verdict == "approve" else None,
-                    "resolution": f"forbidden by {', '.join(judgement.rules)}"
-                    if judgement.verdict == "forbid"
-                    else None,
-                }
-            )
-        update_actions(conn, judged)
+        after = ""
+        while True:
+            cursor = conn.execute(PROPOSED_SQL, {"after": after, "only": only, "slice": slice_rows})
+            names = [column[0] for column in cursor.description]
+            actions = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+            if not actions:
+                break
+            _judge_slice(conn, policy, actions, screen, verdicts, trail, now, run_id)
+            trail.flush()
+            after = actions[-1]["action_id"]
     return verdicts
+
+
+def _judge_slice(
+    conn: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    actions: list[dict],
+    screen: Screen,
+    verdicts: Counter,
+    trail: list[AuditEvent],
+    now: datetime,
+    run_id: str | None,
+) -> None:
+    due = now + timedelta(hours=policy.approvals.sla_hours)
+    judged = []
+    # A held-out entity's action is withheld unless the rules forbid it outright: forbid,
+    # then withhold, then approve (a person need not review what will not be sent).
+    arms, events = assign(conn, policy.holdouts, policy.digest, actions, now=now, run_id=run_id)
+    trail.extend(events)
+    for action in actions:
+        judgement = judge(policy, action, screen)
+        if arms.get(action["action_id"]) == HOLDOUT and judgement.verdict != "forbid":
+            playbook = playbook_of(action["source"], action["action_type"])
+            verdicts["withhold"] += 1
+            trail.append(withheld_event(action, playbook, policy.digest, "proposal"))
+            judged.append(withheld_update(action, playbook, policy.digest))
+            continue
+        verdicts[judgement.verdict] += 1
+        trail.append(verdict_event(action, judgement, "proposal"))
+        judged.append(
+            {
+                "action_id": action["action_id"],
+                "status": STATUS_FOR[judgement.verdict],
+                "verdict": judgement.verdict,
+                "policy_version": judgement.policy_version,
+                "verdict_rules": list(judgement.rules),
+                "approval_due_at": due if judgement.verdict == "approve" else None,
+                "resolution": f"forbidden by {', '.join(judgement.rules)}"
+                if judgement.verdict == "forbid"
+                else None,
+            }
+        )
+    update_actions(conn, judged)

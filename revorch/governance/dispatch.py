@@ -138,19 +138,19 @@ def dispatch(
                 lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
             )
             report.repairs = target.repair()
-            go, messages, after = _decide_next(
-                conn,
-                policy,
-                target,
-                report,
-                now,
-                run_id,
-                anchor_path,
-                journal.id,
-                None,
-                slice_rows,
-                report.repairs,
+            # Steps 2-4 for one slice, given the connection and where the slice starts.
+            decide = partial(
+                _decide,
+                policy=policy,
+                target=target,
+                report=report,
+                now=now,
+                run_id=run_id,
+                anchor_path=anchor_path,
+                journal_id=journal.id,
+                slice_rows=slice_rows,
             )
+            go, messages, after = _decide_next(conn, decide, None, report.repairs)
         while go:
             _deliver(journal, target, go, messages, run_id)
             go = messages = []  # delivered: not held while the next slice is decided
@@ -159,52 +159,19 @@ def dispatch(
                     lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
                 )
                 if after is not None:
-                    go, messages, after = _decide_next(
-                        conn,
-                        policy,
-                        target,
-                        report,
-                        now,
-                        run_id,
-                        anchor_path,
-                        journal.id,
-                        after,
-                        slice_rows,
-                        [],
-                    )
+                    go, messages, after = _decide_next(conn, decide, after, [])
     return report
 
 
 def _decide_next(
     conn: duckdb.DuckDBPyConnection,
-    policy: Policy,
-    target: Target,
-    report: DispatchReport,
-    now: datetime,
-    run_id: str | None,
-    anchor_path: Path | None,
-    journal_id: str,
+    decide: Callable[..., tuple[list[dict], list[dict], tuple[datetime, str] | None]],
     after: tuple[datetime, str] | None,
-    slice_rows: int,
     repairs: list[dict],
 ) -> tuple[list[dict], list[dict], tuple[datetime, str] | None]:
     """Decide slices from ``after`` on until one has actions to send or none is left."""
     while True:
-        decide = partial(
-            _decide,
-            conn,
-            policy,
-            target,
-            report,
-            now,
-            run_id,
-            anchor_path,
-            journal_id,
-            after=after,
-            slice_rows=slice_rows,
-            repairs=repairs,
-        )
-        go, messages, after = retry_conflicts(decide)
+        go, messages, after = retry_conflicts(partial(decide, conn, after=after, repairs=repairs))
         repairs = []
         if go or after is None:
             return go, messages, after

@@ -41,19 +41,12 @@ import duckdb
 from revorch import clock
 from revorch.agents.redact import known_names, pseudonymise, restore
 from revorch.governance.audit import AuditEvent, audited
-from revorch.governance.holdouts import (
-    HOLDOUT,
-    assign,
-    playbook_of,
-    withheld_event,
-    withheld_update,
-)
 from revorch.governance.journal import Attempt, Journal, open_journal
 from revorch.governance.policy import Policy
 from revorch.governance.screen import Screen
 from revorch.governance.status import update_actions
 from revorch.governance.targets import Target
-from revorch.governance.verdicts import judge, record_policy_version, verdict_event
+from revorch.governance.verdicts import judge_each, record_policy_version
 from revorch.state.backend import retry_conflicts
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
@@ -242,20 +235,16 @@ def _decide(
         screen = Screen.from_state(conn, [action["payload"] for action in due])
         updates: list[dict] = []
         go = []
-        # A held-out entity gets nothing, whatever was decided before: withheld, audited
-        # (a forbidden action stays forbidden: it is not sent either).
-        arms, events = assign(conn, policy.holdouts, policy.digest, due, now=now, run_id=run_id)
-        trail.extend(events)
-        for action in due:
-            # The model's words are screened here, just before they would leave.
-            judgement = judge(policy, action, screen)
-            if arms.get(action["action_id"]) == HOLDOUT and judgement.verdict != "forbid":
-                playbook = playbook_of(action["source"], action["action_type"])
-                trail.append(withheld_event(action, playbook, policy.digest, "dispatch"))
-                updates.append(withheld_update(action, playbook, policy.digest))
+        # Judged again, the model's words screened just before they would leave. A held-out
+        # entity gets nothing, whatever was decided before: withheld, audited (a forbidden
+        # action stays forbidden: it is not sent either).
+        for action, judgement, withheld in judge_each(
+            conn, policy, due, screen, trail, "dispatch", now=now, run_id=run_id
+        ):
+            if withheld is not None:
+                updates.append(withheld)
                 outcomes["withheld"] += 1
                 continue
-            trail.append(verdict_event(action, judgement, "dispatch"))
             update = {
                 "action_id": action["action_id"],
                 "verdict": judgement.verdict,

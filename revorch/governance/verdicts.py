@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -131,6 +132,34 @@ def _judge(
     return verdicts
 
 
+def judge_each(
+    conn: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    actions: list[dict],
+    screen: Screen,
+    trail: list[AuditEvent],
+    when: str,
+    *,
+    now: datetime,
+    run_id: str | None,
+) -> Iterator[tuple[dict, Judgement, dict | None]]:
+    """Each action with the policy's judgement and, for one withheld, its update; the verdict
+    or withheld event goes into ``trail`` first. A held-out entity's action is withheld
+    unless the rules forbid it outright: forbid, then withhold, then approve (a person need
+    not review, nor a dispatcher send, what a holdout keeps back)."""
+    arms, events = assign(conn, policy.holdouts, policy.digest, actions, now=now, run_id=run_id)
+    trail.extend(events)
+    for action in actions:
+        judgement = judge(policy, action, screen)
+        if arms.get(action["action_id"]) == HOLDOUT and judgement.verdict != "forbid":
+            playbook = playbook_of(action["source"], action["action_type"])
+            trail.append(withheld_event(action, playbook, policy.digest, when))
+            yield action, judgement, withheld_update(action, playbook, policy.digest)
+        else:
+            trail.append(verdict_event(action, judgement, when))
+            yield action, judgement, None
+
+
 def _judge_slice(
     conn: duckdb.DuckDBPyConnection,
     policy: Policy,
@@ -143,20 +172,14 @@ def _judge_slice(
 ) -> None:
     due = now + timedelta(hours=policy.approvals.sla_hours)
     judged = []
-    # A held-out entity's action is withheld unless the rules forbid it outright: forbid,
-    # then withhold, then approve (a person need not review what will not be sent).
-    arms, events = assign(conn, policy.holdouts, policy.digest, actions, now=now, run_id=run_id)
-    trail.extend(events)
-    for action in actions:
-        judgement = judge(policy, action, screen)
-        if arms.get(action["action_id"]) == HOLDOUT and judgement.verdict != "forbid":
-            playbook = playbook_of(action["source"], action["action_type"])
+    for action, judgement, withheld in judge_each(
+        conn, policy, actions, screen, trail, "proposal", now=now, run_id=run_id
+    ):
+        if withheld is not None:
             verdicts["withhold"] += 1
-            trail.append(withheld_event(action, playbook, policy.digest, "proposal"))
-            judged.append(withheld_update(action, playbook, policy.digest))
+            judged.append(withheld)
             continue
         verdicts[judgement.verdict] += 1
-        trail.append(verdict_event(action, judgement, "proposal"))
         judged.append(
             {
                 "action_id": action["action_id"],

@@ -3,6 +3,8 @@
     .venv/bin/python bench/pipeline.py                         # 10k, 100k and 1M contacts
     .venv/bin/python bench/pipeline.py --sizes 10000 100000    # without the long 1M first run
     .venv/bin/python bench/pipeline.py --sizes 1000000 --json out.jsonl   # one size, rows kept
+    .venv/bin/python bench/pipeline.py --sizes 1000000 --keep              # keep its home, then
+    .venv/bin/python bench/pipeline.py --from /tmp/revorch-pipeline-1000000-xyz   # incremental
 
 For each size, in a fresh REVORCH_HOME (its own Dagster instance, the LLM tier off):
 
@@ -12,6 +14,10 @@ For each size, in a fresh REVORCH_HOME (its own Dagster instance, the LLM tier o
 - first run: `revorch ingest` (every asset, check, agent and governance step of revorch_main);
 - incremental: 1,000 contacts changed (a new job title each, one landed batch), then
   `revorch ingest` again; `--incremental-runs` times, each with 1,000 other contacts.
+
+``--from HOME`` measures incremental runs only, on a copy of a home an earlier ``--keep`` left
+(its size is read from it): one untimed `revorch ingest` first, so the code under test applies
+its migrations and fills what it keeps, then the incremental runs as above.
 
 Each `revorch ingest` is a child process: CPU seconds (user + system, DuckDB's threads
 included) and peak resident memory come from that child's own rusage (os.wait4); the load
@@ -133,9 +139,13 @@ def exponent(small: tuple[int, float], large: tuple[int, float]) -> float:
     return math.log(large[1] / small[1]) / math.log(large[0] / small[0])
 
 
-def run_size(contacts: int, incremental_runs: int, keep: bool) -> list[dict]:
+def run_size(
+    contacts: int, incremental_runs: int, keep: bool, source: Path | None = None
+) -> list[dict]:
     home = Path(tempfile.mkdtemp(prefix=f"revorch-pipeline-{contacts}-"))
     env = environment(home)
+    # Rounds already landed in a copied home would be duplicates (same event ids): go on after.
+    first_round = 1 + len(list((source or home).glob("landing/*/bench-*")))
     rows = []
 
     def row(case: str, figures: dict, floor_cpu: float, events: int) -> None:
@@ -151,13 +161,19 @@ def run_size(contacts: int, incremental_runs: int, keep: bool) -> list[dict]:
         )
 
     try:
-        simulate = [str(REVORCH), "simulate", "--contacts", str(contacts)]
-        simulated = measured(simulate, env)
-        took = f"{simulated['wall_s']:.0f} s wall, {simulated['cpu_s']:.0f} s CPU"
-        print(f"<!-- {contacts:,} contacts simulated in {took} -->", flush=True)
-        bottom = floor(home)
-        row("first run", measured([str(REVORCH), "ingest"], env), bottom["cpu_s"], bottom["events"])
-        for round_ in range(1, incremental_runs + 1):
+        if source:
+            shutil.copytree(source, home, dirs_exist_ok=True)
+            settled = measured([str(REVORCH), "ingest"], env)
+            print(f"<!-- copied {source}; untimed settling run: {settled['cpu_s']:.1f} CPU s -->")
+        else:
+            simulate = [str(REVORCH), "simulate", "--contacts", str(contacts)]
+            simulated = measured(simulate, env)
+            took = f"{simulated['wall_s']:.0f} s wall, {simulated['cpu_s']:.0f} s CPU"
+            print(f"<!-- {contacts:,} contacts simulated in {took} -->", flush=True)
+            bottom = floor(home)
+            first = measured([str(REVORCH), "ingest"], env)
+            row("first run", first, bottom["cpu_s"], bottom["events"])
+        for round_ in range(first_round, first_round + incremental_runs):
             change_contacts(home, round_)
             bottom = floor(home)
             figures = measured([str(REVORCH), "ingest"], env)
@@ -176,6 +192,9 @@ def main() -> None:
     parser.add_argument("--incremental-runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="append every row as a JSON line here")
     parser.add_argument("--keep", action="store_true", help="keep each size's REVORCH_HOME")
+    parser.add_argument(
+        "--from", dest="source", type=Path, help="incremental runs on a copy of this kept home"
+    )
     parser.add_argument("--floor", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor is not None:
@@ -188,8 +207,13 @@ def main() -> None:
           "| floor CPU s | CPU / floor |")  # fmt: skip
     print("|---:|---|---:|---:|---:|---:|---|---:|---:|")
     results: list[dict] = []
+    if args.source:
+        import duckdb
+
+        with duckdb.connect(str(args.source / "revorch.duckdb"), read_only=True) as conn:
+            args.sizes = [conn.execute("SELECT count(*) FROM contacts").fetchone()[0]]
     for contacts in args.sizes:
-        rows = run_size(contacts, args.incremental_runs, args.keep)
+        rows = run_size(contacts, args.incremental_runs, args.keep, args.source)
         results += rows
         if args.json:
             with args.json.open("a") as out:

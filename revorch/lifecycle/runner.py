@@ -57,6 +57,13 @@ WHERE company_id IS NOT NULL AND (
 
 ALL_ACCOUNTS_SQL = "SELECT DISTINCT company_id FROM subscriptions WHERE company_id IS NOT NULL"
 
+# Which keys each refresh recomputed, at which load and clock: what reads a table after it (a
+# keyed table, an agent, a metric) asks for the keys recomputed since its own watermark.
+REFRESHES_SQL = (
+    "CREATE TABLE IF NOT EXISTS stages.keyed_refreshes (table_name VARCHAR NOT NULL, "
+    "key VARCHAR NOT NULL, load_id BIGINT, as_of TIMESTAMPTZ)"
+)
+
 
 @dataclass(frozen=True)
 class LifecycleRefresh:
@@ -152,6 +159,7 @@ def _refresh(
             points = conn.execute(points_sql, args).pl()
             result = fold(points, machine)
         _replace(conn, entity_type, result)
+        record_recomputed(conn, watermark, "entity_id", upto, as_of)
         # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
         conn.execute("DELETE FROM state_watermarks WHERE name = ?", [watermark])
         conn.execute(
@@ -192,6 +200,24 @@ def _replace(conn: duckdb.DuckDBPyConnection, entity_type: str, result: FoldResu
             [entity_type],
         )
         conn.unregister("folded")
+
+
+def record_recomputed(
+    conn: duckdb.DuckDBPyConnection, name: str, column: str, load_id: int, as_of
+) -> None:
+    """Record the keys of the temp table ``scope`` (its ``column``) as recomputed by ``name``
+    at ``load_id`` and ``as_of``, in stages.keyed_refreshes (the newest refresh of each key)."""
+    conn.execute(REFRESHES_SQL)
+    conn.execute(
+        "DELETE FROM stages.keyed_refreshes WHERE table_name = ? "
+        f"AND key IN (SELECT {column} FROM scope)",
+        [name],
+    )
+    conn.execute(
+        f"INSERT INTO stages.keyed_refreshes SELECT DISTINCT ?, {column}, ?, ? FROM scope "
+        f"WHERE {column} IS NOT NULL",
+        [name, load_id, as_of],
+    )
 
 
 def _watermark(conn: duckdb.DuckDBPyConnection, name: str):

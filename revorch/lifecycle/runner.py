@@ -8,6 +8,7 @@ never depends on how changes were batched: a full rebuild gives the same rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,9 +30,19 @@ WITH touched AS (
 )
 SELECT object_id FROM touched WHERE object_type = 'contact'
 UNION
-SELECT (c.properties->>'contact_id') FROM change_log AS c
-JOIN touched AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
-WHERE c.object_type IN ('deal', 'activity') AND (c.properties->>'contact_id') IS NOT NULL
+SELECT r.contact_id FROM stages.contact_references AS r
+JOIN touched AS t ON t.object_type = r.object_type AND t.object_id = r.object_id
+"""
+
+# Every contact a deal or activity named, by the change that named it: the contact scope reads
+# these few columns, not the properties of every deal and activity change in the change log.
+# Kept in the contact lifecycle's transaction, so it holds every load up to its watermark.
+CONTACT_REFERENCES = "stages.contact_references"
+CONTACT_REFERENCES_SQL = """
+SELECT DISTINCT object_type, object_id, properties->>'contact_id' AS contact_id
+FROM change_log
+WHERE object_type IN ('deal', 'activity') AND (properties->>'contact_id') IS NOT NULL
+  AND load_id > $since AND load_id <= $upto
 """
 
 ALL_CONTACTS_SQL = "SELECT DISTINCT object_id FROM change_log WHERE object_type = 'contact'"
@@ -96,7 +107,29 @@ def refresh_contact_lifecycle(
         scope_parameters={},
         machine=contacts,
         full_rebuild=full_rebuild,
+        keep=_keep_contact_references,
     )
+
+
+def _keep_contact_references(
+    conn: duckdb.DuckDBPyConnection, since: int, upto: int, full_rebuild: bool
+) -> None:
+    """Add the loads after ``since`` up to ``upto`` to stages.contact_references (all of them
+    when it does not exist yet, or on a full rebuild)."""
+    exists = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
+        [CONTACT_REFERENCES],
+    ).fetchone()[0]
+    if full_rebuild or not exists:
+        conn.execute(
+            f"CREATE OR REPLACE TABLE {CONTACT_REFERENCES} AS {CONTACT_REFERENCES_SQL}",
+            {"since": -1, "upto": upto},
+        )
+    else:
+        conn.execute(
+            f"INSERT INTO {CONTACT_REFERENCES} {CONTACT_REFERENCES_SQL}",
+            {"since": since, "upto": upto},
+        )
 
 
 def refresh_account_lifecycle(
@@ -133,11 +166,14 @@ def _refresh(
     machine,
     full_rebuild: bool,
     time_based: bool = False,
+    keep: Callable[[duckdb.DuckDBPyConnection, int, int, bool], None] | None = None,
 ) -> LifecycleRefresh:
     conn.execute("BEGIN TRANSACTION")
     try:
         since, previous_as_of = _watermark(conn, watermark)
         upto = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
+        if keep:  # what the scope reads, brought up to the loads this refresh sees
+            keep(conn, since, upto, full_rebuild)
         as_of = clock.now(conn)
         if full_rebuild:
             scope_args = {}

@@ -102,6 +102,13 @@ def test_metric_tables_follow_the_change_and_equal_a_full_recompute(crm, tmp_pat
                 "GROUP BY contact_id ORDER BY contact_id LIMIT 4"
             ).fetchall()
         ]
+        # The touch moves to a contact it becomes the first touch of: a minute after its
+        # first SLA entry.
+        entered = conn.execute(
+            "SELECT min(entered_at) + INTERVAL 1 MINUTE FROM metrics.sla_first_touches "
+            "WHERE contact_id = ?",
+            [moved_to],
+        ).fetchone()[0]
         touch = conn.execute(
             "SELECT id FROM activities WHERE contact_id = ? AND activity_type IN "
             "('email_sent', 'call', 'meeting') ORDER BY activity_at LIMIT 1",
@@ -124,7 +131,14 @@ def test_metric_tables_follow_the_change_and_equal_a_full_recompute(crm, tmp_pat
         [
             event("m-1", "contact", kept, early, lead_source="partner"),
             {**event("m-2", "contact", gone, "2026-06-30T12:00:00Z"), "op": "delete"},
-            event("m-3", "activity", touch, early, contact_id=moved_to),
+            event(
+                "m-3",
+                "activity",
+                touch,
+                "2026-06-30T06:00:00Z",  # after the activity's own later changes
+                contact_id=moved_to,
+                activity_at=entered.isoformat(),
+            ),
             event(
                 "m-4",
                 "deal",
@@ -155,6 +169,10 @@ def test_metric_tables_follow_the_change_and_equal_a_full_recompute(crm, tmp_pat
         assert conn.execute(
             "SELECT lead_source FROM metrics.funnel_progress WHERE contact_id = ?", [kept]
         ).fetchone() == ("partner",)
+        assert conn.execute(
+            "SELECT min(first_touch_at) FROM metrics.sla_first_touches WHERE contact_id = ?",
+            [moved_to],
+        ).fetchone() == (entered,)
         assert conn.execute(
             "SELECT count(*) FROM metrics.funnel_progress WHERE contact_id = ?", [gone]
         ).fetchone() == (0,)

@@ -11,6 +11,7 @@ SELECT t.entity_id AS contact_id,
        bit_or(1 << f.stage_order) AS entered_mask
 FROM stages.stage_transitions AS t
 JOIN funnel AS f ON f.stage = t.to_stage
-JOIN contacts AS c ON c.id = t.entity_id
+-- Both sides filtered by scope: a join alone would read every contact.
+JOIN (SELECT * FROM contacts WHERE id IN (SELECT key FROM scope)) AS c ON c.id = t.entity_id
 WHERE t.entity_type = 'contact' AND NOT c._deleted AND t.entity_id IN (SELECT key FROM scope)
 GROUP BY t.entity_id

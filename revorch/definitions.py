@@ -99,6 +99,11 @@ FULL_REBUILD_STEPS = (
     *(f"agents__{name}" for name in AGENT_NAMES),
     "governance__proposed_actions",
     "metrics__playbook_uplift",  # otherwise recomputed once a clock day (metrics/uplift.py)
+    # the metric tables kept by key (orch_assets/metrics/assets.py)
+    "metrics__funnel_conversion",
+    "metrics__stage_velocity",
+    "metrics__sla_compliance",
+    "metrics__revenue_retention",
 )
 
 # Landing zone -> change log -> CRM state -> lifecycle -> stage views -> handoffs, without the

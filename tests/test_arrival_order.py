@@ -287,13 +287,17 @@ def test_corruption_still_fails_its_check(tmp_path, monkeypatch):
                 "UPDATE stages.entity_stages SET entity_id = 'c-ghost' WHERE entity_id = "
                 "(SELECT min(entity_id) FROM stages.entity_stages WHERE entity_type = 'contact')"
             )
-        # Nothing new arrived, so the state machine leaves the corrupt row as it is.
+        # Nothing new arrived, so the state machine leaves the corrupt row as it is; a row
+        # changed behind its back is outside the changed slice: the full check finds it.
         result = dg.materialize(
             [*pipeline_assets, *stage_checks],
             selection=dg.AssetSelection.assets(lifecycle, leads),
             resources=revorch.resources,
             instance=instance,
             raise_on_error=False,
+            run_config={
+                "ops": {"stages__contact_lifecycle_quality": {"config": {"full_check": True}}}
+            },
         )
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     failed = checks["contact_stages_are_valid"]

@@ -10,8 +10,13 @@ import dagster as dg
 import pytest
 
 from orch_assets.metrics.assets import (
+    FUNNEL_PROGRESS,
+    SLA_FIRST_TOUCHES,
+    STAGE_STAYS,
     create_views,
     metric_assets,
+    refresh_subscription_arr,
+    refresh_table,
     sla_parameters,
 )
 from resources import LifecycleConfigResource, StateStore
@@ -87,11 +92,18 @@ def subscription(conn, sub_id, company_id, start, end, arr, status, renewal_of=N
     )
 
 
+def sla_views(conn, config) -> None:
+    refresh_table(conn, SLA_FIRST_TOUCHES, sla_parameters(config), full_rebuild=True)
+    create_views(conn, "sla_entries", "sla_compliance")
+
+
 def views(conn):
+    """The views and the tables they read, recomputed from everything (a full rebuild)."""
+    refresh_table(conn, FUNNEL_PROGRESS, full_rebuild=True)
+    refresh_table(conn, STAGE_STAYS, full_rebuild=True)
+    refresh_subscription_arr(conn, full_rebuild=True)
     create_views(conn, "funnel_conversion", "stage_velocity", "win_rate", "pipeline")
-    create_views(
-        conn, "sla_entries", "sla_compliance", parameters=sla_parameters(load_lifecycle_config())
-    )
+    sla_views(conn, load_lifecycle_config())
     create_views(conn, "revenue_retention_accounts", "revenue_retention")
 
 
@@ -322,12 +334,7 @@ def test_sla_hours_come_from_the_config(conn, tmp_path):
                                             "first_touch_hours: {mql: 60, sql: 24}")  # fmt: skip
     assert "mql: 60" in text
     (tmp_path / "lifecycle.yaml").write_text(text)
-    create_views(
-        conn,
-        "sla_entries",
-        "sla_compliance",
-        parameters=sla_parameters(load_lifecycle_config(tmp_path / "lifecycle.yaml")),
-    )
+    sla_views(conn, load_lifecycle_config(tmp_path / "lifecycle.yaml"))
     late_call = conn.execute(
         "SELECT status FROM metrics.sla_entries WHERE contact_id = 's2'"
     ).fetchone()

@@ -30,6 +30,7 @@ LEADS = dg.AssetKey(["stages", "leads"])
 MQLS = dg.AssetKey(["stages", "mqls"])
 ADOPTION_HEALTH = dg.AssetKey(["stages", "adoption_health"])
 RENEWALS = dg.AssetKey(["stages", "renewals"])
+SLICED = {CONTACT_LIFECYCLE, ACCOUNT_LIFECYCLE}  # their checks look at the changed slice
 
 
 def resources(database, zone) -> dict[str, object]:
@@ -40,7 +41,9 @@ def resources(database, zone) -> dict[str, object]:
     }
 
 
-def materialize(database, zone, selection=None) -> dg.ExecuteInProcessResult:
+def materialize(database, zone, selection=None, full_check=()) -> dg.ExecuteInProcessResult:
+    """Materialize ``selection``; the check steps named in ``full_check`` check every row."""
+    ops = {step: {"config": {"full_check": True}} for step in full_check}
     with dg.instance_for_test() as instance:
         return dg.materialize(
             ASSETS,
@@ -48,6 +51,7 @@ def materialize(database, zone, selection=None) -> dg.ExecuteInProcessResult:
             resources=resources(database, zone),
             instance=instance,
             raise_on_error=False,
+            run_config={"ops": ops} if ops else None,
         )
 
 
@@ -203,7 +207,12 @@ def test_each_corruption_fails_the_check_that_guards_against_it(store, case):
         assert victim is not None
         conn.execute(case.corrupt_sql, {"victim": victim})
 
-    result = materialize(database, zone, dg.AssetSelection.checks_for_assets(case.asset))
+    # The state machines' checks look at the changed slice: a row changed behind the state
+    # machine's back is found by the full check (test_the_changed_slice_... below).
+    full = [f"{case.asset.to_python_identifier()}_quality"] if case.asset in SLICED else []
+    result = materialize(
+        database, zone, dg.AssetSelection.checks_for_assets(case.asset), full_check=full
+    )
 
     checks = evaluations(result)
     assert {name for name, e in checks.items() if not e.passed} == {
@@ -231,12 +240,70 @@ def test_a_failing_blocking_check_stops_the_stages_after_it(store):
         conn.execute(forbidden.corrupt_sql, {"victim": victim})
 
     # The state machine has nothing new to recompute, so the corrupt row survives its run.
-    result = materialize(database, zone, dg.AssetSelection.assets(CONTACT_LIFECYCLE, LEADS, MQLS))
+    result = materialize(
+        database,
+        zone,
+        dg.AssetSelection.assets(CONTACT_LIFECYCLE, LEADS, MQLS),
+        full_check=["stages__contact_lifecycle_quality"],
+    )
 
     assert not result.success
     check = evaluations(result)["contact_transitions_are_allowed"]
     assert (check.passed, check.severity) == (False, ERROR)
     assert materialized(result) == {CONTACT_LIFECYCLE}  # leads and mqls were not built
+
+
+def test_the_state_machine_checks_look_at_the_changed_slice_until_it_passes(store):
+    database, zone = store
+    with duckdb.connect(str(database)) as conn:
+        [victim] = conn.execute(FIRST_CONTACT).fetchone()
+        moves = conn.execute(
+            "SELECT count(*) FROM stages.stage_transitions WHERE entity_id = ?", [victim]
+        ).fetchone()[0]
+    zone.write_events(
+        "test",
+        [
+            {
+                "event_id": "slice-1",
+                "object_type": "contact",
+                "object_id": victim,
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "properties": {"job_title": "CFO"},
+            }
+        ],
+    )
+    checks = dg.AssetSelection.checks_for_assets(CONTACT_LIFECYCLE)
+    machine = dg.AssetSelection.assets(crm_change_log, crm_current_state, CONTACT_LIFECYCLE)
+    ran = materialize(database, zone, machine.without_checks() | checks)
+    transitions = evaluations(ran)["contact_transitions_are_allowed"]
+    assert transitions.passed
+    assert transitions.metadata["checked"].value == "changed slice"
+    assert transitions.metadata["rows_checked"].value == moves  # the one contact recomputed
+
+    # A forbidden move of a contact the state machine recomputes after the last check passed
+    # fails the check of the slice, and again on the next run: the watermark stays.
+    zone.write_events(
+        "test",
+        [
+            {
+                "event_id": "slice-2",
+                "object_type": "contact",
+                "object_id": victim,
+                "occurred_at": "2026-01-02T00:00:00Z",
+                "properties": {"job_title": "CEO"},
+            }
+        ],
+    )
+    materialize(database, zone, machine.without_checks())
+    with duckdb.connect(str(database)) as conn:
+        conn.execute(CORRUPTIONS["forbidden transition"].corrupt_sql, {"victim": victim})
+    for _ in range(2):
+        check = evaluations(materialize(database, zone, checks))["contact_transitions_are_allowed"]
+        assert (check.passed, check.metadata["checked"].value) == (False, "changed slice")
+        assert check.metadata["rows_checked"].value == moves + 1
+    full = materialize(database, zone, checks, full_check=["stages__contact_lifecycle_quality"])
+    check = evaluations(full)["contact_transitions_are_allowed"]
+    assert (check.passed, check.metadata["checked"].value) == (False, "all rows")
 
 
 def test_a_failing_warning_does_not_stop_the_stages_after_it(store):

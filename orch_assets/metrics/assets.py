@@ -1,8 +1,14 @@
 """Business metrics as views in the ``metrics`` schema, for analysts and for the Dagster UI.
 
-Each asset (re)creates its views from the SQL files beside this module, then reads their
-headline numbers back as materialization metadata, so the UI plots them run after run.
-docs/metrics.md gives every formula, view and column.
+Each asset (re)creates its views from the SQL files beside this module (only when their SQL
+changed), then reads their headline numbers back as materialization metadata, so the UI plots
+them run after run. docs/metrics.md gives every formula, view and column.
+
+The views over the whole history read small tables kept up to date by key
+(revorch/lifecycle/keyed_tables.py): each run recomputes the rows of the contacts and accounts
+touched since its last run (funnel progress, SLA entries, stage stays) and appends the new
+subscription ARR changes, so a run costs what changed, not the store; a full rebuild
+(``full_rebuild``) gives the same tables (tests/test_metrics_incremental.py).
 
 Ratios (conversion, win rate, SLA compliance, retention) are reported in percent, rounded to
 one decimal (keys ending in ``_pct``). Undefined ratios (no closed deal, no SLA entry that is
@@ -10,15 +16,23 @@ due, no starting ARR) are left out of the metadata rather than reported as 0; co
 are always there.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
-from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
-from orch_assets.sql_files import run_sql_file
+from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
+from orch_assets.sql_files import render, run_sql_file
 from resources import LifecycleConfigResource, StateStore
 from revorch.lifecycle.config import LifecycleConfig
+from revorch.lifecycle.keyed_tables import (
+    CURRENT_STATE,
+    refresh_keyed_table,
+    sql_hash,
+    store_hash,
+    stored_hash,
+)
 
 SQL_DIR = Path(__file__).parent
 EAGER = dg.AutomationCondition.eager()
@@ -48,6 +62,113 @@ def create_views(
     conn.execute("CREATE SCHEMA IF NOT EXISTS metrics")
     for name in names:
         run_sql_file(conn, SQL_DIR / f"{name}.sql", parameters or {})
+
+
+# --- the tables the views read, kept by key -------------------------------------------------
+
+CONTACT_MACHINE = "stages/contact_lifecycle"
+ACCOUNT_MACHINE = "stages/account_lifecycle"
+
+
+@dataclass(frozen=True)
+class KeyedMetricTable:
+    """metrics.<name>, its rows from ``<name>.sql`` for the keys in ``scope``, kept by ``key``:
+    each run recomputes the keys ``touched`` (a file) says may differ since its last run, all
+    of them (``all_keys``) on the first run, a full rebuild or when the SQL changed. ``inputs``
+    name the derived tables it reads (by watermark): loads are seen up to the slowest."""
+
+    name: str
+    key: str
+    touched: str
+    all_keys: str
+    inputs: tuple[str, ...]
+
+
+FUNNEL_PROGRESS = KeyedMetricTable(
+    "funnel_progress",
+    "contact_id",
+    "touched_contacts",
+    "SELECT entity_id FROM stages.stage_transitions WHERE entity_type = 'contact'",
+    (CURRENT_STATE, CONTACT_MACHINE),
+)
+SLA_FIRST_TOUCHES = KeyedMetricTable(
+    "sla_first_touches",
+    "contact_id",
+    "touched_contacts",
+    "SELECT entity_id FROM stages.stage_transitions WHERE entity_type = 'contact'",
+    (CURRENT_STATE, CONTACT_MACHINE),
+)
+STAGE_STAYS = KeyedMetricTable(
+    "stage_stays",
+    "entity_key",
+    "touched_entities",
+    "SELECT entity_type || ':' || entity_id FROM stages.stage_transitions",
+    (CONTACT_MACHINE, ACCOUNT_MACHINE),
+)
+
+
+def refresh_table(
+    conn: duckdb.DuckDBPyConnection,
+    table: KeyedMetricTable,
+    parameters: dict | None = None,
+    *,
+    full_rebuild: bool = False,
+) -> int:
+    """Bring metrics.<name> up to date (see ``KeyedMetricTable``) in the caller's transaction;
+    returns how many keys were recomputed."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS metrics")
+    refreshed = refresh_keyed_table(
+        conn,
+        table=f"metrics.{table.name}",
+        key=table.key,
+        rows_sql=render((SQL_DIR / f"{table.name}.sql").read_text(), parameters or {}),
+        touched_sql=(SQL_DIR / f"{table.touched}.sql").read_text(),
+        all_keys_sql=table.all_keys,
+        full_rebuild=full_rebuild,
+        inputs=table.inputs,
+    )
+    return refreshed.keys
+
+
+SUBSCRIPTION_ARR = "metrics.subscription_arr"
+
+
+def refresh_subscription_arr(conn: duckdb.DuckDBPyConnection, *, full_rebuild: bool = False) -> int:
+    """Append the ARR changes of the loads after its watermark to metrics.subscription_arr
+    (subscription_arr.sql), or read them all on the first run, a full rebuild or when the SQL
+    changed; in the caller's transaction. Returns the rows added."""
+    sql = (SQL_DIR / "subscription_arr.sql").read_text()
+    conn.execute("CREATE SCHEMA IF NOT EXISTS metrics")
+    seen = conn.execute(
+        "SELECT load_id FROM state_watermarks WHERE name = ?", [SUBSCRIPTION_ARR]
+    ).fetchone()
+    exists = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
+        [SUBSCRIPTION_ARR],
+    ).fetchone()[0]
+    upto = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
+    before = 0
+    if (
+        full_rebuild
+        or seen is None
+        or not exists
+        or stored_hash(conn, SUBSCRIPTION_ARR) != sql_hash(sql)
+    ):
+        conn.execute(
+            f"CREATE OR REPLACE TABLE {SUBSCRIPTION_ARR} AS {sql}", {"since": -1, "upto": upto}
+        )
+    else:
+        before = conn.execute(f"SELECT count(*) FROM {SUBSCRIPTION_ARR}").fetchone()[0]
+        conn.execute(f"INSERT INTO {SUBSCRIPTION_ARR} {sql}", {"since": seen[0], "upto": upto})
+    added = conn.execute(f"SELECT count(*) FROM {SUBSCRIPTION_ARR}").fetchone()[0] - before
+    conn.execute("DELETE FROM state_watermarks WHERE name = ?", [SUBSCRIPTION_ARR])
+    conn.execute(
+        "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) "
+        "VALUES (?, ?, now(), NULL)",
+        [SUBSCRIPTION_ARR, upto],
+    )
+    store_hash(conn, SUBSCRIPTION_ARR, sql_hash(sql))
+    return added
 
 
 def sla_parameters(config: LifecycleConfig) -> dict[str, object]:
@@ -186,26 +307,33 @@ def _metric_asset_args(name: str, deps: list[dg.AssetKey]) -> dict:
 
 
 @dg.asset(**_metric_asset_args("funnel_conversion", [CONTACT_LIFECYCLE, crm("contacts")]))
-def funnel_conversion(state_store: StateStore) -> dg.MaterializeResult:
+def funnel_conversion(config: RebuildConfig, state_store: StateStore) -> dg.MaterializeResult:
     """View metrics.funnel_conversion: contacts that reached lead, mql, sql, opportunity and
     customer, and the conversion from each stage to the next (MQL -> SQL above all), overall
-    and by lead source."""
+    and by lead source (over metrics.funnel_progress, one row per contact)."""
     with state_store.get_connection() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        keys = refresh_table(conn, FUNNEL_PROGRESS, full_rebuild=config.full_rebuild)
         create_views(conn, "funnel_conversion")
+        conn.execute("COMMIT")
         metadata = funnel_metadata(conn)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata={**metadata, "contacts_recomputed": keys})
 
 
 @dg.asset(
     **_metric_asset_args("stage_velocity", [CONTACT_LIFECYCLE, ACCOUNT_LIFECYCLE, CHANGE_LOG])
 )
-def stage_velocity(state_store: StateStore) -> dg.MaterializeResult:
+def stage_velocity(config: RebuildConfig, state_store: StateStore) -> dg.MaterializeResult:
     """View metrics.stage_velocity: median and p90 days that contacts and accounts spend in
-    each stage (completed stays), and how many stays are still open."""
+    each stage (completed stays), and how many stays are still open (over metrics.stage_stays,
+    one row per stay)."""
     with state_store.get_connection() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        keys = refresh_table(conn, STAGE_STAYS, full_rebuild=config.full_rebuild)
         create_views(conn, "stage_velocity")
+        conn.execute("COMMIT")
         metadata = velocity_metadata(conn)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata={**metadata, "entities_recomputed": keys})
 
 
 @dg.asset(**_metric_asset_args("win_rate", [crm("deals")]))
@@ -233,29 +361,35 @@ def pipeline(state_store: StateStore) -> dg.MaterializeResult:
     )
 )
 def sla_compliance(
-    state_store: StateStore, lifecycle: LifecycleConfigResource
+    config: RebuildConfig, state_store: StateStore, lifecycle: LifecycleConfigResource
 ) -> dg.MaterializeResult:
-    """Views metrics.sla_entries (every entry into an SLA stage, met, missed or pending) and
-    metrics.sla_compliance: the share of MQL and SQL entries whose first sales touch came
-    within the hours set in config/lifecycle.yaml."""
+    """Views metrics.sla_entries (every entry into an SLA stage, met, missed or pending, over
+    metrics.sla_first_touches) and metrics.sla_compliance: the share of MQL and SQL entries
+    whose first sales touch came within the hours set in config/lifecycle.yaml."""
     parameters = sla_parameters(lifecycle.load())
     with state_store.get_connection() as conn:
-        create_views(conn, "sla_entries", "sla_compliance", parameters=parameters)
+        conn.execute("BEGIN TRANSACTION")
+        keys = refresh_table(conn, SLA_FIRST_TOUCHES, parameters, full_rebuild=config.full_rebuild)
+        create_views(conn, "sla_entries", "sla_compliance")
+        conn.execute("COMMIT")
         metadata = sla_metadata(conn)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata={**metadata, "contacts_recomputed": keys})
 
 
 @dg.asset(
     **_metric_asset_args("revenue_retention", [crm("subscriptions"), crm("deals"), CHANGE_LOG])
 )
-def revenue_retention(state_store: StateStore) -> dg.MaterializeResult:
+def revenue_retention(config: RebuildConfig, state_store: StateStore) -> dg.MaterializeResult:
     """Views metrics.revenue_retention_accounts and metrics.revenue_retention: gross and net
     revenue retention (GRR, NRR) over the trailing 12 months ending at the clock, with
-    starting, churned, contracted and expanded ARR."""
+    starting, churned, contracted and expanded ARR (ARR history: metrics.subscription_arr)."""
     with state_store.get_connection() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        added = refresh_subscription_arr(conn, full_rebuild=config.full_rebuild)
         create_views(conn, "revenue_retention_accounts", "revenue_retention")
+        conn.execute("COMMIT")
         metadata = retention_metadata(conn)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata={**metadata, "arr_changes_added": added})
 
 
 metric_assets = [

@@ -11,22 +11,10 @@ CREATE OR REPLACE VIEW metrics.funnel_conversion AS
 WITH funnel(stage, stage_order) AS (
     VALUES ('lead', 1), ('mql', 2), ('sql', 3), ('opportunity', 4), ('customer', 5)
 ),
-contact_progress AS (
-    -- One row per contact: its furthest stage and a bit per stage it explicitly entered.
-    SELECT t.entity_id AS contact_id,
-           max(f.stage_order) AS furthest,
-           bit_or(1 << f.stage_order) AS entered_mask
-    FROM stages.stage_transitions AS t
-    JOIN funnel AS f ON f.stage = t.to_stage
-    WHERE t.entity_type = 'contact'
-    GROUP BY t.entity_id
-),
 by_source AS (
-    SELECT coalesce(c.lead_source, '(unknown)') AS lead_source, p.furthest, p.entered_mask,
-           count(*) AS contacts
-    FROM contact_progress AS p
-    JOIN contacts AS c ON c.id = p.contact_id
-    WHERE NOT c._deleted
+    -- metrics.funnel_progress (funnel_progress.sql): one row per contact, not deleted.
+    SELECT lead_source, furthest, entered_mask, count(*) AS contacts
+    FROM metrics.funnel_progress
     GROUP BY ALL
 ),
 segments AS (

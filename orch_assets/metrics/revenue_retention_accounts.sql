@@ -1,7 +1,8 @@
 -- Revenue retention per account over the trailing 12 months that end at the clock.
 -- docs/metrics.md gives the formulas; in short, for the accounts that had a subscription
 -- active when the window started (the cohort):
---   starting_arr     ARR of those subscriptions at window_start (field history of arr)
+--   starting_arr     ARR of those subscriptions at window_start (field history of arr,
+--                    metrics.subscription_arr: subscription_arr.sql)
 --   churned_arr      ARR of a subscription line when it churned within the window
 --   contraction_arr  drops in ARR at renewals within the window (the renewal's first arr
 --                    below the renewed subscription's final arr)
@@ -28,13 +29,10 @@ cohort AS (
 ),
 arr_at_start AS (
     -- The newest arr set on or before window_start: later expansions are not starting ARR.
-    SELECT l.object_id AS id,
-           arg_max(CAST((l.properties ->> 'arr') AS DOUBLE), (l.occurred_at, l.event_id)) AS arr
-    FROM change_log AS l, clock
-    WHERE l.object_type = 'subscription' AND l.occurred_at <= clock.window_start
-      AND (l.properties ->> 'arr') IS NOT NULL
-      AND l.object_id IN (SELECT id FROM cohort)
-    GROUP BY l.object_id
+    SELECT l.subscription_id AS id, arg_max(l.arr, (l.occurred_at, l.event_id)) AS arr
+    FROM metrics.subscription_arr AS l, clock
+    WHERE l.occurred_at <= clock.window_start AND l.subscription_id IN (SELECT id FROM cohort)
+    GROUP BY l.subscription_id
 ),
 line(cohort_id, link_id, previous_id, depth) AS (
     SELECT id, id, NULL::VARCHAR, 0 FROM cohort
@@ -48,12 +46,10 @@ line(cohort_id, link_id, previous_id, depth) AS (
 arr_at_renewal AS (
     -- A renewal's ARR as it started (its first arr): expansions later in its term are
     -- expansion deals, not part of the renewal.
-    SELECT l.object_id AS id,
-           arg_min(CAST((l.properties ->> 'arr') AS DOUBLE), (l.occurred_at, l.event_id)) AS arr
-    FROM change_log AS l
-    WHERE l.object_type = 'subscription' AND (l.properties ->> 'arr') IS NOT NULL
-      AND l.object_id IN (SELECT link_id FROM line WHERE depth > 0)
-    GROUP BY l.object_id
+    SELECT l.subscription_id AS id, arg_min(l.arr, (l.occurred_at, l.event_id)) AS arr
+    FROM metrics.subscription_arr AS l
+    WHERE l.subscription_id IN (SELECT link_id FROM line WHERE depth > 0)
+    GROUP BY l.subscription_id
 ),
 renewal_steps AS (
     -- The renewed subscription has ended: its current arr is what it was worth at the end.

@@ -1,23 +1,18 @@
 -- Stage velocity: how long contacts and accounts stay in each stage, in days.
 --
 -- A stay starts with the move into a stage and ends with the entity's next move (the
--- consecutive rows of stage_transitions, by seq). Median and p90 are over completed stays
--- only, interpolated between neighbouring values (quantile_cont). Stays still open at the
--- clock are not in them, because their length is not known yet: they are counted in
--- open_stays, with how long they have lasted so far (median_open_days).
+-- consecutive rows of stage_transitions, by seq: metrics.stage_stays, stage_stays.sql). Median
+-- and p90 are over completed stays only, interpolated between neighbouring values
+-- (quantile_cont). Stays still open at the clock are not in them, because their length is not
+-- known yet: they are counted in open_stays, with how long they have lasted so far
+-- (median_open_days).
 CREATE OR REPLACE VIEW metrics.stage_velocity AS
-WITH stays AS (
-    SELECT entity_type, entity_id, to_stage AS stage, transitioned_at AS entered_at,
-           lead(transitioned_at) OVER (PARTITION BY entity_type, entity_id ORDER BY seq)
-               AS left_at
-    FROM stages.stage_transitions
-),
-durations AS (
+WITH durations AS (
     SELECT entity_type, stage,
            (epoch(left_at) - epoch(entered_at)) / 86400.0 AS days,
            (epoch(clock_now()) - epoch(entered_at)) / 86400.0 AS open_days,
            left_at IS NULL AS still_open
-    FROM stays
+    FROM metrics.stage_stays
 )
 SELECT entity_type, stage,
        count(*) FILTER (WHERE NOT still_open) AS completed_stays,

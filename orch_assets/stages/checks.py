@@ -9,13 +9,19 @@ that run. They fail only on corruption. A reference to another record (a contact
 deal's owner) is not checked here: events arrive in any order, so a record not received yet
 may still come; it waits in stages.waiting_references, which a WARN check reports. Checks with
 severity WARN (freshness, waiting references, values a person typed into the CRM) only report.
+
+The row-level checks of the state machines' tables (a million contacts, two million moves)
+check the changed slice: the rows of the entities the state machine recomputed since the check
+last passed (``ChangedSlice``), so a run checks what changed, not the store. The whole table is
+checked on the first run, when the suite changed (its config) and on request (``full_check``).
+A failing check keeps its watermark, so its rows are checked again until they pass.
 """
 
-from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import dagster as dg
 import duckdb
@@ -24,6 +30,8 @@ from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
 from orch_assets.stages.assets import ACCOUNT_LIFECYCLE, CONTACT_LIFECYCLE
 from resources import LifecycleConfigResource, StateStore
 from revorch.lifecycle.config import NEW, LifecycleConfig, StateMachine
+from revorch.lifecycle.keyed_tables import sql_hash, store_hash, stored_hash
+from revorch.lifecycle.runner import REFRESHES_SQL
 from revorch.quality.expectations import (
     Expectation,
     Suite,
@@ -74,14 +82,27 @@ def allowed_moves(machine: StateMachine) -> Expectation:
 
 
 @dataclass(frozen=True)
+class ChangedSlice:
+    """Check only the rows whose ``key`` column names an entity ``refreshed`` (a name in
+    stages.keyed_refreshes, e.g. ``stages/contact_lifecycle``) recomputed since the check last
+    passed. Sound for row-level expectations and keys that include ``key``: a row changes only
+    when its entity is recomputed, and every row of an entity is rewritten together."""
+
+    refreshed: str
+    key: str
+
+
+@dataclass(frozen=True)
 class DeclaredCheck:
-    """One check of one asset: its name, severity and the suite it validates."""
+    """One check of one asset: its name, severity, the suite it validates and, for a check of
+    the changed slice, which slice."""
 
     asset: dg.AssetKey
     name: str
     description: str | None
     severity: dg.AssetCheckSeverity
     declare: Callable[[LifecycleConfig], Suite]
+    changed_slice: ChangedSlice | None = None
 
     @property
     def spec(self) -> dg.AssetCheckSpec:
@@ -99,6 +120,7 @@ def stage_check(
     severity: dg.AssetCheckSeverity,
     name: str | None = None,
     description: str | None = None,
+    changed_slice: ChangedSlice | None = None,
 ):
     """Declare a check of ``asset`` from a function that builds its suite from the lifecycle
     config. The function's name names the check and its docstring describes it, unless
@@ -112,9 +134,86 @@ def stage_check(
             description or inspect.getdoc(declare),
             severity,
             declare,
+            changed_slice,
         )
 
     return decorate
+
+
+class CheckConfig(dg.Config):
+    """Set full_check to check every row, not only the changed slice (``ChangedSlice``)."""
+
+    full_check: bool = False
+
+
+def _suite_version(suite: Suite) -> str:
+    """What the suite checks, without the wall clock that ``not_in_future`` reads (a bound that
+    only moves later: rows that passed it pass it again)."""
+    declared = [
+        e for item in suite.expectations for e in (item if isinstance(item, list) else [item])
+    ]
+    return sql_hash(
+        suite.sql,
+        repr(sorted(suite.parameters.items())),
+        *(
+            repr(e)
+            if not isinstance(e, Expectation)
+            else repr(
+                (
+                    e.kind,
+                    e.description,
+                    {k: v for k, v in e.arguments.items() if not isinstance(v, datetime)},
+                )
+            )
+            for e in declared
+        ),
+    )
+
+
+def _sliced(
+    conn: duckdb.DuckDBPyConnection, check: DeclaredCheck, suite: Suite, full: bool
+) -> tuple[Suite, dict[str, object], tuple | None]:
+    """The suite to validate (the changed slice, or every row), what to report about it, and
+    the watermark to keep if it passes (None: nothing to keep)."""
+    changed = check.changed_slice
+    if changed is None:
+        return suite, {}, None
+    name, version = f"checks/{check.name}", _suite_version(suite)
+    seen = conn.execute(
+        "SELECT load_id, as_of FROM state_watermarks WHERE name = ?", [changed.refreshed]
+    ).fetchone()
+    last = conn.execute(
+        "SELECT load_id, as_of FROM state_watermarks WHERE name = ?", [name]
+    ).fetchone()
+    keep = (name, version, seen)
+    if full or last is None or stored_hash(conn, name) != version:
+        return suite, {"checked": dg.MetadataValue.text("all rows")}, keep
+    conn.execute(REFRESHES_SQL)
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE check_slice AS SELECT DISTINCT key "
+        "FROM stages.keyed_refreshes WHERE table_name = $refreshed "
+        "AND (load_id > $since OR as_of > $since_as_of)",
+        {"refreshed": changed.refreshed, "since": last[0], "since_as_of": last[1]},
+    )
+    sliced = Suite(
+        f"SELECT * FROM ({suite.sql}) WHERE {changed.key} IN (SELECT key FROM check_slice)",
+        suite.expectations,
+        suite.sample_columns,
+        suite.parameters,
+    )
+    return sliced, {"checked": dg.MetadataValue.text("changed slice")}, keep
+
+
+def _keep(conn: duckdb.DuckDBPyConnection, keep: tuple) -> None:
+    """Remember what a passing check of a changed slice has seen."""
+    name, version, seen = keep
+    load_id, as_of = seen or (0, None)
+    conn.execute("DELETE FROM state_watermarks WHERE name = ?", [name])
+    conn.execute(
+        "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) VALUES (?, ?, now(), ?)",
+        [name, load_id, as_of],
+    )
+    store_hash(conn, name, version)
 
 
 def checks_of(asset: dg.AssetKey, declared: list[DeclaredCheck]) -> dg.AssetChecksDefinition:
@@ -126,13 +225,19 @@ def checks_of(asset: dg.AssetKey, declared: list[DeclaredCheck]) -> dg.AssetChec
         specs=[check.spec for check in declared],
         pool=DUCKDB_WRITER_POOL,
     )
-    def _checks(state_store: StateStore, lifecycle: LifecycleConfigResource):
-        config = lifecycle.load()
+    def _checks(config: CheckConfig, state_store: StateStore, lifecycle: LifecycleConfigResource):
+        lifecycle_config = lifecycle.load()
         with state_store.get_connection() as conn:
             for check in declared:
-                yield check_result(
-                    conn, check.declare(config), severity=check.severity, check=check.spec
+                suite, reported, keep = _sliced(
+                    conn, check, check.declare(lifecycle_config), config.full_check
                 )
+                result = check_result(
+                    conn, suite, severity=check.severity, check=check.spec, reported=reported
+                )
+                if result.passed and keep:
+                    _keep(conn, keep)
+                yield result
 
     return _checks
 
@@ -148,11 +253,14 @@ def check_result(
     *,
     severity: dg.AssetCheckSeverity,
     check: dg.AssetCheckSpec | None = None,
+    reported: dict[str, object] | None = None,
 ) -> dg.AssetCheckResult:
     """Validate the suite (revorch.quality) and report it as the check's result: rows checked,
-    failing rows per expectation, the results and a sample of failing rows as markdown."""
+    failing rows per expectation, the results and a sample of failing rows as markdown (and
+    what ``reported`` adds)."""
     validation = validate(conn, suite)
     metadata: dict[str, object] = {
+        **(reported or {}),
         "rows_checked": validation.rows_checked,
         "expectations": len(validation.failing),
         "failed_expectations": len(validation.failed),
@@ -196,15 +304,18 @@ def lifecycle_checks(
     moves_within_days: float | None,
 ) -> list[DeclaredCheck]:
     """Three checks of one state machine's tables: its current stages, its moves (both
-    blocking) and its freshness (a warning). ``table`` holds the entities' own records when
-    every entity must have one (contacts); None when the record may not have arrived."""
+    blocking, on the changed slice) and its freshness (a warning). ``table`` holds the
+    entities' own records when every entity must have one (contacts); None when the record may
+    not have arrived."""
     rows = {"entity_type": entity_type}
     own_record = [refers_to("entity_id", table)] if table else []
     exists_in = f" and exists in {table}" if table else ""
+    changed = ChangedSlice("/".join(asset.path), "entity_id")  # its state_watermarks name
 
     @stage_check(
         asset,
         severity=ERROR,
+        changed_slice=changed,
         name=f"{noun}_stages_are_valid",
         description=f"Every {noun} has one current stage, a configured one{exists_in}; no "
         "stage was entered in the future.",
@@ -227,6 +338,7 @@ def lifecycle_checks(
     @stage_check(
         asset,
         severity=ERROR,
+        changed_slice=changed,
         name=f"{noun}_transitions_are_allowed",
         description=f"Every recorded move of a {noun} is allowed by config/lifecycle.yaml, "
         f"only its first move starts from '{NEW}', moves are numbered once{exists_in}, and no "

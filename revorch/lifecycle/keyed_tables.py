@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import duckdb
 
 from revorch import clock
-from revorch.lifecycle.runner import since_last_clock
+from revorch.lifecycle.runner import REFRESHES_SQL, record_recomputed, since_last_clock
 
 # The rows a stage reads are in the current-state tables: keys are touched up to the loads
 # those hold, never past them (a load not folded into them yet is seen on a later run).
@@ -29,11 +29,6 @@ CURRENT_STATE = "crm_current_state"
 VERSIONS_SQL = (
     "CREATE TABLE IF NOT EXISTS stages.sql_versions "
     "(name VARCHAR NOT NULL, sql_hash VARCHAR NOT NULL, updated_at TIMESTAMPTZ)"
-)
-
-REFRESHES_SQL = (
-    "CREATE TABLE IF NOT EXISTS stages.keyed_refreshes (table_name VARCHAR NOT NULL, "
-    "key VARCHAR NOT NULL, load_id BIGINT, as_of TIMESTAMPTZ)"
 )
 
 
@@ -69,10 +64,13 @@ def refresh_keyed_table(
     touched_sql: str,
     all_keys_sql: str,
     full_rebuild: bool = False,
+    inputs: tuple[str, ...] = (CURRENT_STATE,),
 ) -> KeyedRefresh:
     """Bring ``table`` up to the current state by recomputing the touched keys (see the module
-    docstring). Runs inside the caller's transaction."""
+    docstring). Runs inside the caller's transaction. ``inputs`` name the derived tables (by
+    their watermark) its rows read: loads are seen up to the slowest of them."""
     name = table
+    conn.execute(REFRESHES_SQL)  # the touched keys of a table may be the keys another recomputed
     version = sql_hash(rows_sql, touched_sql, all_keys_sql)
     row = conn.execute(
         "SELECT load_id, as_of FROM state_watermarks WHERE name = ?", [name]
@@ -81,10 +79,13 @@ def refresh_keyed_table(
         "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
         [table],
     ).fetchone()[0]
-    upto_row = conn.execute(
-        "SELECT load_id FROM state_watermarks WHERE name = ?", [CURRENT_STATE]
-    ).fetchone()
-    upto = upto_row[0] if upto_row else 0
+    seen = dict(
+        conn.execute(
+            "SELECT name, load_id FROM state_watermarks WHERE list_contains(?, name)",
+            [list(inputs)],
+        ).fetchall()
+    )
+    upto = min(seen.get(watermark, 0) for watermark in inputs)
     as_of = clock.now(conn)
     if full_rebuild:
         why = "full_rebuild"
@@ -119,18 +120,7 @@ def refresh_keyed_table(
         )
         conn.execute(f"CREATE OR REPLACE TABLE {table} AS {rows_sql}")
     keys = conn.execute("SELECT count(*) FROM scope").fetchone()[0]
-    # Which keys this refresh recomputed, and at which load and clock: what reads the table
-    # after it (an agent) asks for the keys recomputed since its own watermark.
-    conn.execute(REFRESHES_SQL)
-    conn.execute(
-        "DELETE FROM stages.keyed_refreshes WHERE table_name = ? "
-        "AND key IN (SELECT key FROM scope)",
-        [table],
-    )
-    conn.execute(
-        "INSERT INTO stages.keyed_refreshes SELECT ?, key, ?, ? FROM scope",
-        [table, upto, as_of],
-    )
+    record_recomputed(conn, table, "key", upto, as_of)
     conn.execute("DROP TABLE scope")
     conn.execute("DELETE FROM state_watermarks WHERE name = ?", [name])
     conn.execute(

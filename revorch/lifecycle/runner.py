@@ -8,6 +8,7 @@ never depends on how changes were batched: a full rebuild gives the same rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,9 +30,19 @@ WITH touched AS (
 )
 SELECT object_id FROM touched WHERE object_type = 'contact'
 UNION
-SELECT (c.properties->>'contact_id') FROM change_log AS c
-JOIN touched AS t ON t.object_type = c.object_type AND t.object_id = c.object_id
-WHERE c.object_type IN ('deal', 'activity') AND (c.properties->>'contact_id') IS NOT NULL
+SELECT r.contact_id FROM stages.contact_references AS r
+JOIN touched AS t ON t.object_type = r.object_type AND t.object_id = r.object_id
+"""
+
+# Every contact a deal or activity named, by the change that named it: the contact scope reads
+# these few columns, not the properties of every deal and activity change in the change log.
+# Kept in the contact lifecycle's transaction, so it holds every load up to its watermark.
+CONTACT_REFERENCES = "stages.contact_references"
+CONTACT_REFERENCES_SQL = """
+SELECT DISTINCT object_type, object_id, properties->>'contact_id' AS contact_id
+FROM change_log
+WHERE object_type IN ('deal', 'activity') AND (properties->>'contact_id') IS NOT NULL
+  AND load_id > $since AND load_id <= $upto
 """
 
 ALL_CONTACTS_SQL = "SELECT DISTINCT object_id FROM change_log WHERE object_type = 'contact'"
@@ -56,6 +67,13 @@ WHERE company_id IS NOT NULL AND (
 """
 
 ALL_ACCOUNTS_SQL = "SELECT DISTINCT company_id FROM subscriptions WHERE company_id IS NOT NULL"
+
+# Which keys each refresh recomputed, at which load and clock: what reads a table after it (a
+# keyed table, an agent, a metric) asks for the keys recomputed since its own watermark.
+REFRESHES_SQL = (
+    "CREATE TABLE IF NOT EXISTS stages.keyed_refreshes (table_name VARCHAR NOT NULL, "
+    "key VARCHAR NOT NULL, load_id BIGINT, as_of TIMESTAMPTZ)"
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,29 @@ def refresh_contact_lifecycle(
         scope_parameters={},
         machine=contacts,
         full_rebuild=full_rebuild,
+        keep=_keep_contact_references,
     )
+
+
+def _keep_contact_references(
+    conn: duckdb.DuckDBPyConnection, since: int, upto: int, full_rebuild: bool
+) -> None:
+    """Add the loads after ``since`` up to ``upto`` to stages.contact_references (all of them
+    when it does not exist yet, or on a full rebuild)."""
+    exists = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
+        [CONTACT_REFERENCES],
+    ).fetchone()[0]
+    if full_rebuild or not exists:
+        conn.execute(
+            f"CREATE OR REPLACE TABLE {CONTACT_REFERENCES} AS {CONTACT_REFERENCES_SQL}",
+            {"since": -1, "upto": upto},
+        )
+    else:
+        conn.execute(
+            f"INSERT INTO {CONTACT_REFERENCES} {CONTACT_REFERENCES_SQL}",
+            {"since": since, "upto": upto},
+        )
 
 
 def refresh_account_lifecycle(
@@ -126,11 +166,14 @@ def _refresh(
     machine,
     full_rebuild: bool,
     time_based: bool = False,
+    keep: Callable[[duckdb.DuckDBPyConnection, int, int, bool], None] | None = None,
 ) -> LifecycleRefresh:
     conn.execute("BEGIN TRANSACTION")
     try:
         since, previous_as_of = _watermark(conn, watermark)
         upto = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
+        if keep:  # what the scope reads, brought up to the loads this refresh sees
+            keep(conn, since, upto, full_rebuild)
         as_of = clock.now(conn)
         if full_rebuild:
             scope_args = {}
@@ -152,6 +195,7 @@ def _refresh(
             points = conn.execute(points_sql, args).pl()
             result = fold(points, machine)
         _replace(conn, entity_type, result)
+        record_recomputed(conn, watermark, "entity_id", upto, as_of)
         # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
         conn.execute("DELETE FROM state_watermarks WHERE name = ?", [watermark])
         conn.execute(
@@ -192,6 +236,24 @@ def _replace(conn: duckdb.DuckDBPyConnection, entity_type: str, result: FoldResu
             [entity_type],
         )
         conn.unregister("folded")
+
+
+def record_recomputed(
+    conn: duckdb.DuckDBPyConnection, name: str, column: str, load_id: int, as_of
+) -> None:
+    """Record the keys of the temp table ``scope`` (its ``column``) as recomputed by ``name``
+    at ``load_id`` and ``as_of``, in stages.keyed_refreshes (the newest refresh of each key)."""
+    conn.execute(REFRESHES_SQL)
+    conn.execute(
+        "DELETE FROM stages.keyed_refreshes WHERE table_name = ? "
+        f"AND key IN (SELECT {column} FROM scope)",
+        [name],
+    )
+    conn.execute(
+        f"INSERT INTO stages.keyed_refreshes SELECT DISTINCT ?, {column}, ?, ? FROM scope "
+        f"WHERE {column} IS NOT NULL",
+        [name, load_id, as_of],
+    )
 
 
 def _watermark(conn: duckdb.DuckDBPyConnection, name: str):

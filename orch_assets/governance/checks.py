@@ -51,8 +51,8 @@ def audit_chain_intact(
 
 
 # A sent action must have a verdict recorded at dispatch that let it go: allow, or approve
-# with a person's approval. {scope} narrows the sent actions looked at; their verdicts and
-# approvals are looked up by action, so the JSON of no other row is read.
+# with a person's approval. {scope} narrows the sent actions looked at, and {events} their
+# verdicts and approvals to theirs, so the JSON of no other row is read.
 SENT_WITHOUT_VERDICT = """
 WITH sent AS (
     SELECT action_id, action_type, source, entity_id, verdict, sent_at FROM governance.actions
@@ -60,7 +60,7 @@ WITH sent AS (
 ),
 events AS (
     SELECT action_id, event, detail FROM governance.audit_log
-    WHERE event IN ('verdict', 'approved') AND action_id IN (SELECT action_id FROM sent)
+    WHERE event IN ('verdict', 'approved') {events}
 )
 SELECT a.* FROM sent AS a
 WHERE NOT EXISTS (
@@ -72,12 +72,13 @@ WHERE NOT EXISTS (
                    WHERE p.action_id = a.action_id AND p.event = 'approved'))))
 ORDER BY a.sent_at DESC
 """
-SENT_WITHOUT_VERDICT_SQL = SENT_WITHOUT_VERDICT.format(scope="")  # every sent action
+SENT_WITHOUT_VERDICT_SQL = SENT_WITHOUT_VERDICT.format(scope="", events="")  # every one
 # Those sent since the last check that passed: dispatched after the trail's head it saw (the
 # chain orders commits), or changed since it ran (a status set to sent by anything else).
 SENT_SINCE_SQL = SENT_WITHOUT_VERDICT.format(
     scope="AND (updated_at >= $since_at OR action_id IN ("
-    "SELECT action_id FROM governance.audit_log WHERE seq > $since_seq AND event = 'dispatched'))"
+    "SELECT action_id FROM governance.audit_log WHERE seq > $since_seq AND event = 'dispatched'))",
+    events="AND action_id IN (SELECT action_id FROM sent)",
 )
 
 

@@ -44,12 +44,15 @@ def test_lines_the_index_missed_are_read_from_the_covered_offset(tmp_path):
     outbox = OutboxFile(path)
     outbox.deliver([_message("a")])
     # A crash between an append and its index commit: the line is in the file only.
+    # Also lines a person wrote otherwise: another key order, an id with an escape.
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(_message("x")) + "\n")
-    results = OutboxFile(path).deliver([_message("x"), _message("y")])
-    assert [r.detail.startswith("already in") for r in results] == [True, False]
-    assert _lines(outbox) == ["a", "x", "y"]
-    assert _indexed(outbox)[0] == {"a", "x", "y"}
+        handle.write(json.dumps({"payload": {}, "action_id": "p"}) + "\n")
+        handle.write(json.dumps({"action_id": 'q"1'}) + "\n")
+    results = OutboxFile(path).deliver([_message(i) for i in ("x", "p", 'q"1', "y")])
+    assert [r.detail.startswith("already in") for r in results] == [True, True, True, False]
+    assert _lines(outbox) == ["a", "x", "p", 'q"1', "y"]
+    assert _indexed(outbox)[0] == {"a", "x", "p", 'q"1', "y"}
 
 
 def test_a_file_replaced_or_cut_short_is_indexed_again(tmp_path):

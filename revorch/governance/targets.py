@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import sqlite3
 import urllib.error
 import urllib.request
@@ -146,17 +147,28 @@ def _catch_up(index: sqlite3.Connection, path: Path) -> None:
     with _transaction(index):
         if not same:
             index.execute("DELETE FROM held")
-        ids = []
+        ids: list[tuple[str]] = []
         if size > start:
             with open(path, "rb") as handle:
                 handle.seek(start)
-                for line in handle:
-                    try:
-                        ids.append((json.loads(line)["action_id"],))
-                    except (ValueError, KeyError, TypeError):
-                        continue  # not an action line; it cannot hide an action either
+                ids = [(i,) for i in map(_action_id, handle) if i is not None]
         index.executemany("INSERT OR IGNORE INTO held VALUES (?)", ids)
         _cover(index, inode, size)
+
+
+# Lines are written with sorted keys, so ``action_id`` comes first: read without parsing the
+# whole line when its value has no escape; any other line is parsed.
+_FIRST_ACTION_ID = re.compile(rb'\{"action_id": "([^"\\]*)"')
+
+
+def _action_id(line: bytes) -> str | None:
+    found = _FIRST_ACTION_ID.match(line)
+    if found:
+        return found.group(1).decode()
+    try:
+        return json.loads(line)["action_id"]
+    except (ValueError, KeyError, TypeError):
+        return None  # not an action line; it cannot hide an action either
 
 
 def _record(index: sqlite3.Connection, path: Path, ids: list[str]) -> None:

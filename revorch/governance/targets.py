@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from filelock import FileLock
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -92,7 +94,12 @@ class OutboxFile:
     def deliver(self, messages: list[dict]) -> list[Delivery]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.repair()  # the dispatcher repairs first; this only guards other callers
-        with closing(sqlite3.connect(self.index, isolation_level=None)) as index:
+        # Look up, append and index as one step: another dispatcher (its own journal) on this
+        # file waits, so the bytes the index covers are always lines whose ids it holds.
+        with (
+            FileLock(f"{self.path}.lock"),
+            closing(sqlite3.connect(self.index, isolation_level=None)) as index,
+        ):
             index.executescript(INDEX_SCHEMA)
             _catch_up(index, self.path)
             ids = sorted({m["action_id"] for m in messages})

@@ -14,6 +14,7 @@ revorch estate report         the automation estate ranked: keep, migrate or ret
 revorch approvals [list]      actions waiting for a person
 revorch approvals approve|reject ID... --by NAME [--comment TEXT]
 revorch dispatch              send approved and allowed actions now
+revorch dispatch release [--journal ID --by NAME]   a lost dispatcher's `sending` actions
 revorch audit verify [--incremental]   recompute the audit trail's hash chain against its anchors
 revorch policy check          what a compromised model could get sent without a person
 revorch history COMPANY_ID    every decision and action about one company, in order
@@ -237,7 +238,20 @@ def _parser() -> argparse.ArgumentParser:
     approvals.add_argument("--comment", default="", help="why (required to reject)")
     approvals.set_defaults(handler=_approvals)
 
-    dispatch = commands.add_parser("dispatch", help="send approved and allowed actions now")
+    dispatch = commands.add_parser(
+        "dispatch",
+        help="send approved and allowed actions now; `release`: a lost dispatcher's actions",
+        description="Send what is due now. `revorch dispatch release` lists the dispatcher "
+        "journals holding actions in `sending`; with --journal ID, it makes the actions of a "
+        "dispatcher that is gone for good due again (docs/operations.md).",
+    )
+    dispatch.add_argument("verb", nargs="?", choices=["release"], help="release: see above")
+    dispatch.add_argument(
+        "--journal", metavar="ID", help="release: the lost dispatcher's journal id (as listed)"
+    )
+    dispatch.add_argument(
+        "--by", default=os.environ.get("USER", ""), help="release: who releases (audited)"
+    )
     dispatch.set_defaults(handler=_dispatch)
 
     audit = commands.add_parser("audit", help="check the audit trail")
@@ -1064,12 +1078,82 @@ def _approvals(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb == "release":
+        return _release(args)
+    if args.journal:
+        raise RevorchError("--journal is for `revorch dispatch release --journal ID`")
     _check_configs()
     result = _run_job("dispatch_actions", {})
     if not result.success:
         print(f"revorch dispatch: {_failure(result)}", file=sys.stderr)
         return 1
     return _print_dispatched(result)
+
+
+def _release(args: argparse.Namespace) -> int:
+    """List the journals holding actions in ``sending``; with --journal, release one whose
+    dispatcher is gone for good (revorch/governance/release.py)."""
+    from resources import default_resources
+    from revorch.governance.release import (
+        ReleaseError,
+        claims,
+        journal_id_at,
+        local_journal_idle,
+        release_journal,
+    )
+
+    local = settings.dispatch_journal_path()
+    if not args.journal:
+        # The working file, not the published copy: a killed dispatcher published nothing.
+        with _reading(working=True) as conn:
+            found = claims(conn)
+        print(f"{len(found)} dispatcher journals hold actions in `sending`.")
+        here = journal_id_at(local)
+        for claim in found:
+            mine = f"  (this machine's journal, {local})" if claim.journal_id == here else ""
+            print(
+                f"{claim.journal_id}  {claim.actions:>7,} actions  sending since "
+                f"{claim.since:%Y-%m-%d %H:%M} UTC{mine}"
+            )
+        if found:
+            print(
+                "A dispatcher at work holds its actions in `sending` too. Release only the "
+                "journal of a dispatcher that is gone for good:\n"
+                "  revorch dispatch release --journal ID --by NAME"
+            )
+        return 0
+    try:
+        with (
+            local_journal_idle(local, args.journal),
+            default_resources()["state_store"].get_connection() as conn,
+        ):
+            released = release_journal(
+                conn,
+                args.journal,
+                by=args.by,
+                run_id=None,
+                anchor_path=settings.audit_anchor_path(),
+            )
+            head = conn.execute(
+                "SELECT seq, hash FROM governance.audit_log ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+    except ReleaseError as refused:
+        raise RevorchError(str(refused)) from refused
+    if not released.action_ids:
+        earlier = (
+            f"; {released.earlier} were released by {released.earlier_by} at "
+            f"{released.earlier_at:%Y-%m-%d %H:%M} UTC"
+            if released.earlier
+            else ""
+        )
+        print(f"Journal {args.journal} holds no action in `sending`: nothing to release{earlier}.")
+        return 0
+    _dagster_anchor()(*head)  # the new audit rows anchored where `audit verify` reads too
+    print(
+        f"Released {len(released.action_ids)} actions of journal {args.journal}: the next "
+        "dispatch judges them again and sends them under their own idempotency keys."
+    )
+    return 0
 
 
 def _print_dispatched(result) -> int:

@@ -2,6 +2,8 @@
 moments (while a webhook request is in flight, just after it was answered, while the outbox
 file is appended to), then a last dispatch. Nothing is lost, nothing acts twice, and
 the audit trail shows every attempt, the interrupted ones too. A torn outbox line is repaired.
+A dispatcher lost for good with its journal: `revorch dispatch release` makes its actions due
+again, once, audited, and the next dispatcher delivers each once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import duckdb
 import pytest
 import yaml
 
+from revorch.cli import main
 from revorch.governance.approvals import Review, review
 from revorch.governance.audit import verify
 from revorch.governance.dispatch import dispatch
@@ -434,3 +437,128 @@ def test_a_torn_last_outbox_line_is_set_aside_and_the_action_delivered_whole(
     trail = crm.attempts()
     assert sum(("dispatch_interrupted", 1) in events for events in trail.values()) == 1
     assert crm.intact()
+
+
+# -- `revorch dispatch release`: a dispatcher lost for good, its journal with it ------------
+
+
+def _journal_files(journal: Path) -> list[Path]:
+    return [p for p in journal.parent.iterdir() if p.name.startswith(journal.name)]
+
+
+def _release_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["dispatch", "release", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rows(crm: Crm, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(crm.database), read_only=True) as conn:
+        return conn.execute(sql, params or []).fetchall()
+
+
+@pytest.mark.file_only("the killed dispatcher's state store is a file (test_dispatch_crash.py)")
+def test_a_lost_dispatchers_actions_are_released_once_and_delivered_once(
+    held_home, tmp_path, receiver, monkeypatch, capsys
+):
+    state, url = receiver
+    crm = _approved_copy(held_home, tmp_path, 6)
+    lost = tmp_path / "machine-a" / "journal.sqlite3"
+    other = tmp_path / "machine-b" / "journal.sqlite3"
+    env = _env(crm.home, crm.policy, REVORCH_WEBHOOK_URL=url)
+
+    # Machine A's dispatcher is killed while its third request is in flight.
+    state.kill_at, state.mode = 3, "during"
+    state.victim = process = _start_dispatcher(
+        {**env, "REVORCH_DISPATCH_JOURNAL": str(lost)}, tmp_path, "lost"
+    )
+    process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL
+    state.victim = None
+    [(journal_id, stuck)] = _rows(
+        crm,
+        "SELECT sending_journal, count(*) FROM governance.actions "
+        "WHERE status = 'sending' GROUP BY ALL",
+    )
+    assert stuck == len(crm.approved)
+    delivered_before = Counter(state.acted)
+    assert sum(delivered_before.values()) == 3
+
+    # Machine B's dispatcher leaves another journal's actions alone.
+    b = _start_dispatcher({**env, "REVORCH_DISPATCH_JOURNAL": str(other)}, tmp_path, "b-1")
+    _out, err = b.communicate(timeout=600)
+    assert b.returncode == 0, err
+    assert len(state.requests) == 3
+    assert set(crm.statuses().values()) == {"sending"}
+
+    # `revorch dispatch release` as on machine A (its journal is REVORCH_DISPATCH_JOURNAL).
+    for name, value in {**env, "REVORCH_DISPATCH_JOURNAL": str(lost)}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DAGSTER_HOME", str(crm.home / "dagster"))
+    code, out, _ = _release_cli(capsys)
+    [listed] = [line.split() for line in out.splitlines() if line.startswith(journal_id)]
+    assert code == 0 and listed[1:3] == ["6", "actions"] and "machine's" in listed
+
+    # On machine A the journal is still there: refused while its dispatcher holds it...
+    with open_journal(lost, lock_timeout_seconds=5):
+        code, _, err = _release_cli(capsys, "--journal", journal_id, "--by", "alice")
+    assert code == 2 and "its dispatcher is running" in err
+    # ... and while it holds an attempt to recover (the one the kill cut short).
+    code, _, err = _release_cli(capsys, "--journal", journal_id, "--by", "alice")
+    assert code == 2 and "run `revorch dispatch`" in err
+    assert set(crm.statuses().values()) == {"sending"}
+
+    # Machine A is lost for good, its journal with it.
+    for path in _journal_files(lost):
+        path.unlink()
+    code, _, err = _release_cli(capsys, "--journal", journal_id, "--by", " ")
+    assert code == 2 and "say who releases" in err
+    code, out, err = _release_cli(capsys, "--journal", journal_id, "--by", "alice")
+    assert code == 0, err
+    assert out.startswith("Released 6 actions")
+    assert set(crm.statuses().values()) == {"retry"}
+    released = _rows(
+        crm,
+        "SELECT action_id, actor, detail->>'journal', seq FROM governance.audit_log "
+        "WHERE event = 'dispatch_released' ORDER BY action_id",
+    )
+    assert [(a, who, j) for a, who, j, _ in released] == [
+        (a, "human:alice", journal_id) for a in sorted(crm.approved)
+    ]
+
+    # Again: nothing changes, and it says why.
+    code, out, err = _release_cli(capsys, "--journal", journal_id, "--by", "bob")
+    assert code == 0, err
+    assert "nothing to release; 6 were released by human:alice" in out
+    assert (
+        len(_rows(crm, "SELECT 1 FROM governance.audit_log WHERE event = 'dispatch_released'")) == 6
+    )
+
+    code, _, err = _release_cli(capsys, "--journal", "0123456789abcdef", "--by", "alice")
+    assert (
+        code == 2 and "no action was ever claimed by dispatcher journal '0123456789abcdef'" in err
+    )
+
+    # Machine B sends them now, each judged again, under its unchanged key.
+    b = _start_dispatcher({**env, "REVORCH_DISPATCH_JOURNAL": str(other)}, tmp_path, "b-2")
+    _out, err = b.communicate(timeout=600)
+    assert b.returncode == 0, err
+    assert set(crm.statuses().values()) == {"sent"}
+    assert all(key == action_id for key, action_id in state.requests)
+    assert Counter(a for _, a in state.requests) == Counter(
+        {a: 1 + delivered_before[a] for a in crm.approved}
+    )
+    assert state.acted == Counter({a: 1 for a in crm.approved})
+    last_release = max(seq for *_, seq in released)
+    judged = _rows(
+        crm,
+        "SELECT DISTINCT action_id FROM governance.audit_log WHERE event = 'verdict' "
+        "AND (detail->>'stage') = 'dispatch' AND seq > ?",
+        [last_release],
+    )
+    assert {a for (a,) in judged} == set(crm.approved)
+    _assert_every_attempt_in_the_trail(crm)
+    assert crm.intact()
+
+    code, out, _ = _release_cli(capsys)
+    assert code == 0 and out.startswith("0 dispatcher journals")

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import dagster as dg
-import duckdb
 import polars as pl
 import pytest
 import yaml
 
-from conftest import CrmHome, copy_into_lake, forge_approval
+from conftest import CrmHome, forge_approval
 from orch_assets.governance.assets import approval_queue, governance_assets
 from orch_assets.governance.checks import (
     audit_chain_intact,
@@ -62,29 +61,17 @@ def policy_with(**changes) -> Policy:
     return Policy.model_validate(document)
 
 
-@pytest.fixture(scope="module")
-def decided_crm(simulated_crm) -> Path:
-    """A state store with the shared simulated CRM (conftest), its stages and every agent's
-    offline decisions, built through the asset graph; each test works on its own copy."""
-    return simulated_crm.homes["decided"].database
-
-
 class Governed:
-    """One test's copy of the decided CRM, with its anchor and outbox files."""
+    """One test's copy of the shared CRM with every agent's decisions (conftest's ``copy_crm``:
+    on DuckLake, its lake a clone of the step's template), with its anchor and outbox files."""
 
-    def __init__(self, source: Path, folder: Path) -> None:
-        if access.is_lake():  # --state-backend ducklake: this test's lake (conftest)
-            with access.lake_writing() as conn:
-                copy_into_lake(conn, source)
-            self.conn = CrmHome(folder).connect()
-        else:
-            shutil.copyfile(source, folder / "revorch.duckdb")
-            self.conn = duckdb.connect(str(folder / "revorch.duckdb"))
+    def __init__(self, home: CrmHome) -> None:
+        self.conn = home.connect()
         self.conn.execute("SET TimeZone = 'UTC'")
-        self.folder = folder
-        self.anchor = folder / "anchors.jsonl"
-        self.outbox = OutboxFile(folder / "outbox.jsonl")
-        self.journal = folder / "dispatch-journal.sqlite3"
+        self.folder = home.root
+        self.anchor = home.root / "anchors.jsonl"
+        self.outbox = OutboxFile(home.root / "outbox.jsonl")
+        self.journal = home.root / "dispatch-journal.sqlite3"
 
     def connect(self):
         return nullcontext(self.conn)
@@ -158,8 +145,8 @@ class Governed:
 
 
 @pytest.fixture
-def gov(decided_crm, tmp_path):
-    governed = Governed(decided_crm, tmp_path)
+def gov(copy_crm):
+    governed = Governed(copy_crm("decided"))
     yield governed
     governed.conn.close()
 
@@ -815,7 +802,7 @@ def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_
 
         # A review given in the launchpad's config is applied; a bad one fails the run, clearly.
         pending = meta["approval_queue"]["approvals_pending"]
-        waiting = CrmHome(tmp_path).connect()
+        waiting = CrmHome(gov.folder).connect()
         chosen = waiting.execute(
             "SELECT action_id FROM governance.approval_queue LIMIT 1"
         ).fetchone()[0]

@@ -1093,7 +1093,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _release(args: argparse.Namespace) -> int:
     """List the journals holding actions in ``sending``; with --journal, release one whose
     dispatcher is gone for good (revorch/governance/release.py)."""
-    from resources import default_resources
     from revorch.governance.release import (
         ReleaseError,
         claims,
@@ -1125,7 +1124,7 @@ def _release(args: argparse.Namespace) -> int:
     try:
         with (
             local_journal_idle(local, args.journal),
-            default_resources()["state_store"].get_connection() as conn,
+            _writing() as conn,
         ):
             released = release_journal(
                 conn,
@@ -1154,6 +1153,28 @@ def _release(args: argparse.Namespace) -> int:
         "dispatch judges them again and sends them under their own idempotency keys."
     )
     return 0
+
+
+@contextmanager
+def _writing() -> Iterator[duckdb.DuckDBPyConnection]:
+    """The state store for one short write outside a run: the file under its writer lock (as
+    a run's StateStore opens it), or the DuckLake catalog; on the rule clock the runs read."""
+    from resources import StateStore
+    from revorch import clock
+    from revorch.state import access
+
+    setting = os.environ.get("REVORCH_CLOCK") or clock.WALL
+    if access.is_lake():
+        with access.lake_writing(setting) as conn:
+            yield conn
+        return
+    database = settings.database_path()
+    if not database.exists():
+        raise RevorchError(
+            f"no state store at {database} yet; run `revorch ingest` first (REVORCH_HOME)"
+        )
+    with StateStore(database=str(database), clock=setting).get_connection() as conn:
+        yield conn
 
 
 def _print_dispatched(result) -> int:

@@ -211,3 +211,63 @@ def test_dispatchers_with_separate_journals_never_send_an_action_twice(
     assert {r for _, r in dispatched} == {"machine-1"}  # the second found them all claimed
     assert trail.problems == [] and trail.intact
     assert "sent" not in second_out  # its report: it sent nothing
+
+
+@pytest.mark.slow
+def test_a_lost_dispatchers_actions_are_released_in_the_lake_and_sent_once(
+    lake_home: CrmHome, tmp_path: Path, capsys
+):
+    """A dispatcher on another machine claimed five actions and was lost with its journal:
+    `revorch dispatch release` makes them due again in the lake, audited, once; a dispatcher
+    with its own journal then sends each once."""
+    from revorch.cli import main
+    from revorch.governance.dispatch import dispatch
+    from revorch.governance.policy import load_policy
+    from revorch.governance.targets import OutboxFile
+
+    with access.lake_writing() as conn:
+        claimed = [
+            a
+            for (a,) in conn.execute(
+                "SELECT action_id FROM governance.actions WHERE status = 'sent' "
+                "ORDER BY action_id LIMIT 5"
+            ).fetchall()
+        ]
+        conn.execute(
+            "UPDATE governance.actions SET status = 'sending', sending_journal = 'lost-machine' "
+            "WHERE action_id IN (SELECT unnest(?))",
+            [claimed],
+        )
+    release = ["dispatch", "release", "--journal", "lost-machine", "--by", "carol"]
+    assert main(release) == 0 and main(release) == 0
+    assert main(["dispatch", "release"]) == 0
+    out = capsys.readouterr().out
+    assert "Released 5 actions" in out and "nothing to release; 5 were released" in out
+    with access.reading() as conn:
+        statuses = set(
+            conn.execute(
+                "SELECT status, sending_journal FROM governance.actions "
+                "WHERE action_id IN (SELECT unnest(?))",
+                [claimed],
+            ).fetchall()
+        )
+        released = conn.execute(
+            "SELECT action_id, actor FROM governance.audit_log "
+            "WHERE event = 'dispatch_released' ORDER BY action_id"
+        ).fetchall()
+    assert statuses == {("retry", None)}
+    assert released == [(a, "human:carol") for a in claimed]
+
+    outbox = tmp_path / "machine-2" / "actions.jsonl"
+    report = dispatch(
+        access.lake_writing,
+        load_policy(),
+        OutboxFile(outbox),
+        journal_path=tmp_path / "machine-2" / "journal.sqlite3",
+        run_id="machine-2",
+        anchor_path=settings.audit_anchor_path(),
+    )
+    written = [json.loads(line)["action_id"] for line in outbox.read_text().splitlines()]
+    assert sorted(written) == claimed and report.outcomes["sent"] == len(claimed)
+    with access.reading() as conn:
+        assert verify(conn, settings.audit_anchor_path()).intact

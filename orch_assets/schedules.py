@@ -12,7 +12,9 @@ What only needs new data (retraining the offline models) uses on_cron on its ass
 
 import dagster as dg
 
+from orch_assets.governance.checks import nothing_sent_without_a_verdict
 from orch_assets.ingestion.jobs import GOVERNANCE_PRIORITY, LANE_TAG, PRIORITY_TAG
+from orch_assets.stages.checks import stage_checks
 from revorch.instance.writer import writer_held_executor
 
 PUBLISHED = dg.AssetKey(["analytics", "published_state"])
@@ -90,6 +92,23 @@ approve_and_dispatch = _job(
     PEOPLE_FIRST,
 )
 
+# The checks of a run look at what changed since they last passed (docs/data_quality.md,
+# docs/governance.md); once a night every check looks at every row, so what was written behind
+# the pipeline's back (by hand, in the file) is found within a day.
+FULL_CHECK = {"config": {"full_check": True}}
+full_checks = dg.define_asset_job(
+    "full_checks",
+    selection=dg.AssetSelection.all_asset_checks(),
+    description="Every data-quality and governance check, each over every row (full_check), "
+    "not only the changed slice a run's checks look at.",
+    config={
+        "ops": {
+            check.node_def.name: FULL_CHECK
+            for check in [*stage_checks, nothing_sent_without_a_verdict]
+        }
+    },
+)
+
 schedules = [
     dg.ScheduleDefinition(
         name=name,
@@ -113,6 +132,12 @@ schedules = [
             "Weekly funnel report, Mondays at 07:00 UTC.",
         ),
         (
+            "full_checks_schedule",
+            full_checks,
+            "0 3 * * *",
+            "Nightly full data-quality check at 03:00 UTC (every row, not the changed slice).",
+        ),
+        (
             "approval_sla_check_schedule",
             approve_and_dispatch,
             "30 * * * *",
@@ -127,4 +152,5 @@ jobs = [
     review_actions,
     dispatch_actions,
     approve_and_dispatch,
+    full_checks,
 ]

@@ -71,6 +71,7 @@ SCHEDULES = {
     "sla_check_schedule",
     "weekly_funnel_report_schedule",
     "approval_sla_check_schedule",
+    "full_checks_schedule",
 }
 
 

@@ -16,7 +16,7 @@ from revorch.state import access
 
 def _check(home, *, every: bool = False) -> dg.AssetCheckResult:
     return nothing_sent_without_a_verdict(
-        config=SentCheckConfig(every_sent_action=every),
+        config=SentCheckConfig(full_check=every),
         state_store=StateStore(database=str(home.database)),
         governance=GovernanceResource(
             policy_path=str(DEFAULT_PATH), audit_anchor_path=str(home.anchor)

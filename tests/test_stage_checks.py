@@ -7,7 +7,11 @@ the stage assets after it, a failing warning does not.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -345,3 +349,48 @@ def test_the_main_job_runs_every_stage_check():
     assert ACCOUNT_LIFECYCLE in {
         key.asset_key for check in stage_checks for key in check.check_keys
     }
+
+
+NIGHTLY_RUN = """
+import json
+import dagster as dg
+from revorch.definitions import defs
+
+with dg.instance_for_test() as instance:
+    result = defs.resolve_job_def("full_checks").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+print(json.dumps({
+    "checks": {e.check_name: [e.passed, {k: v.value for k, v in e.metadata.items()}]
+               for e in result.get_asset_check_evaluations()},
+    "every_check": sorted(k.name for k in defs.resolve_asset_graph().asset_check_keys),
+    "materialized": len(result.get_asset_materialization_events()),
+}))
+"""
+
+
+def test_the_nightly_full_check_runs_every_check_over_every_row(copy_crm):
+    """The `full_checks` job (its schedule runs nightly), run as the daemon would on a home,
+    finds a row written behind the pipeline's back, which a run's checks of the changed slice
+    never look at; every check runs, nothing is rebuilt."""
+    from revorch import settings
+
+    home = copy_crm("governed")
+    forbidden = CORRUPTIONS["forbidden transition"]
+    with home.connect() as conn:
+        [victim] = conn.execute(forbidden.victim_sql).fetchone()
+        conn.execute(forbidden.corrupt_sql, {"victim": victim})
+
+    env = {k: v for k, v in os.environ.items() if k not in settings.ELSEWHERE} | home.env()
+    ran = subprocess.run(
+        [sys.executable, "-c", NIGHTLY_RUN], env=env, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    found = json.loads(ran.stdout.strip().splitlines()[-1])
+
+    assert set(found["every_check"]) - set(found["checks"]) == set()
+    passed, metadata = found["checks"][forbidden.check]
+    assert (passed, metadata["checked"]) == (False, "all rows")
+    assert metadata[f"failing/{forbidden.expectation}"] == forbidden.failing
+    assert found["checks"]["nothing_sent_without_a_verdict"][0]
+    assert found["materialized"] == 0

@@ -83,7 +83,7 @@ SENT_SINCE_SQL = SENT_WITHOUT_VERDICT.format(
 
 
 class SentCheckConfig(dg.Config):
-    every_sent_action: bool = Field(
+    full_check: bool = Field(
         default=False,
         description="Look at every sent action, not only those sent since the last check that "
         "passed (the first check, and one after a failure, look at all since then anyway).",
@@ -106,14 +106,14 @@ def _read_sent_checkpoint(path: Path) -> tuple[int, datetime] | None:
 @dg.asset_check(
     asset=DISPATCHED_ACTIONS,
     description="Every sent action has a recorded dispatch verdict that allowed it. Looks at "
-    "the actions sent since the last check that passed; `every_sent_action` looks at all.",
+    "the actions sent since the last check that passed; `full_check` looks at all.",
     pool=DUCKDB_WRITER_POOL,
 )
 def nothing_sent_without_a_verdict(
     config: SentCheckConfig, state_store: StateStore, governance: GovernanceResource
 ):
     path = sent_checkpoint_path(governance.anchor)
-    since = None if config.every_sent_action else _read_sent_checkpoint(path)
+    since = None if config.full_check else _read_sent_checkpoint(path)
     with state_store.get_connection() as conn:
         conn.execute("BEGIN TRANSACTION")  # one snapshot: the head seen is the one checked up to
         head, now = conn.execute(

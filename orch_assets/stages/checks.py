@@ -17,7 +17,6 @@ checked on the first run, when the suite changed (its config) and on request (``
 A failing check keeps its watermark, so its rows are checked again until they pass.
 """
 
-
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass

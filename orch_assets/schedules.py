@@ -101,6 +101,7 @@ full_checks = dg.define_asset_job(
     selection=dg.AssetSelection.all_asset_checks(),
     description="Every data-quality and governance check, each over every row (full_check), "
     "not only the changed slice a run's checks look at.",
+    executor_def=dg.in_process_executor,  # one process, its checks one after another
     config={
         "ops": {
             check.node_def.name: FULL_CHECK

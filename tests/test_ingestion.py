@@ -410,13 +410,13 @@ def _state(conn):
     }
 
 
-def _ingest_in_batches(conn, zone, events, batch_size, incremental):
+def _ingest_in_batches(conn, zone, events, batch_size, incremental, shard_changes=10**6):
     for start in range(0, len(events), batch_size):
         zone.write_events("test", events[start : start + batch_size])
         ingest_pending(conn, zone)
         if incremental:
-            refresh_current_state(conn)
-    refresh_current_state(conn)
+            refresh_current_state(conn, shard_changes=shard_changes)
+    refresh_current_state(conn, shard_changes=shard_changes)
     return _state(conn)
 
 
@@ -451,4 +451,18 @@ def test_shuffled_duplicated_or_batched_arrival_gives_the_same_state(
 
     # A full rebuild from the change log gives the same state as the incremental refreshes.
     refresh_current_state(conn_b, full_rebuild=True)
+    assert _state(conn_b) == expected
+
+    # In shards of two changes (one transaction each), built at once or batch by batch.
+    conn_c, zone_c = _fresh(tmp_path_factory)
+    assert _ingest_in_batches(conn_c, zone_c, shuffled, 3, True, shard_changes=2) == expected
+    refresh_current_state(conn_c, full_rebuild=True, shard_changes=2)
+    assert _state(conn_c) == expected
+    conn_d, zone_d = _fresh(tmp_path_factory)
+    assert _ingest_in_batches(conn_d, zone_d, shuffled, len(events), False, 2) == expected
+
+    # A refresh that stopped after its shards but before the watermark moved is repeated:
+    # applying the same changes again changes nothing.
+    conn_b.execute("UPDATE state_watermarks SET load_id = 1 WHERE name = 'crm_current_state'")
+    refresh_current_state(conn_b, shard_changes=2)
     assert _state(conn_b) == expected

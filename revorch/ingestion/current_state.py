@@ -21,6 +21,10 @@ from the old watermark and every step below gives the same result when repeated.
 from __future__ import annotations
 
 import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import duckdb
 
@@ -38,8 +42,7 @@ WITH changes AS (
            (epoch_us(occurred_at)::HUGEINT << 64) + hash(event_id) AS ord,
            json_keys(properties) AS keys,
            json_transform(properties, '{struct}') AS p
-    FROM change_log
-    WHERE {where}
+    FROM {source}
 )
 SELECT object_id AS id,
        {fields},
@@ -95,16 +98,17 @@ def refresh_current_state(
         if since and not count:
             continue
         shards = max(1, math.ceil(count / shard_changes))
-        rebuilt[table] = 0
-        for shard in range(shards):
-            part = _Shard(conn, object_type, table, columns, shard, shards)
-            conn.execute("BEGIN TRANSACTION")
-            try:
-                rebuilt[table] += part.merge(since, upto) if since else part.replay(upto)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with _spread(conn, object_type, since, upto, shards) as sources:
+            rebuilt[table] = 0
+            for shard, source in enumerate(sources):
+                part = _Shard(conn, object_type, table, columns, shard, shards, source)
+                conn.execute("BEGIN TRANSACTION")
+                try:
+                    rebuilt[table] += part.merge(since, upto) if since else part.replay(upto)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
     # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
     conn.execute("BEGIN TRANSACTION")
     conn.execute("DELETE FROM state_watermarks WHERE name = ?", [WATERMARK])
@@ -114,6 +118,33 @@ def refresh_current_state(
     )
     conn.execute("COMMIT")
     return rebuilt
+
+
+@contextmanager
+def _spread(
+    conn: duckdb.DuckDBPyConnection, object_type: str, since: int, upto: int, shards: int
+) -> Iterator[list[str]]:
+    """Where each shard reads its changes of (since, upto] from.
+
+    One shard reads the change log. Several shards would each scan (and decompress) the whole
+    log again, so one pass spreads the type's changes over a Parquet file per shard instead.
+    """
+    where = f"object_type = '{object_type}' AND load_id > {since} AND load_id <= {upto}"
+    if shards == 1:
+        yield [f"(SELECT * FROM change_log WHERE {where})"]
+        return
+    with tempfile.TemporaryDirectory(prefix="revorch-state-") as folder:
+        conn.execute(
+            f"COPY (SELECT hash(object_id) % {shards} AS shard, object_id, op, occurred_at, "
+            f"event_id, properties FROM change_log WHERE {where}) "
+            f"TO '{folder}' (FORMAT parquet, PARTITION_BY (shard))"
+        )
+        yield [
+            f"read_parquet('{folder}/shard={shard}/*.parquet')"
+            if Path(folder, f"shard={shard}").is_dir()
+            else "(SELECT * FROM change_log WHERE false)"
+            for shard in range(shards)
+        ]
 
 
 class _Shard:
@@ -127,25 +158,23 @@ class _Shard:
         columns: dict[str, str],
         shard: int,
         shards: int,
+        source: str,
     ) -> None:
         self.conn, self.object_type, self.table, self.columns = conn, object_type, table, columns
-        self.slice = f" AND hash(object_id) % {shards} = {shard}" if shards > 1 else ""
         self.id_slice = f"hash(id) % {shards} = {shard}" if shards > 1 else "true"
+        self.source = source  # this shard's changes of (since, upto]
 
     def replay(self, upto: int) -> int:
-        """Rebuild every record of the shard from its whole history."""
+        """Rebuild every record of the shard from its whole history (since is 0)."""
         self.conn.execute(f"DELETE FROM {self.table} WHERE {self.id_slice}")
-        return self._insert_replayed(f"load_id <= {upto}{self.slice}")
+        return self._insert(self._record_sql(self.source))
 
     def merge(self, since: int, upto: int) -> int:
         """Apply the changes loaded in (since, upto] to the records they touch."""
         conn, table = self.conn, self.table
         conn.execute(
             "CREATE OR REPLACE TEMP TABLE fresh AS "
-            + self._record_sql(
-                f"load_id > {since} AND load_id <= {upto}{self.slice}",
-                tuple(SET_SQL.format(column=c) for c in self.columns),
-            )
+            + self._record_sql(self.source, tuple(SET_SQL.format(column=c) for c in self.columns))
         )
         fields = ",\n       ".join(MERGE_FIELD_SQL.format(column=c) for c in self.columns)
         conn.execute(
@@ -157,21 +186,24 @@ class _Shard:
             "CREATE OR REPLACE TEMP TABLE late AS SELECT id FROM fresh ANTI JOIN merged USING (id)"
         ).fetchone()[0]
         if late:
-            self._insert_replayed(f"load_id <= {upto} AND object_id IN (SELECT id FROM late)")
+            history = (
+                f"(SELECT * FROM change_log WHERE object_type = '{self.object_type}' "
+                f"AND load_id <= {upto} AND object_id IN (SELECT id FROM late))"
+            )
+            self._insert(self._record_sql(history))
         rebuilt = conn.execute("SELECT count(*) FROM fresh").fetchone()[0]
         conn.execute("DROP TABLE fresh")
         conn.execute("DROP TABLE merged")
         conn.execute("DROP TABLE late")
         return rebuilt
 
-    def _insert_replayed(self, where: str) -> int:
-        sql = self._record_sql(where)
+    def _insert(self, sql: str) -> int:
         return self.conn.execute(f"INSERT INTO {self.table} BY NAME {sql}").fetchone()[0]
 
-    def _record_sql(self, where: str, extra: tuple[str, ...] = ()) -> str:
+    def _record_sql(self, source: str, extra: tuple[str, ...] = ()) -> str:
         fields = [FIELD_SQL.format(column=c, data_type=t) for c, t in self.columns.items()]
         return RECORD_SQL.format(
-            where=f"object_type = '{self.object_type}' AND {where}",
+            source=source,
             struct="{" + ",".join(f'"{c}":"VARCHAR"' for c in self.columns) + "}",
             fields=",\n       ".join([*fields, *extra]),
         )

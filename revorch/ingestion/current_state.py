@@ -104,7 +104,7 @@ def refresh_current_state(
                 part = _Shard(conn, object_type, table, columns, shard, shards, source)
                 conn.execute("BEGIN TRANSACTION")
                 try:
-                    rebuilt[table] += part.merge(since, upto) if since else part.replay(upto)
+                    rebuilt[table] += part.merge(upto) if since else part.replay()
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -164,12 +164,12 @@ class _Shard:
         self.id_slice = f"hash(id) % {shards} = {shard}" if shards > 1 else "true"
         self.source = source  # this shard's changes of (since, upto]
 
-    def replay(self, upto: int) -> int:
+    def replay(self) -> int:
         """Rebuild every record of the shard from its whole history (since is 0)."""
         self.conn.execute(f"DELETE FROM {self.table} WHERE {self.id_slice}")
         return self._insert(self._record_sql(self.source))
 
-    def merge(self, since: int, upto: int) -> int:
+    def merge(self, upto: int) -> int:
         """Apply the changes loaded in (since, upto] to the records they touch."""
         conn, table = self.conn, self.table
         conn.execute(

@@ -6,14 +6,18 @@ pipeline (`revorch ingest`), per million contacts.
         .venv/bin/python bench/backends.py --sizes 1000000 --pipeline ducklake
 
 For each size `revorch simulate --contacts N` (seed 42; 50,000-event batches) writes one source
-home. Each measurement gets its own copy of it (hard links: ingestion only renames batches)
-and, on DuckLake, a fresh catalog database and data folder. Each measured step is a child
-process; its CPU seconds (user + system, DuckDB's threads included) and peak resident memory
-come from its own rusage (bench/pipeline.py's `measured`):
+home; with `--copies K` it then lands K - 1 more copies of that history whose record and event
+ids are made distinct per copy (`"c-0680902"` becomes `"c-30680902"` in copy 3): K x N
+contacts without simulating them at once (the simulator holds its world in memory, about 2 GB
+per million contacts). Each measurement gets its own copy of the home (hard links: ingestion
+only renames batches) and, on DuckLake, a fresh catalog database and data folder. Each
+measured step is a child process; its CPU seconds (user + system, DuckDB's threads included)
+and peak resident memory come from its own rusage (bench/pipeline.py's `measured`):
 
 - ingest: `ingest_pending` with `max_batches=--shard-batches` again and again until the landing
   zone is empty, one transaction per shard (crm_change_log);
-- state: `refresh_current_state` (crm_current_state);
+- state: `refresh_current_state` (crm_current_state), one transaction per shard of about
+  `--state-shard-changes` changes;
 - pipeline (for the backends named by --pipeline): `revorch ingest` on a fresh copy, every
   asset, check, agent and governance step of revorch_main, as bench/pipeline.py's first run.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -39,6 +44,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from ingest import machine  # noqa: E402
 from pipeline import REVORCH, environment, measured  # noqa: E402
+from revorch.ingestion.current_state import SHARD_CHANGES  # noqa: E402
 
 
 def _step(backend: str, kind: str, home: Path, catalog: str, shard: int) -> dict:
@@ -68,7 +74,7 @@ def _step(backend: str, kind: str, home: Path, catalog: str, shard: int) -> dict
                 rows += result.loaded
                 shard_cpu.append(round(_cpu() - before, 1))
         else:
-            rows = sum(refresh_current_state(conn).values())
+            rows = sum(refresh_current_state(conn, shard_changes=shard).values())
     return {"rows": rows, "shards": len(shard_cpu), "shard_cpu_s": shard_cpu}
 
 
@@ -127,6 +133,24 @@ def _copy_home(source: Path, target: Path) -> Path:
     return target
 
 
+# Every record id in the simulator's events is a JSON string "<prefix>-<digits>".
+RECORD_ID = re.compile(rb'"([a-z]+)-([0-9]+)"')
+
+
+def _land_copies(source: Path, copies: int) -> None:
+    """Land ``copies - 1`` more copies of the source's batches, ids distinct per copy."""
+    incoming = source / "landing" / "incoming"
+    originals = sorted(incoming.glob("*.ndjson"))
+    for copy in range(1, copies):
+        for path in originals:
+            data = path.read_bytes().replace(b'"event_id":"', b'"event_id":"copy%d-' % copy)
+            data = RECORD_ID.sub(rb'"\1-%d\2"' % copy, data)
+            # "simulator-copy01-..." sorts after every original: each copy lands in order.
+            name = path.name.replace("-", f"-copy{copy:02d}-", 1)
+            (incoming / f".{name}.part").write_bytes(data)
+            (incoming / f".{name}.part").rename(incoming / name)
+
+
 def _row(contacts: int, events: int, backend: str, what: str, figures: dict, store: float) -> str:
     per = 1e6 / contacts
     return (
@@ -146,6 +170,10 @@ def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
         events = int(simulated["output"].split("Wrote ")[1].split()[0].replace(",", ""))
         took = f"{simulated['wall_s']:.0f} s wall, {simulated['cpu_s']:.0f} s CPU"
         print(f"<!-- {contacts:,} contacts ({events:,} events) simulated in {took} -->", flush=True)
+        if args.copies > 1:
+            _land_copies(source, args.copies)
+            contacts, events = contacts * args.copies, events * args.copies
+            print(f"<!-- landed as {args.copies} copies: {contacts:,} contacts -->", flush=True)
         for backend in args.backends:
             name = f"revorch_bench_{uuid.uuid4().hex[:8]}"
             catalog = _with_dbname(dsn, name) if backend == "ducklake" else ""
@@ -158,7 +186,7 @@ def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
             print(f"<!-- {backend} CPU s per shard: {ingest['shard_cpu_s']} -->")
             store = _store_mb(home, backend, dsn, name)
             print(_row(contacts, events, backend, what, ingest, store), flush=True)
-            state = _measure_step(backend, "state", home, catalog, args.shard_batches)
+            state = _measure_step(backend, "state", home, catalog, args.state_shard_changes)
             store = _store_mb(home, backend, dsn, name)
             print(_row(contacts, events, backend, "current state", state, store), flush=True)
             shutil.rmtree(home)
@@ -188,6 +216,15 @@ def main() -> None:
     parser.add_argument(
         "--shard-batches", type=int, default=20, help="landed batches per ingestion transaction"
     )
+    parser.add_argument(
+        "--state-shard-changes",
+        type=int,
+        default=SHARD_CHANGES,
+        help="changes per transaction of the current-state build",
+    )
+    parser.add_argument(
+        "--copies", type=int, default=1, help="land the simulated history this many times"
+    )
     parser.add_argument("--workdir", help="where the homes go (default: the temp folder)")
     parser.add_argument("--step", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,7 +232,9 @@ def main() -> None:
         backend, kind, home, catalog, shard = args.step
         print(json.dumps(_step(backend, kind, Path(home), catalog, int(shard))))
         return
-    dsn = os.environ["REVORCH_BENCH_POSTGRES_DSN"]
+    dsn = os.environ.get("REVORCH_BENCH_POSTGRES_DSN", "")
+    if not dsn and "ducklake" in args.backends + args.pipeline:
+        parser.error("DuckLake needs REVORCH_BENCH_POSTGRES_DSN (a PostgreSQL to make catalogs in)")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"Machine: {machine()}; uptime before: {uptime}\n")
     print(

@@ -410,13 +410,13 @@ def _state(conn):
     }
 
 
-def _ingest_in_batches(conn, zone, events, batch_size, incremental):
+def _ingest_in_batches(conn, zone, events, batch_size, incremental, shard_changes=10**6):
     for start in range(0, len(events), batch_size):
         zone.write_events("test", events[start : start + batch_size])
         ingest_pending(conn, zone)
         if incremental:
-            refresh_current_state(conn)
-    refresh_current_state(conn)
+            refresh_current_state(conn, shard_changes=shard_changes)
+    refresh_current_state(conn, shard_changes=shard_changes)
     return _state(conn)
 
 
@@ -452,3 +452,64 @@ def test_shuffled_duplicated_or_batched_arrival_gives_the_same_state(
     # A full rebuild from the change log gives the same state as the incremental refreshes.
     refresh_current_state(conn_b, full_rebuild=True)
     assert _state(conn_b) == expected
+
+    # In shards of two changes (one transaction each), built at once or batch by batch.
+    conn_c, zone_c = _fresh(tmp_path_factory)
+    assert _ingest_in_batches(conn_c, zone_c, shuffled, 3, True, shard_changes=2) == expected
+    refresh_current_state(conn_c, full_rebuild=True, shard_changes=2)
+    assert _state(conn_c) == expected
+    conn_d, zone_d = _fresh(tmp_path_factory)
+    assert _ingest_in_batches(conn_d, zone_d, shuffled, len(events), False, 2) == expected
+
+    # A refresh that stopped after its shards but before the watermark moved is repeated:
+    # applying the same changes again changes nothing.
+    conn_b.execute("UPDATE state_watermarks SET load_id = 1 WHERE name = 'crm_current_state'")
+    refresh_current_state(conn_b, shard_changes=2)
+    assert _state(conn_b) == expected
+
+
+def test_the_state_built_in_shards_equals_the_state_built_in_one_piece(conn, zone):
+    # Runs on the file and, with --state-backend ducklake, on DuckLake (whose shards of several
+    # pieces go through Parquet files too).
+    first = [
+        event(
+            f"a-{i}",
+            "contact",
+            f"c-{i % 7}",
+            f"2026-01-{1 + i % 9:02d}T00:00:00Z",
+            job_title=f"t{i}",
+        )
+        for i in range(40)
+    ] + [
+        {**event("a-del", "contact", "c-3", "2026-01-20T00:00:00Z"), "op": "delete"},
+        event("a-deal", "deal", "d-1", "2026-01-02T00:00:00Z", stage="qualifiedtobuy", amount=10),
+    ]
+    zone.write_events("test", first)
+    ingest_pending(conn, zone)
+    refresh_current_state(conn, shard_changes=10**6)
+    whole = _state(conn)
+    refresh_current_state(conn, full_rebuild=True, shard_changes=3)
+    assert _state(conn) == whole
+
+    # Then a batch with a late change (older than what is known of c-1), a newer one (c-2),
+    # a null that clears a field and a new record, applied in shards of three changes.
+    zone.write_events(
+        "test",
+        [
+            event("b-late", "contact", "c-1", "2025-12-01T00:00:00Z", job_title="old", phone="1"),
+            event("b-new", "contact", "c-2", "2026-02-01T00:00:00Z", phone="2"),
+            event("b-null", "contact", "c-4", "2026-02-01T00:00:00Z", job_title=None),
+            event("b-rec", "contact", "c-99", "2026-02-01T00:00:00Z", email="x@example.com"),
+            event("b-deal", "deal", "d-1", "2026-02-01T00:00:00Z", stage="closedwon"),
+        ],
+    )
+    ingest_pending(conn, zone)
+    assert sum(refresh_current_state(conn, shard_changes=3).values()) == 5
+    merged = _state(conn)
+    refresh_current_state(conn, full_rebuild=True, shard_changes=10**6)
+    assert _state(conn) == merged
+    assert len(merged["contacts"]) == 8
+    # c-1's newest title is t8 (January 9th): the late "old" lost; c-2's is t16 (the 8th).
+    assert conn.execute(
+        "SELECT job_title, phone FROM contacts WHERE id IN ('c-1', 'c-2', 'c-4') ORDER BY id"
+    ).fetchall() == [("t8", "1"), ("t16", "2"), (None, None)]

@@ -133,7 +133,12 @@ def _spread(
     if shards == 1:
         yield [f"(SELECT * FROM change_log WHERE {where})"]
         return
-    with tempfile.TemporaryDirectory(prefix="revorch-state-") as folder:
+    # Beside DuckDB's own spill files (``<database>.tmp`` in REVORCH_HOME), not in /tmp.
+    spill = Path(conn.execute("SELECT current_setting('temp_directory')").fetchone()[0] or ".")
+    spill = spill if spill.is_absolute() else None  # an in-memory database's is relative
+    if spill:
+        spill.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="revorch-state-", dir=spill) as folder:
         conn.execute(
             f"COPY (SELECT hash(object_id) % {shards} AS shard, object_id, op, occurred_at, "
             f"event_id, properties FROM change_log WHERE {where}) "

@@ -132,6 +132,7 @@ def nothing_sent_without_a_verdict(
         ).fetchone()[0]
         conn.execute("COMMIT")
     if not rows:  # a failure is looked at again until it is put right
+        path.parent.mkdir(parents=True, exist_ok=True)  # no anchor yet when nothing was sent
         partial = path.with_name(f"{path.name}.partial")
         partial.write_text(json.dumps({"seq": head, "at": now.isoformat()}) + "\n")
         os.replace(partial, path)

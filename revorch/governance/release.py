@@ -99,70 +99,64 @@ def release_journal(
     fold its attempts over the next dispatcher's (see :func:`local_journal_idle`)."""
     if not by.strip():
         raise ReleaseError("say who releases the actions (--by NAME)")
+
+    def release() -> Released:
+        now = clock.now(conn)
+        with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
+            cursor = conn.execute(CLAIMED_SQL, {"journal": journal_id})
+            names = [column[0] for column in cursor.description]
+            claimed = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            if not claimed:
+                earlier, earlier_by, earlier_at = conn.execute(
+                    RELEASED_BEFORE_SQL, {"journal": journal_id}
+                ).fetchone()
+                if (
+                    not earlier
+                    and not conn.execute(EVER_CLAIMED_SQL, {"journal": journal_id}).fetchone()[0]
+                ):
+                    raise ReleaseError(
+                        f"no action was ever claimed by dispatcher journal {journal_id!r}; "
+                        "`revorch dispatch release` lists the journals holding actions"
+                    )
+                return Released(journal_id, [], earlier, earlier_by, earlier_at)
+            why = f"released from lost dispatcher journal {journal_id} by {by}: outcome unknown"
+            update_actions(
+                conn,
+                [
+                    {
+                        "action_id": action["action_id"],
+                        "status": "retry",
+                        "sending_journal": None,
+                        "next_attempt_at": now,
+                        "last_error": why,
+                    }
+                    for action in claimed
+                ],
+            )
+            trail.extend(
+                AuditEvent(
+                    "dispatch_released",
+                    f"human:{by}",
+                    {
+                        "journal": journal_id,
+                        "action_type": action["action_type"],
+                        "target": action["target"],
+                        # The attempts recorded; the lost journal's last one is not among them.
+                        "attempts_recorded": action["attempts"],
+                        "idempotency_key": action["action_id"],
+                    },
+                    action_id=action["action_id"],
+                    entity_type=action["entity_type"],
+                    entity_id=action["entity_id"],
+                    company_id=action["company_id"],
+                )
+                for action in claimed
+            )
+        return Released(journal_id, [action["action_id"] for action in claimed])
+
     # On DuckLake a concurrent dispatch or review makes the commit conflict: again, on the
     # newer snapshot (an action another dispatcher took meanwhile is no longer this journal's).
-    return retry_conflicts(lambda: _release(conn, journal_id, by, run_id, anchor_path))
-
-
-def _release(
-    conn: duckdb.DuckDBPyConnection,
-    journal_id: str,
-    by: str,
-    run_id: str | None,
-    anchor_path: Path | None,
-) -> Released:
-    now = clock.now(conn)
-    with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
-        cursor = conn.execute(CLAIMED_SQL, {"journal": journal_id})
-        names = [column[0] for column in cursor.description]
-        claimed = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        if not claimed:
-            earlier, earlier_by, earlier_at = conn.execute(
-                RELEASED_BEFORE_SQL, {"journal": journal_id}
-            ).fetchone()
-            if (
-                not earlier
-                and not conn.execute(EVER_CLAIMED_SQL, {"journal": journal_id}).fetchone()[0]
-            ):
-                raise ReleaseError(
-                    f"no action was ever claimed by dispatcher journal {journal_id!r}; "
-                    "`revorch dispatch release` lists the journals holding actions"
-                )
-            return Released(journal_id, [], earlier, earlier_by, earlier_at)
-        why = f"released from lost dispatcher journal {journal_id} by {by}: outcome unknown"
-        update_actions(
-            conn,
-            [
-                {
-                    "action_id": action["action_id"],
-                    "status": "retry",
-                    "sending_journal": None,
-                    "next_attempt_at": now,
-                    "last_error": why,
-                }
-                for action in claimed
-            ],
-        )
-        trail.extend(
-            AuditEvent(
-                "dispatch_released",
-                f"human:{by}",
-                {
-                    "journal": journal_id,
-                    "action_type": action["action_type"],
-                    "target": action["target"],
-                    # The attempts recorded; the lost journal's last one is not among them.
-                    "attempts_recorded": action["attempts"],
-                    "idempotency_key": action["action_id"],
-                },
-                action_id=action["action_id"],
-                entity_type=action["entity_type"],
-                entity_id=action["entity_id"],
-                company_id=action["company_id"],
-            )
-            for action in claimed
-        )
-    return Released(journal_id, [action["action_id"] for action in claimed])
+    return retry_conflicts(release)
 
 
 def journal_id_at(path: Path) -> str | None:

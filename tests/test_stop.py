@@ -13,8 +13,9 @@ import pytest
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 
-# A bound for a stuck test only: a stop that works ends within the stop's grace period.
-STUCK_SECONDS = 60
+# A bound for a stuck test only: a stop waits for the step in flight, which on a busy machine
+# took more than 60 s once (CI, 2026-12-02); the test asserts behaviour, not speed.
+STUCK_SECONDS = 600
 
 
 def _env() -> dict[str, str]:

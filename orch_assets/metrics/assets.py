@@ -32,6 +32,7 @@ from revorch.lifecycle.keyed_tables import (
     sql_hash,
     store_hash,
     stored_hash,
+    table_exists,
 )
 
 SQL_DIR = Path(__file__).parent
@@ -142,10 +143,7 @@ def refresh_subscription_arr(conn: duckdb.DuckDBPyConnection, *, full_rebuild: b
     seen = conn.execute(
         "SELECT load_id FROM state_watermarks WHERE name = ?", [SUBSCRIPTION_ARR]
     ).fetchone()
-    exists = conn.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
-        [SUBSCRIPTION_ARR],
-    ).fetchone()[0]
+    exists = table_exists(conn, SUBSCRIPTION_ARR)
     upto = conn.execute("SELECT coalesce(max(load_id), 0) FROM change_log").fetchone()[0]
     before = 0
     if (

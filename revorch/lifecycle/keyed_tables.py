@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import duckdb
 
 from revorch import clock
-from revorch.lifecycle.runner import REFRESHES_SQL, record_recomputed, since_last_clock
+from revorch.lifecycle.runner import (
+    REFRESHES_SQL,
+    record_recomputed,
+    since_last_clock,
+    table_exists,
+)
 
 # The rows a stage reads are in the current-state tables: keys are touched up to the loads
 # those hold, never past them (a load not folded into them yet is seen on a later run).
@@ -75,10 +80,7 @@ def refresh_keyed_table(
     row = conn.execute(
         "SELECT load_id, as_of FROM state_watermarks WHERE name = ?", [name]
     ).fetchone()
-    exists = conn.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
-        [table],
-    ).fetchone()[0]
+    exists = table_exists(conn, table)
     seen = dict(
         conn.execute(
             "SELECT name, load_id FROM state_watermarks WHERE list_contains(?, name)",

@@ -84,6 +84,16 @@ class LifecycleRefresh:
     as_of: object
 
 
+def table_exists(conn: duckdb.DuckDBPyConnection, qualified: str) -> bool:
+    """Whether the table ``schema.name`` exists."""
+    return bool(
+        conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
+            [qualified],
+        ).fetchone()[0]
+    )
+
+
 def refresh_contact_lifecycle(
     conn: duckdb.DuckDBPyConnection, config: LifecycleConfig, *, full_rebuild: bool = False
 ) -> LifecycleRefresh:
@@ -116,10 +126,7 @@ def _keep_contact_references(
 ) -> None:
     """Add the loads after ``since`` up to ``upto`` to stages.contact_references (all of them
     when it does not exist yet, or on a full rebuild)."""
-    exists = conn.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name || '.' || table_name = ?",
-        [CONTACT_REFERENCES],
-    ).fetchone()[0]
+    exists = table_exists(conn, CONTACT_REFERENCES)
     if full_rebuild or not exists:
         conn.execute(
             f"CREATE OR REPLACE TABLE {CONTACT_REFERENCES} AS {CONTACT_REFERENCES_SQL}",

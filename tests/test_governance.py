@@ -548,6 +548,18 @@ def test_personal_data_goes_back_only_into_actions_the_policy_allows(gov):
     line = next(line for line in gov.sent_lines() if line["action_id"] == action_id)
     assert line["reason"] == note
 
+    # A placeholder only in the payload (the model's own words), none in the reason: put back
+    # there too.
+    gov.conn.execute(
+        "UPDATE governance.actions SET status = 'ready', reason = 'renewal', "
+        "payload = json_object('model_text', json_object('reasons', [?])) WHERE action_id = ?",
+        [f"call {person} first", action_id],
+    )
+    gov.outbox.path.unlink()
+    gov.dispatch(restores)
+    line = next(line for line in gov.sent_lines() if line["action_id"] == action_id)
+    assert line["payload"]["model_text"]["reasons"] == ["call Ada Byron first"]
+
 
 @pytest.mark.parametrize(
     ("change", "message"),

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import shutil
 
+import dagster as dg
 import duckdb
+import yaml
 
 from conftest import SHARED_CRM, STEPS
+from orch_assets.governance.assets import PROPOSED_ACTIONS
+from resources import AgentsConfigResource
+from revorch.agents.config import DEFAULT_PATH
 from revorch.definitions import materialize
 from revorch.governance import open_items
 from revorch.governance.actions import propose
@@ -105,3 +110,40 @@ def test_the_batched_verdicts_are_the_ones_each_action_gets_alone(copy_crm):
                 list(alone.rules),
             ), action["action_id"]
             assert action["due"] == (alone.verdict == "approve")
+
+
+def test_decisions_under_the_users_feature_declarations_are_proposed(copy_crm, tmp_path):
+    """The proposals read the agents' inputs again to see which decisions still hold; they
+    read them with the user's ``models:`` (config/agents.yaml), as the agents did. Read with
+    the shipped declarations instead, a lead's input hashed otherwise and its decision
+    proposed nothing."""
+    shipped = yaml.safe_load(DEFAULT_PATH.read_text())
+    # A shorter stale window changes the stale flag, so the inputs, of many open leads.
+    shipped["models"]["lead"]["stale_after_days"] = 30
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump(shipped))
+    home = copy_crm("stages")
+    materialize(
+        STEPS["decided"] | dg.AssetSelection.keys(PROPOSED_ACTIONS),
+        database=home.database,
+        landing=home.landing.root,
+        resources={"agents": AgentsConfigResource(path=str(path))},
+    )
+    with home.connect() as conn:
+        decided = conn.execute(
+            "SELECT count(DISTINCT entity_id) FROM agents.decisions "
+            "WHERE agent = 'lead_qualification'"
+        ).fetchone()[0]
+        # Each decided lead's recommendation is one action (assign, follow up or nurture).
+        proposed = conn.execute(
+            "SELECT count(DISTINCT entity_id) FROM governance.actions "
+            "WHERE source = 'lead_qualification'"
+        ).fetchone()[0]
+        stale_differs = conn.execute(
+            "SELECT count(*) FROM agents.decisions WHERE agent = 'lead_qualification' "
+            "AND (input->>'stale')::BOOLEAN "
+            "AND date_diff('day', (input->>'created_at')::TIMESTAMPTZ, now()) < 365"
+        ).fetchone()[0]
+    assert stale_differs > 0  # the declarations change some inputs
+    assert decided > 0
+    assert proposed == decided

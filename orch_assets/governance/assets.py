@@ -16,7 +16,7 @@ from pydantic import Field
 from orch_assets.agents.assets import agent_assets
 from orch_assets.handoffs.assets import handoff_assets
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
-from resources import DispatcherResource, GovernanceResource, StateStore
+from resources import AgentsConfigResource, DispatcherResource, GovernanceResource, StateStore
 from revorch import settings
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
@@ -66,6 +66,7 @@ def proposed_actions(
     config: RebuildConfig,
     state_store: StateStore,
     governance: GovernanceResource,
+    agents: AgentsConfigResource,
 ):
     """The outbox: every action the agents recommend and the handoffs call for (assign an
     owner, follow up, offer a discount, escalate, notify a CSM, ...), each with its reason and
@@ -77,6 +78,8 @@ def proposed_actions(
             run_id=context.run_id,
             anchor_path=governance.anchor,
             full=config.full_rebuild,
+            # The agents' inputs are read again as the agents read them.
+            models=agents.load().models,
         )
         by_type = conn.execute(
             "SELECT action_type, count(*) FROM governance.actions "

@@ -82,11 +82,18 @@ def inputs_to_decide(
     )
     if scope.ids == []:
         return [], scope
-    # The renewal window, like every rule, comes from the run's snapshot of the config.
-    by_config: dict = {"config": lifecycle} if spec.name == "renewal_risk" else {}
-    if spec.name in ("lead_qualification", "deal_risk", "renewal_risk"):
-        by_config["models"] = models
-    return INPUTS[spec.name](conn, scope.ids, **by_config), scope
+    return INPUTS[spec.name](conn, scope.ids, **input_options(spec.name, lifecycle, models)), scope
+
+
+def input_options(agent: str, lifecycle: LifecycleConfig, models: ModelsConfig) -> dict:
+    """What an agent's inputs read besides the state store: the run's snapshot of the
+    lifecycle config (the renewal window) and the declared features (config/agents.yaml
+    ``models:``). The proposals read the inputs with the same (revorch/governance/open_items.py):
+    an input read otherwise hashes otherwise, and its decision would propose nothing."""
+    options: dict = {"config": lifecycle} if agent == "renewal_risk" else {}
+    if agent in ("lead_qualification", "deal_risk", "renewal_risk"):
+        options["models"] = models
+    return options
 
 
 def input_clock(agent: str, models: ModelsConfig) -> str | None:

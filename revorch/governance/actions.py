@@ -21,6 +21,7 @@ import duckdb
 import polars as pl
 
 from revorch import clock
+from revorch.agents.features import ModelsConfig
 from revorch.governance import open_items
 from revorch.governance.audit import AuditEvent, audited
 from revorch.state.backend import claim, retry_conflicts
@@ -136,6 +137,7 @@ def propose(
     anchor_path: Path | None,
     full: bool = False,
     slice_rows: int = SLICE_ROWS,
+    models: ModelsConfig | None = None,
 ) -> int:
     """Propose every new action; return how many. Each is recorded with a ``proposed``
     audit event (and a ``decided`` one for the agent decision behind it). Looks only at
@@ -143,8 +145,9 @@ def propose(
     at everything, and finds the same actions. In one transaction, ``slice_rows`` candidates
     at a time (in ``action_id`` order, as a whole). On DuckLake a commit that conflicts with a
     concurrent writer's runs again on the newer snapshot, which then holds what the other one
-    proposed."""
-    return retry_conflicts(lambda: _propose(conn, run_id, anchor_path, full, slice_rows))
+    proposed. ``models``: the features the agents declare (config/agents.yaml ``models:``),
+    with which their inputs are read again."""
+    return retry_conflicts(lambda: _propose(conn, run_id, anchor_path, full, slice_rows, models))
 
 
 def _propose(
@@ -153,6 +156,7 @@ def _propose(
     anchor_path: Path | None,
     full: bool,
     slice_rows: int,
+    models: ModelsConfig | None,
 ) -> int:
     action_map = pl.DataFrame(
         [
@@ -165,7 +169,7 @@ def _propose(
         # On DuckLake: conflict with an agent run recording decisions at the same time, so
         # the decisions mark (open_items.refresh) never passes a decision this snapshot lacks.
         claim(conn, "agents")
-        refreshed = open_items.refresh(conn, full=full)
+        refreshed = open_items.refresh(conn, full=full, models=models)
         conn.register("action_map", action_map)
         conn.register("proposal_scope", refreshed.items)
         # Kept by DuckDB (spilling past its memory cap), read back a slice at a time.

@@ -25,7 +25,7 @@ import polars as pl
 from revorch.agents import incremental
 from revorch.agents.features import ModelsConfig
 from revorch.agents.memo import input_hash
-from revorch.agents.registry import INPUTS, input_clock
+from revorch.agents.registry import INPUTS, input_clock, input_options
 from revorch.lifecycle.config import load_lifecycle_config
 
 DECISIONS = "proposals/decisions"
@@ -55,15 +55,22 @@ class Refreshed:
 
 
 def refresh(
-    conn: duckdb.DuckDBPyConnection, *, full: bool = False, slice_ids: int | None = None
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    full: bool = False,
+    slice_ids: int | None = None,
+    models: ModelsConfig | None = None,
 ) -> Refreshed:
     """Bring ``governance.open_items`` up to date and move the watermarks on; call inside the
-    transaction that records the proposals, so a proposal that dies moves nothing."""
+    transaction that records the proposals, so a proposal that dies moves nothing. ``models``:
+    the features the agents declare (config/agents.yaml ``models:``; default: the shipped
+    ones), so the inputs are read here as the agents read them."""
     slice_ids = slice_ids or SLICE_IDS
     lifecycle = load_lifecycle_config()
-    # As the inputs are read here: the shipped feature declarations, the lifecycle config.
-    models = ModelsConfig()
-    version = incremental.version_key("proposals", lifecycle.model_dump_json())
+    models = models or ModelsConfig()
+    version = incremental.version_key(
+        "proposals", lifecycle.model_dump_json(), models.model_dump_json()
+    )
     everything, pairs = set(), []
     for agent, read in INPUTS.items():
         scope = incremental.plan(
@@ -75,7 +82,7 @@ def refresh(
             clock=input_clock(agent, models),
             watermark=watermark(agent),
         )
-        by_config = {"config": lifecycle} if agent == "renewal_risk" else {}
+        by_config = input_options(agent, lifecycle, models)
         if scope.ids is None:
             everything.add(agent)
             conn.execute("DELETE FROM governance.open_items WHERE agent = ?", [agent])

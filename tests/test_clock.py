@@ -25,6 +25,7 @@ from orch_assets.publish.assets import published_state_asset
 from orch_assets.schedules import PUBLISHED, approve_and_dispatch, renewal_risk_scan, sla_check
 from orch_assets.stages.assets import stage_assets
 from resources import (
+    AgentsConfigResource,
     DispatcherResource,
     GovernanceResource,
     LandingZoneResource,
@@ -33,6 +34,7 @@ from resources import (
     default_resources,
 )
 from revorch import clock
+from revorch.agents import config as agents_config
 from revorch.governance import policy
 from revorch.lifecycle import config as lifecycle_config
 from revorch.state.migrate import MIGRATIONS_DIR
@@ -93,6 +95,7 @@ class Night:
                     policy_path=str(policy.DEFAULT_PATH), audit_anchor_path=str(self.anchor)
                 ),
                 "dispatcher": DispatcherResource(outbox_path=str(self.outbox)),
+                "agents": AgentsConfigResource(path=str(agents_config.DEFAULT_PATH)),
             },
         )
         assert result.success

@@ -28,8 +28,9 @@ from orch_assets.governance.checks import (
     nothing_sent_without_a_verdict,
     prompts_hold_no_personal_data,
 )
-from resources import DispatcherResource, GovernanceResource, StateStore
+from resources import AgentsConfigResource, DispatcherResource, GovernanceResource, StateStore
 from revorch import settings
+from revorch.agents.config import DEFAULT_PATH as AGENTS_CONFIG
 from revorch.agents.redact import known_names, pseudonymise, redact
 from revorch.governance.actions import propose
 from revorch.governance.approvals import Review, ReviewError, escalate_and_expire, review
@@ -777,6 +778,7 @@ def test_the_governance_assets_run_in_dagster_and_report_their_figures(gov, tmp_
             policy_path=str(DEFAULT_PATH), audit_anchor_path=str(gov.anchor)
         ),
         "dispatcher": DispatcherResource(outbox_path=str(gov.outbox.path)),
+        "agents": AgentsConfigResource(path=str(AGENTS_CONFIG)),
     }
     gov.conn.close()  # Dagster's runs open the file themselves
     with dg.instance_for_test() as instance:

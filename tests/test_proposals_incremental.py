@@ -147,3 +147,42 @@ def test_decisions_under_the_users_feature_declarations_are_proposed(copy_crm, t
     assert stale_differs > 0  # the declarations change some inputs
     assert decided > 0
     assert proposed == decided
+
+
+def test_the_agents_hashes_give_the_open_items_reading_the_inputs_gives(
+    copy_crm, tmp_path, monkeypatch
+):
+    """A proposal takes the input hashes the agents recorded (``agents.item_hashes``) and
+    reads again only the items touched since; the open items and actions are those a proposal
+    that reads every input finds."""
+    home = copy_crm("decided")  # the agents have run (and recorded their hashes), no proposal
+    read_by_hand = tmp_path / "read.duckdb"
+    shutil.copyfile(home.database, read_by_hand)
+    with duckdb.connect(str(read_by_hand)) as conn:
+        conn.execute("DELETE FROM agents.item_hashes")
+        conn.execute("DELETE FROM agents.watermarks WHERE agent LIKE 'inputs/%'")
+
+    reads: dict[str, int] = {}
+    for agent, read in open_items.INPUTS.items():
+
+        def counted(conn, ids=None, *, agent=agent, read=read, **options):
+            items = read(conn, ids, **options)
+            reads[agent] = reads.get(agent, 0) + len(items)
+            return items
+
+        monkeypatch.setitem(open_items.INPUTS, agent, counted)
+
+    with home.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM agents.item_hashes").fetchone()[0] > 0
+        taken = propose(conn, run_id="taken", anchor_path=None)
+        taken_actions, taken_items = _actions(conn, "taken"), _open_items(conn)
+    assert sum(reads.values()) < len(taken_items) / 10  # hardly any input read again
+    reads.clear()
+    with duckdb.connect(str(read_by_hand)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        read = propose(conn, run_id="taken", anchor_path=None)
+        read_actions, read_items = _actions(conn, "taken"), _open_items(conn)
+    assert sum(reads.values()) == len(read_items)  # every open item read
+
+    assert taken > 0
+    assert (taken, taken_actions, taken_items) == (read, read_actions, read_items)

@@ -482,7 +482,8 @@ def test_the_dispatcher_writes_each_allowed_action_to_salesforce_once(
     its target: what the policy allows (or a person approved) is written, once; what waits for
     approval is not."""
     from orch_assets.governance.assets import dispatched_actions, governance_assets
-    from resources import DispatcherResource, GovernanceResource, StateStore
+    from resources import AgentsConfigResource, DispatcherResource, GovernanceResource, StateStore
+    from revorch.agents import config as agents_config
     from revorch.governance.policy import DEFAULT_PATH
 
     home = copy_crm("decided")
@@ -497,6 +498,7 @@ def test_the_dispatcher_writes_each_allowed_action_to_salesforce_once(
         "dispatcher": DispatcherResource(
             outbox_path=str(home.outbox), dispatch_target="salesforce", writeback="live"
         ),
+        "agents": AgentsConfigResource(path=str(agents_config.DEFAULT_PATH)),
     }
     with dg.instance_for_test() as instance:
         assert dg.materialize(governance_assets, resources=resources, instance=instance).success

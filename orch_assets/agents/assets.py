@@ -11,6 +11,7 @@ import dagster as dg
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
 from resources import LifecycleConfigResource, StateStore
 from resources.agents import AgentsConfigResource, LlmResource
+from revorch.agents import incremental
 from revorch.agents.models import offline_tier, outcome_counts, train_and_store
 from revorch.agents.registry import agent_specs, inputs_to_decide
 from revorch.agents.runtime import run_agent
@@ -133,6 +134,11 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
             llm=llm.client(settings, settings.agents[name].model),
             run_id=context.run_id,
             seen=scope.seen,
+            # The items' input hashes, which the proposals take instead of reading them again.
+            read=incremental.ItemsRead(
+                scope.ids,
+                incremental.inputs_key(stages.model_dump_json(), settings.models.model_dump_json()),
+            ),
         )
         context.log.info(f"{name} ({scope.why}): {report.as_metadata()}")
         return dg.MaterializeResult(

@@ -235,6 +235,53 @@ def plan(
     return Scope(sorted(ids), "changed" if ids else "unchanged", seen)
 
 
+def inputs_key(lifecycle_json: str, models_json: str) -> str:
+    """What the agents' inputs are read with besides the state store (the lifecycle config,
+    the declared features): equal keys, equal inputs from the same state."""
+    return version_key("inputs", lifecycle_json, models_json)
+
+
+def items_watermark(agent: str) -> str:
+    """The watermark of ``agents.item_hashes``: the loads and clock its rows are current for,
+    and their :func:`inputs_key`."""
+    return f"inputs/{agent}"
+
+
+@dataclass(frozen=True)
+class ItemsRead:
+    """What one agent run read: ``ids`` None for every open item, else the ids planned (each
+    read, or no longer open); ``key`` the :func:`inputs_key` they were read with."""
+
+    ids: list[str] | None
+    key: str
+
+
+def record_items(
+    conn: duckdb.DuckDBPyConnection,
+    agent: str,
+    read: ItemsRead,
+    items: list[dict],
+    hashes: list[str],
+    seen: Watermark,
+) -> None:
+    """Keep ``agents.item_hashes`` as the open items and input hashes this run read, current
+    as of ``seen``; call inside the transaction that writes the run's decisions. The
+    proposals take them instead of reading the inputs again (revorch/governance/open_items.py)."""
+    if read.ids is None:
+        conn.execute("DELETE FROM agents.item_hashes WHERE agent = ?", [agent])
+    elif read.ids:
+        conn.execute(
+            "DELETE FROM agents.item_hashes WHERE agent = ? AND entity_id IN (SELECT unnest(?))",
+            [agent, read.ids],
+        )
+    if items:
+        conn.execute(
+            "INSERT INTO agents.item_hashes SELECT ?, unnest(?), unnest(?)",
+            [agent, [str(item["id"]) for item in items], hashes],
+        )
+    save(conn, items_watermark(agent), Watermark(seen.load_id, seen.as_of, read.key))
+
+
 def save(conn: duckdb.DuckDBPyConnection, agent: str, seen: Watermark) -> None:
     """Record what ``agent`` has seen; call inside the transaction that writes its decisions."""
     # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.

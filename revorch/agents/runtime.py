@@ -144,6 +144,7 @@ def run_agent(
     run_id: str | None,
     settings: AgentSettings | None = None,
     seen: incremental.Watermark | None = None,
+    read: incremental.ItemsRead | None = None,
 ) -> RunReport:
     """Decide every item (see the module docstring); return what it took.
 
@@ -151,7 +152,8 @@ def run_agent(
     (the memo, the budget reservation, the record), and no connection is open while the
     offline tier computes or the model answers, so other writers go on meanwhile.
     ``seen`` is the watermark the items were planned from (``incremental.plan``), recorded
-    with the decisions.
+    with the decisions; with ``read`` (what was planned, and with which inputs key), so are
+    the items' input hashes (``incremental.record_items``).
     """
     settings = settings or config.agents[spec.name]
     report = RunReport(spec.name, inputs=len(items))
@@ -258,8 +260,11 @@ def run_agent(
         frames.append(pl.DataFrame(rows, schema=DECISION_COLUMNS))
     if frames or seen is not None:
         decided = pl.concat(frames) if frames else pl.DataFrame(schema=DECISION_COLUMNS)
+        read_items = (read, items, hashes) if read is not None and seen is not None else None
         with connect() as conn:
-            _record(conn, spec, settings, decided, report, run_id, day, reservation, seen)
+            _record(
+                conn, spec, settings, decided, report, run_id, day, reservation, seen, read_items
+            )
     return report
 
 
@@ -413,6 +418,7 @@ def _record(
     day: date,
     reservation,
     seen=None,
+    read_items: tuple[incremental.ItemsRead, list[dict], list[str]] | None = None,
 ) -> None:
     """In one transaction: the new decisions (``rows``, DECISION_COLUMNS), the money in the
     ledger, the reservation settled, the watermark moved on. An input that a concurrent run
@@ -456,6 +462,8 @@ def _record(
                 )
             if seen is not None:
                 incremental.save(conn, spec.name, seen)
+            if read_items is not None:
+                incremental.record_items(conn, spec.name, *read_items, seen)
             conn.execute("COMMIT")
         except Exception:
             rollback(conn)  # a commit that conflicted has ended the transaction already

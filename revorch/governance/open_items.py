@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import duckdb
 import polars as pl
@@ -68,39 +69,52 @@ def refresh(
     slice_ids = slice_ids or SLICE_IDS
     lifecycle = load_lifecycle_config()
     models = models or ModelsConfig()
-    version = incremental.version_key(
-        "proposals", lifecycle.model_dump_json(), models.model_dump_json()
-    )
+    key = incremental.inputs_key(lifecycle.model_dump_json(), models.model_dump_json())
+    version = incremental.version_key("proposals", key)
     everything, pairs = set(), []
     for agent, read in INPUTS.items():
-        scope = incremental.plan(
+        plan = partial(
+            incremental.plan,
             conn,
             agent,
-            version,
-            full_rebuild=full,
             renewal_window_days=lifecycle.accounts.renewal_window_days,
             clock=input_clock(agent, models),
-            watermark=watermark(agent),
         )
-        by_config = input_options(agent, lifecycle, models)
+        scope = plan(version, full_rebuild=full, watermark=watermark(agent))
+        if scope.ids == []:
+            incremental.save(conn, watermark(agent), scope.seen)
+            continue
+        # The hashes the agent recorded are current but for the items touched since it read
+        # them: those only are read here. None: read every one (the agent never recorded
+        # hashes with these options, or a full rebuild trusts nothing kept).
+        changed = None if full else plan(key, watermark=incremental.items_watermark(agent)).ids
+
+        def read_again(ids: list[str] | None, agent=agent, read=read) -> None:
+            options = input_options(agent, lifecycle, models)
+            if ids is None and agent not in ALL_IDS:
+                _insert(conn, agent, read(conn, **options))
+                return
+            if ids is None:
+                ids = [entity_id for (entity_id,) in conn.execute(ALL_IDS[agent]).fetchall()]
+            for start in range(0, len(ids), slice_ids):
+                _insert(conn, agent, read(conn, ids[start : start + slice_ids], **options))
+
         if scope.ids is None:
             everything.add(agent)
             conn.execute("DELETE FROM governance.open_items WHERE agent = ?", [agent])
-            if agent in ALL_IDS:
-                ids = [entity_id for (entity_id,) in conn.execute(ALL_IDS[agent]).fetchall()]
-                for start in range(0, len(ids), slice_ids):
-                    _insert(conn, agent, read(conn, ids[start : start + slice_ids], **by_config))
-            else:
-                _insert(conn, agent, read(conn, **by_config))
         else:
             pairs += [(agent, entity_id) for entity_id in scope.ids]
-            if scope.ids:
-                conn.execute(
-                    "DELETE FROM governance.open_items "
-                    "WHERE agent = ? AND entity_id IN (SELECT unnest(?))",
-                    [agent, scope.ids],
-                )
-                _insert(conn, agent, read(conn, scope.ids, **by_config))
+            conn.execute(
+                "DELETE FROM governance.open_items "
+                "WHERE agent = ? AND entity_id IN (SELECT unnest(?))",
+                [agent, scope.ids],
+            )
+        if changed is None:
+            read_again(scope.ids)
+        else:
+            _take(conn, agent, scope.ids, changed)
+            wanted = changed if scope.ids is None else sorted(set(scope.ids) & set(changed))
+            read_again(wanted)
         incremental.save(conn, watermark(agent), scope.seen)
     last = conn.execute(
         "SELECT as_of FROM agents.watermarks WHERE agent = ?", [DECISIONS]
@@ -113,6 +127,23 @@ def refresh(
         pl.DataFrame(pairs, schema={"agent": pl.String, "entity_id": pl.String}, orient="row"),
         None if full or last is None else last[0],
         upto,
+    )
+
+
+def _take(
+    conn: duckdb.DuckDBPyConnection, agent: str, ids: list[str] | None, changed: list[str]
+) -> None:
+    """Record the agent's own hashes (``agents.item_hashes``) of ``ids`` (None: every item)
+    but the ``changed`` ones."""
+    conn.execute(
+        """
+        INSERT INTO governance.open_items (agent, entity_id, input_hash)
+        SELECT agent, entity_id, input_hash FROM agents.item_hashes
+        WHERE agent = $agent
+          AND ($ids::VARCHAR[] IS NULL OR entity_id IN (SELECT unnest($ids::VARCHAR[])))
+          AND entity_id NOT IN (SELECT unnest($changed::VARCHAR[]))
+        """,
+        {"agent": agent, "ids": ids, "changed": changed},
     )
 
 

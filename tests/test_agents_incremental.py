@@ -16,8 +16,14 @@ from resources.agents import LlmResource
 from revorch import clock
 from revorch.agents.config import LlmWhen, load_agents_config
 from revorch.agents.models import offline_tier
-from revorch.agents.registry import OUTPUTS, agent_specs, inputs_to_decide
-from revorch.agents.runtime import keep_open, run_agent
+from revorch.agents.registry import (
+    ALL_IDS,
+    OUTPUTS,
+    agent_specs,
+    decide_in_slices,
+    inputs_to_decide,
+)
+from revorch.agents.runtime import keep_open, run_agent, worst_case_cost
 from revorch.lifecycle.config import load_lifecycle_config
 
 CONFIG = load_agents_config()
@@ -258,3 +264,76 @@ def test_stable_inputs_hash_as_the_full_normalisation_and_decide_alike_in_frames
         assert report.decisions_by_tier["offline"] == len(rows) > 7
         decided.append(rows)
     assert decided[0] == decided[1]
+
+
+WATERMARK = "SELECT load_id, as_of, version_key FROM agents.watermarks WHERE agent = ?"
+
+
+def test_the_lead_agent_decides_every_open_lead_in_slices_as_in_one_piece(home):
+    """A first run in slices of 100 ids (registry.decide_in_slices) records the decisions, the
+    watermark and the report one piece does; a second run finds nothing changed, and a full
+    rebuild in slices finds every decision in the memo."""
+    conn = connect(home)
+    spec = agent_specs(offline_tier(conn, config=LIFECYCLE))[LEADS]
+    forget = [
+        "DELETE FROM agents.decisions WHERE agent = ?",
+        "DELETE FROM agents.watermarks WHERE agent = ?",
+    ]
+
+    def first_run(slice_ids):
+        for statement in forget:
+            conn.execute(statement, [LEADS])
+        report, scope = decide_in_slices(
+            keep_open(conn), spec, CONFIG, LIFECYCLE, llm=None, run_id="t", slice_ids=slice_ids
+        )
+        decided = conn.execute(f"{DECISIONS} WHERE agent = ?", [LEADS]).fetchall()
+        return report, scope, sorted(decided), conn.execute(WATERMARK, [LEADS]).fetchone()
+
+    whole = first_run(10**9)
+    sliced = first_run(100)
+    # Each id slice is read, decided and recorded on its own: many slices here.
+    contacts = conn.execute(ALL_IDS[LEADS]).fetchall()
+    assert len(contacts) > 5 * 100 and whole[1].why == sliced[1].why == "first_run"
+    assert whole[0].as_metadata() == sliced[0].as_metadata()
+    assert whole[0].inputs == whole[0].decisions_by_tier["offline"] > 100
+    assert whole[2] == sliced[2] and whole[3] == sliced[3]
+
+    again, scope = decide_in_slices(
+        keep_open(conn), spec, CONFIG, LIFECYCLE, llm=None, run_id="t2", slice_ids=100
+    )
+    assert (scope.why, again.inputs) == ("unchanged", 0)
+    rebuilt, scope = decide_in_slices(
+        keep_open(conn), spec, CONFIG, LIFECYCLE, llm=None, run_id="t3", slice_ids=100,
+        full_rebuild=True,
+    )  # fmt: skip
+    assert scope.why == "full_rebuild" and rebuilt.memo_hits == rebuilt.inputs == whole[0].inputs
+    assert sorted(conn.execute(f"{DECISIONS} WHERE agent = ?", [LEADS]).fetchall()) == whole[2]
+    conn.close()
+
+
+def test_the_run_budget_holds_over_all_slices(home):
+    """Every lead is worth a call, the run's budget pays for a few: in slices of 50 the run
+    spends at most its budget in all (each slice reserves from what the earlier ones left),
+    not a budget per slice."""
+    conn = connect(home)
+    spec = agent_specs(offline_tier(conn, config=LIFECYCLE))[LEADS]
+    for statement in ("DELETE FROM agents.decisions", "DELETE FROM agents.watermarks"):
+        conn.execute(statement)
+    every = LlmWhen(value_field="touches_total", value_at_least=0)
+    lead = inputs_to_decide(conn, spec, CONFIG.agents[LEADS], LIFECYCLE)[0][0]
+    base = CONFIG.agents[LEADS]
+    # About four calls at the worst case (the text sent is redacted; about the same length).
+    per_run = 4.5 * worst_case_cost(spec, base, CONFIG, lead)
+    budget = base.budget.model_copy(update={"per_run_usd": per_run})
+    settings = base.model_copy(update={"llm_when": every, "budget": budget})
+    config = CONFIG.model_copy(update={"agents": {**CONFIG.agents, LEADS: settings}})
+    with FakeOpenAI() as server:
+        llm = LlmResource(base_url=server.base_url, api_key="test-key")
+        report, _ = decide_in_slices(
+            keep_open(conn), spec, config, LIFECYCLE, llm=llm.client(config, settings.model),
+            run_id="t", slice_ids=50,
+        )  # fmt: skip
+        assert 1 <= server.total_requests == report.calls
+    assert report.fallbacks["budget_exhausted"] == report.inputs - report.calls > 100
+    assert 0 < report.cost_usd <= per_run
+    conn.close()

@@ -11,10 +11,8 @@ import dagster as dg
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL, RebuildConfig
 from resources import LifecycleConfigResource, StateStore
 from resources.agents import AgentsConfigResource, LlmResource
-from revorch.agents import incremental
 from revorch.agents.models import offline_tier, outcome_counts, train_and_store
-from revorch.agents.registry import agent_specs, inputs_to_decide
-from revorch.agents.runtime import run_agent
+from revorch.agents.registry import agent_specs, decide_in_slices
 
 UPSTREAM = {
     "lead_qualification": [["stages", "leads"], ["stages", "mqls"], ["stages", "sqls"]],
@@ -116,29 +114,17 @@ def agent_asset(name: str) -> dg.AssetsDefinition:
             tier = offline_tier(
                 conn, config=stages, models=settings.models, scoring=settings.scoring
             )
-            spec = agent_specs(tier)[name]
-            # Only the items touched since the last run, unless a full rebuild is asked.
-            items, scope = inputs_to_decide(
-                conn,
-                spec,
-                settings.agents[name],
-                stages,
-                full_rebuild=config.full_rebuild,
-                models=settings.models,
-            )
-        report = run_agent(
+        # Only the items touched since the last run, unless a full rebuild is asked; many
+        # (every open lead on a first run) in slices, each read, decided and recorded in turn.
+        report, scope = decide_in_slices(
             state_store.get_connection,
-            spec,
+            agent_specs(tier)[name],
             settings,
-            items,
+            stages,
             llm=llm.client(settings, settings.agents[name].model),
             run_id=context.run_id,
-            seen=scope.seen,
-            # The items' input hashes, which the proposals take instead of reading them again.
-            read=incremental.ItemsRead(
-                scope.ids,
-                incremental.inputs_key(stages.model_dump_json(), settings.models.model_dump_json()),
-            ),
+            full_rebuild=config.full_rebuild,
+            models=settings.models,
         )
         context.log.info(f"{name} ({scope.why}): {report.as_metadata()}")
         return dg.MaterializeResult(

@@ -262,11 +262,13 @@ def record_items(
     read: ItemsRead,
     items: list[dict],
     hashes: list[str],
-    seen: Watermark,
+    seen: Watermark | None,
 ) -> None:
     """Keep ``agents.item_hashes`` as the open items and input hashes this run read, current
     as of ``seen``; call inside the transaction that writes the run's decisions. The
-    proposals take them instead of reading the inputs again (revorch/governance/open_items.py)."""
+    proposals take them instead of reading the inputs again (revorch/governance/open_items.py).
+    ``seen`` None (a slice before a run's last): their watermark is dropped until the last
+    slice records it, so a run that dies part-way leaves the proposals reading every input."""
     if read.ids is None:
         conn.execute("DELETE FROM agents.item_hashes WHERE agent = ?", [agent])
     elif read.ids:
@@ -279,7 +281,10 @@ def record_items(
             "INSERT INTO agents.item_hashes SELECT ?, unnest(?), unnest(?)",
             [agent, [str(item["id"]) for item in items], hashes],
         )
-    save(conn, items_watermark(agent), Watermark(seen.load_id, seen.as_of, read.key))
+    if seen is None:
+        conn.execute("DELETE FROM agents.watermarks WHERE agent = ?", [items_watermark(agent)])
+    else:
+        save(conn, items_watermark(agent), Watermark(seen.load_id, seen.as_of, read.key))
 
 
 def save(conn: duckdb.DuckDBPyConnection, agent: str, seen: Watermark) -> None:

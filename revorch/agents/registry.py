@@ -8,10 +8,11 @@ import duckdb
 
 from revorch.agents import incremental
 from revorch.agents import offline as offline_inputs
-from revorch.agents.config import AgentSettings
+from revorch.agents.config import AgentsConfig, AgentSettings
 from revorch.agents.features import ModelsConfig
+from revorch.agents.llm import LlmClient
 from revorch.agents.offline import OfflineTier
-from revorch.agents.runtime import AgentSpec, Bulk
+from revorch.agents.runtime import AgentSpec, Bulk, Connect, RunReport, run_agent
 from revorch.agents.schemas import (
     DealRisk,
     LeadQualification,
@@ -52,6 +53,19 @@ def agent_specs(tier: OfflineTier) -> dict[str, AgentSpec]:
     }
 
 
+# Deciding every open lead (a first run, a full rebuild, a new version), or many touched ones,
+# the ids are read this many at a time, each slice decided and recorded before the next is
+# read, so no more than a slice's inputs and decisions are held in Python (about 700,000 open
+# leads at a million contacts), as proposals read them (revorch/governance/open_items.py).
+SLICE_IDS = 50_000
+# For an agent whose every item is read in slices: a superset of its items' ids (its reader
+# keeps the open ones).
+ALL_IDS = {
+    "lead_qualification": "SELECT DISTINCT entity_id FROM stages.entity_stages "
+    "WHERE entity_type = 'contact' ORDER BY entity_id",
+}
+
+
 def inputs_to_decide(
     conn: duckdb.DuckDBPyConnection,
     spec: AgentSpec,
@@ -65,6 +79,77 @@ def inputs_to_decide(
     since the agent's watermark (``incremental.plan``), with the scope to record.
     ``models``: the declared features and outcomes (config/agents.yaml ``models:``)."""
     models = models or ModelsConfig()
+    scope = _plan(conn, spec, settings, lifecycle, full_rebuild, models)
+    if scope.ids == []:
+        return [], scope
+    return _reader(spec.name, lifecycle, models)(conn, scope.ids), scope
+
+
+def decide_in_slices(
+    connect: Connect,
+    spec: AgentSpec,
+    config: AgentsConfig,
+    lifecycle: LifecycleConfig,
+    *,
+    llm: LlmClient | None,
+    run_id: str | None,
+    full_rebuild: bool = False,
+    models: ModelsConfig | None = None,
+    slice_ids: int = SLICE_IDS,
+) -> tuple[RunReport, incremental.Scope]:
+    """One run of an agent, as :func:`inputs_to_decide` then ``run_agent`` would make it in one
+    piece, but ``slice_ids`` items at a time: each slice is read, decided and recorded before
+    the next (``connect`` opens a short connection each time). The watermark is recorded with
+    the last slice, so a run that dies part-way is planned again whole, and the slices it
+    recorded are memo hits. One report for the run; the run's budget holds over all slices."""
+    settings = config.agents[spec.name]
+    models = models or ModelsConfig()
+    with connect() as conn:
+        scope = _plan(conn, spec, settings, lifecycle, full_rebuild, models)
+        if scope.ids is None and spec.name not in ALL_IDS:
+            slices: list[list[str] | None] = [None]  # every item, in one piece
+        else:
+            ids = (
+                [entity_id for (entity_id,) in conn.execute(ALL_IDS[spec.name]).fetchall()]
+                if scope.ids is None
+                else scope.ids
+            )
+            # No id: one empty slice, which records the watermark.
+            slices = [ids[start : start + slice_ids] for start in range(0, len(ids), slice_ids)]
+            slices = slices or [[]]
+    read = _reader(spec.name, lifecycle, models)
+    key = incremental.inputs_key(lifecycle.model_dump_json(), models.model_dump_json())
+    report = RunReport(spec.name)
+    for number, ids in enumerate(slices, 1):
+        items: list[dict] = []
+        if ids != []:
+            with connect() as conn:
+                items = read(conn, ids)
+        run_agent(
+            connect,
+            spec,
+            config,
+            items,
+            llm=llm,
+            run_id=run_id,
+            settings=settings,
+            seen=scope.seen if number == len(slices) else None,
+            report=report,
+            # The items' input hashes, which the proposals take instead of reading them again:
+            # every one replaced from the first slice when every item is read.
+            read=incremental.ItemsRead(None if scope.ids is None and number == 1 else ids, key),
+        )
+    return report, scope
+
+
+def _plan(
+    conn: duckdb.DuckDBPyConnection,
+    spec: AgentSpec,
+    settings: AgentSettings,
+    lifecycle: LifecycleConfig,
+    full_rebuild: bool,
+    models: ModelsConfig,
+) -> incremental.Scope:
     version = incremental.version_key(
         spec.offline_version,
         settings.prompt_version,
@@ -72,7 +157,7 @@ def inputs_to_decide(
         lifecycle.model_dump_json(),
         models.model_dump_json(),
     )
-    scope = incremental.plan(
+    return incremental.plan(
         conn,
         spec.name,
         version,
@@ -80,11 +165,6 @@ def inputs_to_decide(
         renewal_window_days=lifecycle.accounts.renewal_window_days,
         clock=input_clock(spec.name, models),
     )
-    if scope.ids == []:
-        return [], scope
-    return INPUTS[spec.name](conn, scope.ids, **input_options(spec.name, lifecycle, models)), scope
-
-
 def input_options(agent: str, lifecycle: LifecycleConfig, models: ModelsConfig) -> dict:
     """What an agent's inputs read besides the state store: the run's snapshot of the
     lifecycle config (the renewal window) and the declared features (config/agents.yaml
@@ -94,6 +174,14 @@ def input_options(agent: str, lifecycle: LifecycleConfig, models: ModelsConfig) 
     if agent in ("lead_qualification", "deal_risk", "renewal_risk"):
         options["models"] = models
     return options
+
+
+def _reader(
+    agent: str, lifecycle: LifecycleConfig, models: ModelsConfig
+) -> Callable[[duckdb.DuckDBPyConnection, list[str] | None], list[dict]]:
+    """The agent's inputs for some ids (None: every open item)."""
+    options = input_options(agent, lifecycle, models)
+    return lambda conn, ids: INPUTS[agent](conn, ids, **options)
 
 
 def input_clock(agent: str, models: ModelsConfig) -> str | None:

@@ -145,6 +145,7 @@ def run_agent(
     settings: AgentSettings | None = None,
     seen: incremental.Watermark | None = None,
     read: incremental.ItemsRead | None = None,
+    report: RunReport | None = None,
 ) -> RunReport:
     """Decide every item (see the module docstring); return what it took.
 
@@ -152,18 +153,22 @@ def run_agent(
     (the memo, the budget reservation, the record), and no connection is open while the
     offline tier computes or the model answers, so other writers go on meanwhile.
     ``seen`` is the watermark the items were planned from (``incremental.plan``), recorded
-    with the decisions; with ``read`` (what was planned, and with which inputs key), so are
-    the items' input hashes (``incremental.record_items``).
+    with the decisions; with ``read`` (what was read, and with which inputs key), so are the
+    items' input hashes (``incremental.record_items``; their watermark only with ``seen``).
+    ``report``: the report of the run's earlier slices (``registry.decide_in_slices``), added
+    to; the run's budget counts what they spent.
     """
     settings = settings or config.agents[spec.name]
-    report = RunReport(spec.name, inputs=len(items))
+    report = report or RunReport(spec.name)
+    report.inputs += len(items)
+    spent = report.cost_usd  # by the run's earlier slices
     day = datetime.now(UTC).date()
     # Each input's canonical text once: hashed for the memo, stored with a new decision.
     texts = [canonical_json(item) for item in items]
     hashes = [text_hash(text) for text in texts]
     with connect() as conn:
         known = _memo(conn, spec, settings, sorted(set(hashes)))
-    report.memo_hits = sum(1 for h in hashes if h in known)
+    report.memo_hits += sum(1 for h in hashes if h in known)
 
     todo = [
         (item, digest) for item, digest in zip(items, hashes, strict=True) if digest not in known
@@ -185,7 +190,7 @@ def run_agent(
     if wanted:
         with connect() as conn:
             names = known_names(conn, [todo[i][0] for i in wanted])
-            room = _room(conn, spec, settings, day)
+            room = _room(conn, spec, settings, day, spent)
         # The agent's MCP lookups, with no connection open; their text is redacted with the
         # record's and travels inside it (revorch/mcp/client.py).
         lookups = (
@@ -202,7 +207,7 @@ def run_agent(
             if math.fsum(worst) > room:
                 break
         with connect() as conn:
-            reservation = _reserve(conn, spec, settings, worst, run_id, day)
+            reservation = _reserve(conn, spec, settings, worst, run_id, day, spent)
         asked = wanted[: reservation.calls]
         redacted = {i: sent[i] for i in asked}
     fallback = {i: "budget_exhausted" for i in wanted[len(asked) :]}
@@ -258,9 +263,9 @@ def run_agent(
             rows = []
     if rows:
         frames.append(pl.DataFrame(rows, schema=DECISION_COLUMNS))
-    if frames or seen is not None:
+    if frames or seen is not None or read is not None:
         decided = pl.concat(frames) if frames else pl.DataFrame(schema=DECISION_COLUMNS)
-        read_items = (read, items, hashes) if read is not None and seen is not None else None
+        read_items = (read, items, hashes) if read is not None else None
         with connect() as conn:
             _record(
                 conn, spec, settings, decided, report, run_id, day, reservation, seen, read_items
@@ -307,9 +312,10 @@ def worst_case_cost(
     return dearest.cost(tokens, 0, MAX_COMPLETION_TOKENS)
 
 
-def _room(conn, spec: AgentSpec, settings: AgentSettings, day: date) -> float:
-    """What the run may still spend: the run's budget, or what is left of the day's after what
-    was spent today and what other runs have reserved and not settled."""
+def _room(conn, spec: AgentSpec, settings: AgentSettings, day: date, spent: float = 0.0) -> float:
+    """What the run may still spend: the run's budget less what it ``spent`` already (in earlier
+    slices), or what is left of the day's after what was spent today and what other runs have
+    reserved and not settled."""
     spent_today = conn.execute(
         """
         SELECT (SELECT coalesce(sum(cost_usd), 0) FROM agents.cost_ledger
@@ -319,23 +325,27 @@ def _room(conn, spec: AgentSpec, settings: AgentSettings, day: date) -> float:
         """,
         {"agent": spec.name, "day": day},
     ).fetchone()[0]
-    return min(settings.budget.per_run_usd, settings.budget.per_day_usd - spent_today)
+    return min(settings.budget.per_run_usd - spent, settings.budget.per_day_usd - spent_today)
 
 
-def _reserve(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
+def _reserve(
+    conn, spec, settings, worst: list[float], run_id, day: date, spent: float = 0.0
+) -> Reservation:
     """Reserve the worst-case cost of as many of these calls (in order) as the room left
     allows. One transaction, so concurrent runs reserve one after the other: on the file the
     writer lock orders them; on DuckLake the claim makes the later commit conflict, and it
     runs again on the newer snapshot, with the other's reservation counted."""
-    return retry_conflicts(lambda: _reserve_once(conn, spec, settings, worst, run_id, day))
+    return retry_conflicts(lambda: _reserve_once(conn, spec, settings, worst, run_id, day, spent))
 
 
-def _reserve_once(conn, spec, settings, worst: list[float], run_id, day: date) -> Reservation:
+def _reserve_once(
+    conn, spec, settings, worst: list[float], run_id, day: date, spent: float
+) -> Reservation:
     reservation = Reservation(str(uuid.uuid4()), 0, 0.0)
     conn.execute("BEGIN TRANSACTION")
     try:
         claim(conn, "agents")
-        room = _room(conn, spec, settings, day)
+        room = _room(conn, spec, settings, day, spent)
         for cost in worst:
             if reservation.reserved_usd + cost > room:
                 break

@@ -26,18 +26,15 @@ import polars as pl
 from revorch.agents import incremental
 from revorch.agents.features import ModelsConfig
 from revorch.agents.memo import input_hash
-from revorch.agents.registry import INPUTS, input_clock, input_options
+from revorch.agents.registry import ALL_IDS, INPUTS, input_clock, input_options
 from revorch.lifecycle.config import load_lifecycle_config
 
 DECISIONS = "proposals/decisions"
 # Reading every item of an agent (a first run, a full rebuild), ids are read this many at a
-# time from a superset of the agent's items (the reader keeps the open ones), so no more
-# than a slice's inputs are held in Python: about 700,000 open leads at a million contacts.
+# time from a superset of the agent's items (``ALL_IDS``: the reader keeps the open ones), so
+# no more than a slice's inputs are held in Python: about 700,000 open leads at a million
+# contacts.
 SLICE_IDS = 50_000
-ALL_IDS = {
-    "lead_qualification": "SELECT DISTINCT entity_id FROM stages.entity_stages "
-    "WHERE entity_type = 'contact' ORDER BY entity_id",
-}
 
 
 def watermark(agent: str) -> str:

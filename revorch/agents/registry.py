@@ -57,7 +57,10 @@ def agent_specs(tier: OfflineTier) -> dict[str, AgentSpec]:
 # the ids are read this many at a time, each slice decided and recorded before the next is
 # read, so no more than a slice's inputs and decisions are held in Python (about 700,000 open
 # leads at a million contacts), as proposals read them (revorch/governance/open_items.py).
-SLICE_IDS = 50_000
+# Each slice reads the change log and the activities again: at 1M, slices of 100,000 ids
+# peaked at 1,686 MB for 34 CPU s more than one piece (5,882 MB), of 50,000 at 1,358 MB for
+# 53 CPU s more (bench/README.md).
+SLICE_IDS = 100_000
 # For an agent whose every item is read in slices: a superset of its items' ids (its reader
 # keeps the open ones).
 ALL_IDS = {

@@ -14,6 +14,7 @@ from fake_openai import FakeOpenAI
 from resources import default_resources
 from resources.agents import LlmResource
 from revorch import clock
+from revorch.agents import incremental
 from revorch.agents.config import LlmWhen, load_agents_config
 from revorch.agents.models import offline_tier
 from revorch.agents.registry import (
@@ -287,9 +288,24 @@ def test_the_lead_agent_decides_every_open_lead_in_slices_as_in_one_piece(home):
             keep_open(conn), spec, CONFIG, LIFECYCLE, llm=None, run_id="t", slice_ids=slice_ids
         )
         decided = conn.execute(f"{DECISIONS} WHERE agent = ?", [LEADS]).fetchall()
-        return report, scope, sorted(decided), conn.execute(WATERMARK, [LEADS]).fetchone()
+        # The items' input hashes the proposals take, and their watermark.
+        hashes = conn.execute(
+            "SELECT entity_id, input_hash FROM agents.item_hashes WHERE agent = ? ORDER BY ALL",
+            [LEADS],
+        ).fetchall()
+        items_mark = conn.execute(WATERMARK, [incremental.items_watermark(LEADS)]).fetchone()
+        return (
+            report,
+            scope,
+            sorted(decided),
+            conn.execute(WATERMARK, [LEADS]).fetchone(),
+            hashes,
+            items_mark,
+        )
 
     whole = first_run(10**9)
+    # A stale hash of an item no longer open: replaced whole by a first run in slices too.
+    conn.execute("INSERT INTO agents.item_hashes VALUES (?, 'c-gone', 'x')", [LEADS])
     sliced = first_run(100)
     # Each id slice is read, decided and recorded on its own: many slices here.
     contacts = conn.execute(ALL_IDS[LEADS]).fetchall()
@@ -297,6 +313,8 @@ def test_the_lead_agent_decides_every_open_lead_in_slices_as_in_one_piece(home):
     assert whole[0].as_metadata() == sliced[0].as_metadata()
     assert whole[0].inputs == whole[0].decisions_by_tier["offline"] > 100
     assert whole[2] == sliced[2] and whole[3] == sliced[3]
+    assert whole[4] == sliced[4] and len(whole[4]) == whole[0].inputs
+    assert whole[5] is not None and whole[5][:2] == sliced[5][:2] == whole[3][:2]
 
     again, scope = decide_in_slices(
         keep_open(conn), spec, CONFIG, LIFECYCLE, llm=None, run_id="t2", slice_ids=100

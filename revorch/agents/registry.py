@@ -168,6 +168,8 @@ def _plan(
         renewal_window_days=lifecycle.accounts.renewal_window_days,
         clock=input_clock(spec.name, models),
     )
+
+
 def input_options(agent: str, lifecycle: LifecycleConfig, models: ModelsConfig) -> dict:
     """What an agent's inputs read besides the state store: the run's snapshot of the
     lifecycle config (the renewal window) and the declared features (config/agents.yaml

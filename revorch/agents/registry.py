@@ -57,9 +57,9 @@ def agent_specs(tier: OfflineTier) -> dict[str, AgentSpec]:
 # the ids are read this many at a time, each slice decided and recorded before the next is
 # read, so no more than a slice's inputs and decisions are held in Python (about 700,000 open
 # leads at a million contacts), as proposals read them (revorch/governance/open_items.py).
-# Each slice reads the change log and the activities again: at 1M, slices of 100,000 ids
-# peaked at 1,686 MB for 34 CPU s more than one piece (5,882 MB), of 50,000 at 1,358 MB for
-# 53 CPU s more (bench/README.md).
+# Each slice reads the change log and the activities again: at 1M on an idle machine, slices
+# of 100,000 ids peaked at 1,702 MB for 9 CPU s more than one piece (5,964 MB), and the same
+# wall time (bench/README.md).
 SLICE_IDS = 100_000
 # For an agent whose every item is read in slices: a superset of its items' ids (its reader
 # keeps the open ones).
@@ -85,7 +85,7 @@ def inputs_to_decide(
     scope = _plan(conn, spec, settings, lifecycle, full_rebuild, models)
     if scope.ids == []:
         return [], scope
-    return _reader(spec.name, lifecycle, models)(conn, scope.ids), scope
+    return reader(spec.name, lifecycle, models)(conn, scope.ids), scope
 
 
 def decide_in_slices(
@@ -109,18 +109,9 @@ def decide_in_slices(
     models = models or ModelsConfig()
     with connect() as conn:
         scope = _plan(conn, spec, settings, lifecycle, full_rebuild, models)
-        if scope.ids is None and spec.name not in ALL_IDS:
-            slices: list[list[str] | None] = [None]  # every item, in one piece
-        else:
-            ids = (
-                [entity_id for (entity_id,) in conn.execute(ALL_IDS[spec.name]).fetchall()]
-                if scope.ids is None
-                else scope.ids
-            )
-            # No id: one empty slice, which records the watermark.
-            slices = [ids[start : start + slice_ids] for start in range(0, len(ids), slice_ids)]
-            slices = slices or [[]]
-    read = _reader(spec.name, lifecycle, models)
+        # No id: one empty slice, which records the watermark.
+        slices = id_slices(conn, spec.name, scope.ids, slice_ids) or [[]]
+    read = reader(spec.name, lifecycle, models)
     key = incremental.inputs_key(lifecycle.model_dump_json(), models.model_dump_json())
     report = RunReport(spec.name)
     for number, ids in enumerate(slices, 1):
@@ -181,12 +172,24 @@ def input_options(agent: str, lifecycle: LifecycleConfig, models: ModelsConfig) 
     return options
 
 
-def _reader(
+def reader(
     agent: str, lifecycle: LifecycleConfig, models: ModelsConfig
 ) -> Callable[[duckdb.DuckDBPyConnection, list[str] | None], list[dict]]:
     """The agent's inputs for some ids (None: every open item)."""
     options = input_options(agent, lifecycle, models)
     return lambda conn, ids: INPUTS[agent](conn, ids, **options)
+
+
+def id_slices(
+    conn: duckdb.DuckDBPyConnection, agent: str, ids: list[str] | None, size: int
+) -> list[list[str] | None]:
+    """The ids to read, ``size`` at a time: ``ids``, or for every item (None) a superset of
+    the agent's items (``ALL_IDS``); ``[None]`` (every item at once) for an agent without one."""
+    if ids is None and agent not in ALL_IDS:
+        return [None]
+    if ids is None:
+        ids = [entity_id for (entity_id,) in conn.execute(ALL_IDS[agent]).fetchall()]
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def input_clock(agent: str, models: ModelsConfig) -> str | None:

@@ -335,7 +335,7 @@ def _personal_data(
             for a in actions
             if a["decision_id"]
             and a["action_type"] in restorable
-            and (PLACEHOLDER.search(a["reason"] or "") or _holds_placeholder(a["payload"]))
+            and _holds_placeholder([a["reason"], a["payload"]])
         }
     )
     if not wanted:

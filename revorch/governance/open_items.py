@@ -26,14 +26,14 @@ import polars as pl
 from revorch.agents import incremental
 from revorch.agents.features import ModelsConfig
 from revorch.agents.memo import input_hash
-from revorch.agents.registry import ALL_IDS, INPUTS, input_clock, input_options
+from revorch.agents.registry import INPUTS, id_slices, input_clock, reader
 from revorch.lifecycle.config import load_lifecycle_config
 
 DECISIONS = "proposals/decisions"
 # Reading every item of an agent (a first run, a full rebuild), ids are read this many at a
-# time from a superset of the agent's items (``ALL_IDS``: the reader keeps the open ones), so
-# no more than a slice's inputs are held in Python: about 700,000 open leads at a million
-# contacts.
+# time from a superset of the agent's items (``registry.id_slices``: the reader keeps the open
+# ones), so no more than a slice's inputs are held in Python: about 700,000 open leads at a
+# million contacts.
 SLICE_IDS = 50_000
 
 
@@ -69,7 +69,7 @@ def refresh(
     key = incremental.inputs_key(lifecycle.model_dump_json(), models.model_dump_json())
     version = incremental.version_key("proposals", key)
     everything, pairs = set(), []
-    for agent, read in INPUTS.items():
+    for agent in INPUTS:
         plan = partial(
             incremental.plan,
             conn,
@@ -86,15 +86,10 @@ def refresh(
         # hashes with these options, or a full rebuild trusts nothing kept).
         changed = None if full else plan(key, watermark=incremental.items_watermark(agent)).ids
 
-        def read_again(ids: list[str] | None, agent=agent, read=read) -> None:
-            options = input_options(agent, lifecycle, models)
-            if ids is None and agent not in ALL_IDS:
-                _insert(conn, agent, read(conn, **options))
-                return
-            if ids is None:
-                ids = [entity_id for (entity_id,) in conn.execute(ALL_IDS[agent]).fetchall()]
-            for start in range(0, len(ids), slice_ids):
-                _insert(conn, agent, read(conn, ids[start : start + slice_ids], **options))
+        def read_again(ids: list[str] | None, agent=agent) -> None:
+            read = reader(agent, lifecycle, models)
+            for some in id_slices(conn, agent, ids, slice_ids):
+                _insert(conn, agent, read(conn, some))
 
         if scope.ids is None:
             everything.add(agent)

@@ -85,7 +85,11 @@ class Portal:
 
     def _modify(self, object_type: str, object_id: str, properties: dict, changed_by) -> int:
         record = self.records[object_type][object_id]
-        self._clock = max(self._clock + 1, int(time.time() * 1000))
+        # Each change gets its own instant, never one ahead of the wall clock: a poll that
+        # starts after this change must find it inside its window (HubSpot stamps real time).
+        while int(time.time() * 1000) <= self._clock:
+            time.sleep(0.0005)
+        self._clock = int(time.time() * 1000)
         record["properties"].update(properties)
         record["modified_ms"] = self._clock
         record["properties"][last_modified(object_type)] = iso(self._clock)

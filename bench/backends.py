@@ -19,7 +19,8 @@ and peak resident memory come from its own rusage (bench/pipeline.py's `measured
 - state: `refresh_current_state` (crm_current_state), one transaction per shard of about
   `--state-shard-changes` changes;
 - pipeline (for the backends named by --pipeline): `revorch ingest` on a fresh copy, every
-  asset, check, agent and governance step of revorch_main, as bench/pipeline.py's first run.
+  asset, check, agent and governance step of revorch_main, as bench/pipeline.py's first run,
+  followed by every step's wall and CPU seconds and peak memory (bench/pipeline.py's `steps`).
 
 Store size: the DuckDB file, or DuckLake's data folder plus its catalog database
 (pg_database_size). Prints Markdown rows as they finish; bench/README.md keeps the measured ones.
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from ingest import machine  # noqa: E402
-from pipeline import REVORCH, environment, measured  # noqa: E402
+from pipeline import REVORCH, environment, measured, print_steps, steps  # noqa: E402
 from revorch.ingestion.current_state import SHARD_CHANGES  # noqa: E402
 
 
@@ -98,6 +99,7 @@ def _environment(home: Path, backend: str, catalog: str) -> dict[str, str]:
 def _measure_step(backend: str, kind: str, home: Path, catalog: str, shard: int) -> dict:
     command = [sys.executable, __file__, "--step", backend, kind, str(home), catalog, str(shard)]
     figures = measured(command, _environment(home, backend, catalog))
+    figures.pop("samples")
     return figures | json.loads(figures.pop("output").strip().splitlines()[-1])
 
 
@@ -201,6 +203,7 @@ def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
             figures = measured([str(REVORCH), "ingest"], _environment(home, backend, catalog))
             store = _store_mb(home, backend, dsn, name)
             print(_row(contacts, events, backend, "whole pipeline", figures, store), flush=True)
+            print_steps(steps(home / "dagster", figures["samples"]), top=40)
             shutil.rmtree(home)
             if catalog:
                 _admin(dsn, f"DROP DATABASE {name}")

@@ -22,7 +22,9 @@ its migrations and fills what it keeps, then the incremental runs as above.
 Each `revorch ingest` is a child process: CPU seconds (user + system, DuckDB's threads
 included) and peak resident memory come from that child's own rusage (os.wait4); the load
 average is read before and after. The growth exponent between two sizes is
-log(CPU ratio) / log(size ratio): 1 is linear. Prints Markdown rows as they finish.
+log(CPU ratio) / log(size ratio): 1 is linear. Prints Markdown rows as they finish, each
+followed by its longest steps (wall and CPU seconds, peak memory: the child's /proc sampled
+every 0.5 s, matched to the steps' start and end in the run's Dagster event log).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,13 +63,79 @@ def environment(home: Path) -> dict[str, str]:
     return env | {"REVORCH_HOME": str(home), "CI": "true"}
 
 
+class Sampler(threading.Thread):
+    """The child's CPU seconds and resident memory every half second, read from /proc.
+
+    A `revorch ingest` runs its steps one after another in its own process, so these samples
+    matched to each step's start and end (the run's Dagster event log: ``steps``) give each
+    step's CPU seconds (to a sample, 0.5 s) and its peak memory.
+    """
+
+    TICK = os.sysconf("SC_CLK_TCK")
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stopped = pid, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            try:
+                fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return
+            cpu = (int(fields[11]) + int(fields[12])) / self.TICK  # utime + stime
+            if fields[0] != "Z":
+                self.samples.append((time.time(), cpu, int(fields[21]) * self.PAGE / 2**20))
+
+
+def steps(dagster_home: Path, samples: list[tuple[float, float, float]]) -> list[dict]:
+    """Each step of the latest run in ``dagster_home``: wall s, CPU s and peak MB (samples)."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+        stats = instance.get_run_step_stats(run.run_id)
+    figures = []
+    for step in sorted(stats, key=lambda s: s.start_time or 0):
+        if step.start_time is None or step.end_time is None:
+            continue
+        inside = [s for s in samples if step.start_time <= s[0] <= step.end_time]
+        before = [s[1] for s in samples if s[0] <= step.start_time] or [0.0]
+        until = [s[1] for s in samples if s[0] <= step.end_time] or [0.0]
+        figures.append(
+            {
+                "step": step.step_key,
+                "wall_s": step.end_time - step.start_time,
+                "cpu_s": until[-1] - before[-1],
+                "peak_mb": max((s[2] for s in inside), default=None),
+            }
+        )
+    return figures
+
+
+def print_steps(figures: list[dict], top: int = 12) -> None:
+    """The steps that took longest, as a Markdown table inside an HTML comment."""
+    print("<!-- steps (longest first): step | wall s | CPU s (0.5 s samples) | peak MB")
+    for step in sorted(figures, key=lambda s: -s["wall_s"])[:top]:
+        peak = "-" if step["peak_mb"] is None else f"{step['peak_mb']:,.0f}"
+        print(f"| {step['step']} | {step['wall_s']:.1f} | {step['cpu_s']:.1f} | {peak} |")
+    peak = max(figures, key=lambda s: s["peak_mb"] or 0, default=None)
+    if peak:
+        print(f"peak set by {peak['step']}: {peak['peak_mb']:,.0f} MB -->", flush=True)
+
+
 def measured(command: list[str], env: dict[str, str]) -> dict:
-    """Run ``command`` as a child; its CPU seconds, wall seconds and peak memory (MB)."""
+    """Run ``command`` as a child; its CPU seconds, wall seconds and peak memory (MB), and
+    ``samples`` of its CPU and memory over time (``Sampler``)."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as output:
         child = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        sampler = Sampler(child.pid)
+        sampler.start()
         _, status, usage = os.wait4(child.pid, 0)
+        sampler.stopped.set()
         child.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         output.seek(0)
@@ -80,6 +149,7 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
         "load_before": load,
         "load_after": os.getloadavg()[0],
         "output": text,
+        "samples": sampler.samples,
     }
 
 
@@ -149,9 +219,10 @@ def run_size(
     rows = []
 
     def row(case: str, figures: dict, floor_cpu: float, events: int) -> None:
-        figures = {key: value for key, value in figures.items() if key != "output"}
+        step_figures = steps(home / "dagster", figures["samples"])
+        figures = {k: v for k, v in figures.items() if k not in ("output", "samples")}
         record = {"contacts": contacts, "case": case, "events": events, "floor_cpu_s": floor_cpu}
-        rows.append(record | figures)
+        rows.append(record | figures | {"steps": step_figures})
         print(
             f"| {contacts:,} | {case} | {events:,} | {figures['cpu_s']:.1f} "
             f"| {figures['wall_s']:.1f} | {figures['peak_mb']:,.0f} "
@@ -159,6 +230,7 @@ def run_size(
             f"| {floor_cpu:.2f} | {figures['cpu_s'] / floor_cpu:.0f}x |",
             flush=True,
         )
+        print_steps(step_figures)
 
     try:
         if source:

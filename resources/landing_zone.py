@@ -16,6 +16,11 @@ class LandingZoneResource(dg.ConfigurableResource):
     max_batches_per_run: int = Field(
         default=2_000, description="At most this many batches are ingested by one run."
     )
+    batches_per_transaction: int = Field(
+        default=20,
+        description="Batches committed together; a run of more commits several transactions, "
+        "so a first load's memory and a crash's lost work stay bounded.",
+    )
 
     def zone(self) -> LandingZone:
         return LandingZone(self.path).ensure()

@@ -371,6 +371,28 @@ def test_batches_are_archived_after_ingestion(conn, zone):
     assert ingest_pending(conn, zone).batches == 0
 
 
+def test_a_large_load_commits_a_bounded_number_of_batches_per_transaction(conn, zone):
+    lines = [
+        json.dumps(event(f"b-{i}", "contact", f"c-{i}", "2026-01-01T00:00:00Z")) for i in range(7)
+    ]
+    for i in range(7):
+        zone.write_lines(
+            "test", [lines[i], MALFORMED["invalid_json"] if i == 3 else lines[max(i - 1, 0)]]
+        )
+    first = ingest_pending(conn, zone, max_batches=5, batches_per_transaction=2)
+    # 5 of the 7 batches in transactions of 2, 2 and 1: one load id each, counts summed.
+    assert (first.batches, first.loaded, first.duplicates, first.quarantined) == (5, 5, 4, 1)
+    assert first.quarantine_reasons == {"invalid_json": 1}
+    assert len(first.archived) == 5 and len(zone.pending()) == 2
+    loads = conn.execute(
+        "SELECT load_id, count(*) FROM landing_batches GROUP BY ALL ORDER BY load_id"
+    ).fetchall()
+    assert loads == [(1, 2), (2, 2), (3, 1)] and first.load_id == 3
+    rest = ingest_pending(conn, zone, batches_per_transaction=2)
+    assert (rest.batches, rest.loaded, rest.load_id) == (2, 2, 4)
+    assert counts(conn, "change_log") == 7 and zone.pending() == []
+
+
 def test_a_failed_write_publishes_nothing(zone):
     with pytest.raises(RuntimeError), zone.open_batch("test") as tmp:
         tmp.write_text('{"event_id": "half"')

@@ -50,7 +50,8 @@ def crm_change_log(
     state_store: StateStore,
     landing_zone: LandingZoneResource,
 ):
-    """Take every pending landing-zone batch into the change log in one transaction."""
+    """Take the pending landing-zone batches into the change log, a bounded number per
+    transaction."""
     with state_store.get_connection() as conn:
         result = ingest_pending(
             conn,
@@ -58,6 +59,7 @@ def crm_change_log(
             run_id=context.run_id,
             max_event_bytes=landing_zone.max_event_bytes,
             max_batches=landing_zone.max_batches_per_run,
+            batches_per_transaction=landing_zone.batches_per_transaction,
         )
         log_rows, quarantine_rows = conn.execute(
             "SELECT (SELECT count(*) FROM change_log), (SELECT count(*) FROM quarantine)"

@@ -1,6 +1,8 @@
 """Load landing-zone batches into the change log, exactly once, quarantining bad lines.
 
-One ingestion takes every pending batch in one DuckDB transaction:
+One ingestion takes the pending batches, oldest first, in transactions of at most
+``batches_per_transaction`` batches each (a first load of millions of contacts is many
+transactions of bounded size, not one). Each transaction:
 
 1. stage every line of every batch as raw text (a blank line is quarantined, so counted);
 2. parse and validate each line once (envelope, timestamps, property types), and parse
@@ -11,8 +13,8 @@ One ingestion takes every pending batch in one DuckDB transaction:
    ``landing_batches``, all in the same transaction.
 
 Only after the commit are the batch files moved to the archive, so a crash at any point
-leaves either nothing written (the batches are taken again) or everything written (taking
-them again finds only duplicates).
+leaves each transaction's batches either not written (they are taken again) or written
+(taking them again finds only duplicates).
 """
 
 from __future__ import annotations
@@ -44,6 +46,22 @@ class IngestResult:
     quarantined: int
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     archived: list[Path] = field(default_factory=list)
+
+    def __add__(self, later: IngestResult) -> IngestResult:
+        """Two transactions' results as one: counts summed, the later load id."""
+        reasons = dict(self.quarantine_reasons)
+        for reason, count in later.quarantine_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+        return IngestResult(
+            later.load_id or self.load_id,
+            self.batches + later.batches,
+            self.received + later.received,
+            self.loaded + later.loaded,
+            self.duplicates + later.duplicates,
+            self.quarantined + later.quarantined,
+            reasons,
+            [*self.archived, *later.archived],
+        )
 
     def as_metadata(self) -> dict[str, int]:
         return {
@@ -79,12 +97,35 @@ def ingest_pending(
     run_id: str | None = None,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     max_batches: int | None = None,
+    batches_per_transaction: int | None = None,
 ) -> IngestResult:
-    """Ingest the batches waiting in the landing zone (oldest first).
+    """Ingest at most ``max_batches`` of the batches waiting in the landing zone (oldest
+    first), ``batches_per_transaction`` at a time (None: all of them in one transaction).
 
     Several ingestions may run at once on DuckLake: their transactions claim the change log
     (revorch/state/backend.py), so the later one conflicts at commit and is run again, and
     then finds the other's events as duplicates."""
+    total = IngestResult(None, 0, 0, 0, 0, 0)
+    while max_batches is None or total.batches < max_batches:
+        left = None if max_batches is None else max_batches - total.batches
+        take = min((n for n in (left, batches_per_transaction) if n is not None), default=None)
+        result = _ingest_transaction(
+            conn, zone, run_id=run_id, max_event_bytes=max_event_bytes, max_batches=take
+        )
+        total += result
+        if not result.batches or batches_per_transaction is None:
+            break
+    return total
+
+
+def _ingest_transaction(
+    conn: duckdb.DuckDBPyConnection,
+    zone: LandingZone,
+    *,
+    run_id: str | None,
+    max_event_bytes: int,
+    max_batches: int | None,
+) -> IngestResult:
     for _ in range(10):
         try:
             return retry_conflicts(

@@ -23,11 +23,13 @@ from revorch.agents.offline import DealModel, LeadModel, OfflineTier, RenewalMod
 from revorch.agents.offline.deal_model import labelled_deals
 from revorch.agents.offline.lead_model import intent_features, labelled_leads, lead_examples
 from revorch.agents.offline.renewal_model import labelled_renewals
-from revorch.agents.registry import input_clock
+from revorch.agents.registry import id_slices, input_clock, slice_reader
 from revorch.landing import LandingZone
+from revorch.lifecycle.config import load_lifecycle_config
 from revorch.simulator import SimulationConfig, simulate_history
 
 SHIPPED = yaml.safe_load(DEFAULT_PATH.read_text())
+LEADS = "lead_qualification"
 RARE = {"reached": ["opportunity", "customer"], "within_days": 30}  # few positives
 
 # A mapping whose contacts carry one custom property, as `revorch import` would land it.
@@ -219,6 +221,29 @@ def test_a_declared_custom_property_changes_the_inputs_and_the_backtest(crm, map
     assert model.version != LeadModel.train(crm, models=shipped).version
     # The property carries signal the fixed list does not: the backtest sees it.
     assert after.auc > before.auc + 0.03, (before.auc, after.auc)
+
+
+def test_every_lead_read_in_slices_of_one_staged_pass_equals_reading_the_tables(crm, mapping):
+    """A first run reads every open lead in id slices: the SQL features of all of them are
+    written once to a file beside DuckDB's spill files, each slice reads its own from it."""
+    declared = models_with(
+        mapping,
+        lead={
+            "features": ["defaults", {"name": "demo", "property": "contact.demo_score"}],
+            "stale": "expire",
+        },
+    )
+    spill = Path(crm.execute("SELECT current_setting('temp_directory')").fetchone()[0])
+    direct = lead_inputs(crm, models=declared)
+    slices = id_slices(crm, LEADS, None, 97)
+    lifecycle = load_lifecycle_config()
+    with slice_reader(crm, LEADS, lifecycle, declared, None, len(slices)) as read:
+        assert len(list(spill.glob("revorch-lead_qualification-*/inputs.parquet"))) == 1
+        staged = [row for ids in slices for row in read(crm, ids)]
+    assert not list(spill.glob("revorch-lead_qualification-*"))
+    assert len(slices) > 3 and len(direct) > 100
+    assert all("demo" in row for row in direct) and any(row["recent_activity"] for row in direct)
+    assert staged == direct
 
 
 def test_a_property_is_read_as_of_the_scoring_point_unless_declared_latest(crm, mapping):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import duckdb
 
@@ -21,6 +22,7 @@ from revorch.agents.schemas import (
     TicketTriage,
 )
 from revorch.lifecycle.config import LifecycleConfig
+from revorch.state.scratch import scratch_folder
 
 OUTPUTS = {
     "lead_qualification": LeadQualification,
@@ -67,6 +69,9 @@ ALL_IDS = {
     "lead_qualification": "SELECT DISTINCT entity_id FROM stages.entity_stages "
     "WHERE entity_type = 'contact' ORDER BY entity_id",
 }
+# How such an agent writes every item's inputs in one pass, for its reader to take slices of
+# (``staged=``): read from the tables, each slice would scan them again.
+STAGES = {"lead_qualification": offline_inputs.stage_lead_inputs}
 
 
 def inputs_to_decide(
@@ -107,32 +112,35 @@ def decide_in_slices(
     recorded are memo hits. One report for the run; the run's budget holds over all slices."""
     settings = config.agents[spec.name]
     models = models or ModelsConfig()
-    with connect() as conn:
-        scope = _plan(conn, spec, settings, lifecycle, full_rebuild, models)
-        # No id: one empty slice, which records the watermark.
-        slices = id_slices(conn, spec.name, scope.ids, slice_ids) or [[]]
-    read = reader(spec.name, lifecycle, models)
     key = incremental.inputs_key(lifecycle.model_dump_json(), models.model_dump_json())
     report = RunReport(spec.name)
-    for number, ids in enumerate(slices, 1):
-        items: list[dict] = []
-        if ids != []:
-            with connect() as conn:
-                items = read(conn, ids)
-        run_agent(
-            connect,
-            spec,
-            config,
-            items,
-            llm=llm,
-            run_id=run_id,
-            settings=settings,
-            seen=scope.seen if number == len(slices) else None,
-            report=report,
-            # The items' input hashes, which the proposals take instead of reading them again:
-            # every one replaced from the first slice when every item is read.
-            read=incremental.ItemsRead(None if scope.ids is None and number == 1 else ids, key),
-        )
+    with ExitStack() as staged:
+        with connect() as conn:
+            scope = _plan(conn, spec, settings, lifecycle, full_rebuild, models)
+            # No id: one empty slice, which records the watermark.
+            slices = id_slices(conn, spec.name, scope.ids, slice_ids) or [[]]
+            read = staged.enter_context(
+                slice_reader(conn, spec.name, lifecycle, models, scope.ids, len(slices))
+            )
+        for number, ids in enumerate(slices, 1):
+            items: list[dict] = []
+            if ids != []:
+                with connect() as conn:
+                    items = read(conn, ids)
+            run_agent(
+                connect,
+                spec,
+                config,
+                items,
+                llm=llm,
+                run_id=run_id,
+                settings=settings,
+                seen=scope.seen if number == len(slices) else None,
+                report=report,
+                # The items' input hashes, which the proposals take instead of reading them
+                # again: every one replaced from the first slice when every item is read.
+                read=incremental.ItemsRead(None if scope.ids is None and number == 1 else ids, key),
+            )
     return report, scope
 
 
@@ -178,6 +186,29 @@ def reader(
     """The agent's inputs for some ids (None: every open item)."""
     options = input_options(agent, lifecycle, models)
     return lambda conn, ids: INPUTS[agent](conn, ids, **options)
+
+
+@contextmanager
+def slice_reader(
+    conn: duckdb.DuckDBPyConnection,
+    agent: str,
+    lifecycle: LifecycleConfig,
+    models: ModelsConfig,
+    ids: list[str] | None,
+    slices: int,
+) -> Iterator[Callable[[duckdb.DuckDBPyConnection, list[str] | None], list[dict]]]:
+    """The agent's reader for ``slices`` slices of ``ids`` (``id_slices``). When every item
+    is read (None) in more than one slice by an agent with a stage (``STAGES``), the inputs
+    are first written in one pass to a file beside DuckDB's spill files, removed at the end,
+    and each slice reads its own from it."""
+    if ids is not None or slices < 2 or agent not in STAGES:
+        yield reader(agent, lifecycle, models)
+        return
+    options = input_options(agent, lifecycle, models)
+    with scratch_folder(conn, f"revorch-{agent}-") as folder:
+        path = str(folder / "inputs.parquet")
+        STAGES[agent](conn, path, **options)
+        yield lambda conn, some: INPUTS[agent](conn, some, staged=path, **options)
 
 
 def id_slices(

@@ -26,7 +26,7 @@ import polars as pl
 from revorch.agents import incremental
 from revorch.agents.features import ModelsConfig
 from revorch.agents.memo import input_hash
-from revorch.agents.registry import INPUTS, id_slices, input_clock, reader
+from revorch.agents.registry import INPUTS, id_slices, input_clock, slice_reader
 from revorch.lifecycle.config import load_lifecycle_config
 
 DECISIONS = "proposals/decisions"
@@ -87,9 +87,10 @@ def refresh(
         changed = None if full else plan(key, watermark=incremental.items_watermark(agent)).ids
 
         def read_again(ids: list[str] | None, agent=agent) -> None:
-            read = reader(agent, lifecycle, models)
-            for some in id_slices(conn, agent, ids, slice_ids):
-                _insert(conn, agent, read(conn, some))
+            slices = id_slices(conn, agent, ids, slice_ids)
+            with slice_reader(conn, agent, lifecycle, models, ids, len(slices)) as read:
+                for some in slices:
+                    _insert(conn, agent, read(conn, some))
 
         if scope.ids is None:
             everything.add(agent)

@@ -21,7 +21,6 @@ from the old watermark and every step below gives the same result when repeated.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import duckdb
 
 from revorch.ingestion.change_log import property_columns
+from revorch.state.scratch import scratch_folder
 
 WATERMARK = "crm_current_state"
 
@@ -133,12 +133,7 @@ def _spread(
     if shards == 1:
         yield [f"(SELECT * FROM change_log WHERE {where})"]
         return
-    # Beside DuckDB's own spill files (``<database>.tmp`` in REVORCH_HOME), not in /tmp.
-    spill = Path(conn.execute("SELECT current_setting('temp_directory')").fetchone()[0] or ".")
-    spill = spill if spill.is_absolute() else None  # an in-memory database's is relative
-    if spill:
-        spill.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="revorch-state-", dir=spill) as folder:
+    with scratch_folder(conn, "revorch-state-") as folder:
         conn.execute(
             f"COPY (SELECT hash(object_id) % {shards} AS shard, object_id, op, occurred_at, "
             f"event_id, properties FROM change_log WHERE {where}) "

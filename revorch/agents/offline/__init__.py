@@ -11,6 +11,7 @@ from revorch.agents.offline.inputs import (
     lead_inputs,
     onboarding_inputs,
     renewal_inputs,
+    stage_lead_inputs,
     ticket_inputs,
 )
 from revorch.agents.offline.lead_model import LeadModel
@@ -27,5 +28,6 @@ __all__ = [
     "lead_inputs",
     "onboarding_inputs",
     "renewal_inputs",
+    "stage_lead_inputs",
     "ticket_inputs",
 ]

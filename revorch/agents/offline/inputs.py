@@ -127,16 +127,35 @@ OPEN_LEAD_POINTS = """
 """
 
 # The newest activities a contact had by the scoring time: short context for the LLM tier.
-RECENT_ACTIVITY_SQL = """
+# `contacts` is a query of the contact ids wanted.
+RECENT_ACTIVITY = """
 SELECT contact_id,
        list(strftime(activity_at, '%Y-%m-%d') || ' ' || activity_type
             || coalesce(' ' || url, '') || coalesce(': ' || subject, '')
             ORDER BY activity_at DESC, id)[1:5] AS recent,
        count(*) AS touches_total
 FROM activities
-WHERE NOT _deleted AND contact_id IN (SELECT unnest($ids))
+WHERE NOT _deleted AND contact_id IN ({contacts})
   AND activity_at <= coalesce($as_of::TIMESTAMPTZ, clock_now())
 GROUP BY contact_id
+"""
+RECENT_ACTIVITY_SQL = RECENT_ACTIVITY.format(contacts="SELECT unnest($ids)")
+
+# Every open lead's features and recent activities in one pass, sorted by id (row groups
+# then hold id ranges, so a slice's read below skips the others).
+STAGE_LEADS_SQL = """
+COPY (
+    WITH features AS ({features})
+    SELECT f.*, r.recent AS _recent, r.touches_total AS _touches
+    FROM features AS f
+    LEFT JOIN ({recent}) AS r ON r.contact_id = f.id
+    ORDER BY f.id
+) TO '{path}' (FORMAT parquet)
+"""
+STAGED_SLICE_SQL = """
+SELECT * FROM read_parquet($path)
+WHERE id BETWEEN $first AND $last AND id IN (SELECT unnest($ids::VARCHAR[]))
+ORDER BY id
 """
 
 
@@ -153,19 +172,56 @@ def lead_feature_rows(
     the fixed ones, and those ``models.lead`` declares besides (``declared_values``; day
     counts to ``days_to`` if given). ``qualified_at`` is when the contact first reached one
     of the outcome's stages (by the scoring time)."""
+    sql, parameters = _lead_features_query(points_sql, parameters, feature_days, models)
+    return _with_declared(conn, _rows(conn.execute(sql, parameters)), models, days_to)
+
+
+def _lead_features_query(
+    points_sql: str, parameters: dict[str, Any], feature_days: int, models: ModelsConfig | None
+) -> tuple[str, dict[str, Any]]:
     sql = LEAD_FEATURES_SQL.format(
         points=points_sql,
         engagement_columns=", ".join(f"coalesce(e.{c}, 0) AS {c}" for c in ENGAGEMENT_COUNTS),
     )
     reached = models.lead.outcome.reached if models else list(QUALIFIED_STAGES)
-    parameters = {**parameters, "feature_days": feature_days, "qualified": list(reached)}
-    rows = _rows(conn.execute(sql, parameters))
+    return sql, {**parameters, "feature_days": feature_days, "qualified": list(reached)}
+
+
+def _with_declared(
+    conn: duckdb.DuckDBPyConnection,
+    rows: list[dict[str, Any]],
+    models: ModelsConfig | None,
+    days_to: datetime | None,
+) -> list[dict[str, Any]]:
+    """The rows with the features ``models.lead`` declares besides the fixed ones."""
     if models is not None:
         points = [{**r, "contact_id": r["id"]} for r in rows]
         extra = declared_values(conn, "lead", models, points, days_to=days_to)
         for row in rows:
             row.update(extra.get(row["id"], {}))
     return rows
+
+
+def stage_lead_inputs(
+    conn: duckdb.DuckDBPyConnection,
+    path: str,
+    *,
+    as_of: datetime | None = None,
+    feature_days: int | None = None,
+    models: ModelsConfig | None = None,
+) -> None:
+    """Write every open lead's fixed features and recent activities, in one pass over the
+    tables, sorted by id, to the Parquet file ``path``; ``lead_inputs(staged=path)`` then
+    reads a slice of them from it. Read slice by slice from the tables instead, each slice
+    would scan the change log and the activities again: a cost of slices x store."""
+    models = models or ModelsConfig()
+    feature_days = feature_days or models.lead.scoring_days
+    features, parameters = _lead_features_query(
+        OPEN_LEAD_POINTS, {"ids": None, "as_of": as_of}, feature_days, models
+    )
+    recent = RECENT_ACTIVITY.format(contacts="SELECT id FROM features")
+    quoted = path.replace("'", "''")
+    conn.execute(STAGE_LEADS_SQL.format(features=features, recent=recent, path=quoted), parameters)
 
 
 def lead_inputs(
@@ -175,6 +231,7 @@ def lead_inputs(
     as_of: datetime | None = None,
     feature_days: int | None = None,
     models: ModelsConfig | None = None,
+    staged: str | None = None,
 ) -> list[dict[str, Any]]:
     """Open leads, MQLs and SQLs with firmographics, early engagement and short context.
 
@@ -182,7 +239,9 @@ def lead_inputs(
     ``models.lead`` declares (default: the shipped defaults). ``recent_activity`` lists the
     newest five activities (date, type, page or subject) for the LLM tier. ``stale`` is true
     for a lead created more than ``stale_after_days`` before the first day of the scoring
-    week; with ``stale: expire`` those leads are left out.
+    week; with ``stale: expire`` those leads are left out. ``staged``: the fixed features
+    and recent activities come from the file ``stage_lead_inputs`` wrote (the same
+    ``as_of`` and ``models``), for ``contact_ids`` (not None), instead of from the tables.
     """
     models = models or ModelsConfig()
     definition = models.lead
@@ -190,26 +249,37 @@ def lead_inputs(
     week = conn.execute(
         "SELECT date_trunc('week', coalesce($as_of::TIMESTAMPTZ, clock_now()))", {"as_of": as_of}
     ).fetchone()[0]
-    rows = lead_feature_rows(
-        conn,
-        OPEN_LEAD_POINTS,
-        {"ids": contact_ids, "as_of": as_of},
-        feature_days=feature_days,
-        models=models,
-        days_to=week,
-    )
+    recent: dict[str, tuple[list[str], int]] = {}
+    if staged is None:
+        rows = lead_feature_rows(
+            conn,
+            OPEN_LEAD_POINTS,
+            {"ids": contact_ids, "as_of": as_of},
+            feature_days=feature_days,
+            models=models,
+            days_to=week,
+        )
+    elif not contact_ids:
+        rows = []
+    else:
+        parameters = {"path": staged, "ids": contact_ids}
+        parameters |= {"first": min(contact_ids), "last": max(contact_ids)}
+        rows = _rows(conn.execute(STAGED_SLICE_SQL, parameters))
+        recent = {r["id"]: (r.pop("_recent") or [], r.pop("_touches") or 0) for r in rows}
+        rows = _with_declared(conn, rows, models, week)
     stale_days = definition.stale_after_days
     for row in rows:
         age = (week - row["created_at"]).days if week and row["created_at"] else 0
         row["stale"] = stale_days is not None and age > stale_days
     if definition.stale == "expire":
         rows = [row for row in rows if not row["stale"]]
-    recent = {
-        r[0]: (r[1], r[2])
-        for r in conn.execute(
-            RECENT_ACTIVITY_SQL, {"ids": [r["id"] for r in rows], "as_of": as_of}
-        ).fetchall()
-    }
+    if staged is None:
+        recent = {
+            r[0]: (r[1], r[2])
+            for r in conn.execute(
+                RECENT_ACTIVITY_SQL, {"ids": [r["id"] for r in rows], "as_of": as_of}
+            ).fetchall()
+        }
     inputs = []
     for row in rows:
         activity, touches = recent.get(row["id"], ([], 0))

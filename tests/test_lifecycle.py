@@ -296,6 +296,13 @@ def test_full_rebuild_gives_the_same_lifecycle_as_incremental_runs(conn, zone):
     refresh_account_lifecycle(conn, CONFIG, full_rebuild=True)
     assert lifecycle_state(conn) == incremental
 
+    # Folded in shards of about 10 entities (by id hash), as ten million contacts would be.
+    contacts = refresh_contact_lifecycle(conn, CONFIG, full_rebuild=True, shard_entities=10)
+    accounts = refresh_account_lifecycle(conn, CONFIG, full_rebuild=True, shard_entities=10)
+    assert contacts.entities > 1_000 and accounts.entities > 20
+    assert lifecycle_state(conn) == incremental
+    assert contacts.transitions + accounts.transitions == len(incremental["stage_transitions"])
+
 
 def test_the_whole_graph_materializes_on_a_simulated_crm(simulated_crm):
     # The shared CRM (conftest) went through every asset of the definitions.

@@ -8,6 +8,7 @@ never depends on how changes were batched: a full rebuild gives the same rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +21,8 @@ from revorch.lifecycle.config import LifecycleConfig
 from revorch.lifecycle.machine import FoldResult, fold
 
 SQL_DIR = Path(__file__).parent
+# Entities whose moves are computed and folded at once; a larger scope goes in shards.
+SHARD_ENTITIES = 1_000_000
 
 # Contacts with new changes, and every contact a changed deal or activity refers to now or
 # ever did (a deal moved to another contact changes both), whatever order they arrived in.
@@ -95,7 +98,11 @@ def table_exists(conn: duckdb.DuckDBPyConnection, qualified: str) -> bool:
 
 
 def refresh_contact_lifecycle(
-    conn: duckdb.DuckDBPyConnection, config: LifecycleConfig, *, full_rebuild: bool = False
+    conn: duckdb.DuckDBPyConnection,
+    config: LifecycleConfig,
+    *,
+    full_rebuild: bool = False,
+    shard_entities: int | None = None,
 ) -> LifecycleRefresh:
     contacts, engagement = config.contacts, config.engagement
     return _refresh(
@@ -117,6 +124,7 @@ def refresh_contact_lifecycle(
         scope_parameters={},
         machine=contacts,
         full_rebuild=full_rebuild,
+        shard_entities=shard_entities,
         keep=_keep_contact_references,
     )
 
@@ -140,7 +148,11 @@ def _keep_contact_references(
 
 
 def refresh_account_lifecycle(
-    conn: duckdb.DuckDBPyConnection, config: LifecycleConfig, *, full_rebuild: bool = False
+    conn: duckdb.DuckDBPyConnection,
+    config: LifecycleConfig,
+    *,
+    full_rebuild: bool = False,
+    shard_entities: int | None = None,
 ) -> LifecycleRefresh:
     accounts = config.accounts
     timing = {
@@ -157,6 +169,7 @@ def refresh_account_lifecycle(
         scope_parameters={} if full_rebuild else timing,
         machine=accounts,
         full_rebuild=full_rebuild,
+        shard_entities=shard_entities,
         time_based=True,
     )
 
@@ -174,7 +187,9 @@ def _refresh(
     full_rebuild: bool,
     time_based: bool = False,
     keep: Callable[[duckdb.DuckDBPyConnection, int, int, bool], None] | None = None,
+    shard_entities: int | None = None,
 ) -> LifecycleRefresh:
+    shard_entities = shard_entities or SHARD_ENTITIES
     conn.execute("BEGIN TRANSACTION")
     try:
         since, previous_as_of = _watermark(conn, watermark)
@@ -196,12 +211,14 @@ def _refresh(
             scope_args,
         )
         entities = conn.execute("SELECT count(*) FROM scope").fetchone()[0]
-        result = None
-        if entities:
-            args = {**parameters, **({"as_of": as_of} if time_based else {})}
-            points = conn.execute(points_sql, args).pl()
-            result = fold(points, machine)
-        _replace(conn, entity_type, result)
+        transitions = forbidden = 0
+        args = {**parameters, **({"as_of": as_of} if time_based else {})}
+        for _ in _in_shards(conn, entities, shard_entities):
+            result = fold(conn.execute(points_sql, args).pl(), machine) if entities else None
+            _replace(conn, entity_type, result)
+            if result is not None:
+                transitions += result.transitions.height
+                forbidden += result.forbidden.height
         record_recomputed(conn, watermark, "entity_id", upto, as_of)
         # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
         conn.execute("DELETE FROM state_watermarks WHERE name = ?", [watermark])
@@ -215,12 +232,28 @@ def _refresh(
     except Exception:
         conn.execute("ROLLBACK")
         raise
-    return LifecycleRefresh(
-        entities,
-        result.transitions.height if result else 0,
-        result.forbidden.height if result else 0,
-        as_of,
-    )
+    return LifecycleRefresh(entities, transitions, forbidden, as_of)
+
+
+def _in_shards(conn: duckdb.DuckDBPyConnection, entities: int, shard_entities: int):
+    """Hold in the temp table ``scope`` one shard of its entities (by id hash) at a time, about
+    ``shard_entities`` each, then all of them again. Every entity's points are its own, so
+    folding shard by shard gives what one fold gives; in one piece, the points of ten million
+    contacts (their changes, activities and rolling scores) outgrow DuckDB's memory limit."""
+    shards = max(1, math.ceil(entities / shard_entities))
+    if shards == 1:
+        yield 0
+        return
+    conn.execute("CREATE OR REPLACE TEMP TABLE whole_scope AS SELECT * FROM scope")
+    for shard in range(shards):
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE scope AS "
+            "SELECT * FROM whole_scope WHERE hash(entity_id) % $shards = $shard",
+            {"shards": shards, "shard": shard},
+        )
+        yield shard
+    conn.execute("CREATE OR REPLACE TEMP TABLE scope AS SELECT * FROM whole_scope")
+    conn.execute("DROP TABLE whole_scope")
 
 
 def _replace(conn: duckdb.DuckDBPyConnection, entity_type: str, result: FoldResult | None) -> None:

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import event, ingest_and_stage
 from revorch import clock
+from revorch.agents import registry
 from revorch.agents.config import DEFAULT_PATH, AgentsConfigError, load_agents_config
 from revorch.agents.features import DEFAULT_FEATURES, ModelsConfig
 from revorch.agents.model_backtest import backtest_model
@@ -223,7 +224,9 @@ def test_a_declared_custom_property_changes_the_inputs_and_the_backtest(crm, map
     assert after.auc > before.auc + 0.03, (before.auc, after.auc)
 
 
-def test_every_lead_read_in_slices_of_one_staged_pass_equals_reading_the_tables(crm, mapping):
+def test_every_lead_read_in_slices_of_staged_passes_equals_reading_the_tables(
+    crm, mapping, monkeypatch
+):
     """A first run reads every open lead in id slices: the SQL features of all of them are
     written once to a file beside DuckDB's spill files, each slice reads its own from it."""
     declared = models_with(
@@ -237,12 +240,14 @@ def test_every_lead_read_in_slices_of_one_staged_pass_equals_reading_the_tables(
     direct = lead_inputs(crm, models=declared)
     slices = id_slices(crm, LEADS, None, 97)
     lifecycle = load_lifecycle_config()
-    with slice_reader(crm, LEADS, lifecycle, declared, None, len(slices)) as read:
-        assert len(list(spill.glob("revorch-lead_qualification-*/inputs.parquet"))) == 1
+    monkeypatch.setattr(registry, "STAGE_SLICES", 3)  # a pass per 3 slices: several passes
+    with slice_reader(crm, LEADS, lifecycle, declared, None, slices) as read:
         staged = [row for ids in slices for row in read(crm, ids)]
+        assert len(list(spill.glob("revorch-lead_qualification-*/inputs.parquet"))) == 1
     assert not list(spill.glob("revorch-lead_qualification-*"))
     assert len(slices) > 3 and len(direct) > 100
     assert all("demo" in row for row in direct) and any(row["recent_activity"] for row in direct)
+    assert [r["id"] for r in staged] == [r["id"] for r in direct]
     assert staged == direct
 
 
@@ -309,6 +314,20 @@ def test_activity_windows_and_derived_features_are_counted_by_the_scoring_point(
     # A window ending at the scoring point moves with the clock: the agent rebuilds on any move.
     assert input_clock("lead_qualification", models) == "instant"
     assert input_clock("lead_qualification", ModelsConfig()) == "week"  # the stale flag
+
+
+def test_the_lead_model_trains_on_a_fixed_sample_of_at_most_max_examples(crm, monkeypatch):
+    from revorch.agents.offline import lead_model
+
+    everyone, _ = labelled_leads(crm)
+    monkeypatch.setattr(lead_model, "MAX_EXAMPLES", 500)
+    sample, counts = labelled_leads(crm)
+    again, _ = labelled_leads(crm)
+    assert counts.examples + counts.dropped <= 500 < everyone.height
+    assert sample["id"].to_list() == again["id"].to_list()  # the same ones every time
+    assert set(sample["id"]) <= set(everyone["id"])
+    whole = everyone.filter(everyone["id"].is_in(sample["id"].implode()))
+    assert whole.equals(sample)  # each example as it is when every one is read
 
 
 def test_a_declared_outcome_changes_the_labels_and_says_what_it_kept_and_dropped(crm):

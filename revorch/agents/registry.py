@@ -69,9 +69,11 @@ ALL_IDS = {
     "lead_qualification": "SELECT DISTINCT entity_id FROM stages.entity_stages "
     "WHERE entity_type = 'contact' ORDER BY entity_id",
 }
-# How such an agent writes every item's inputs in one pass, for its reader to take slices of
-# (``staged=``): read from the tables, each slice would scan them again.
+# How such an agent writes its items' inputs in one pass, for its reader to take slices of
+# (``staged=``): read from the tables, each slice would scan them again. A pass covers this
+# many slices (a million leads): all of them at once ran out of DuckDB's memory limit at 10M.
 STAGES = {"lead_qualification": offline_inputs.stage_lead_inputs}
+STAGE_SLICES = 10
 
 
 def inputs_to_decide(
@@ -120,7 +122,7 @@ def decide_in_slices(
             # No id: one empty slice, which records the watermark.
             slices = id_slices(conn, spec.name, scope.ids, slice_ids) or [[]]
             read = staged.enter_context(
-                slice_reader(conn, spec.name, lifecycle, models, scope.ids, len(slices))
+                slice_reader(conn, spec.name, lifecycle, models, scope.ids, slices)
             )
         for number, ids in enumerate(slices, 1):
             items: list[dict] = []
@@ -195,20 +197,35 @@ def slice_reader(
     lifecycle: LifecycleConfig,
     models: ModelsConfig,
     ids: list[str] | None,
-    slices: int,
+    slices: list[list[str] | None],
 ) -> Iterator[Callable[[duckdb.DuckDBPyConnection, list[str] | None], list[dict]]]:
-    """The agent's reader for ``slices`` slices of ``ids`` (``id_slices``). When every item
-    is read (None) in more than one slice by an agent with a stage (``STAGES``), the inputs
-    are first written in one pass to a file beside DuckDB's spill files, removed at the end,
-    and each slice reads its own from it."""
-    if ids is not None or slices < 2 or agent not in STAGES:
-        yield reader(agent, lifecycle, models)
+    """The agent's reader for ``slices`` of ``ids`` (``id_slices``), read in their order.
+    When every item is read (None) in more than one slice by an agent with a stage
+    (``STAGES``), the inputs of each ``STAGE_SLICES`` slices are first written in one pass to
+    a file beside DuckDB's spill files, removed at the end, and each slice reads its own."""
+    plain = reader(agent, lifecycle, models)
+    if ids is not None or len(slices) < 2 or agent not in STAGES:
+        yield plain
         return
     options = input_options(agent, lifecycle, models)
+    first = {some[0]: number for number, some in enumerate(slices) if some}
     with scratch_folder(conn, f"revorch-{agent}-") as folder:
-        path = str(folder / "inputs.parquet")
-        STAGES[agent](conn, path, **options)
-        yield lambda conn, some: INPUTS[agent](conn, some, staged=path, **options)
+        path, staged = folder / "inputs.parquet", [None]  # the first slice of the staged ones
+
+        def read(conn: duckdb.DuckDBPyConnection, some: list[str] | None) -> list[dict]:
+            number = first.get(some[0]) if some else None
+            if number is None:
+                return plain(conn, some)
+            if staged[0] is None or not staged[0] <= number < staged[0] + STAGE_SLICES:
+                chunk = slices[number : number + STAGE_SLICES]
+                path.unlink(missing_ok=True)
+                STAGES[agent](conn, str(path), [i for part in chunk for i in part], **options)
+                staged[0] = number
+            if not path.exists():
+                return []  # no open item in these slices: DuckDB wrote no file
+            return INPUTS[agent](conn, some, staged=str(path), **options)
+
+        yield read
 
 
 def id_slices(

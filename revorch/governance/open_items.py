@@ -88,7 +88,7 @@ def refresh(
 
         def read_again(ids: list[str] | None, agent=agent) -> None:
             slices = id_slices(conn, agent, ids, slice_ids)
-            with slice_reader(conn, agent, lifecycle, models, ids, len(slices)) as read:
+            with slice_reader(conn, agent, lifecycle, models, ids, slices) as read:
                 for some in slices:
                     _insert(conn, agent, read(conn, some))
 

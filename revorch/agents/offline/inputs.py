@@ -205,19 +205,21 @@ def _with_declared(
 def stage_lead_inputs(
     conn: duckdb.DuckDBPyConnection,
     path: str,
+    contact_ids: list[str] | None = None,
     *,
     as_of: datetime | None = None,
     feature_days: int | None = None,
     models: ModelsConfig | None = None,
 ) -> None:
-    """Write every open lead's fixed features and recent activities, in one pass over the
-    tables, sorted by id, to the Parquet file ``path``; ``lead_inputs(staged=path)`` then
-    reads a slice of them from it. Read slice by slice from the tables instead, each slice
-    would scan the change log and the activities again: a cost of slices x store."""
+    """Write the fixed features and recent activities of every open lead (of ``contact_ids``,
+    when given), in one pass over the tables, sorted by id, to the Parquet file ``path``;
+    ``lead_inputs(staged=path)`` then reads a slice of them from it. Read slice by slice from
+    the tables instead, each slice would scan the change log and the activities again: a
+    cost of slices x store."""
     models = models or ModelsConfig()
     feature_days = feature_days or models.lead.scoring_days
     features, parameters = _lead_features_query(
-        OPEN_LEAD_POINTS, {"ids": None, "as_of": as_of}, feature_days, models
+        OPEN_LEAD_POINTS, {"ids": contact_ids, "as_of": as_of}, feature_days, models
     )
     recent = RECENT_ACTIVITY.format(contacts="SELECT id FROM features")
     quoted = path.replace("'", "''")

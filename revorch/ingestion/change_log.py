@@ -119,24 +119,13 @@ def ingest_pending(
 
 
 def _ingest_transaction(
-    conn: duckdb.DuckDBPyConnection,
-    zone: LandingZone,
-    *,
-    run_id: str | None,
-    max_event_bytes: int,
-    max_batches: int | None,
+    conn: duckdb.DuckDBPyConnection, zone: LandingZone, **options
 ) -> IngestResult:
+    """One transaction of ``_ingest_once`` (its keyword ``options``), run again on a conflict
+    or when the batches it listed moved."""
     for _ in range(10):
         try:
-            return retry_conflicts(
-                lambda: _ingest_once(
-                    conn,
-                    zone,
-                    run_id=run_id,
-                    max_event_bytes=max_event_bytes,
-                    max_batches=max_batches,
-                )
-            )
+            return retry_conflicts(lambda: _ingest_once(conn, zone, **options))
         except FileNotFoundError:
             continue  # a concurrent ingestion archived a batch this one listed: list again
     raise RuntimeError("the landing zone kept changing under this ingestion; try again")

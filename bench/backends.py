@@ -207,7 +207,13 @@ def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
             shutil.rmtree(home)
             if catalog:
                 _admin(dsn, f"DROP DATABASE {name}")
-    finally:
+    except BaseException:
+        if args.keep:
+            print(f"<!-- kept {work} for a look -->", flush=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    else:
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -229,6 +235,7 @@ def main() -> None:
         "--copies", type=int, default=1, help="land the simulated history this many times"
     )
     parser.add_argument("--workdir", help="where the homes go (default: the temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the homes when a step fails")
     parser.add_argument("--step", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:

@@ -29,7 +29,9 @@ ACTION_COLUMNS = (
 )
 
 
-def governed(source: Path, folder: Path, *, slice_rows: int | None) -> dict:
+def governed(
+    source: Path, folder: Path, *, slice_rows: int | None, per_transaction: int | None = None
+) -> dict:
     """Propose, judge and dispatch on a copy of ``source``; what it ended with."""
     folder.mkdir()
     shutil.copyfile(source, folder / "revorch.duckdb")
@@ -37,7 +39,8 @@ def governed(source: Path, folder: Path, *, slice_rows: int | None) -> dict:
     conn.execute("SET TimeZone = 'UTC'")
     anchor, outbox = folder / "anchors.jsonl", folder / "outbox.jsonl"
     sliced = {} if slice_rows is None else {"slice_rows": slice_rows}
-    proposed = propose(conn, run_id="run-1", anchor_path=anchor, **sliced)
+    committed = {} if per_transaction is None else {"slices_per_transaction": per_transaction}
+    proposed = propose(conn, run_id="run-1", anchor_path=anchor, **sliced, **committed)
     verdicts = judge_proposed(conn, POLICY, run_id="run-1", anchor_path=anchor, **sliced)
     report = dispatch(
         lambda: nullcontext(conn),
@@ -89,7 +92,8 @@ def test_sliced_governance_proposes_judges_and_sends_what_one_piece_does(
     whole = governed(source, tmp_path / "whole", slice_rows=None)
     # Slices of 97 actions and 400 contacts: several slices each, with boundaries everywhere.
     monkeypatch.setattr(open_items, "SLICE_IDS", 400)
-    sliced = governed(source, tmp_path / "sliced", slice_rows=97)
+    # The proposals commit every two slices: the same actions, trail and marks as one piece.
+    sliced = governed(source, tmp_path / "sliced", slice_rows=97, per_transaction=2)
     assert whole["proposed"] > 5 * 97, "too few actions to cross several slices"
     assert len(whole["open_items"]) > 2 * 400, "too few open leads to cross slices"
     assert whole["proposed"] < actions.SLICE_ROWS, "the whole run must be one slice"
@@ -98,3 +102,52 @@ def test_sliced_governance_proposes_judges_and_sends_what_one_piece_does(
     for key in whole:
         assert sliced[key] == whole[key], key
     assert sliced["intact"] and not sliced["problems"]
+
+
+def test_proposals_that_die_after_a_commit_are_finished_by_the_next_run(
+    simulated_crm, tmp_path, monkeypatch
+):
+    """Committed two slices at a time, a proposal run that dies in its fourth slice has kept
+    the first two slices' actions but not the proposals' watermarks: the next run proposes
+    the rest, and the actions and the chain are those of one uninterrupted run."""
+    source = simulated_crm.homes["decided"].database
+    whole = governed(source, tmp_path / "whole", slice_rows=None)
+    folder = tmp_path / "died"
+    folder.mkdir()
+    shutil.copyfile(source, folder / "revorch.duckdb")
+    conn = duckdb.connect(str(folder / "revorch.duckdb"))
+    conn.execute("SET TimeZone = 'UTC'")
+    anchor = folder / "anchors.jsonl"
+    action_row, made = actions._action_row, []
+
+    def dies_in_the_fourth_slice(candidate, now, run_id):
+        made.append(candidate)
+        if len(made) > 3 * 97:
+            raise RuntimeError("the process died")
+        return action_row(candidate, now, run_id)
+
+    monkeypatch.setattr(actions, "_action_row", dies_in_the_fourth_slice)
+    with pytest.raises(RuntimeError, match="died"):
+        propose(conn, run_id="run-1", anchor_path=anchor, slice_rows=97, slices_per_transaction=2)
+    kept = conn.execute("SELECT count(*) FROM governance.actions").fetchone()[0]
+    assert kept == 2 * 97, "the first transaction's two slices are committed, no more"
+    marks = conn.execute(
+        "SELECT count(*) FROM agents.watermarks WHERE starts_with(agent, 'proposals/')"
+    ).fetchone()[0]
+    assert marks == 0, "no proposal watermark may claim the rest was proposed"
+    monkeypatch.setattr(actions, "_action_row", action_row)
+    rest = propose(conn, run_id="run-2", anchor_path=anchor, slice_rows=97)
+    assert kept + rest == whole["proposed"]
+    found = conn.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
+    # Judged and sent in the whole run: compare what a proposal decides.
+    columns = slice(0, 10)
+    assert [row[columns] for row in found.fetchall()] == [row[columns] for row in whole["actions"]]
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM agents.watermarks WHERE starts_with(agent, 'proposals/')"
+        ).fetchone()[0]
+        > 0
+    )
+    trail = verify(conn, anchor)
+    assert trail.intact and not trail.problems
+    conn.close()

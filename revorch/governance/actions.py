@@ -123,6 +123,9 @@ FOLLOW_UP_CADENCE = {
 # Candidates proposed per slice: a slice's rows and audit events are all that is held in
 # Python at once (a first run proposes about 800,000 actions at a million contacts).
 SLICE_ROWS = 20_000
+# Slices committed together: a first run of millions of actions in one transaction held them
+# all in memory (23.8 GB after 6.3M actions at 10M contacts; bench/README.md).
+SLICES_PER_TRANSACTION = 10
 CANDIDATE_SLICE_SQL = """
 SELECT * EXCLUDE (slice_row) FROM proposal_candidates
 WHERE slice_row > $after AND slice_row <= $after + $slice
@@ -138,16 +141,24 @@ def propose(
     full: bool = False,
     slice_rows: int = SLICE_ROWS,
     models: ModelsConfig | None = None,
+    slices_per_transaction: int = SLICES_PER_TRANSACTION,
 ) -> int:
     """Propose every new action; return how many. Each is recorded with a ``proposed``
     audit event (and a ``decided`` one for the agent decision behind it). Looks only at
     what changed since the last proposal (revorch/governance/open_items.py); ``full`` looks
-    at everything, and finds the same actions. In one transaction, ``slice_rows`` candidates
-    at a time (in ``action_id`` order, as a whole). On DuckLake a commit that conflicts with a
-    concurrent writer's runs again on the newer snapshot, which then holds what the other one
-    proposed. ``models``: the features the agents declare (config/agents.yaml ``models:``),
-    with which their inputs are read again."""
-    return retry_conflicts(lambda: _propose(conn, run_id, anchor_path, full, slice_rows, models))
+    at everything, and finds the same actions. ``slice_rows`` candidates at a time (in
+    ``action_id`` order, as a whole), committed ``slices_per_transaction`` slices at a time:
+    the proposals' watermarks are taken out at the first commit and written with the last,
+    so a run that dies part-way leaves the next one looking at everything (the candidates
+    skip the actions already proposed). On DuckLake a commit that conflicts with a concurrent
+    writer's runs again on the newer snapshot, which then holds what the other one proposed.
+    ``models``: the features the agents declare (config/agents.yaml ``models:``), with which
+    their inputs are read again."""
+    return retry_conflicts(
+        lambda: _propose(
+            conn, run_id, anchor_path, full, slice_rows, models, slices_per_transaction
+        )
+    )
 
 
 def _propose(
@@ -157,6 +168,7 @@ def _propose(
     full: bool,
     slice_rows: int,
     models: ModelsConfig | None,
+    slices_per_transaction: int,
 ) -> int:
     action_map = pl.DataFrame(
         [
@@ -184,7 +196,7 @@ def _propose(
         conn.unregister("action_map")
         conn.unregister("proposal_scope")
         now = clock.now(conn)
-        after = 0
+        after, held_marks = 0, None
         while True:
             cursor = conn.execute(CANDIDATE_SLICE_SQL, {"after": after, "slice": slice_rows})
             names = [column[0] for column in cursor.description]
@@ -204,9 +216,28 @@ def _propose(
             trail.flush()
             proposed += len(rows)
             after += slice_rows
+            if after % (slice_rows * slices_per_transaction) == 0:
+                held_marks = held_marks or _take_marks(conn)
+                trail.commit()
+        if held_marks:
+            conn.executemany(
+                f"INSERT INTO agents.watermarks VALUES ({', '.join('?' * len(held_marks[0]))})",
+                held_marks,
+            )
         conn.execute("DROP TABLE proposal_candidates")
         trail.extend(_refused_outputs(conn))
     return proposed
+
+
+def _take_marks(conn: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """Take the proposals' watermarks (open_items.refresh wrote them in this transaction) out
+    until the last slice is in: committed before, they would tell the next run that every
+    candidate was proposed."""
+    rows = conn.execute(
+        "SELECT * FROM agents.watermarks WHERE starts_with(agent, 'proposals/')"
+    ).fetchall()
+    conn.execute("DELETE FROM agents.watermarks WHERE starts_with(agent, 'proposals/')")
+    return rows
 
 
 def _action_row(candidate: dict, now: datetime, run_id: str | None) -> dict:

@@ -168,10 +168,13 @@ class Trail(list):
     in slices holds one slice's events, not all of them; ``audited`` appends the rest when
     the block ends. The chain is the same whether a step flushes or not."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, run_id: str | None, anchor_path: Path | None
+    ) -> None:
         super().__init__()
         self.conn = conn
         self.run_id = run_id
+        self.anchor_path = anchor_path
         self.appended = 0
 
     def flush(self) -> None:
@@ -184,16 +187,28 @@ class Trail(list):
         self.appended += append(self.conn, list(self), self.run_id)
         self.clear()
 
+    def commit(self) -> None:
+        """Commit what the transaction holds so far, anchor it, and begin the next one: a
+        change of millions of rows in one transaction holds them all in memory (DuckDB keeps
+        a transaction's uncommitted rows outside its memory limit; bench/README.md)."""
+        self.flush()
+        self.conn.execute("COMMIT")
+        if self.appended and self.anchor_path is not None:
+            write_anchor(self.conn, self.anchor_path)
+        self.appended = 0
+        self.conn.execute("BEGIN TRANSACTION")
+
 
 @contextmanager
 def audited(
     conn: duckdb.DuckDBPyConnection, *, run_id: str | None, anchor_path: Path | None
 ) -> Iterator[Trail]:
     """One transaction for a change and its audit events: add events to the yielded trail
-    (and ``flush`` it between slices of a large change)."""
+    (``flush`` it between slices of a large change; ``commit`` it to end the transaction
+    there and begin the next, for a change too large for one)."""
     conn.execute("BEGIN TRANSACTION")
     try:
-        trail = Trail(conn, run_id)
+        trail = Trail(conn, run_id, anchor_path)
         # Found before the change: in this transaction only this trail appends to the chain.
         if anchor_path is not None:
             trail.extend(_unanchored_rows_found(conn, anchor_path))

@@ -29,14 +29,20 @@ ACTION_COLUMNS = (
 )
 
 
-def governed(
-    source: Path, folder: Path, *, slice_rows: int | None, per_transaction: int | None = None
-) -> dict:
-    """Propose, judge and dispatch on a copy of ``source``; what it ended with."""
+def copied(source: Path, folder: Path) -> duckdb.DuckDBPyConnection:
+    """A connection to a copy of ``source`` in the new ``folder``."""
     folder.mkdir()
     shutil.copyfile(source, folder / "revorch.duckdb")
     conn = duckdb.connect(str(folder / "revorch.duckdb"))
     conn.execute("SET TimeZone = 'UTC'")
+    return conn
+
+
+def governed(
+    source: Path, folder: Path, *, slice_rows: int | None, per_transaction: int | None = None
+) -> dict:
+    """Propose, judge and dispatch on a copy of ``source``; what it ended with."""
+    conn = copied(source, folder)
     anchor, outbox = folder / "anchors.jsonl", folder / "outbox.jsonl"
     sliced = {} if slice_rows is None else {"slice_rows": slice_rows}
     committed = {} if per_transaction is None else {"slices_per_transaction": per_transaction}
@@ -113,10 +119,7 @@ def test_proposals_that_die_after_a_commit_are_finished_by_the_next_run(
     source = simulated_crm.homes["decided"].database
     whole = governed(source, tmp_path / "whole", slice_rows=None)
     folder = tmp_path / "died"
-    folder.mkdir()
-    shutil.copyfile(source, folder / "revorch.duckdb")
-    conn = duckdb.connect(str(folder / "revorch.duckdb"))
-    conn.execute("SET TimeZone = 'UTC'")
+    conn = copied(source, folder)
     anchor = folder / "anchors.jsonl"
     action_row, made = actions._action_row, []
 

@@ -21,6 +21,7 @@ import duckdb
 import polars as pl
 
 from revorch import clock
+from revorch.agents import incremental
 from revorch.agents.features import ModelsConfig
 from revorch.governance import open_items
 from revorch.governance.audit import AuditEvent, audited
@@ -219,11 +220,8 @@ def _propose(
             if after % (slice_rows * slices_per_transaction) == 0:
                 held_marks = held_marks or _take_marks(conn)
                 trail.commit()
-        if held_marks:
-            conn.executemany(
-                f"INSERT INTO agents.watermarks VALUES ({', '.join('?' * len(held_marks[0]))})",
-                held_marks,
-            )
+        for name, load_id, as_of, version_key, _updated_at in held_marks or []:
+            incremental.save(conn, name, incremental.Watermark(load_id, as_of, version_key))
         conn.execute("DROP TABLE proposal_candidates")
         trail.extend(_refused_outputs(conn))
     return proposed

@@ -9,8 +9,9 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
+import yaml
 
-from revorch.instance import postgres_storage
+from revorch.instance import POSTGRES_URL_VARIABLE, instance_config
 
 # Each step appends (name, pid, start, end) here; the path comes from the run config.
 _STEP_SECONDS = 1.0
@@ -57,14 +58,14 @@ def make_three_steps() -> dg.JobDefinition:
 
 @pytest.mark.slow
 def test_a_multiprocess_run_on_postgres_storage_keeps_the_writer_pool_single(
-    postgres_database: str, tmp_path: Path
+    postgres_database: str, tmp_path: Path, monkeypatch
 ):
-    url = _url(postgres_database)
     steps = tmp_path / "steps.jsonl"
-    overrides = {
-        **postgres_storage(url),
-        "concurrency": {"pools": {"default_limit": 1}},
-    }
+    # The project's dagster.yaml as `revorch` writes it with PostgreSQL set: Dagster's own
+    # storage there, not the SQLite event log it names otherwise (which would win).
+    monkeypatch.setenv(POSTGRES_URL_VARIABLE, _url(postgres_database))
+    overrides = yaml.safe_load(instance_config())
+    assert "event_log_storage" not in overrides
     with dg.instance_for_test(overrides=overrides) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         config = {"path": str(steps)}

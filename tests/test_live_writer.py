@@ -201,3 +201,56 @@ def test_the_inbox_is_not_busy_while_a_live_run_holds_the_writer_it_will_yield(
                 assert holder is None, job_name
             else:
                 assert holder and step_key in holder, (job_name, holder)
+
+
+def test_two_steps_assigned_the_one_slot_cannot_both_claim_it(instance_home, monkeypatch):
+    """Two steps assigned the writer's one slot at once (SQLite's assignment is not atomic: a
+    slot freed while another step registers goes to two) claim it at the same moment, as two
+    processes do: the second claims between the first's look for a free slot and its write.
+    Only one may get it (Dagster's own SQLite claim gave it to both)."""
+    import sqlalchemy
+
+    first, second = (dg.DagsterInstance.get() for _ in range(2))  # as two processes' instances
+    assert type(first.event_log_storage).__name__ == "AtomicClaimSqliteEventLogStorage"
+    storage = first.event_log_storage
+    storage.initialize_concurrency_limit_to_default(DUCKDB_WRITER_POOL)
+    for run_id in ("run-a", "run-b"):
+        storage.add_pending_step(DUCKDB_WRITER_POOL, run_id, "step", should_assign=True)
+
+    others: list = []
+
+    def the_other_claims_first(conn, cursor, statement, *_):
+        # Just before this thread writes its claim, the other process claims in full.
+        if (
+            statement.lstrip().upper().startswith("UPDATE CONCURRENCY_SLOTS")
+            and threading.current_thread() is threading.main_thread()
+            and not others
+        ):
+            other = threading.Thread(
+                target=lambda: others.append(
+                    second.event_log_storage.claim_concurrency_slot(
+                        DUCKDB_WRITER_POOL, "run-b", "step"
+                    )
+                )
+            )
+            other.start()
+            other.join()
+
+    sqlalchemy.event.listen(
+        sqlalchemy.engine.Engine, "before_cursor_execute", the_other_claims_first
+    )
+    try:
+        mine = storage.claim_concurrency_slot(DUCKDB_WRITER_POOL, "run-a", "step")
+    finally:
+        sqlalchemy.event.remove(
+            sqlalchemy.engine.Engine, "before_cursor_execute", the_other_claims_first
+        )
+    assert len(others) == 1 and others[0].is_claimed  # the other's claim came first and won
+    assert not mine.is_claimed
+    assert _holders(first) == {("run-b", "step")}
+    # Freed, the slot is the first run's at its next try.
+    storage.free_concurrency_slot_for_step("run-b", "step")
+    assert storage.claim_concurrency_slot(DUCKDB_WRITER_POOL, "run-a", "step").is_claimed
+    assert _holders(first) == {("run-a", "step")}
+    first.dispose()
+    second.dispose()

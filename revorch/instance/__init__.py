@@ -22,11 +22,16 @@ def postgres_storage(url: str | dict) -> dict:
 
 
 def instance_config() -> str:
-    """Revorch's dagster.yaml, with PostgreSQL storage when REVORCH_DAGSTER_POSTGRES_URL is set."""
+    """Revorch's dagster.yaml, with PostgreSQL storage when REVORCH_DAGSTER_POSTGRES_URL is set
+    (in place of the SQLite event log: Dagster would take a storage named per part first)."""
     text = INSTANCE_CONFIG.read_text()
-    if os.environ.get(POSTGRES_URL_VARIABLE):
-        text += "\n" + yaml.safe_dump(postgres_storage({"env": POSTGRES_URL_VARIABLE}))
-    return text
+    if not os.environ.get(POSTGRES_URL_VARIABLE):
+        return text
+    config = yaml.safe_load(text)
+    del config["event_log_storage"]
+    config.update(postgres_storage({"env": POSTGRES_URL_VARIABLE}))
+    header = "# Revorch's dagster.yaml (revorch/instance/dagster.yaml) on PostgreSQL\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
 
 
 def ensure_dagster_home() -> Path:

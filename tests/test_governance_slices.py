@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from revorch.governance import actions, open_items
+from revorch.governance import actions, open_items, verdicts
 from revorch.governance.actions import propose
 from revorch.governance.audit import verify
 from revorch.governance.dispatch import dispatch
@@ -47,7 +47,7 @@ def governed(
     sliced = {} if slice_rows is None else {"slice_rows": slice_rows}
     committed = {} if per_transaction is None else {"slices_per_transaction": per_transaction}
     proposed = propose(conn, run_id="run-1", anchor_path=anchor, **sliced, **committed)
-    verdicts = judge_proposed(conn, POLICY, run_id="run-1", anchor_path=anchor, **sliced)
+    judged = judge_proposed(conn, POLICY, run_id="run-1", anchor_path=anchor, **sliced, **committed)
     report = dispatch(
         lambda: nullcontext(conn),
         POLICY,
@@ -61,7 +61,7 @@ def governed(
     trail = verify(conn, anchor)
     found = {
         "proposed": proposed,
-        "verdicts": dict(verdicts),
+        "verdicts": dict(judged),
         "outcomes": dict(report.outcomes),
         "actions": conn.execute(
             f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL"
@@ -98,7 +98,8 @@ def test_sliced_governance_proposes_judges_and_sends_what_one_piece_does(
     whole = governed(source, tmp_path / "whole", slice_rows=None)
     # Slices of 97 actions and 400 contacts: several slices each, with boundaries everywhere.
     monkeypatch.setattr(open_items, "SLICE_IDS", 400)
-    # The proposals commit every two slices: the same actions, trail and marks as one piece.
+    # The proposals and verdicts commit every two slices: the same actions, trail and marks as
+    # one piece.
     sliced = governed(source, tmp_path / "sliced", slice_rows=97, per_transaction=2)
     assert whole["proposed"] > 5 * 97, "too few actions to cross several slices"
     assert len(whole["open_items"]) > 2 * 400, "too few open leads to cross slices"
@@ -151,6 +152,58 @@ def test_proposals_that_die_after_a_commit_are_finished_by_the_next_run(
         ).fetchone()[0]
         > 0
     )
+    trail = verify(conn, anchor)
+    assert trail.intact and not trail.problems
+    conn.close()
+
+
+def test_verdicts_that_die_after_a_commit_are_finished_by_the_next_run(
+    simulated_crm, tmp_path, monkeypatch
+):
+    """Committed two slices at a time, a verdict run that dies in its fourth slice has kept
+    the first two slices' verdicts: the next run judges the rest (an action judged is no
+    longer ``proposed``), and the actions and the chain are those of one uninterrupted run."""
+    source = simulated_crm.homes["decided"].database
+    one_piece = copied(source, tmp_path / "whole")
+    propose(one_piece, run_id="run-1", anchor_path=tmp_path / "whole" / "anchors.jsonl")
+    judge_proposed(
+        one_piece, POLICY, run_id="run-1", anchor_path=tmp_path / "whole" / "anchors.jsonl"
+    )
+    whole = one_piece.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
+    whole = whole.fetchall()
+    one_piece.close()
+    folder = tmp_path / "died"
+    conn = copied(source, folder)
+    anchor = folder / "anchors.jsonl"
+    proposed = propose(conn, run_id="run-1", anchor_path=anchor)
+    assert proposed > 4 * 97, "too few actions to cross four slices"
+    judge, judged = verdicts.judge, []
+
+    def dies_in_the_fourth_slice(policy, action, screen):
+        judged.append(action)
+        if len(judged) > 3 * 97:
+            raise RuntimeError("the process died")
+        return judge(policy, action, screen)
+
+    monkeypatch.setattr(verdicts, "judge", dies_in_the_fourth_slice)
+    with pytest.raises(RuntimeError, match="died"):
+        judge_proposed(
+            conn,
+            POLICY,
+            run_id="run-1",
+            anchor_path=anchor,
+            slice_rows=97,
+            slices_per_transaction=2,
+        )
+    left = conn.execute(
+        "SELECT count(*) FROM governance.actions WHERE status = 'proposed'"
+    ).fetchone()[0]
+    assert left == proposed - 2 * 97, "the first transaction's two slices are committed, no more"
+    monkeypatch.setattr(verdicts, "judge", judge)
+    rest = judge_proposed(conn, POLICY, run_id="run-2", anchor_path=anchor, slice_rows=97)
+    assert sum(rest.values()) == left
+    found = conn.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
+    assert found.fetchall() == whole
     trail = verify(conn, anchor)
     assert trail.intact and not trail.problems
     conn.close()

@@ -24,7 +24,7 @@ from revorch import clock
 from revorch.agents import incremental
 from revorch.agents.features import ModelsConfig
 from revorch.governance import open_items
-from revorch.governance.audit import AuditEvent, audited
+from revorch.governance.audit import SLICES_PER_TRANSACTION, AuditEvent, audited
 from revorch.state.backend import claim, retry_conflicts
 
 CANDIDATES_SQL = (Path(__file__).parent / "candidate_actions.sql").read_text()
@@ -124,9 +124,6 @@ FOLLOW_UP_CADENCE = {
 # Candidates proposed per slice: a slice's rows and audit events are all that is held in
 # Python at once (a first run proposes about 800,000 actions at a million contacts).
 SLICE_ROWS = 20_000
-# Slices committed together: a first run of millions of actions in one transaction held them
-# all in memory (23.8 GB after 6.3M actions at 10M contacts; bench/README.md).
-SLICES_PER_TRANSACTION = 10
 CANDIDATE_SLICE_SQL = """
 SELECT * EXCLUDE (slice_row) FROM proposal_candidates
 WHERE slice_row > $after AND slice_row <= $after + $slice

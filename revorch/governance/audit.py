@@ -162,6 +162,12 @@ def _unanchored_rows_found(conn: duckdb.DuckDBPyConnection, anchor_path: Path) -
     ]
 
 
+# Slices a step that works through millions of actions commits together (Trail.commit): a
+# first run's proposals in one transaction held them all in memory (23.8 GB after 6.3M
+# actions at 10M contacts; bench/README.md).
+SLICES_PER_TRANSACTION = 10
+
+
 class Trail(list):
     """The events of one audited transaction. ``flush`` appends those gathered so far to the
     chain (in the transaction) and forgets them, so a step that works through many actions

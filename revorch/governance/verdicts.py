@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from revorch import clock
-from revorch.governance.audit import AuditEvent, audited
+from revorch.governance.audit import SLICES_PER_TRANSACTION, AuditEvent, audited
 from revorch.governance.holdouts import (
     HOLDOUT,
     assign,
@@ -97,13 +97,30 @@ def judge_proposed(
     now: datetime | None = None,
     only: list[str] | None = None,
     slice_rows: int = SLICE_ROWS,
+    slices_per_transaction: int = SLICES_PER_TRANSACTION,
 ) -> Counter:
     """Judge every action still ``proposed`` (or those of them in ``only``); return the count
-    of each verdict. In one transaction, ``slice_rows`` actions at a time (in ``action_id``
-    order, as a whole). On DuckLake a commit that conflicts with a concurrent writer's runs
-    again on the newer snapshot (``retry_conflicts``)."""
+    of each verdict. ``slice_rows`` actions at a time (in ``action_id`` order, as a whole),
+    committed ``slices_per_transaction`` slices at a time: an action judged leaves
+    ``proposed``, so a run that dies part-way leaves the next one the rest. On DuckLake a
+    commit that conflicts with a concurrent writer's runs again on the newer snapshot
+    (``retry_conflicts``), from the last commit."""
     now = now or clock.now(conn)
-    return retry_conflicts(lambda: _judge(conn, policy, run_id, anchor_path, now, only, slice_rows))
+    committed: Counter = Counter()  # kept across a retry: those verdicts stay
+    judged = retry_conflicts(
+        lambda: _judge(
+            conn,
+            policy,
+            run_id,
+            anchor_path,
+            now,
+            only,
+            slice_rows,
+            slices_per_transaction,
+            committed,
+        )
+    )
+    return committed + judged
 
 
 def _judge(
@@ -114,12 +131,16 @@ def _judge(
     now: datetime,
     only: list[str] | None,
     slice_rows: int,
+    slices_per_transaction: int,
+    committed: Counter,
 ) -> Counter:
+    """The verdicts of the last transaction; those of the earlier ones go into ``committed``
+    as they commit."""
     verdicts: Counter = Counter()
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         record_policy_version(conn, policy)
         screen = Screen.from_state(conn)
-        after = ""
+        after, slices = "", 0
         while True:
             cursor = conn.execute(PROPOSED_SQL, {"after": after, "only": only, "slice": slice_rows})
             names = [column[0] for column in cursor.description]
@@ -129,6 +150,11 @@ def _judge(
             _judge_slice(conn, policy, actions, screen, verdicts, trail, now, run_id)
             trail.flush()
             after = actions[-1]["action_id"]
+            slices += 1
+            if slices % slices_per_transaction == 0:
+                trail.commit()
+                committed.update(verdicts)
+                verdicts.clear()
     return verdicts
 
 

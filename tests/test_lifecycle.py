@@ -304,6 +304,42 @@ def test_full_rebuild_gives_the_same_lifecycle_as_incremental_runs(conn, zone):
     assert contacts.transitions + accounts.transitions == len(incremental["stage_transitions"])
 
 
+def test_a_sharded_refresh_that_dies_part_way_is_finished_by_the_next(conn, zone, monkeypatch):
+    """Each shard commits on its own; a refresh that dies in its third shard has moved no
+    watermark, so the next recomputes every contact and ends where one unbroken refresh
+    does, and the contact references it kept are not added twice."""
+    from revorch.lifecycle import runner
+
+    simulate_history(zone, SimulationConfig(contacts=600, seed=5, batch_size=5_000))
+    ingest_pending(conn, zone)
+    refresh_current_state(conn)
+    fold, folded = runner.fold, []
+
+    def dies_in_the_third_shard(points, machine):
+        folded.append(machine)
+        if len(folded) == 3:
+            raise RuntimeError("the process died")
+        return fold(points, machine)
+
+    monkeypatch.setattr(runner, "fold", dies_in_the_third_shard)
+    with pytest.raises(RuntimeError, match="died"):
+        refresh_contact_lifecycle(conn, CONFIG, shard_entities=100)
+    monkeypatch.setattr(runner, "fold", fold)
+    kept = conn.execute("SELECT count(DISTINCT entity_id) FROM stages.entity_stages").fetchone()
+    assert 0 < kept[0] < 600, "two shards committed, not all of them"
+    assert not conn.execute(
+        "SELECT count(*) FROM state_watermarks WHERE name = 'stages/contact_lifecycle'"
+    ).fetchone()[0]
+
+    finished = refresh_contact_lifecycle(conn, CONFIG, shard_entities=100)
+    assert finished.entities == 600
+    references = "SELECT * FROM stages.contact_references ORDER BY ALL"
+    after = (lifecycle_state(conn), conn.execute(references).fetchall())
+    refresh_contact_lifecycle(conn, CONFIG, full_rebuild=True)
+    assert after == (lifecycle_state(conn), conn.execute(references).fetchall())
+    assert len(after[1]) == len(set(after[1])) > 0
+
+
 def test_the_whole_graph_materializes_on_a_simulated_crm(simulated_crm):
     # The shared CRM (conftest) went through every asset of the definitions.
     metadata = simulated_crm.metadata

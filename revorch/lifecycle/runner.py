@@ -42,6 +42,7 @@ JOIN touched AS t ON t.object_type = r.object_type AND t.object_id = r.object_id
 # these few columns, not the properties of every deal and activity change in the change log.
 # Kept in the contact lifecycle's transaction, so it holds every load up to its watermark.
 CONTACT_REFERENCES = "stages.contact_references"
+REFERENCES_WATERMARK = "stages/contact_references"
 CONTACT_REFERENCES_SQL = """
 SELECT DISTINCT object_type, object_id, properties->>'contact_id' AS contact_id
 FROM change_log
@@ -134,7 +135,9 @@ def _keep_contact_references(
     conn: duckdb.DuckDBPyConnection, since: int, upto: int, full_rebuild: bool
 ) -> None:
     """Add the loads after ``since`` up to ``upto`` to stages.contact_references (all of them
-    when it does not exist yet, or on a full rebuild)."""
+    when it does not exist yet, or on a full rebuild). The table has its own watermark: a
+    sharded refresh commits it with its first shard, and one that dies after that leaves the
+    lifecycle's watermark behind, so the next must not add those loads again."""
     exists = table_exists(conn, CONTACT_REFERENCES)
     if full_rebuild or not exists:
         conn.execute(
@@ -142,10 +145,12 @@ def _keep_contact_references(
             {"since": -1, "upto": upto},
         )
     else:
+        kept, _ = _watermark(conn, REFERENCES_WATERMARK)
         conn.execute(
             f"INSERT INTO {CONTACT_REFERENCES} {CONTACT_REFERENCES_SQL}",
-            {"since": since, "upto": upto},
+            {"since": max(since, kept), "upto": upto},
         )
+    _save_watermark(conn, REFERENCES_WATERMARK, upto, None)
 
 
 def refresh_account_lifecycle(
@@ -214,20 +219,17 @@ def _refresh(
         entities = conn.execute("SELECT count(*) FROM scope").fetchone()[0]
         transitions = forbidden = 0
         args = {**parameters, **({"as_of": as_of} if time_based else {})}
-        for _ in _in_shards(conn, entities, shard_entities):
+        for shard in _in_shards(conn, entities, shard_entities):
+            if shard:  # each shard commits: DuckDB holds a transaction's rows in memory
+                conn.execute("COMMIT")
+                conn.execute("BEGIN TRANSACTION")
             result = fold(_points(conn, points_sql, args), machine) if entities else None
             _replace(conn, entity_type, result)
             if result is not None:
                 transitions += result.transitions.height
                 forbidden += result.forbidden.height
         record_recomputed(conn, watermark, "entity_id", upto, as_of)
-        # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
-        conn.execute("DELETE FROM state_watermarks WHERE name = ?", [watermark])
-        conn.execute(
-            "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) "
-            "VALUES (?, ?, now(), ?)",
-            [watermark, upto, as_of],
-        )
+        _save_watermark(conn, watermark, upto, as_of)
         conn.execute("DROP TABLE scope")
         conn.execute("COMMIT")
     except Exception:
@@ -251,7 +253,9 @@ def _in_shards(conn: duckdb.DuckDBPyConnection, entities: int, shard_entities: i
     """Hold in the temp table ``scope`` one shard of its entities (by id hash) at a time, about
     ``shard_entities`` each, then all of them again. Every entity's points are its own, so
     folding shard by shard gives what one fold gives; in one piece, the points of ten million
-    contacts (their changes, activities and rolling scores) outgrow DuckDB's memory limit."""
+    contacts (their changes, activities and rolling scores) outgrow DuckDB's memory limit.
+    The caller commits each shard; the refresh's watermark goes with the last, so one that
+    dies part-way is recomputed whole by the next (a recomputed entity's rows are replaced)."""
     shards = max(1, math.ceil(entities / shard_entities))
     if shards == 1:
         yield 0
@@ -313,6 +317,15 @@ def _watermark(conn: duckdb.DuckDBPyConnection, name: str):
         "SELECT load_id, as_of FROM state_watermarks WHERE name = ?", [name]
     ).fetchone()
     return (row[0], row[1]) if row else (0, None)
+
+
+def _save_watermark(conn: duckdb.DuckDBPyConnection, name: str, load_id: int, as_of) -> None:
+    # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
+    conn.execute("DELETE FROM state_watermarks WHERE name = ?", [name])
+    conn.execute(
+        "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) VALUES (?, ?, now(), ?)",
+        [name, load_id, as_of],
+    )
 
 
 def since_last_clock(previous, now) -> dict:

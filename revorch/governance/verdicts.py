@@ -8,6 +8,7 @@ changed since is the one that counts.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -77,12 +78,25 @@ def judge(policy: Policy, action: dict, screen: Screen) -> Judgement:
 # in Python at once (a first run proposes about 700,000 actions at a million contacts).
 SLICE_ROWS = 20_000
 
-PROPOSED_SQL = """
+ONLY = "($only::VARCHAR[] IS NULL OR action_id IN (SELECT unnest($only::VARCHAR[])))"
+# Where each slice ends: every $slice-th proposed action id, found in one pass. A slice then
+# reads its own id range, which DuckDB's zone maps find without scanning the rest (a first
+# run's actions are stored in id order); after the last bound, up to the end. Each slice
+# reading "the next $slice after the last" scanned and sorted every action still proposed:
+# 8M actions at 10M contacts took minutes a slice.
+BOUNDS_SQL = f"""
+SELECT action_id FROM (
+    SELECT action_id, row_number() OVER (ORDER BY action_id) AS n
+    FROM governance.actions WHERE status = 'proposed' AND {ONLY}
+) WHERE n % $slice = 0
+ORDER BY action_id
+"""
+PROPOSED_SQL = f"""
 SELECT action_id, action_type, source, entity_type, entity_id, company_id,
        CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload
 FROM governance.actions
 WHERE status = 'proposed' AND action_id > $after
-  AND ($only::VARCHAR[] IS NULL OR action_id IN (SELECT unnest($only::VARCHAR[])))
+  AND ($upto::VARCHAR IS NULL OR action_id <= $upto) AND {ONLY}
 ORDER BY action_id
 LIMIT $slice
 """
@@ -140,13 +154,22 @@ def _judge(
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         record_policy_version(conn, policy)
         screen = Screen.from_state(conn)
+        bounds = conn.execute(BOUNDS_SQL, {"only": only, "slice": slice_rows}).fetchall()
+        bounds = [bound for (bound,) in bounds]
         after, slices = "", 0
         while True:
-            cursor = conn.execute(PROPOSED_SQL, {"after": after, "only": only, "slice": slice_rows})
+            at = bisect.bisect_right(bounds, after)
+            upto = bounds[at] if at < len(bounds) else None
+            cursor = conn.execute(
+                PROPOSED_SQL, {"after": after, "upto": upto, "only": only, "slice": slice_rows}
+            )
             names = [column[0] for column in cursor.description]
             actions = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
             if not actions:
-                break
+                if upto is None:
+                    break
+                after = upto  # judged since the bounds were read (a concurrent run)
+                continue
             _judge_slice(conn, policy, actions, screen, verdicts, trail, now, run_id)
             trail.flush()
             after = actions[-1]["action_id"]

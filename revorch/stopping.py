@@ -61,12 +61,13 @@ def interruptible(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyCo
 
 
 def interrupt_queries() -> int:
-    """Interrupt the running query of every open connection; how many connections."""
+    """Interrupt the running query of every open connection; how many connections. Under the
+    lock that :func:`interruptible` takes before its connection can be closed: DuckDB 1.5.5's
+    ``interrupt`` takes no lock against a ``close`` on another thread."""
     with _open_guard:
-        connections = list(_open)
-    for conn in connections:
-        conn.interrupt()  # DuckDB's own cross-thread cancel; a no-op when nothing runs
-    return len(connections)
+        for conn in _open:
+            conn.interrupt()  # DuckDB's own cross-thread cancel; a no-op when nothing runs
+        return len(_open)
 
 
 class Stop:

@@ -27,6 +27,7 @@ act twice on a key (the outbox file holds each action once; a webhook receiver d
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -51,20 +52,40 @@ from revorch.state.backend import retry_conflicts
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
-# Due actions, a slice at a time in (proposed_at, action_id) order after the last one taken.
-# A ``sending`` action is taken again only if this journal claimed it (or none did: those
-# predate the claims, state store version 14).
-DUE_SQL = """
+# Due actions. A ``sending`` action is taken again only if this journal claimed it (or none
+# did: those predate the claims, state store version 14).
+DUE = """(status IN ('ready', 'approved')
+       OR (status = 'sending' AND coalesce(sending_journal, $journal) = $journal)
+       OR (status = 'retry' AND next_attempt_at <= $now))"""
+# Where each slice ends, in (proposed_at, action_id) order: every $slice-th due action, found
+# in one pass. Each slice reading "the next $slice after the last" scanned and sorted every due
+# action left, a slice at a time (millions in a first run at ten million contacts).
+BOUNDS_SQL = f"""
+SELECT proposed_at, action_id FROM (
+    SELECT proposed_at, action_id,
+           row_number() OVER (ORDER BY proposed_at, action_id) AS n
+    FROM governance.actions WHERE {DUE}
+) WHERE n % $slice = 0
+ORDER BY proposed_at, action_id
+"""
+# Due actions after the last one taken, up to the slice's bound (none: to the end). The last
+# four lines say the same in terms DuckDB's zone maps use to skip row groups: a first run's
+# actions share one proposed_at and are stored in action_id order.
+DUE_SQL = f"""
 SELECT action_id, action_type, source, decision_id, entity_type, entity_id, company_id, reason,
        CAST(payload AS VARCHAR) AS payload, CAST(facts AS VARCHAR) AS facts, status,
        approved_by, attempts, proposed_at, sending_journal, verdict, policy_version,
        verdict_rules
 FROM governance.actions
-WHERE (status IN ('ready', 'approved')
-       OR (status = 'sending' AND coalesce(sending_journal, $journal) = $journal)
-       OR (status = 'retry' AND next_attempt_at <= $now))
+WHERE {DUE}
   AND ($after_at::TIMESTAMPTZ IS NULL OR proposed_at > $after_at
        OR (proposed_at = $after_at AND action_id > $after_id))
+  AND ($upto_at::TIMESTAMPTZ IS NULL OR proposed_at < $upto_at
+       OR (proposed_at = $upto_at AND action_id <= $upto_id))
+  AND ($after_at::TIMESTAMPTZ IS NULL OR proposed_at >= $after_at)
+  AND ($upto_at::TIMESTAMPTZ IS NULL OR proposed_at <= $upto_at)
+  AND ($low_id::VARCHAR IS NULL OR action_id > $low_id)
+  AND ($high_id::VARCHAR IS NULL OR action_id <= $high_id)
 ORDER BY proposed_at, action_id
 LIMIT $slice
 """
@@ -132,6 +153,12 @@ def dispatch(
                 lambda: _fold(conn, journal, report, max_attempts, now, run_id, anchor_path)
             )
             report.repairs = target.repair()
+            bounds = [
+                tuple(bound)
+                for bound in conn.execute(
+                    BOUNDS_SQL, {"journal": journal.id, "now": now, "slice": slice_rows}
+                ).fetchall()
+            ]
             # Steps 2-4 for one slice, given the connection and where the slice starts.
             decide = partial(
                 _decide,
@@ -143,6 +170,7 @@ def dispatch(
                 anchor_path=anchor_path,
                 journal_id=journal.id,
                 slice_rows=slice_rows,
+                bounds=bounds,
             )
             go, messages, after = _decide_next(conn, decide, None, report.repairs)
         while go:
@@ -200,11 +228,13 @@ def _decide(
     *,
     after: tuple[datetime, str] | None,
     slice_rows: int,
+    bounds: list[tuple[datetime, str]],
     repairs: list[dict],
 ) -> tuple[list[dict], list[dict], tuple[datetime, str] | None]:
-    """Judge the next ``slice_rows`` due actions (those after ``after``) again; mark those to
-    send ``sending``, claimed by this dispatcher's journal; build their messages. Returns
-    them and where the next slice starts (None: no slice is left).
+    """Judge the next ``slice_rows`` due actions (those after ``after``, up to the next of
+    ``bounds``) again; mark those to send ``sending``, claimed by this dispatcher's journal;
+    build their messages. Returns them and where the next slice starts (None: no slice is
+    left).
 
     An action already ``sending`` is taken again only if this journal claimed it (an attempt
     of ours that died): one another dispatcher claimed is being delivered by it, on this
@@ -212,6 +242,10 @@ def _decide(
     outcomes: Counter = Counter()  # counted once the transaction commits
     # Read in the transaction that marks them: on DuckLake a concurrent dispatcher's marks
     # then make this commit conflict instead of being overwritten.
+    at = bisect.bisect_right(bounds, after) if after else 0
+    upto = bounds[at] if at < len(bounds) else None
+    # One proposed_at from ``after`` to the bound: the slice is an action_id range.
+    same_at = after is not None and upto is not None and after[0] == upto[0]
     with audited(conn, run_id=run_id, anchor_path=anchor_path) as trail:
         cursor = conn.execute(
             DUE_SQL,
@@ -220,6 +254,10 @@ def _decide(
                 "journal": journal_id,
                 "after_at": after[0] if after else None,
                 "after_id": after[1] if after else None,
+                "upto_at": upto[0] if upto else None,
+                "upto_id": upto[1] if upto else None,
+                "low_id": after[1] if same_at else None,
+                "high_id": upto[1] if same_at else None,
                 "slice": slice_rows,
             },
         )
@@ -227,8 +265,10 @@ def _decide(
         due = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         trail.extend(AuditEvent("outbox_repaired", "dispatcher", r) for r in repairs)
         if not due:
-            return [], [], None
+            return [], [], upto  # None: nothing is left; else none is due in this range now
         following = (due[-1]["proposed_at"], due[-1]["action_id"])
+        if len(due) < slice_rows:
+            following = upto  # the range is done: the next slice starts at its bound
         record_policy_version(conn, policy)
         for action in due:  # parsed once: screened, judged and sent from the same dict
             action["payload"] = json.loads(action["payload"])
@@ -267,7 +307,7 @@ def _decide(
     report.outcomes.update(outcomes)
     originals = _personal_data(conn, go, policy)
     messages = [_message(action, originals.get(action["decision_id"])) for action in go]
-    return go, messages, following if len(due) == slice_rows else None
+    return go, messages, following
 
 
 def _verdict_changes(action: dict, judgement: Judgement) -> dict:

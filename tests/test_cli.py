@@ -94,7 +94,7 @@ def test_rebuild_recomputes_everything_and_keeps_the_same_state(quickstarted, tm
     with duckdb.connect(str(database), read_only=True) as conn:
         assert conn.execute(query).fetchall() == before
         recomputed = conn.execute(
-            "SELECT count(*) FROM state_watermarks WHERE name LIKE 'stages/%'"
+            "SELECT count(*) FROM state_watermarks WHERE name LIKE 'stages/%_lifecycle'"
         ).fetchone()[0]
     assert recomputed == 2
     assert len(before) > 1000

@@ -38,6 +38,20 @@ def copied(source: Path, folder: Path) -> duckdb.DuckDBPyConnection:
     return conn
 
 
+def dies_in_the_fourth_slice(work):
+    """``work``, called once per action, except that its call for the first action of the
+    fourth slice of 97 kills the process."""
+    calls = []
+
+    def dying(*args):
+        calls.append(args)
+        if len(calls) > 3 * 97:
+            raise RuntimeError("the process died")
+        return work(*args)
+
+    return dying
+
+
 def governed(
     source: Path, folder: Path, *, slice_rows: int | None, per_transaction: int | None = None
 ) -> dict:
@@ -122,15 +136,8 @@ def test_proposals_that_die_after_a_commit_are_finished_by_the_next_run(
     folder = tmp_path / "died"
     conn = copied(source, folder)
     anchor = folder / "anchors.jsonl"
-    action_row, made = actions._action_row, []
-
-    def dies_in_the_fourth_slice(candidate, now, run_id):
-        made.append(candidate)
-        if len(made) > 3 * 97:
-            raise RuntimeError("the process died")
-        return action_row(candidate, now, run_id)
-
-    monkeypatch.setattr(actions, "_action_row", dies_in_the_fourth_slice)
+    action_row = actions._action_row
+    monkeypatch.setattr(actions, "_action_row", dies_in_the_fourth_slice(action_row))
     with pytest.raises(RuntimeError, match="died"):
         propose(conn, run_id="run-1", anchor_path=anchor, slice_rows=97, slices_per_transaction=2)
     kept = conn.execute("SELECT count(*) FROM governance.actions").fetchone()[0]
@@ -177,15 +184,8 @@ def test_verdicts_that_die_after_a_commit_are_finished_by_the_next_run(
     anchor = folder / "anchors.jsonl"
     proposed = propose(conn, run_id="run-1", anchor_path=anchor)
     assert proposed > 4 * 97, "too few actions to cross four slices"
-    judge, judged = verdicts.judge, []
-
-    def dies_in_the_fourth_slice(policy, action, screen):
-        judged.append(action)
-        if len(judged) > 3 * 97:
-            raise RuntimeError("the process died")
-        return judge(policy, action, screen)
-
-    monkeypatch.setattr(verdicts, "judge", dies_in_the_fourth_slice)
+    judge = verdicts.judge
+    monkeypatch.setattr(verdicts, "judge", dies_in_the_fourth_slice(judge))
     with pytest.raises(RuntimeError, match="died"):
         judge_proposed(
             conn,

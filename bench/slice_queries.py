@@ -1,0 +1,158 @@
+"""What one slice's read costs in the verdicts and the dispatcher, against how many actions wait.
+
+A first run at ten million contacts proposes about 8M actions; the verdicts and then the
+dispatcher work through them 20,000 at a time. Each slice used to read "the next 20,000 after
+the last one taken" (``ORDER BY ... LIMIT``), which scans and sorts every action still
+waiting: the slices together cost the square of the backlog. They now read their own range,
+its bounds found in one pass (revorch/governance/verdicts.py ``BOUNDS_SQL``,
+revorch/governance/dispatch.py ``BOUNDS_SQL``), which DuckDB's zone maps find without the rest.
+
+    .venv/bin/python bench/slice_queries.py --actions 1000000 4000000
+
+For each size: a migrated state store in a temporary DuckDB file with that many actions (ids
+in the order a first run stores them, one ``proposed_at``), then the CPU seconds (the process's,
+DuckDB's threads included) of one slice's read at the start, middle and end of the backlog,
+before (the queries of session 29, kept here) and now, the median of three reads; and the
+one-pass bounds query once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from revorch.governance import dispatch, verdicts  # noqa: E402
+from revorch.state.migrate import migrate  # noqa: E402
+
+SLICE = 20_000
+NOW = "2026-12-03 00:00:00+00"
+
+VERDICTS_BEFORE = """
+SELECT action_id, action_type, source, entity_type, entity_id, company_id,
+       CAST(facts AS VARCHAR) AS facts, CAST(payload AS VARCHAR) AS payload
+FROM governance.actions
+WHERE status = 'proposed' AND action_id > $after
+  AND ($only::VARCHAR[] IS NULL OR action_id IN (SELECT unnest($only::VARCHAR[])))
+ORDER BY action_id
+LIMIT $slice
+"""
+DISPATCH_BEFORE = f"""
+SELECT action_id, action_type, source, decision_id, entity_type, entity_id, company_id, reason,
+       CAST(payload AS VARCHAR) AS payload, CAST(facts AS VARCHAR) AS facts, status,
+       approved_by, attempts, proposed_at, sending_journal, verdict, policy_version,
+       verdict_rules
+FROM governance.actions
+WHERE {dispatch.DUE}
+  AND ($after_at::TIMESTAMPTZ IS NULL OR proposed_at > $after_at
+       OR (proposed_at = $after_at AND action_id > $after_id))
+ORDER BY proposed_at, action_id
+LIMIT $slice
+"""
+
+
+def _store(path: Path, actions: int, status: str) -> duckdb.DuckDBPyConnection:
+    conn = duckdb.connect(str(path))
+    migrate(conn)
+    conn.execute(
+        f"""
+        INSERT INTO governance.actions BY NAME
+        SELECT md5(range::VARCHAR)[:24] AS action_id, 'send_follow_up' AS action_type,
+               'lead_qualification' AS source, 'contact' AS entity_type,
+               'c-' || range AS entity_id, 'why, at some length: ' || repeat('x', 200) AS reason,
+               '{{"subject": "hello"}}'::JSON AS payload, '{{"score": 0.7}}'::JSON AS facts,
+               TIMESTAMPTZ '{NOW}' AS proposed_at, '{status}' AS status, 0 AS attempts,
+               TIMESTAMPTZ '{NOW}' AS updated_at, 'allow' AS verdict
+        FROM range({actions}) ORDER BY action_id
+        """
+    )
+    conn.execute("CHECKPOINT")
+    return conn
+
+
+def _cpu(conn, sql: str, params: dict) -> float:
+    """Median CPU seconds of three reads; each must return a whole slice."""
+    spent = []
+    for _ in range(3):
+        start = time.process_time()
+        rows = conn.execute(sql, params).fetchall()
+        spent.append(time.process_time() - start)
+        assert len(rows) == SLICE, len(rows)
+    return statistics.median(spent)
+
+
+def _row(actions: int, step: str, where: str, before: float, now: float, bounds: float) -> str:
+    return f"| {actions:,} | {step} | {where} | {before:.3f} | {now:.3f} | {bounds:.2f} |"
+
+
+def measure(actions: int) -> list[str]:
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        conn = _store(Path(folder) / "proposed.duckdb", actions, "proposed")
+        start = time.process_time()
+        found = conn.execute(verdicts.BOUNDS_SQL, {"only": None, "slice": SLICE}).fetchall()
+        bounds = [bound for (bound,) in found]
+        bounds_cpu = time.process_time() - start
+        for where, at in (("start", 0), ("middle", len(bounds) // 2), ("end", len(bounds) - 2)):
+            after = bounds[at - 1] if at else ""
+            common = {"after": after, "only": None, "slice": SLICE}
+            before = _cpu(conn, VERDICTS_BEFORE, common)
+            now = _cpu(conn, verdicts.PROPOSED_SQL, common | {"upto": bounds[at]})
+            rows.append(_row(actions, "verdicts", where, before, now, bounds_cpu))
+        conn.close()
+
+        conn = _store(Path(folder) / "ready.duckdb", actions, "ready")
+        due = {"journal": "j", "now": NOW, "slice": SLICE}
+        start = time.process_time()
+        bounds = [tuple(b) for b in conn.execute(dispatch.BOUNDS_SQL, due).fetchall()]
+        bounds_cpu = time.process_time() - start
+        for where, at in (("start", 0), ("middle", len(bounds) // 2), ("end", len(bounds) - 2)):
+            after = bounds[at - 1] if at else None
+            upto = bounds[at]
+            same = after is not None and after[0] == upto[0]
+            common = due | {
+                "after_at": after[0] if after else None,
+                "after_id": after[1] if after else None,
+            }
+            before = _cpu(conn, DISPATCH_BEFORE, common)
+            now = _cpu(
+                conn,
+                dispatch.DUE_SQL,
+                common
+                | {
+                    "upto_at": upto[0],
+                    "upto_id": upto[1],
+                    "low_id": after[1] if same else None,
+                    "high_id": upto[1] if same else None,
+                },
+            )
+            rows.append(_row(actions, "dispatch", where, before, now, bounds_cpu))
+        conn.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--actions", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    print()
+    print("| actions | step | slice | before: CPU s | now: CPU s | bounds, once: CPU s |")
+    print("|---:|---|---|---:|---:|---:|")
+    for actions in args.actions:
+        for row in measure(actions):
+            print(row, flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,7 @@ from revorch.agents.models import offline_tier
 from revorch.agents.registry import INPUTS, agent_specs
 from revorch.agents.runtime import run_agent, worst_case_cost
 from revorch.definitions import THROUGH_HANDOFFS
+from revorch.instance import instance_config
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 from revorch.state import access
@@ -143,7 +144,7 @@ def scalar(store: StateStore, sql: str, params=None):
 def test_a_slow_model_does_not_delay_ingestion_of_other_changes(crm, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "revorch" / "instance" / "dagster.yaml", home / "dagster.yaml")
+    (home / "dagster.yaml").write_text(instance_config(home))
     instance = dg.DagsterInstance.from_config(str(home))
     agents_yaml = tmp_path / "agents.yaml"
     agents_yaml.write_text(yaml.safe_dump(CONFIG.model_dump(mode="json")))

@@ -64,7 +64,7 @@ def test_a_multiprocess_run_on_postgres_storage_keeps_the_writer_pool_single(
     # The project's dagster.yaml as `revorch` writes it with PostgreSQL set: Dagster's own
     # storage there, not the SQLite event log it names otherwise (which would win).
     monkeypatch.setenv(POSTGRES_URL_VARIABLE, _url(postgres_database))
-    overrides = yaml.safe_load(instance_config())
+    overrides = yaml.safe_load(instance_config(tmp_path / "dagster"))
     assert "event_log_storage" not in overrides
     with dg.instance_for_test(overrides=overrides) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"

@@ -36,7 +36,7 @@ from orch_assets.ingestion.jobs import LANE_TAG, PUBLISHED, live_decide, live_in
 from orch_assets.reports.assets import WEEKLY_REPORT
 from resources import LandingZoneResource
 from revorch.definitions import defs
-from revorch.instance import INSTANCE_CONFIG
+from revorch.instance import instance_config
 from revorch.instance.writer import say_while_waiting
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, stream_live
@@ -51,7 +51,8 @@ def _project_instance(tmp_path: Path):
 
     (tmp_path / "dagster").mkdir()
     return dg.instance_for_test(
-        overrides=yaml.safe_load(INSTANCE_CONFIG.read_text()), temp_dir=str(tmp_path / "dagster")
+        overrides=yaml.safe_load(instance_config(tmp_path / "dagster")),
+        temp_dir=str(tmp_path / "dagster"),
     )
 
 

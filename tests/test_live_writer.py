@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 
 from orch_assets.ingestion.assets import DUCKDB_WRITER_POOL
-from revorch.instance import INSTANCE_CONFIG
+from revorch.instance import instance_config
 from revorch.instance.recovery import process_claim_key, recover_abandoned_runs
 from revorch.instance.writer import in_process_instance, writer_held_executor
 
@@ -89,7 +89,7 @@ def _other_run_served(instance, stop: threading.Event) -> threading.Thread:
 def instance_home(tmp_path, monkeypatch):
     home = tmp_path / "dagster"
     home.mkdir()
-    (home / "dagster.yaml").write_text(INSTANCE_CONFIG.read_text())
+    (home / "dagster.yaml").write_text(instance_config(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     SEEN.clear()
     return home

@@ -1,7 +1,6 @@
 """A run whose process dies (kill -9, out of memory, a reboot) blocks nothing after it."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import duckdb
 import pytest
 from dagster._core.events import EngineEventData
 
-from revorch.instance import INSTANCE_CONFIG
+from revorch.instance import instance_config
 from revorch.instance.recovery import (
     HOST_TAG,
     PID_TAG,
@@ -47,7 +46,7 @@ def _instance(home: Path) -> dg.DagsterInstance:
     """The project's Dagster instance under ``home``, as `revorch` sets it up."""
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(INSTANCE_CONFIG, dagster_home / "dagster.yaml")
+    (dagster_home / "dagster.yaml").write_text(instance_config(dagster_home))
     return dg.DagsterInstance.from_config(str(dagster_home))
 
 

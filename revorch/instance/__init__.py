@@ -21,17 +21,24 @@ def postgres_storage(url: str | dict) -> dict:
     return {"storage": {"postgres": {"postgres_url": url}}}
 
 
-def instance_config() -> str:
-    """Revorch's dagster.yaml, with PostgreSQL storage when REVORCH_DAGSTER_POSTGRES_URL is set
-    (in place of the SQLite event log: Dagster would take a storage named per part first)."""
+def instance_config(home: Path) -> str:
+    """Revorch's dagster.yaml for the instance at ``home``: with Dagster's PostgreSQL storage
+    when REVORCH_DAGSTER_POSTGRES_URL is set, else with Dagster's SQLite event log in its own
+    place (``home/history/runs``) whose pool slot claim two processes cannot both win
+    (revorch/instance/storage.py: on SQLite Dagster's own claim let two runs' steps take the
+    one duckdb_writer slot at once). The directory is written out, not left to DAGSTER_HOME,
+    so that an instance opened from the folder alone finds it too."""
     text = INSTANCE_CONFIG.read_text()
-    if not os.environ.get(POSTGRES_URL_VARIABLE):
-        return text
-    config = yaml.safe_load(text)
-    del config["event_log_storage"]
-    config.update(postgres_storage({"env": POSTGRES_URL_VARIABLE}))
-    header = "# Revorch's dagster.yaml (revorch/instance/dagster.yaml) on PostgreSQL\n"
-    return header + yaml.safe_dump(config, sort_keys=False)
+    if os.environ.get(POSTGRES_URL_VARIABLE):
+        return text + "\n" + yaml.safe_dump(postgres_storage({"env": POSTGRES_URL_VARIABLE}))
+    event_log = {
+        "event_log_storage": {
+            "module": "revorch.instance.storage",
+            "class": "AtomicClaimSqliteEventLogStorage",
+            "config": {"base_dir": str(Path(home).resolve() / "history" / "runs")},
+        }
+    }
+    return text + "\n" + yaml.safe_dump(event_log, sort_keys=False)
 
 
 def ensure_dagster_home() -> Path:
@@ -39,7 +46,7 @@ def ensure_dagster_home() -> Path:
     home = settings.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
-    wanted = instance_config()
+    wanted = instance_config(home)
     if not target.exists() or target.read_text() != wanted:
         target.write_text(wanted)
     os.environ["DAGSTER_HOME"] = str(home)

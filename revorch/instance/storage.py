@@ -9,40 +9,26 @@ freed while another step registers can be assigned twice), which alone only make
 the claim is where the limit has to hold. Here it is one UPDATE that takes a slot only if it is
 still free, decided by SQLite's write lock.
 
-Selected in revorch/instance/dagster.yaml; an instance on PostgreSQL (``dagster-postgres``)
-keeps Dagster's own storage, whose row locks already make the claim atomic.
+Selected by the dagster.yaml that `revorch` writes (revorch/instance/__init__.py); an instance
+on PostgreSQL (``dagster-postgres``) keeps Dagster's own storage, whose row locks already make
+the claim atomic.
 """
 
 from __future__ import annotations
 
-import os
-
 import sqlalchemy as db
-from dagster import Field, StringSource
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
 from dagster._utils.concurrency import ConcurrencySlotStatus
 
 
 class AtomicClaimSqliteEventLogStorage(SqliteEventLogStorage):
-    """``SqliteEventLogStorage`` whose slot claim is a single conditional UPDATE. ``base_dir``
-    defaults to Dagster's own place for it, ``$DAGSTER_HOME/history/runs``."""
-
-    @classmethod
-    def config_type(cls):
-        return {"base_dir": Field(StringSource, is_required=False)}
+    """``SqliteEventLogStorage`` whose slot claim is a single conditional UPDATE."""
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        base_dir = config_value.get("base_dir")
-        if not base_dir:
-            if not os.environ.get("DAGSTER_HOME"):
-                raise ValueError(
-                    "AtomicClaimSqliteEventLogStorage needs `base_dir` in its config or "
-                    "DAGSTER_HOME set (its event logs go to $DAGSTER_HOME/history/runs)"
-                )
-            base_dir = os.path.join(os.environ["DAGSTER_HOME"], "history", "runs")
-        return cls(base_dir, inst_data=inst_data)
+        # Dagster's builds its own class, whatever the subclass.
+        return cls(inst_data=inst_data, **config_value)
 
     def _claim_concurrency_slot(
         self, concurrency_key: str, run_id: str, step_key: str

@@ -46,18 +46,12 @@ WHERE status = 'proposed' AND action_id > $after
 ORDER BY action_id
 LIMIT $slice
 """
-DISPATCH_BEFORE = f"""
-SELECT action_id, action_type, source, decision_id, entity_type, entity_id, company_id, reason,
-       CAST(payload AS VARCHAR) AS payload, CAST(facts AS VARCHAR) AS facts, status,
-       approved_by, attempts, proposed_at, sending_journal, verdict, policy_version,
-       verdict_rules
-FROM governance.actions
-WHERE {dispatch.DUE}
-  AND ($after_at::TIMESTAMPTZ IS NULL OR proposed_at > $after_at
-       OR (proposed_at = $after_at AND action_id > $after_id))
-ORDER BY proposed_at, action_id
-LIMIT $slice
-"""
+# Session 29's dispatch query: today's without the slice's upper bound and the zone-map terms.
+DISPATCH_BEFORE = "\n".join(
+    line
+    for line in dispatch.DUE_SQL.splitlines()
+    if not any(term in line for term in ("$upto", "$low_id", "$high_id", ">= $after_at"))
+)
 
 
 def _store(path: Path, actions: int, status: str) -> duckdb.DuckDBPyConnection:

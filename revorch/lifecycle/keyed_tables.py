@@ -23,6 +23,7 @@ from revorch import clock
 from revorch.lifecycle.runner import (
     REFRESHES_SQL,
     record_recomputed,
+    save_watermark,
     since_last_clock,
     table_exists,
 )
@@ -124,10 +125,6 @@ def refresh_keyed_table(
     keys = conn.execute("SELECT count(*) FROM scope").fetchone()[0]
     record_recomputed(conn, table, "key", upto, as_of)
     conn.execute("DROP TABLE scope")
-    conn.execute("DELETE FROM state_watermarks WHERE name = ?", [name])
-    conn.execute(
-        "INSERT INTO state_watermarks (name, load_id, updated_at, as_of) VALUES (?, ?, now(), ?)",
-        [name, upto, as_of],
-    )
+    save_watermark(conn, name, upto, as_of)
     store_hash(conn, name, version)
     return KeyedRefresh(keys, why)

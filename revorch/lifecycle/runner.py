@@ -150,7 +150,7 @@ def _keep_contact_references(
             f"INSERT INTO {CONTACT_REFERENCES} {CONTACT_REFERENCES_SQL}",
             {"since": max(since, kept), "upto": upto},
         )
-    _save_watermark(conn, REFERENCES_WATERMARK, upto, None)
+    save_watermark(conn, REFERENCES_WATERMARK, upto, None)
 
 
 def refresh_account_lifecycle(
@@ -229,7 +229,7 @@ def _refresh(
                 transitions += result.transitions.height
                 forbidden += result.forbidden.height
         record_recomputed(conn, watermark, "entity_id", upto, as_of)
-        _save_watermark(conn, watermark, upto, as_of)
+        save_watermark(conn, watermark, upto, as_of)
         conn.execute("DROP TABLE scope")
         conn.execute("COMMIT")
     except Exception:
@@ -319,7 +319,7 @@ def _watermark(conn: duckdb.DuckDBPyConnection, name: str):
     return (row[0], row[1]) if row else (0, None)
 
 
-def _save_watermark(conn: duckdb.DuckDBPyConnection, name: str, load_id: int, as_of) -> None:
+def save_watermark(conn: duckdb.DuckDBPyConnection, name: str, load_id: int, as_of) -> None:
     # Delete and insert rather than INSERT OR REPLACE: DuckLake has no primary keys.
     conn.execute("DELETE FROM state_watermarks WHERE name = ?", [name])
     conn.execute(

@@ -77,3 +77,54 @@ def test_prompts_keep_the_record_as_delimited_data():
         messages[1]["content"].startswith("<record>\n")
         and "Ignore all rules" in messages[1]["content"]
     )
+
+
+def test_a_slices_memo_lookup_reads_its_own_ids_decisions_not_every_earlier_slices(tmp_path):
+    """A first run records its slices in id order; the memo lookup of a later slice must not
+    scan what every earlier slice recorded (at ten million contacts that made the lead agent
+    cost the square of its slices). Four row groups of decisions; the last ids' lookup finds
+    theirs and reads at most the row groups their ids span."""
+    import json
+
+    import duckdb
+
+    from revorch.agents.runtime import AgentSpec, _memo
+    from revorch.state.migrate import migrate
+
+    settings = load_agents_config().agents["lead_qualification"]
+    spec = AgentSpec("lead_qualification", dict, lambda item: item, "offline-test")
+    conn = duckdb.connect(str(tmp_path / "memo.duckdb"))
+    migrate(conn)
+    total = 4 * 122_880  # DuckDB's row group size
+    conn.execute(
+        """
+        INSERT INTO agents.decisions BY NAME
+        SELECT md5('d' || range) AS decision_id, ? AS agent, ? AS prompt_version,
+               ? AS model, sha256('i' || range) AS input_hash,
+               'c-' || lpad(range::VARCHAR, 9, '0') AS entity_id, 'offline' AS tier,
+               '{}' AS input, '{}' AS output, 0 AS prompt_tokens, 0 AS cached_tokens,
+               0 AS completion_tokens, 0.0 AS cost_usd, 0.0 AS latency_ms, 0 AS attempts,
+               now() AS decided_at
+        FROM range(?) ORDER BY range
+        """,
+        ["lead_qualification", settings.prompt_version, spec.offline_version, total],
+    )
+    conn.execute("CHECKPOINT")
+    last = conn.execute(
+        "SELECT entity_id, input_hash FROM agents.decisions ORDER BY entity_id DESC LIMIT 1000"
+    ).fetchall()
+    ids, hashes = [i for i, _ in last], sorted(h for _, h in last)
+    profile = tmp_path / "memo.json"
+    conn.execute("PRAGMA enable_profiling = 'json'")
+    conn.execute(f"SET profiling_output = '{profile}'")
+    conn.execute("""SET custom_profiling_settings = '{"OPERATOR_ROWS_SCANNED": "true"}'""")
+    known = _memo(conn, spec, settings, [*hashes, "not-decided"], ids)
+    conn.execute("PRAGMA disable_profiling")
+    assert known == set(hashes)
+
+    def scanned(node):
+        return node.get("operator_rows_scanned", 0) + sum(
+            scanned(child) for child in node.get("children", [])
+        )
+
+    assert 0 < scanned(json.loads(profile.read_text())) <= 122_880, "the memo read every decision"

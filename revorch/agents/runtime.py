@@ -167,7 +167,7 @@ def run_agent(
     texts = [canonical_json(item) for item in items]
     hashes = [text_hash(text) for text in texts]
     with connect() as conn:
-        known = _memo(conn, spec, settings, sorted(set(hashes)))
+        known = _memo(conn, spec, settings, sorted(set(hashes)), [str(i["id"]) for i in items])
     report.memo_hits += sum(1 for h in hashes if h in known)
 
     todo = [
@@ -273,18 +273,33 @@ def run_agent(
     return report
 
 
-def _memo(conn, spec: AgentSpec, settings: AgentSettings, hashes: list[str]) -> set[str]:
+def _memo(
+    conn, spec: AgentSpec, settings: AgentSettings, hashes: list[str], entity_ids: list[str]
+) -> set[str]:
     """Inputs already decided by this prompt version and model (LLM or offline). A decision
-    that fell back for want of budget or a failed call is not re-used: it is asked again."""
+    that fell back for want of budget or a failed call is not re-used: it is asked again.
+
+    An input holds its entity's id, so its decisions are those of ``entity_ids``: the range
+    of those ids, redundant for the answer, lets DuckDB's zone maps skip the decisions of
+    other ids (a first run records its slices in id order), so a slice's lookup does not
+    grow with the decisions every earlier slice recorded."""
     if not hashes:
         return set()
     rows = conn.execute(
         """
         SELECT DISTINCT input_hash FROM agents.decisions
         WHERE agent = ? AND prompt_version = ? AND model IN (?, ?) AND fallback_reason IS NULL
-          AND input_hash IN (SELECT unnest(?))
+          AND entity_id BETWEEN ? AND ? AND input_hash IN (SELECT unnest(?))
         """,
-        [spec.name, settings.prompt_version, settings.model, spec.offline_version, hashes],
+        [
+            spec.name,
+            settings.prompt_version,
+            settings.model,
+            spec.offline_version,
+            min(entity_ids),
+            max(entity_ids),
+            hashes,
+        ],
     ).fetchall()
     return {row[0] for row in rows}
 
@@ -440,7 +455,13 @@ def _record(
         conn.execute("BEGIN TRANSACTION")
         try:
             claim(conn, "agents")
-            decided = _memo(conn, spec, settings, sorted(set(rows["input_hash"].to_list())))
+            decided = _memo(
+                conn,
+                spec,
+                settings,
+                sorted(set(rows["input_hash"].to_list())),
+                rows["entity_id"].to_list(),
+            )
             new = rows.filter(~pl.col("input_hash").is_in(sorted(decided)))
             if new.height:
                 conn.register("new_decisions", new)

@@ -1,11 +1,16 @@
-"""What one slice's read costs in the verdicts and the dispatcher, against how many actions wait.
+"""What one slice's read costs in the verdicts, the dispatcher and the agents' memo, against how
+many rows the earlier slices left.
 
 A first run at ten million contacts proposes about 8M actions; the verdicts and then the
-dispatcher work through them 20,000 at a time. Each slice used to read "the next 20,000 after
+dispatcher work through them 20,000 at a time (and the lead agent, before them, records about
+7M decisions 100,000 ids at a time). Each slice used to read "the next 20,000 after
 the last one taken" (``ORDER BY ... LIMIT``), which scans and sorts every action still
 waiting: the slices together cost the square of the backlog. They now read their own range,
 its bounds found in one pass (revorch/governance/verdicts.py ``BOUNDS_SQL``,
 revorch/governance/dispatch.py ``BOUNDS_SQL``), which DuckDB's zone maps find without the rest.
+An agent slice's memo lookup (revorch/agents/runtime.py ``_memo``) matched its input hashes
+against every decision recorded, so it grew with the slices before it; it now also bounds the
+entity ids to the slice's, which the zone maps use the same way.
 
     .venv/bin/python bench/slice_queries.py --actions 1000000 4000000
 
@@ -13,7 +18,9 @@ For each size: a migrated state store in a temporary DuckDB file with that many 
 in the order a first run stores them, one ``proposed_at``), then the CPU seconds (the process's,
 DuckDB's threads included) of one slice's read at the start, middle and end of the backlog,
 before (the queries of session 29, kept here) and now, the median of three reads; and the
-one-pass bounds query once.
+one-pass bounds query once. For the memo, a store with that many lead decisions recorded in id
+order (as a first run's slices record them) and the lookup of one slice of 70,000 inputs (the
+open leads among 100,000 ids) at the start, middle and end, without and with the id range.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from revorch.agents.runtime import AgentSpec, _memo  # noqa: E402
 from revorch.governance import dispatch, verdicts  # noqa: E402
 from revorch.state.migrate import migrate  # noqa: E402
 
 SLICE = 20_000
+MEMO_SLICE = 70_000
 NOW = "2026-12-03 00:00:00+00"
 
 VERDICTS_BEFORE = """
@@ -71,6 +80,67 @@ def _store(path: Path, actions: int, status: str) -> duckdb.DuckDBPyConnection:
     )
     conn.execute("CHECKPOINT")
     return conn
+
+
+MEMO_BEFORE = """
+SELECT DISTINCT input_hash FROM agents.decisions
+WHERE agent = ? AND prompt_version = ? AND model IN (?, ?) AND fallback_reason IS NULL
+  AND input_hash IN (SELECT unnest(?))
+"""
+LEAD = AgentSpec("lead_qualification", dict, dict, "offline-bench")
+
+
+def _decisions(path: Path, decisions: int) -> duckdb.DuckDBPyConnection:
+    conn = duckdb.connect(str(path))
+    migrate(conn)
+    conn.execute(
+        f"""
+        INSERT INTO agents.decisions BY NAME
+        SELECT md5('d' || range) AS decision_id, 'lead_qualification' AS agent,
+               'v1' AS prompt_version, '{LEAD.offline_version}' AS model,
+               sha256('i' || range) AS input_hash,
+               'c-' || lpad(range::VARCHAR, 9, '0') AS entity_id, 'offline' AS tier,
+               ('{{"id": "c-' || range || '", "x": "' || repeat('x', 600) || '"}}') AS input,
+               '{{"score": 0.5}}' AS output, 0 AS prompt_tokens, 0 AS cached_tokens,
+               0 AS completion_tokens, 0.0 AS cost_usd, 0.0 AS latency_ms, 0 AS attempts,
+               TIMESTAMPTZ '{NOW}' AS decided_at
+        FROM range({decisions}) ORDER BY range
+        """
+    )
+    conn.execute("CHECKPOINT")
+    return conn
+
+
+def _memo_cpu(conn, lookup) -> float:
+    """Median CPU seconds of three lookups; each must find the whole slice."""
+    spent = []
+    for _ in range(3):
+        start = time.process_time()
+        found = lookup()
+        spent.append(time.process_time() - start)
+        assert len(found) == MEMO_SLICE, len(found)
+    return statistics.median(spent)
+
+
+def measure_memo(decisions: int) -> list[str]:
+    settings = type("Settings", (), {"prompt_version": "v1", "model": "gpt-4o-mini"})
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        conn = _decisions(Path(folder) / "decisions.duckdb", decisions)
+        last = decisions - MEMO_SLICE
+        for where, at in (("start", 0), ("middle", decisions // 2), ("end", last)):
+            found = conn.execute(
+                "SELECT entity_id, input_hash FROM agents.decisions "
+                "WHERE entity_id >= ? ORDER BY entity_id LIMIT ?",
+                [f"c-{at:09d}", MEMO_SLICE],
+            ).fetchall()
+            ids, hashes = [i for i, _ in found], sorted(h for _, h in found)
+            params = ["lead_qualification", "v1", "gpt-4o-mini", LEAD.offline_version, hashes]
+            before = _memo_cpu(conn, lambda: conn.execute(MEMO_BEFORE, params).fetchall())  # noqa: B023
+            now = _memo_cpu(conn, lambda: _memo(conn, LEAD, settings, hashes, ids))  # noqa: B023
+            rows.append(f"| {decisions:,} | memo | {where} | {before:.3f} | {now:.3f} | - |")
+        conn.close()
+    return rows
 
 
 def _cpu(conn, sql: str, params: dict) -> float:
@@ -136,14 +206,20 @@ def measure(actions: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--actions", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--actions", type=int, nargs="*", default=[1_000_000, 4_000_000])
+    parser.add_argument(
+        "--decisions", type=int, nargs="*", default=[1_000_000, 4_000_000], help="for the memo"
+    )
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
     print()
-    print("| actions | step | slice | before: CPU s | now: CPU s | bounds, once: CPU s |")
+    print("| rows | step | slice | before: CPU s | now: CPU s | bounds, once: CPU s |")
     print("|---:|---|---|---:|---:|---:|")
     for actions in args.actions:
         for row in measure(actions):
+            print(row, flush=True)
+    for decisions in args.decisions:
+        for row in measure_memo(decisions):
             print(row, flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 

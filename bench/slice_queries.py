@@ -10,7 +10,10 @@ its bounds found in one pass (revorch/governance/verdicts.py ``BOUNDS_SQL``,
 revorch/governance/dispatch.py ``BOUNDS_SQL``), which DuckDB's zone maps find without the rest.
 An agent slice's memo lookup (revorch/agents/runtime.py ``_memo``) matched its input hashes
 against every decision recorded, so it grew with the slices before it; it now also bounds the
-entity ids to the slice's, which the zone maps use the same way.
+entity ids to the slice's, which the zone maps use the same way. And each verdict and dispatch
+slice looks up its actions' holdout arms (revorch/governance/holdouts.py ``ASSIGNED_SQL``),
+which matched a string built from every stored assignment's key; it now joins on the key's
+columns (still a scan of the assignments per slice: cheaper, not yet independent of them).
 
     .venv/bin/python bench/slice_queries.py --actions 1000000 4000000
 
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from revorch.agents.runtime import AgentSpec, _memo  # noqa: E402
-from revorch.governance import dispatch, verdicts  # noqa: E402
+from revorch.governance import dispatch, holdouts, verdicts  # noqa: E402
 from revorch.state.migrate import migrate  # noqa: E402
 
 SLICE = 20_000
@@ -87,6 +90,11 @@ SELECT DISTINCT input_hash FROM agents.decisions
 WHERE agent = ? AND prompt_version = ? AND model IN (?, ?) AND fallback_reason IS NULL
   AND input_hash IN (SELECT unnest(?))
 """
+ASSIGNED_BEFORE = """
+SELECT playbook, entity_type, entity_id, arm FROM governance.holdout_assignments
+WHERE playbook || '|' || entity_type || '|' || entity_id IN (SELECT unnest($keys))
+"""
+PLAYBOOK = "lead_qualification/send_follow_up"
 LEAD = AgentSpec("lead_qualification", dict, dict, "offline-bench")
 
 
@@ -141,6 +149,44 @@ def measure_memo(decisions: int) -> list[str]:
             rows.append(f"| {decisions:,} | memo | {where} | {before:.3f} | {now:.3f} | - |")
         conn.close()
     return rows
+
+
+def measure_holdouts(assignments: int) -> list[str]:
+    """One slice's lookup of 20,000 (playbook, entity) pairs, half of them assigned, against
+    ``assignments`` stored in the order a first run's slices assign them (not by entity)."""
+    with tempfile.TemporaryDirectory() as folder:
+        conn = duckdb.connect(str(Path(folder) / "holdouts.duckdb"))
+        migrate(conn)
+        conn.execute(
+            f"""
+            INSERT INTO governance.holdout_assignments BY NAME
+            SELECT '{PLAYBOOK}' AS playbook, 'contact' AS entity_type,
+                   'c-' || lpad(((range * 7919) % {assignments})::VARCHAR, 9, '0') AS entity_id,
+                   'treatment' AS arm, true AS randomized, 0.5 AS unit, 0.1 AS share,
+                   'v1' AS policy_version, TIMESTAMPTZ '{NOW}' AS exposed_at,
+                   md5(range::VARCHAR) AS first_action_id
+            FROM range({assignments})
+            """
+        )
+        conn.execute("CHECKPOINT")
+        ids = [f"c-{(i * 104729) % (2 * assignments):09d}" for i in range(SLICE)]
+        keys = sorted(f"{PLAYBOOK}|contact|{i}" for i in ids)
+        wanted = {"playbooks": [PLAYBOOK] * SLICE, "types": ["contact"] * SLICE, "ids": ids}
+        spent = {}
+        for name, sql, params in (
+            ("before", ASSIGNED_BEFORE, {"keys": keys}),
+            ("now", holdouts.ASSIGNED_SQL, wanted),
+        ):
+            runs = []
+            for _ in range(3):
+                start = time.process_time()
+                found = conn.execute(sql, params).fetchall()
+                runs.append(time.process_time() - start)
+            spent[name] = (statistics.median(runs), len(found))
+        conn.close()
+    assert spent["before"][1] == spent["now"][1] > 0, spent
+    before, now = spent["before"][0], spent["now"][0]
+    return [f"| {assignments:,} | holdout arms | any | {before:.3f} | {now:.3f} | - |"]
 
 
 def _cpu(conn, sql: str, params: dict) -> float:
@@ -210,6 +256,13 @@ def main() -> None:
     parser.add_argument(
         "--decisions", type=int, nargs="*", default=[1_000_000, 4_000_000], help="for the memo"
     )
+    parser.add_argument(
+        "--assignments",
+        type=int,
+        nargs="*",
+        default=[1_000_000, 7_000_000],
+        help="for the holdout arms",
+    )
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
     print()
@@ -220,6 +273,9 @@ def main() -> None:
             print(row, flush=True)
     for decisions in args.decisions:
         for row in measure_memo(decisions):
+            print(row, flush=True)
+    for assignments in args.assignments:
+        for row in measure_holdouts(assignments):
             print(row, flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 

@@ -138,9 +138,15 @@ class Holdouts(BaseModel):
         return self.shares.get(playbook, self.default_share)
 
 
+# The pairs already assigned among a slice's: a join on the key's columns. (Matching a
+# concatenation of them built one string per stored row: at ten million contacts each of the
+# verdicts' and the dispatcher's slices did that for the 7M rows every earlier slice wrote.)
 ASSIGNED_SQL = """
-SELECT playbook, entity_type, entity_id, arm FROM governance.holdout_assignments
-WHERE playbook || '|' || entity_type || '|' || entity_id IN (SELECT unnest($keys))
+SELECT a.playbook, a.entity_type, a.entity_id, a.arm
+FROM governance.holdout_assignments AS a
+JOIN (SELECT unnest($playbooks) AS playbook, unnest($types) AS entity_type,
+             unnest($ids) AS entity_id) AS wanted
+  USING (playbook, entity_type, entity_id)
 """
 
 
@@ -164,10 +170,9 @@ def assign(
             keyed[action["action_id"]] = (playbook, action["entity_type"], action["entity_id"])
     if not keyed:
         return {}, []
-    keys = sorted({"|".join(k) for k in keyed.values()})
-    known = {
-        (p, t, e): arm for p, t, e, arm in conn.execute(ASSIGNED_SQL, {"keys": keys}).fetchall()
-    }
+    playbooks, types, ids = zip(*sorted(set(keyed.values())), strict=True)
+    wanted = {"playbooks": list(playbooks), "types": list(types), "ids": list(ids)}
+    known = {(p, t, e): arm for p, t, e, arm in conn.execute(ASSIGNED_SQL, wanted).fetchall()}
     new_rows, events = [], []
     for action in actions:
         key = keyed.get(action["action_id"])

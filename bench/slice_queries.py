@@ -41,6 +41,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from revorch.agents.config import load_agents_config  # noqa: E402
 from revorch.agents.runtime import AgentSpec, _memo  # noqa: E402
 from revorch.governance import dispatch, holdouts, verdicts  # noqa: E402
 from revorch.state.migrate import migrate  # noqa: E402
@@ -96,6 +97,7 @@ WHERE playbook || '|' || entity_type || '|' || entity_id IN (SELECT unnest($keys
 """
 PLAYBOOK = "lead_qualification/send_follow_up"
 LEAD = AgentSpec("lead_qualification", dict, dict, "offline-bench")
+LEAD_SETTINGS = load_agents_config().agents[LEAD.name]
 
 
 def _decisions(path: Path, decisions: int) -> duckdb.DuckDBPyConnection:
@@ -105,7 +107,8 @@ def _decisions(path: Path, decisions: int) -> duckdb.DuckDBPyConnection:
         f"""
         INSERT INTO agents.decisions BY NAME
         SELECT md5('d' || range) AS decision_id, 'lead_qualification' AS agent,
-               'v1' AS prompt_version, '{LEAD.offline_version}' AS model,
+               '{LEAD_SETTINGS.prompt_version}' AS prompt_version,
+               '{LEAD.offline_version}' AS model,
                sha256('i' || range) AS input_hash,
                'c-' || lpad(range::VARCHAR, 9, '0') AS entity_id, 'offline' AS tier,
                ('{{"id": "c-' || range || '", "x": "' || repeat('x', 600) || '"}}') AS input,
@@ -131,7 +134,7 @@ def _memo_cpu(conn, lookup) -> float:
 
 
 def measure_memo(decisions: int) -> list[str]:
-    settings = type("Settings", (), {"prompt_version": "v1", "model": "gpt-4o-mini"})
+    settings = LEAD_SETTINGS
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         conn = _decisions(Path(folder) / "decisions.duckdb", decisions)
@@ -143,7 +146,13 @@ def measure_memo(decisions: int) -> list[str]:
                 [f"c-{at:09d}", MEMO_SLICE],
             ).fetchall()
             ids, hashes = [i for i, _ in found], sorted(h for _, h in found)
-            params = ["lead_qualification", "v1", "gpt-4o-mini", LEAD.offline_version, hashes]
+            params = [
+                LEAD.name,
+                settings.prompt_version,
+                settings.model,
+                LEAD.offline_version,
+                hashes,
+            ]
             before = _memo_cpu(conn, lambda: conn.execute(MEMO_BEFORE, params).fetchall())  # noqa: B023
             now = _memo_cpu(conn, lambda: _memo(conn, LEAD, settings, hashes, ids))  # noqa: B023
             rows.append(f"| {decisions:,} | memo | {where} | {before:.3f} | {now:.3f} | - |")

@@ -304,6 +304,37 @@ def test_full_rebuild_gives_the_same_lifecycle_as_incremental_runs(conn, zone):
     assert contacts.transitions + accounts.transitions == len(incremental["stage_transitions"])
 
 
+class _CountingConnection:
+    """A connection that counts the statements computing contact points (contact_points.sql)."""
+
+    def __init__(self, conn):
+        self.conn, self.points_queries = conn, 0
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def execute(self, sql, *args):
+        self.points_queries += "contact_changes AS (" in sql
+        return self.conn.execute(sql, *args)
+
+
+def test_a_sharded_refresh_computes_the_points_once_not_once_a_shard(conn, zone):
+    """Queried shard by shard, every shard scanned the whole change log and the activities
+    again: ten shards of a million contacts cost ten scans of a ten-million-contact store. The
+    points are computed in one pass and spread over the shards, with the same result."""
+    simulate_history(zone, SimulationConfig(contacts=600, seed=5, batch_size=5_000))
+    ingest_pending(conn, zone)
+    refresh_current_state(conn)
+    refresh_contact_lifecycle(conn, CONFIG)
+    whole = lifecycle_state(conn)
+
+    counting = _CountingConnection(conn)
+    sharded = refresh_contact_lifecycle(counting, CONFIG, full_rebuild=True, shard_entities=100)
+    assert sharded.entities == 600
+    assert counting.points_queries == 1, "the points were queried once a shard"
+    assert lifecycle_state(conn) == whole
+
+
 def test_a_sharded_refresh_that_dies_part_way_is_finished_by_the_next(conn, zone, monkeypatch):
     """Each shard commits on its own; a refresh that dies in its third shard has moved no
     watermark, so the next recomputes every contact and ends where one unbroken refresh

@@ -279,7 +279,7 @@ def _spread_points(
             if not Path(folder, f"shard={shard}").is_dir():  # no points: an empty frame
                 return _points(conn, f"SELECT * FROM ({points_sql}) WHERE false", args)
             return conn.execute(
-                f"SELECT * FROM read_parquet('{folder}/shard={shard}/*.parquet')"
+                f"SELECT * EXCLUDE (shard) FROM read_parquet('{folder}/shard={shard}/*.parquet')"
             ).pl()
 
         yield points_of

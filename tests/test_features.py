@@ -243,12 +243,47 @@ def test_every_lead_read_in_slices_of_staged_passes_equals_reading_the_tables(
     monkeypatch.setattr(registry, "STAGE_SLICES", 3)  # a pass per 3 slices: several passes
     with slice_reader(crm, LEADS, lifecycle, declared, None, slices) as read:
         staged = [row for ids in slices for row in read(crm, ids)]
-        assert len(list(spill.glob("revorch-lead_qualification-*/inputs.parquet"))) == 1
+        passes = list(spill.glob("revorch-lead_qualification-*/inputs-*.parquet"))
+        assert len(passes) == -(-len(slices) // 3) > 1, passes  # a file per pass
+        assert not list(spill.glob("revorch-lead_qualification-*/sources"))
     assert not list(spill.glob("revorch-lead_qualification-*"))
     assert len(slices) > 3 and len(direct) > 100
     assert all("demo" in row for row in direct) and any(row["recent_activity"] for row in direct)
     assert [r["id"] for r in staged] == [r["id"] for r in direct]
     assert staged == direct
+
+
+class _CountingConnection:
+    """A connection that counts the statements reading the change log."""
+
+    def __init__(self, conn):
+        self.conn, self.change_log_reads = conn, 0
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def execute(self, sql, *args):
+        self.change_log_reads += "change_log" in sql
+        return self.conn.execute(sql, *args)
+
+
+def test_the_staging_passes_read_the_change_log_as_often_however_many_they_are(crm, monkeypatch):
+    """Each pass read the change log and the activities for its leads: ten passes of a
+    million leads scanned a ten-million-contact store ten times. The sources are spread over
+    the passes in one scan, so the statements that read the change log do not grow with the
+    passes, and the inputs are the same."""
+    slices = id_slices(crm, LEADS, None, 97)
+    lifecycle, models = load_lifecycle_config(), ModelsConfig()
+    read_through = {}
+    for per_pass in (2, 4):  # several passes either way, twice as many with 2
+        monkeypatch.setattr(registry, "STAGE_SLICES", per_pass)
+        counting = _CountingConnection(crm)
+        with slice_reader(counting, LEADS, lifecycle, models, None, slices) as read:
+            inputs = [row for ids in slices for row in read(counting, ids)]
+        read_through[per_pass] = (counting.change_log_reads, inputs)
+    assert len(slices) > 8 and len(read_through[2][1]) > 100
+    assert read_through[2][0] == read_through[4][0], read_through[2][0]
+    assert read_through[2][1] == read_through[4][1]
 
 
 def test_a_property_is_read_as_of_the_scoring_point_unless_declared_latest(crm, mapping):

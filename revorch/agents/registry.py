@@ -69,9 +69,10 @@ ALL_IDS = {
     "lead_qualification": "SELECT DISTINCT entity_id FROM stages.entity_stages "
     "WHERE entity_type = 'contact' ORDER BY entity_id",
 }
-# How such an agent writes its items' inputs in one pass, for its reader to take slices of
+# How such an agent writes its items' inputs, a file per pass, for its reader to take slices of
 # (``staged=``): read from the tables, each slice would scan them again. A pass covers this
 # many slices (a million leads): all of them at once ran out of DuckDB's memory limit at 10M.
+# The passes read their own rows of the tables, spread over them in one scan.
 STAGES = {"lead_qualification": offline_inputs.stage_lead_inputs}
 STAGE_SLICES = 10
 
@@ -201,8 +202,8 @@ def slice_reader(
 ) -> Iterator[Callable[[duckdb.DuckDBPyConnection, list[str] | None], list[dict]]]:
     """The agent's reader for ``slices`` of ``ids`` (``id_slices``), read in their order.
     When every item is read (None) in more than one slice by an agent with a stage
-    (``STAGES``), the inputs of each ``STAGE_SLICES`` slices are first written in one pass to
-    a file beside DuckDB's spill files, removed at the end, and each slice reads its own."""
+    (``STAGES``), the inputs of every ``STAGE_SLICES`` slices (a pass) are first written to a
+    file beside DuckDB's spill files, removed at the end, and each slice reads its own."""
     plain = reader(agent, lifecycle, models)
     if ids is not None or len(slices) < 2 or agent not in STAGES:
         yield plain
@@ -210,19 +211,19 @@ def slice_reader(
     options = input_options(agent, lifecycle, models)
     first = {some[0]: number for number, some in enumerate(slices) if some}
     with scratch_folder(conn, f"revorch-{agent}-") as folder:
-        path, staged = folder / "inputs.parquet", [None]  # the first slice of the staged ones
+        passes = [
+            [i for part in slices[start : start + STAGE_SLICES] for i in part]
+            for start in range(0, len(slices), STAGE_SLICES)
+        ]
+        staged = STAGES[agent](conn, folder, passes, **options)
 
         def read(conn: duckdb.DuckDBPyConnection, some: list[str] | None) -> list[dict]:
             number = first.get(some[0]) if some else None
             if number is None:
                 return plain(conn, some)
-            if staged[0] is None or not staged[0] <= number < staged[0] + STAGE_SLICES:
-                chunk = slices[number : number + STAGE_SLICES]
-                path.unlink(missing_ok=True)
-                STAGES[agent](conn, str(path), [i for part in chunk for i in part], **options)
-                staged[0] = number
-            if not path.exists():
-                return []  # no open item in these slices: DuckDB wrote no file
+            path = staged[number // STAGE_SLICES]
+            if path is None:
+                return []  # no open item in these slices
             return INPUTS[agent](conn, some, staged=str(path), **options)
 
         yield read

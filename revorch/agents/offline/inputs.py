@@ -16,7 +16,9 @@ from the one it was trained on.
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -40,6 +42,15 @@ ENGAGEMENT_COUNTS = (
 )
 QUALIFIED_STAGES = ("sql", "opportunity", "customer")
 
+# The relations the lead features read (``LEAD_FEATURES_SQL``, ``RECENT_ACTIVITY``); staging
+# passes read their own rows of them instead (``spread_lead_sources``).
+LEAD_SOURCES = {
+    "contact_log": "(SELECT * FROM change_log WHERE object_type = 'contact')",
+    "company_log": "(SELECT * FROM change_log WHERE object_type = 'company')",
+    "activities": "activities",
+    "transitions": "(SELECT * FROM stages.stage_transitions WHERE entity_type = 'contact')",
+}
+
 # `points` is a relation (contact_id, created_at, as_of): whom to describe, and when.
 LEAD_FEATURES_SQL = """
 WITH points AS ({points}),
@@ -52,8 +63,7 @@ contact_facts AS (
            arg_max(c.properties->>'job_title', (c.occurred_at, c.event_id))
                FILTER (WHERE json_exists(c.properties, '$.job_title')) AS job_title
     FROM points AS p
-    JOIN change_log AS c
-      ON c.object_type = 'contact' AND c.object_id = p.contact_id AND c.occurred_at <= p.as_of
+    JOIN {contact_log} AS c ON c.object_id = p.contact_id AND c.occurred_at <= p.as_of
     GROUP BY p.contact_id
 ),
 company_facts AS (
@@ -71,8 +81,7 @@ company_facts AS (
                FILTER (WHERE json_exists(c.properties, '$.annual_revenue')) AS annual_revenue
     FROM contact_facts AS f
     JOIN points AS p USING (contact_id)
-    JOIN change_log AS c
-      ON c.object_type = 'company' AND c.object_id = f.company_id AND c.occurred_at <= p.as_of
+    JOIN {company_log} AS c ON c.object_id = f.company_id AND c.occurred_at <= p.as_of
     GROUP BY f.contact_id
 ),
 engagement AS (
@@ -87,7 +96,7 @@ engagement AS (
            count(*) FILTER (WHERE a.activity_type = 'meeting') AS meetings,
            count(*) FILTER (WHERE a.activity_type = 'call') AS calls
     FROM points AS p
-    JOIN activities AS a ON a.contact_id = p.contact_id
+    JOIN {activities} AS a ON a.contact_id = p.contact_id
     -- Recorded by the scoring time, in the first feature_days, and not part of a deal.
     WHERE NOT a._deleted AND a.deal_id IS NULL AND a._first_seen_at <= p.as_of
       AND a.activity_at <= p.as_of AND a.activity_at >= p.created_at
@@ -100,9 +109,7 @@ stage_then AS (
            min(t.transitioned_at) FILTER (WHERE list_contains($qualified, t.to_stage))
                AS qualified_at
     FROM points AS p
-    JOIN stages.stage_transitions AS t
-      ON t.entity_type = 'contact' AND t.entity_id = p.contact_id
-     AND t.transitioned_at <= p.as_of
+    JOIN {transitions} AS t ON t.entity_id = p.contact_id AND t.transitioned_at <= p.as_of
     GROUP BY p.contact_id
 )
 SELECT p.contact_id AS id, p.created_at, p.as_of, f.company_id, f.lead_source, f.job_title,
@@ -134,12 +141,12 @@ SELECT contact_id,
             || coalesce(' ' || url, '') || coalesce(': ' || subject, '')
             ORDER BY activity_at DESC, id)[1:5] AS recent,
        count(*) AS touches_total
-FROM activities
+FROM {activities}
 WHERE NOT _deleted AND contact_id IN ({contacts})
   AND activity_at <= coalesce($as_of::TIMESTAMPTZ, clock_now())
 GROUP BY contact_id
 """
-RECENT_ACTIVITY_SQL = RECENT_ACTIVITY.format(contacts="SELECT unnest($ids)")
+RECENT_ACTIVITY_SQL = RECENT_ACTIVITY.format(contacts="SELECT unnest($ids)", **LEAD_SOURCES)
 
 # Every open lead's features and recent activities in one pass, sorted by id (row groups
 # then hold id ranges, so a slice's read below skips the others).
@@ -177,11 +184,16 @@ def lead_feature_rows(
 
 
 def _lead_features_query(
-    points_sql: str, parameters: dict[str, Any], feature_days: int, models: ModelsConfig | None
+    points_sql: str,
+    parameters: dict[str, Any],
+    feature_days: int,
+    models: ModelsConfig | None,
+    sources: dict[str, str] = LEAD_SOURCES,
 ) -> tuple[str, dict[str, Any]]:
     sql = LEAD_FEATURES_SQL.format(
         points=points_sql,
         engagement_columns=", ".join(f"coalesce(e.{c}, 0) AS {c}" for c in ENGAGEMENT_COUNTS),
+        **sources,
     )
     reached = models.lead.outcome.reached if models else list(QUALIFIED_STAGES)
     return sql, {**parameters, "feature_days": feature_days, "qualified": list(reached)}
@@ -204,26 +216,115 @@ def _with_declared(
 
 def stage_lead_inputs(
     conn: duckdb.DuckDBPyConnection,
-    path: str,
-    contact_ids: list[str] | None = None,
+    folder: Path,
+    passes: list[list[str]],
     *,
     as_of: datetime | None = None,
     feature_days: int | None = None,
     models: ModelsConfig | None = None,
-) -> None:
-    """Write the fixed features and recent activities of every open lead (of ``contact_ids``,
-    when given), in one pass over the tables, sorted by id, to the Parquet file ``path``;
-    ``lead_inputs(staged=path)`` then reads a slice of them from it. Read slice by slice from
-    the tables instead, each slice would scan the change log and the activities again: a
-    cost of slices x store."""
+) -> list[Path | None]:
+    """Write the fixed features and recent activities of the open leads of each pass (a sorted
+    list of contact ids) to a Parquet file per pass in ``folder``, sorted by id;
+    ``lead_inputs(staged=file)`` then reads a slice of them. Each pass's file, or None where
+    the pass has no open lead. Read slice by slice from the tables instead, each slice would
+    scan the change log and the activities again: a cost of slices x store. Several passes
+    read their own rows of the tables, spread over the passes in one scan
+    (``spread_lead_sources``), for the same reason."""
     models = models or ModelsConfig()
     feature_days = feature_days or models.lead.scoring_days
-    features, parameters = _lead_features_query(
-        OPEN_LEAD_POINTS, {"ids": contact_ids, "as_of": as_of}, feature_days, models
+    spread = None
+    if len(passes) > 1:
+        spread = spread_lead_sources(conn, folder / "sources", passes, as_of)
+    files: list[Path | None] = []
+    for number, ids in enumerate(passes):
+        if spread is None:
+            points, parameters, sources = OPEN_LEAD_POINTS, {"ids": ids}, LEAD_SOURCES
+        elif spread[number] is None:  # no open lead in the pass
+            files.append(None)
+            continue
+        else:
+            sources, parameters = dict(spread[number]), {}
+            points = f"SELECT * FROM {sources.pop('points')}"
+        features, parameters = _lead_features_query(
+            points, {**parameters, "as_of": as_of}, feature_days, models, sources
+        )
+        recent = RECENT_ACTIVITY.format(contacts="SELECT id FROM features", **sources)
+        path = folder / f"inputs-{number}.parquet"
+        quoted = str(path).replace("'", "''")
+        conn.execute(
+            STAGE_LEADS_SQL.format(features=features, recent=recent, path=quoted), parameters
+        )
+        files.append(path if path.exists() else None)  # DuckDB writes no file for no rows
+    if spread is not None:
+        shutil.rmtree(folder / "sources")
+    return files
+
+
+# The rows of each lead source a staging pass reads, and the column of their contact's id.
+SPREAD_SOURCES = {
+    "points": (OPEN_LEAD_POINTS, "contact_id"),
+    "contact_log": (
+        "SELECT object_id, occurred_at, event_id, properties FROM change_log "
+        "WHERE object_type = 'contact'",
+        "object_id",
+    ),
+    "activities": (
+        "SELECT id, activity_type, contact_id, deal_id, subject, url, activity_at, "
+        "_first_seen_at, _deleted FROM activities WHERE NOT _deleted",
+        "contact_id",
+    ),
+    "transitions": (
+        "SELECT entity_id, to_stage, seq, transitioned_at FROM stages.stage_transitions "
+        "WHERE entity_type = 'contact'",
+        "entity_id",
+    ),
+}
+SPREAD_SQL = """
+COPY (
+    SELECT r.pass, s.* FROM ({source}) AS s
+    JOIN (SELECT unnest($firsts::VARCHAR[]) AS first, unnest($lasts::VARCHAR[]) AS last,
+                 unnest(range(len($firsts::VARCHAR[]))) AS pass) AS r
+      ON s.{key} BETWEEN r.first AND r.last
+) TO '{folder}' (FORMAT parquet, PARTITION_BY (pass))
+"""
+
+
+def spread_lead_sources(
+    conn: duckdb.DuckDBPyConnection,
+    folder: Path,
+    passes: list[list[str]],
+    as_of: datetime | None,
+) -> list[dict[str, str] | None]:
+    """Each pass's rows of the lead sources (``LEAD_SOURCES``, and the open leads' points), as
+    relations on Parquet files in ``folder``, written in one scan of each table; None for a
+    pass without an open lead. A pass's contacts are an id range (its first and last id). The
+    company changes (a lead's company is no contact of its pass) go whole into one file."""
+    folder.mkdir()
+    bounds = {"firsts": [ids[0] for ids in passes], "lasts": [ids[-1] for ids in passes]}
+    for name, (source, key) in SPREAD_SOURCES.items():
+        parameters = bounds | ({"ids": None, "as_of": as_of} if name == "points" else {})
+        target = str(folder / name).replace("'", "''")
+        conn.execute(SPREAD_SQL.format(source=source, key=key, folder=target), parameters)
+    companies = str(folder / "company_log.parquet").replace("'", "''")
+    conn.execute(
+        "COPY (SELECT object_id, occurred_at, event_id, properties FROM change_log "
+        f"WHERE object_type = 'company') TO '{companies}' (FORMAT parquet)"
     )
-    recent = RECENT_ACTIVITY.format(contacts="SELECT id FROM features")
-    quoted = path.replace("'", "''")
-    conn.execute(STAGE_LEADS_SQL.format(features=features, recent=recent, path=quoted), parameters)
+    spread: list[dict[str, str] | None] = []
+    for number in range(len(passes)):
+        if not (folder / "points" / f"pass={number}").is_dir():
+            spread.append(None)
+            continue
+        relations = {"company_log": f"read_parquet('{companies}')"}
+        for name in SPREAD_SOURCES:
+            files = folder / name / f"pass={number}"
+            relations[name] = (
+                f"read_parquet('{str(files).replace(chr(39), chr(39) * 2)}/*.parquet')"
+                if files.is_dir()
+                else f"(SELECT * FROM {LEAD_SOURCES[name]} WHERE false)"
+            )
+        spread.append(relations)
+    return spread
 
 
 def lead_inputs(

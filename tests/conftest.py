@@ -143,6 +143,20 @@ def ingest_and_stage(
     }
 
 
+class CountingConnection:
+    """A DuckDB connection that counts the statements whose text holds ``needle``."""
+
+    def __init__(self, conn, needle: str):
+        self.conn, self.needle, self.count = conn, needle, 0
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def execute(self, sql, *args):
+        self.count += self.needle in sql
+        return self.conn.execute(sql, *args)
+
+
 def event(event_id: str, object_type: str, object_id: str, occurred_at: str, **properties):
     return {
         "event_id": event_id,

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from conftest import event, ingest_and_stage
+from conftest import CountingConnection, event, ingest_and_stage
 from revorch import clock
 from revorch.agents import registry
 from revorch.agents.config import DEFAULT_PATH, AgentsConfigError, load_agents_config
@@ -253,20 +253,6 @@ def test_every_lead_read_in_slices_of_staged_passes_equals_reading_the_tables(
     assert staged == direct
 
 
-class _CountingConnection:
-    """A connection that counts the statements reading the change log."""
-
-    def __init__(self, conn):
-        self.conn, self.change_log_reads = conn, 0
-
-    def __getattr__(self, name):
-        return getattr(self.conn, name)
-
-    def execute(self, sql, *args):
-        self.change_log_reads += "change_log" in sql
-        return self.conn.execute(sql, *args)
-
-
 def test_the_staging_passes_read_the_change_log_as_often_however_many_they_are(crm, monkeypatch):
     """Each pass read the change log and the activities for its leads: ten passes of a
     million leads scanned a ten-million-contact store ten times. The sources are spread over
@@ -277,10 +263,10 @@ def test_the_staging_passes_read_the_change_log_as_often_however_many_they_are(c
     read_through = {}
     for per_pass in (2, 4):  # several passes either way, twice as many with 2
         monkeypatch.setattr(registry, "STAGE_SLICES", per_pass)
-        counting = _CountingConnection(crm)
+        counting = CountingConnection(crm, "change_log")
         with slice_reader(counting, LEADS, lifecycle, models, None, slices) as read:
             inputs = [row for ids in slices for row in read(counting, ids)]
-        read_through[per_pass] = (counting.change_log_reads, inputs)
+        read_through[per_pass] = (counting.count, inputs)
     assert len(slices) > 8 and len(read_through[2][1]) > 100
     assert read_through[2][0] == read_through[4][0], read_through[2][0]
     assert read_through[2][1] == read_through[4][1]

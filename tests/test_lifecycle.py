@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import event, ingest_and_stage
+from conftest import CountingConnection, event, ingest_and_stage
 from revorch import clock
 from revorch.ingestion.change_log import ingest_pending
 from revorch.ingestion.current_state import refresh_current_state
@@ -304,20 +304,6 @@ def test_full_rebuild_gives_the_same_lifecycle_as_incremental_runs(conn, zone):
     assert contacts.transitions + accounts.transitions == len(incremental["stage_transitions"])
 
 
-class _CountingConnection:
-    """A connection that counts the statements computing contact points (contact_points.sql)."""
-
-    def __init__(self, conn):
-        self.conn, self.points_queries = conn, 0
-
-    def __getattr__(self, name):
-        return getattr(self.conn, name)
-
-    def execute(self, sql, *args):
-        self.points_queries += "contact_changes AS (" in sql
-        return self.conn.execute(sql, *args)
-
-
 def test_a_sharded_refresh_computes_the_points_once_not_once_a_shard(conn, zone):
     """Queried shard by shard, every shard scanned the whole change log and the activities
     again: ten shards of a million contacts cost ten scans of a ten-million-contact store. The
@@ -328,10 +314,10 @@ def test_a_sharded_refresh_computes_the_points_once_not_once_a_shard(conn, zone)
     refresh_contact_lifecycle(conn, CONFIG)
     whole = lifecycle_state(conn)
 
-    counting = _CountingConnection(conn)
+    counting = CountingConnection(conn, "contact_changes AS (")
     sharded = refresh_contact_lifecycle(counting, CONFIG, full_rebuild=True, shard_entities=100)
     assert sharded.entities == 600
-    assert counting.points_queries == 1, "the points were queried once a shard"
+    assert counting.count == 1, "the points were queried once a shard"
     assert lifecycle_state(conn) == whole
 
 

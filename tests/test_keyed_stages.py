@@ -217,3 +217,35 @@ def test_waiting_references_follow_the_change_and_equal_a_full_recompute(tmp_pat
     # The three changed records and c-1, which waited for co-1; not co-9.
     assert keys == 4
     assert run()[0] == 0  # nothing new: nothing recomputed
+
+
+def test_an_onboarding_gets_the_csm_its_account_hashes_to_among_those_who_had_joined(crm):
+    """Each won deal's CSM is the (hash of its account mod k)-th by id of the k active CSMs who
+    had joined by its close (onboarding.sql), recomputed here in Python from the store's own
+    owners and deals. CSMs joining over the history make the deals' choices differ."""
+    database, zone = crm
+    hires = ["2025-01-15T00:00:00Z", "2025-03-15T00:00:00Z", "2025-04-10T00:00:00Z"]
+    zone.write_events(
+        "test",
+        [
+            event(f"hire-{n}", "owner", f"own-z-csm-{n}", day, role="csm", created_at=day)
+            for n, day in enumerate(hires * 2)  # two CSMs a date, so dates repeat
+        ],
+    )
+    ingest_and_stage(database, zone)
+    with duckdb.connect(str(database), read_only=True) as conn:
+        csms = conn.execute(
+            "SELECT id, coalesce(created_at, _first_seen_at) FROM owners "
+            "WHERE role = 'csm' AND coalesce(is_active, true) AND NOT _deleted ORDER BY id"
+        ).fetchall()
+        rows = conn.execute(
+            "SELECT o.deal_id, o.owner_id, d.closed_at, hash(d.company_id) "
+            "FROM stages.onboarding AS o JOIN deals AS d ON d.id = o.deal_id"
+        ).fetchall()
+    assert len({joined for _, joined in csms}) >= 4
+    choices = set()
+    for deal, owner, closed_at, account in rows:
+        eligible = [csm for csm, joined in csms if joined <= closed_at]
+        assert owner == (eligible[account % len(eligible)] if eligible else None), deal
+        choices.add(len(eligible))
+    assert len(choices) >= 3  # deals won under different sets of CSMs

@@ -24,6 +24,7 @@ from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 from revorch.state import backend
 from revorch.state.migrate import available_migrations
+from revorch.state.scratch import scratch_folder
 
 
 def test_extensions_load_from_the_pinned_wheels_without_downloading():
@@ -87,6 +88,23 @@ def test_migrations_apply_once_on_ducklake_even_from_writers_starting_together(
             "SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
         ).fetchone()[0]
     assert kind == "ducklake"
+
+
+def test_a_lake_connection_spills_beside_its_data_folder_not_where_the_command_started(
+    lake_store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """DuckDB's spill folder on DuckLake is ``<data_path>.tmp``, as the file's is
+    ``<database>.tmp``: an in-memory DuckDB's default, ``.tmp`` in the working directory,
+    put a 10M run's spill files wherever the command was started."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with lake_store.get_connection() as conn:
+        spill = conn.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+        with scratch_folder(conn, "revorch-test-") as folder:
+            assert folder.parent == Path(lake_store.data_path + ".tmp")
+    assert Path(spill) == Path(lake_store.data_path + ".tmp")
+    assert not (elsewhere / ".tmp").exists()
 
 
 @pytest.fixture(params=["duckdb", "ducklake"])

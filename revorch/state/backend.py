@@ -105,12 +105,18 @@ def lake_connection(
 
     Loading the extensions and attaching the catalog costs about a second, so each process
     does it once and hands out cursors: each is its own connection, with its own
-    transactions (DuckLake detects conflicts between them as between processes)."""
+    transactions (DuckLake detects conflicts between them as between processes).
+
+    DuckDB spills beside a local data folder, in ``<data_path>.tmp`` (as the file spills in
+    ``<database>.tmp``): an in-memory DuckDB's own default is ``.tmp`` in whatever folder
+    the command started in (a 10M first run left 7.2 GB there). For remote data, the
+    caller's ``temp_directory`` or DuckDB's default."""
     key = (os.getpid(), catalog_dsn, data_path, read_only)
+    spill = {} if "://" in data_path else {"temp_directory": data_path.rstrip("/") + ".tmp"}
     with _lakes_guard:
         root = _lakes.get(key)
         if root is None:
-            root = duckdb.connect(":memory:", config=config | OFFLINE_CONFIG)
+            root = duckdb.connect(":memory:", config=spill | config | OFFLINE_CONFIG)
             attach_lake(root, catalog_dsn, data_path, read_only=read_only)
             _lakes[key] = root
     conn = root.cursor()

@@ -13,8 +13,9 @@ import duckdb
 @contextmanager
 def scratch_folder(conn: duckdb.DuckDBPyConnection, prefix: str) -> Iterator[Path]:
     """A new folder in the connection's ``temp_directory`` (``<database>.tmp`` in
-    REVORCH_HOME), removed with what it holds when the block ends; in the system's temp folder
-    for an in-memory database (whose temp directory is relative)."""
+    REVORCH_HOME; ``<data_path>.tmp`` on DuckLake), removed with what it holds when the block
+    ends; in the system's temp folder where the temp directory is relative (an in-memory
+    database's default)."""
     spill = Path(conn.execute("SELECT current_setting('temp_directory')").fetchone()[0] or ".")
     spill = spill if spill.is_absolute() else None
     if spill:

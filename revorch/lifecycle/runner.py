@@ -21,7 +21,7 @@ import polars as pl
 from revorch import clock
 from revorch.lifecycle.config import LifecycleConfig
 from revorch.lifecycle.machine import FoldResult, fold
-from revorch.state.scratch import scratch_folder
+from revorch.state.scratch import path_literal, scratch_folder
 
 SQL_DIR = Path(__file__).parent
 # Entities whose moves are computed and folded at once; a larger scope goes in shards.
@@ -271,16 +271,15 @@ def _spread_points(
     with scratch_folder(conn, "revorch-points-") as folder:
         conn.execute(
             f"COPY (SELECT hash(entity_id) % {shards} AS shard, * FROM ({points_sql})) "
-            f"TO '{folder}' (FORMAT parquet, PARTITION_BY (shard))",
+            f"TO {path_literal(folder)} (FORMAT parquet, PARTITION_BY (shard))",
             args,
         )
 
         def points_of(shard: int) -> pl.DataFrame:
             if not Path(folder, f"shard={shard}").is_dir():  # no points: an empty frame
                 return _points(conn, f"SELECT * FROM ({points_sql}) WHERE false", args)
-            return conn.execute(
-                f"SELECT * EXCLUDE (shard) FROM read_parquet('{folder}/shard={shard}/*.parquet')"
-            ).pl()
+            files = path_literal(Path(folder, f"shard={shard}", "*.parquet"))
+            return conn.execute(f"SELECT * EXCLUDE (shard) FROM read_parquet({files})").pl()
 
         yield points_of
 

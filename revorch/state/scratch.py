@@ -22,3 +22,8 @@ def scratch_folder(conn: duckdb.DuckDBPyConnection, prefix: str) -> Iterator[Pat
         spill.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=prefix, dir=spill) as folder:
         yield Path(folder)
+
+
+def path_literal(path: Path | str) -> str:
+    """``path`` as a SQL string literal, for COPY ... TO and read_parquet of scratch files."""
+    return "'" + str(path).replace("'", "''") + "'"

@@ -27,6 +27,7 @@ from revorch.agents.features import ModelsConfig
 from revorch.agents.memo import Stable
 from revorch.agents.offline.declared import declared_values
 from revorch.lifecycle.config import LifecycleConfig, load_lifecycle_config
+from revorch.state.scratch import path_literal
 
 FEATURE_DAYS = 14
 # Counted per contact in its first FEATURE_DAYS, before any deal exists.
@@ -157,7 +158,7 @@ COPY (
     FROM features AS f
     LEFT JOIN ({recent}) AS r ON r.contact_id = f.id
     ORDER BY f.id
-) TO '{path}' (FORMAT parquet)
+) TO {path} (FORMAT parquet)
 """
 STAGED_SLICE_SQL = """
 SELECT * FROM read_parquet($path)
@@ -250,9 +251,9 @@ def stage_lead_inputs(
         )
         recent = RECENT_ACTIVITY.format(contacts="SELECT id FROM features", **sources)
         path = folder / f"inputs-{number}.parquet"
-        quoted = str(path).replace("'", "''")
         conn.execute(
-            STAGE_LEADS_SQL.format(features=features, recent=recent, path=quoted), parameters
+            STAGE_LEADS_SQL.format(features=features, recent=recent, path=path_literal(path)),
+            parameters,
         )
         files.append(path if path.exists() else None)  # DuckDB writes no file for no rows
     if spread is not None:
@@ -285,7 +286,7 @@ COPY (
     JOIN (SELECT unnest($firsts::VARCHAR[]) AS first, unnest($lasts::VARCHAR[]) AS last,
                  unnest(range(len($firsts::VARCHAR[]))) AS pass) AS r
       ON s.{key} BETWEEN r.first AND r.last
-) TO '{folder}' (FORMAT parquet, PARTITION_BY (pass))
+) TO {folder} (FORMAT parquet, PARTITION_BY (pass))
 """
 
 
@@ -303,23 +304,23 @@ def spread_lead_sources(
     bounds = {"firsts": [ids[0] for ids in passes], "lasts": [ids[-1] for ids in passes]}
     for name, (source, key) in SPREAD_SOURCES.items():
         parameters = bounds | ({"ids": None, "as_of": as_of} if name == "points" else {})
-        target = str(folder / name).replace("'", "''")
+        target = path_literal(folder / name)
         conn.execute(SPREAD_SQL.format(source=source, key=key, folder=target), parameters)
-    companies = str(folder / "company_log.parquet").replace("'", "''")
+    companies = path_literal(folder / "company_log.parquet")
     conn.execute(
         "COPY (SELECT object_id, occurred_at, event_id, properties FROM change_log "
-        f"WHERE object_type = 'company') TO '{companies}' (FORMAT parquet)"
+        f"WHERE object_type = 'company') TO {companies} (FORMAT parquet)"
     )
     spread: list[dict[str, str] | None] = []
     for number in range(len(passes)):
         if not (folder / "points" / f"pass={number}").is_dir():
             spread.append(None)
             continue
-        relations = {"company_log": f"read_parquet('{companies}')"}
+        relations = {"company_log": f"read_parquet({companies})"}
         for name in SPREAD_SOURCES:
             files = folder / name / f"pass={number}"
             relations[name] = (
-                f"read_parquet('{str(files).replace(chr(39), chr(39) * 2)}/*.parquet')"
+                f"read_parquet({path_literal(files / '*.parquet')})"
                 if files.is_dir()
                 else f"(SELECT * FROM {LEAD_SOURCES[name]} WHERE false)"
             )

@@ -458,6 +458,46 @@ def test_the_incremental_check_starts_at_the_last_verified_anchor(gov):
     assert verify(gov.conn, gov.anchor, since=unanchored).verified_from == 0
 
 
+def test_the_chain_verified_in_ranges_finds_what_the_whole_chain_finds(gov):
+    gov.propose_and_judge()
+    gov.dispatch()
+    whole = verify(gov.conn, gov.anchor)
+    # Ten rows per query: each range starts from the last row and hash of the one before.
+    ranged = verify(gov.conn, gov.anchor, rows_per_range=10)
+    assert whole.intact and ranged.intact and ranged.rows == whole.rows > 100
+
+    def both() -> list[str]:
+        found = verify(gov.conn, gov.anchor, rows_per_range=10).problems
+        assert found == verify(gov.conn, gov.anchor).problems
+        return found
+
+    set_actor = "UPDATE governance.audit_log SET actor = ? WHERE seq = ?"
+    changed = whole.rows - 15  # in a late range
+    (actor,) = gov.conn.execute(
+        "SELECT actor FROM governance.audit_log WHERE seq = ?", [changed]
+    ).fetchone()
+    gov.conn.execute(set_actor, ["human:mallory", changed])
+    assert both() == [f"row {changed}: content does not match its hash"]
+    gov.conn.execute(set_actor, [actor, changed])
+
+    # The last row of a range removed: the next range's first row is not linked, and every
+    # row after it is one place late.
+    gov.conn.execute("DELETE FROM governance.audit_log WHERE seq = 50")
+    found = both()
+    assert found[:3] == [
+        "row 51 found where row 50 should be",
+        "row 51: previous hash does not match the row before",
+        "row 52 found where row 51 should be",
+    ]
+    # A row far past the others: found at once, not after a walk over empty ranges.
+    gov.conn.execute(
+        "INSERT INTO governance.audit_log SELECT * REPLACE (1000000000000 AS seq) "
+        "FROM governance.audit_log WHERE seq = 49"
+    )
+    far = verify(gov.conn, gov.anchor, rows_per_range=10, max_problems=10_000).problems
+    assert f"row 1000000000000 found where row {whole.rows} should be" in far
+
+
 def test_no_revorch_code_updates_or_deletes_the_audit_log():
     root = Path(__file__).resolve().parents[1]
     offenders = []

@@ -294,16 +294,17 @@ class Verification:
         return lines
 
 
-# Rows out of place, not linked to the row before, or whose content no longer matches; only
-# the rows after row {after} (the last verified anchor, or 0 for the whole chain), whose hash
-# was {after_hash}. The rows are in seq order on disk, so DuckDB skips the older row groups.
+# Rows out of place, not linked to the row before, or whose content no longer matches, among
+# the rows after row $after up to row $until: one range of the chain. $position is the number
+# of rows before the range (where its first row should be), $after_hash the hash of the row
+# before it. The rows are in seq order on disk, so DuckDB skips the row groups outside it.
 BROKEN_ROWS_SQL = f"""
 WITH chain AS (
-    SELECT seq, {{after}} + row_number() OVER (ORDER BY seq) AS position, prev_hash, hash,
-           lag(hash, 1, '{{after_hash}}') OVER (ORDER BY seq) AS previous_row_hash,
+    SELECT seq, $position + row_number() OVER (ORDER BY seq) AS position, prev_hash, hash,
+           lag(hash, 1, $after_hash) OVER (ORDER BY seq) AS previous_row_hash,
            sha256(prev_hash || {DIGEST_SQL}) AS recomputed
     FROM governance.audit_log
-    WHERE seq > {{after}}
+    WHERE seq > $after AND seq <= $until
 )
 SELECT seq, position, seq = position AS in_place, prev_hash = previous_row_hash AS linked,
        recomputed = hash AS sealed
@@ -312,6 +313,49 @@ WHERE seq <> position OR prev_hash <> previous_row_hash OR recomputed <> hash
 ORDER BY seq
 LIMIT $limit
 """
+
+# Rows verified per query. A first run's whole trail in one query (about 40M rows at ten
+# million contacts) sorted every row's content at once and spilled past 17 GB
+# (bench/README.md); a range of rows is verified with the last hash of the range before it.
+ROWS_PER_RANGE = 1_000_000
+
+
+def _broken_rows(
+    conn: duckdb.DuckDBPyConnection,
+    start: int,
+    start_hash: str,
+    limit: int,
+    rows_per_range: int,
+) -> list[tuple[int, int, bool, bool, bool]]:
+    """The broken rows after row ``start`` (whose hash was ``start_hash``), range by range,
+    each range linked to the last row of the one before; at most ``limit`` of them."""
+    broken: list[tuple[int, int, bool, bool, bool]] = []
+    after, position, after_hash = start, start, start_hash
+    while len(broken) < limit:
+        # From the next row there is, so a row with a far-off seq does not mean a long walk.
+        (first,) = conn.execute(
+            "SELECT min(seq) FROM governance.audit_log WHERE seq > ?", [after]
+        ).fetchone()
+        if first is None:
+            break
+        until = first + rows_per_range - 1
+        bounds = {"after": after, "until": until}
+        broken += conn.execute(
+            BROKEN_ROWS_SQL,
+            {
+                **bounds,
+                "position": position,
+                "after_hash": after_hash,
+                "limit": limit - len(broken),
+            },
+        ).fetchall()
+        rows, last_hash = conn.execute(
+            "SELECT count(*), arg_max(hash, seq) FROM governance.audit_log "
+            "WHERE seq > $after AND seq <= $until",
+            bounds,
+        ).fetchone()
+        after, position, after_hash = until, position + rows, last_hash
+    return broken
 
 
 def checkpoint_path(anchor_path: Path) -> Path:
@@ -350,6 +394,7 @@ def verify(
     dagster_anchors: list[Anchor] | None = None,
     max_problems: int = 20,
     since: Anchor | None = None,
+    rows_per_range: int = ROWS_PER_RANGE,
 ) -> Verification:
     """Recompute every row's hash and link, and compare the chain with the anchors: those of
     ``anchor_path`` and, when given, those recorded in the Dagster instance. Each source must
@@ -358,7 +403,10 @@ def verify(
     ``since`` (the last verified anchor, :func:`read_checkpoint`) makes it incremental: when
     that row still has that hash, the rows before it still number ``since.seq`` and every
     anchor source still holds it, only the rows and anchors after it are checked. Otherwise
-    the whole chain is. ``report.verified`` is the anchor to start from next time."""
+    the whole chain is. ``report.verified`` is the anchor to start from next time.
+
+    The rows are recomputed ``rows_per_range`` at a time, each range linked to the last hash
+    of the one before, so memory does not grow with the trail."""
     report = Verification()
     report.rows = conn.execute("SELECT count(*) FROM governance.audit_log").fetchone()[0]
     report.head_seq, report.head_hash = _head(conn)
@@ -367,10 +415,9 @@ def verify(
     if after is not None:
         report.verified_from = after.seq
     start, start_hash = (after.seq, after.hash) if after else (0, GENESIS)
-    broken = BROKEN_ROWS_SQL.format(after=int(start), after_hash=_hex(start_hash))
-    for seq, position, in_place, linked, sealed in conn.execute(
-        broken, {"limit": max_problems}
-    ).fetchall():
+    for seq, position, in_place, linked, sealed in _broken_rows(
+        conn, start, start_hash, max_problems, rows_per_range
+    ):
         if not in_place:
             report.problems.append(f"row {seq} found where row {position} should be")
         if not linked:
@@ -425,13 +472,9 @@ def _still_holds(
 ) -> bool:
     """Whether the chain up to ``since`` is still the one verified: that row has that hash,
     there are exactly ``since.seq`` rows up to it, and every anchor source holds it."""
-    if (
-        not sources
-        or not _is_hex(since.hash)
-        or any(
-            not any(a.seq == since.seq and a.hash == since.hash for a in anchors)
-            for _, anchors in sources
-        )
+    if not sources or any(
+        not any(a.seq == since.seq and a.hash == since.hash for a in anchors)
+        for _, anchors in sources
     ):
         return False
     rows, found = conn.execute(
@@ -440,17 +483,6 @@ def _still_holds(
         {"seq": since.seq},
     ).fetchone()
     return rows == since.seq and found == since.hash
-
-
-def _is_hex(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-def _hex(value: str) -> str:
-    """A hash to put into SQL text: hexadecimal digits only, so it cannot carry SQL."""
-    if not _is_hex(value):
-        raise ValueError(f"not a SHA-256 hex digest: {value!r}")
-    return value
 
 
 def _match(

@@ -30,6 +30,47 @@ mutation Launch($selector: JobOrPipelineSelector!, $config: RunConfigData) {
 """
 
 
+SCHEDULE_ID = """
+query Schedule($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) { __typename ... on Schedule { id } }
+}
+"""
+STOP_SCHEDULE = """
+mutation Stop($id: String) {
+  stopRunningSchedule(id: $id) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def _stop_schedule(port: int, name: str) -> None:
+    """Turn a schedule off, as its toggle in the UI does."""
+    (repo,) = latency.graphql(port, latency.REPOSITORY_QUERY)["repositoriesOrError"]["nodes"]
+    selector = {
+        "repositoryLocationName": repo["location"]["name"],
+        "repositoryName": repo["name"],
+        "scheduleName": name,
+    }
+    found = latency.graphql(port, SCHEDULE_ID, {"selector": selector})["scheduleOrError"]
+    assert found["__typename"] == "Schedule", found
+    stopped = latency.graphql(port, STOP_SCHEDULE, {"id": found["id"]})["stopRunningSchedule"]
+    assert stopped.get("scheduleState", {}).get("status") == "STOPPED", stopped
+
+
+def _sent_by(home: Path, action_id: str) -> list[str]:
+    """The runs whose dispatcher recorded sending the action."""
+    with duckdb.connect(str(home / "revorch.duckdb"), read_only=True) as conn:
+        rows = conn.execute(
+            "SELECT run_id FROM governance.audit_log "
+            "WHERE action_id = ? AND event = 'dispatched' ORDER BY seq",
+            [action_id],
+        ).fetchall()
+    return [run_id for (run_id,) in rows]
+
+
 def _launch_review(port: int, config: dict) -> str:
     (repo,) = latency.graphql(port, latency.REPOSITORY_QUERY)["repositoriesOrError"]["nodes"]
     selector = {
@@ -80,6 +121,9 @@ def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path)
     try:
         dev.start()
         dev.wait_ready(timeout=240)
+        # The hourly approval check (approve_and_dispatch, at :30) also sends what is approved:
+        # off, so that the run which sends the approval is the sensor's, whatever the hour.
+        _stop_schedule(dev.port, "approval_sla_check_schedule")
         latency.wait_for_batches(published, seed_ids, timeout=300)
 
         def two_waiting() -> list[str] | None:
@@ -97,6 +141,8 @@ def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path)
         waiting = _wait(two_waiting, 900, "two actions the shipped policy holds for approval")
         approved, rejected = waiting[0], waiting[1]
         assert approved not in _outbox_ids(home)
+        # The decide lane's run that held them has ended: nothing but the sensor sends next.
+        latency.wait_runs_settled(dev.port, timeout=300)
 
         review = {"action_ids": [approved], "decision": "approve", "reviewer": "alice"}
         run = _reviewed(dev.port, review)
@@ -121,7 +167,10 @@ def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path)
         dev.stop()
 
     dispatches = latency.sensor_runs(run_list, sensor="approved_actions_sensor")
-    assert dispatches and {r["jobName"] for r in dispatches} == {"dispatch_actions"}
+    assert {r["jobName"] for r in dispatches} == {"dispatch_actions"}
+    (sent_by,) = _sent_by(home, approved)
+    sender = [r for r in run_list if r["runId"] == sent_by]
+    assert sender and sender[0] in dispatches, f"sent by {sender or sent_by}, not the sensor's run"
     sent = _outbox_ids(home)
     assert sent.count(approved) == 1
     assert rejected not in sent

@@ -7,8 +7,11 @@ Builds a fresh state store (the migrations) and appends ``--rows`` audit rows (v
 dispatches, as a first run writes them) with ``audited``, anchored like every write. Then:
 the full verification (``revorch audit verify``), which records the verified anchor; a run's
 worth of new rows (``--added``: about four per changed contact); the check as each run makes
-it (incremental, from the verified anchor); and the full verification again. CPU seconds are
-the process's (DuckDB's threads included); the best of ``--tries``.
+it (incremental, from the verified anchor); and the full verification again, then once more
+as one query over the whole chain (how it was verified before session 34), to show what the
+ranges save. CPU seconds are the process's (DuckDB's threads included); the best of
+``--tries``. Peak MB is the process's peak resident memory so far: the one-query verification
+runs last, so the rows before it show the ranges' peak.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import duckdb  # noqa: E402
 
 from ingest import machine  # noqa: E402
 from revorch.governance.audit import (  # noqa: E402
+    ROWS_PER_RANGE,
     AuditEvent,
     audited,
     read_checkpoint,
@@ -61,6 +65,10 @@ def grow(conn: duckdb.DuckDBPyConnection, anchor: Path, rows: int, start: int) -
             trail.extend(events)
 
 
+def peak_mb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 def timed(tries: int, check) -> tuple[float, float, object]:
     best = None
     for _ in range(tries):
@@ -84,15 +92,18 @@ def main() -> None:
     migrate(conn)
     anchor = workdir / "anchors.jsonl"
     grow(conn, anchor, args.rows, 0)
-    print("| chain rows | verification | rows recomputed | CPU s | wall s | intact |")
-    print("|---|---|---|---|---|---|")
+    print(f"appended {args.rows:,} rows; peak {peak_mb():,} MB\n")
+    print("| chain rows | verification | rows recomputed | CPU s | wall s | peak MB | intact |")
+    print("|---|---|---|---|---|---|---|")
 
-    def row(rows: int, label: str, since) -> None:
-        cpu_s, wall_s, report = timed(args.tries, lambda: verify(conn, anchor, since=since))
+    def row(rows: int, label: str, since, per_range: int = ROWS_PER_RANGE) -> None:
+        cpu_s, wall_s, report = timed(
+            args.tries, lambda: verify(conn, anchor, since=since, rows_per_range=per_range)
+        )
         recomputed = report.head_seq - report.verified_from
         print(
             f"| {rows:,} | {label} | {recomputed:,} | {cpu_s:.2f} | {wall_s:.2f} | "
-            f"{report.intact} |",
+            f"{peak_mb():,} | {report.intact} |",
             flush=True,
         )
         write_checkpoint(anchor, report)
@@ -102,6 +113,7 @@ def main() -> None:
     total = args.rows + args.added
     row(total, "incremental (the check, from the verified anchor)", read_checkpoint(anchor))
     row(total, "full (`revorch audit verify`)", None)
+    row(total, "full, as one query (before session 34)", None, per_range=total)
     load = os.getloadavg()[0]
     print(f"\nload after: {load:.1f}")
 

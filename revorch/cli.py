@@ -36,7 +36,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -261,6 +261,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the rows after the last verified anchor (the default recomputes every row)",
     )
+    audit.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a bar of the rows verified (default: on a terminal, not under CI=true)",
+    )
     audit.set_defaults(handler=_audit)
 
     policy = commands.add_parser("policy", help="check the policy against a compromised model")
@@ -446,6 +452,24 @@ def _progress_bar(what: str, args: argparse.Namespace):
 
     print(f"Simulating {args.contacts:,} contacts (the whole history is planned first)...")
     return lambda items, total: tqdm(items, total=total, desc=what, unit="batch", file=sys.stderr)
+
+
+@contextmanager
+def _rows_progress(what: str, asked: bool | None) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar of rows on stderr, moved by calls of (rows done, rows in all); None when
+    progress is off (see ``_wants_progress``)."""
+    if not _wants_progress(asked):
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=what, unit="row", unit_scale=True, file=sys.stderr) as bar:
+
+        def shown(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield shown
 
 
 def _wants_progress(asked: bool | None) -> bool:
@@ -1262,8 +1286,8 @@ def _audit(args: argparse.Namespace) -> int:
     anchor = settings.audit_anchor_path()
     since = read_checkpoint(anchor) if args.incremental else None
     try:
-        with reading(working=True) as conn:
-            report = verify(conn, anchor, dagster_anchors=anchors, since=since)
+        with reading(working=True) as conn, _rows_progress("Verifying", args.progress) as shown:
+            report = verify(conn, anchor, dagster_anchors=anchors, since=since, progress=shown)
     except NoState as error:
         raise RevorchError(f"{error}; nothing to verify") from error
     except StateBusy:

@@ -163,6 +163,9 @@ def test_a_person_approves_and_rejects_from_the_command_line_and_dispatch_sends_
 
     verified = _revorch("audit", "verify", cwd=tmp_path)
     assert verified.returncode == 0 and "intact" in verified.stdout
+    assert "Verifying" not in verified.stderr  # no bar in a pipe unless asked for
+    shown = _revorch("audit", "verify", "--progress", cwd=tmp_path)
+    assert shown.returncode == 0 and "Verifying" in shown.stderr and "100%" in shown.stderr
     with duckdb.connect(str(tmp_path / ".revorch" / "revorch.duckdb")) as conn:
         company = conn.execute(
             "SELECT company_id FROM governance.actions WHERE action_id = ?", [chosen]

@@ -463,8 +463,13 @@ def test_the_chain_verified_in_ranges_finds_what_the_whole_chain_finds(gov):
     gov.dispatch()
     whole = verify(gov.conn, gov.anchor)
     # Ten rows per query: each range starts from the last row and hash of the one before.
-    ranged = verify(gov.conn, gov.anchor, rows_per_range=10)
+    shown = []
+    ranged = verify(
+        gov.conn, gov.anchor, rows_per_range=10, progress=lambda *done: shown.append(done)
+    )
     assert whole.intact and ranged.intact and ranged.rows == whole.rows > 100
+    # Told after each range: the rows recomputed so far, of all of them.
+    assert shown == [(min(n, whole.rows), whole.rows) for n in range(10, whole.rows + 10, 10)]
 
     def both() -> list[str]:
         found = verify(gov.conn, gov.anchor, rows_per_range=10).problems

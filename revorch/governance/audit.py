@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -326,9 +326,11 @@ def _broken_rows(
     start_hash: str,
     limit: int,
     rows_per_range: int,
+    progress: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, bool, bool, bool]]:
     """The broken rows after row ``start`` (whose hash was ``start_hash``), range by range,
-    each range linked to the last row of the one before; at most ``limit`` of them."""
+    each range linked to the last row of the one before; at most ``limit`` of them.
+    ``progress`` is called after each range with the rows verified so far."""
     broken: list[tuple[int, int, bool, bool, bool]] = []
     after, position, after_hash = start, start, start_hash
     while len(broken) < limit:
@@ -355,6 +357,8 @@ def _broken_rows(
             bounds,
         ).fetchone()
         after, position, after_hash = until, position + rows, last_hash
+        if progress is not None:
+            progress(position - start)
     return broken
 
 
@@ -395,6 +399,7 @@ def verify(
     max_problems: int = 20,
     since: Anchor | None = None,
     rows_per_range: int = ROWS_PER_RANGE,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Verification:
     """Recompute every row's hash and link, and compare the chain with the anchors: those of
     ``anchor_path`` and, when given, those recorded in the Dagster instance. Each source must
@@ -406,7 +411,8 @@ def verify(
     the whole chain is. ``report.verified`` is the anchor to start from next time.
 
     The rows are recomputed ``rows_per_range`` at a time, each range linked to the last hash
-    of the one before, so memory does not grow with the trail."""
+    of the one before, so memory does not grow with the trail. ``progress`` is called after
+    each range with the rows recomputed so far and the rows to recompute."""
     report = Verification()
     report.rows = conn.execute("SELECT count(*) FROM governance.audit_log").fetchone()[0]
     report.head_seq, report.head_hash = _head(conn)
@@ -415,8 +421,10 @@ def verify(
     if after is not None:
         report.verified_from = after.seq
     start, start_hash = (after.seq, after.hash) if after else (0, GENESIS)
+    to_verify = report.rows - start  # _still_holds counted the rows up to row start
+    done = None if progress is None else (lambda rows: progress(rows, to_verify))
     for seq, position, in_place, linked, sealed in _broken_rows(
-        conn, start, start_hash, max_problems, rows_per_range
+        conn, start, start_hash, max_problems, rows_per_range, done
     ):
         if not in_place:
             report.problems.append(f"row {seq} found where row {position} should be")

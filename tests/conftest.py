@@ -122,6 +122,19 @@ def conn(db_path: Path, state_backend: str):
     connection.close()
 
 
+def read_state(database: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the state a test's runs wrote: the file ``database``, or on
+    DuckLake (``state_backend``) this test's lake, where those runs wrote instead."""
+    if access.is_lake():
+        connection = lake_connection(
+            settings.ducklake_catalog_dsn(), settings.ducklake_data_path(), {}, read_only=True
+        )
+    else:
+        connection = duckdb.connect(str(database), read_only=True)
+    connection.execute("SET TimeZone = 'UTC'")
+    return connection
+
+
 def ingest_and_stage(
     database: Path,
     zone: LandingZone,
@@ -670,7 +683,8 @@ def lake_home(
             monkeypatch.delenv(name)
     home = simulated_crm.copy("governed", tmp_path / "crm-governed", into_lake=False)
     (tmp_path / "mcp.yaml").write_text("version: 1\nclients:\n  desk: {scopes: [read, propose]}\n")
-    with lake_templates.crm(simulated_crm, "governed").clone(tmp_path / "lake") as lake:
+    # Not tmp_path / "lake": with ``--state-backend ducklake`` that is ``migrated_lake``'s.
+    with lake_templates.crm(simulated_crm, "governed").clone(tmp_path / "crm-lake") as lake:
         environment = {
             "REVORCH_STATE_BACKEND": "ducklake",
             "REVORCH_DUCKLAKE_CATALOG": lake.catalog,

@@ -170,12 +170,13 @@ def _seed_outbox(lake: StateStore, governed_db: Path) -> int:
 
 @pytest.mark.slow
 def test_two_ingestions_and_the_dispatcher_write_at_once_on_ducklake(
-    lake_store: StateStore, copy_crm: Callable, tmp_path: Path
+    lake_store: StateStore, simulated_crm, tmp_path: Path
 ):
     """Three writers at the same time, each with its own connections and transactions, no
     writer lock: two ingestions taking the same batches (the harshest overlap) and the
     dispatcher sending the outbox. No error, every event once, every action sent once."""
-    governed = copy_crm("governed")
+    # The CRM's file only (not copy_crm: with --state-backend ducklake it would fill this lake).
+    governed = simulated_crm.copy("governed", tmp_path / "crm", into_lake=False)
     ready = _seed_outbox(lake_store, governed.database)
     assert ready > 0
     zone = LandingZone(tmp_path / "landing").ensure()

@@ -30,12 +30,8 @@ def default_resources() -> dict[str, object]:
     return {
         # REVORCH_CLOCK: wall (default), data (replay history) or an instant (revorch/clock.py).
         # REVORCH_STATE_BACKEND: duckdb (the file, default) or ducklake (docs/deployment.md).
-        "state_store": StateStore(
-            database=str(settings.database_path()),
-            clock=_from_env("REVORCH_CLOCK") or "wall",
-            backend=settings.state_backend(),
-            catalog_dsn=_from_env("REVORCH_DUCKLAKE_CATALOG"),
-            data_path=settings.ducklake_data_path(),
+        "state_store": StateStore.configured(
+            settings.database_path(), clock=_from_env("REVORCH_CLOCK") or "wall"
         ),
         "landing_zone": LandingZoneResource(path=str(settings.landing_path())),
         "lifecycle": LifecycleConfigResource(path=str(settings.lifecycle_config_path())),

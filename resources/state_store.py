@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -42,6 +43,19 @@ class StateStore(DuckDBResource):
     # DuckDB's memory cap (``4GB``); None: settings.duckdb_memory_limit(). Past it DuckDB
     # spills to its temp directory, ``<database>.tmp`` in REVORCH_HOME for the file.
     memory_limit: str | None = None
+
+    @classmethod
+    def configured(cls, database: str | Path, **options: str) -> StateStore:
+        """The store at ``database`` on the environment's backend (REVORCH_STATE_BACKEND):
+        the file, or the DuckLake REVORCH_DUCKLAKE_CATALOG and REVORCH_DUCKLAKE_DATA name
+        (``database`` unused there)."""
+        return cls(
+            database=str(database),
+            backend=settings.state_backend(),
+            catalog_dsn=settings.ducklake_catalog_dsn(),
+            data_path=settings.ducklake_data_path(),
+            **options,
+        )
 
     @property
     def is_lake(self) -> bool:

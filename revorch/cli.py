@@ -331,7 +331,8 @@ def _estate_import(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise RevorchError(f"no file {args.file}")
     settings.database_path().parent.mkdir(parents=True, exist_ok=True)
-    store = StateStore(database=str(settings.database_path()))
+    # On DuckLake the catalog the audit reads, not the file.
+    store = StateStore.configured(settings.database_path())
     try:
         with store.get_connection() as conn:
             result = import_inventory(conn, args.file, args.format)

@@ -25,7 +25,6 @@ from orch_assets.sources.simulator import simulate_crm
 from orch_assets.stages.assets import stage_assets
 from orch_assets.stages.checks import stage_checks
 from resources import LandingZoneResource, StateStore, default_resources
-from revorch import settings
 from sensors.approvals import approved_actions_sensor
 from sensors.landing_zone import landing_zone_sensor
 from sensors.recovery import abandoned_runs_sensor
@@ -137,13 +136,7 @@ def materialize(
     chosen = {**defs.resources}
     if database is not None:
         # On REVORCH_STATE_BACKEND=ducklake the environment's lake, whatever ``database`` is.
-        chosen["state_store"] = StateStore(
-            database=str(database),
-            clock=clock,
-            backend=settings.state_backend(),
-            catalog_dsn=settings.ducklake_catalog_dsn(),
-            data_path=settings.ducklake_data_path(),
-        )
+        chosen["state_store"] = StateStore.configured(database, clock=clock)
     if landing is not None:
         chosen["landing_zone"] = LandingZoneResource(path=str(landing))
     # The console gets warnings only, as from the CLI; every event is still in the result.

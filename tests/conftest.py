@@ -5,8 +5,9 @@ import pickle
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -594,6 +595,64 @@ def migrated_lake(lake_templates: LakeTemplates, tmp_path: Path) -> Iterator[Lak
         yield lake
 
 
+@contextmanager
+def _own_lake(request: pytest.FixtureRequest, folder: Path) -> Iterator[Lake | None]:
+    if not access.is_lake():
+        yield None
+        return
+    templates: LakeTemplates = request.getfixturevalue("lake_templates")
+    with templates.migrated().clone(folder) as lake, pytest.MonkeyPatch.context() as env:
+        env.setenv("REVORCH_DUCKLAKE_CATALOG", lake.catalog)
+        env.setenv("REVORCH_DUCKLAKE_DATA", str(lake.data))
+        yield lake
+
+
+@pytest.fixture
+def own_lake(
+    request: pytest.FixtureRequest,
+) -> Callable[[Path], AbstractContextManager[Lake | None]]:
+    """``with own_lake(folder):`` the block's runs get a state store of their own, as each
+    ``database`` is its own file on the embedded backend: on DuckLake (``state_backend``) a
+    fresh migrated lake under ``folder``, which the environment names for the block."""
+    return partial(_own_lake, request)
+
+
+@contextmanager
+def copied_state(request: pytest.FixtureRequest, database: Path, copy: Path) -> Iterator[Path]:
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    if not access.is_lake():
+        shutil.copyfile(database, copy)
+        try:
+            yield copy
+        finally:
+            copy.unlink()
+        return
+    source = f"ducklake:postgres:{settings.ducklake_catalog_dsn()}"  # this test's lake
+    folder = copy.with_name(f"{copy.stem}-lake")
+    try:
+        with _own_lake(request, folder) as lake:
+            assert lake is not None
+            with closing(duckdb.connect(":memory:", config=OFFLINE_CONFIG)) as conn:
+                attach_lake(conn, lake.catalog, str(lake.data))
+                copy_into_lake(conn, source)
+            yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+StateCopy = Callable[[Path, Path], AbstractContextManager[Path]]
+
+
+@pytest.fixture
+def state_copy(request: pytest.FixtureRequest) -> StateCopy:
+    """``with state_copy(database, copy):`` a second, independent state store for the block,
+    a copy of what the test's runs wrote to ``database``; ``materialize(database=copy)``,
+    ``read_state(copy)`` and ``CrmHome(copy.parent).connect()`` (if it is named
+    revorch.duckdb) use it. On the file, the file ``copy``; on DuckLake (``state_backend``) a
+    second lake beside it with every table and view of the test's lake (``own_lake``)."""
+    return partial(copied_state, request)
+
+
 @pytest.fixture
 def lake_store(migrated_lake: Lake):
     """A StateStore on this test's DuckLake (``migrated_lake``)."""
@@ -611,9 +670,10 @@ def lake_store(migrated_lake: Lake):
 # -- the shared CRM's state in a DuckLake -------------------------------------------------------
 
 
-def copy_into_lake(conn: duckdb.DuckDBPyConnection, database: Path) -> None:
-    """Every table and view of the state store file ``database`` into the (migrated) lake."""
-    conn.execute(f"ATTACH '{database}' AS seed (READ_ONLY)")
+def copy_into_lake(conn: duckdb.DuckDBPyConnection, source: Path | str) -> None:
+    """Every table and view of the state store ``source`` into the (migrated) lake: a file,
+    or what ATTACH takes (another lake: ``ducklake:postgres:<catalog>``)."""
+    conn.execute(f"ATTACH '{source}' AS seed (READ_ONLY)")
     try:
         in_lake = {
             (s, t)

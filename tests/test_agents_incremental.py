@@ -3,7 +3,6 @@ decide as a full recompute would, make no model call when nothing changed, and n
 change when a run dies before recording."""
 
 import dataclasses
-import shutil
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -104,47 +103,47 @@ def test_a_run_with_nothing_changed_builds_no_input_and_calls_no_model(home):
     conn.close()
 
 
-@pytest.mark.file_only(
-    "compares with a second state store copied from the file mid-test; a test gets one lake"
-)
-def test_a_change_to_a_few_contacts_rebuilds_those_and_decides_as_a_full_recompute(home, tmp_path):
+def test_a_change_to_a_few_contacts_rebuilds_those_and_decides_as_a_full_recompute(
+    home, tmp_path, state_copy
+):
     conn = connect(home)
     for name in OUTPUTS:
         decide(conn, name)
     leads = open_leads(conn, 6)
     conn.close()
     change_contacts(home, leads[:3], leads[3:])
-    copy = CrmHome(tmp_path / "full")
-    copy.root.mkdir()
-    shutil.copy(home.database, copy.database)
-    incremental, full = connect(home), connect(copy)
+    incremental = connect(home)  # on DuckLake this test's lake, before the copy's is named
+    with state_copy(home.database, tmp_path / "full" / "revorch.duckdb") as copy:
+        full = connect(CrmHome(copy.parent))
 
-    built = {}
-    for name in OUTPUTS:
-        items, _, _ = decide(incremental, name)
-        everything, full_scope, _ = decide(full, name, full=True)
-        assert full_scope.ids is None and len(everything) >= len(items)
-        by_id = {item["id"]: item for item in everything}
-        # What the incremental run built is what the full one built for the same items.
-        assert all(by_id[item["id"]] == item for item in items), name
-        built[name] = {item["id"] for item in items}
+        built = {}
+        for name in OUTPUTS:
+            items, _, _ = decide(incremental, name)
+            everything, full_scope, _ = decide(full, name, full=True)
+            assert full_scope.ids is None and len(everything) >= len(items)
+            by_id = {item["id"]: item for item in everything}
+            # What the incremental run built is what the full one built for the same items.
+            assert all(by_id[item["id"]] == item for item in items), name
+            built[name] = {item["id"] for item in items}
 
-    still_open = set(
-        open_leads(incremental, 10**6)
-        + [r[0] for r in incremental.execute(
-            "SELECT entity_id FROM stages.entity_stages WHERE entity_type = 'contact' "
-            "AND stage IN ('mql', 'sql')").fetchall()]
-    )  # fmt: skip
-    assert built[LEADS] == set(leads) & still_open and set(leads[:3]) <= built[LEADS]
-    assert set(incremental.execute(DECISIONS).fetchall()) == set(full.execute(DECISIONS).fetchall())
-    retitled = incremental.execute(
-        "SELECT count(DISTINCT entity_id) FROM agents.decisions WHERE agent = ? "
-        "AND (input->>'job_title') = 'Chief Incremental Officer'",
-        [LEADS],
-    ).fetchone()[0]
-    assert retitled == 3
-    incremental.close()
-    full.close()
+        still_open = set(
+            open_leads(incremental, 10**6)
+            + [r[0] for r in incremental.execute(
+                "SELECT entity_id FROM stages.entity_stages WHERE entity_type = 'contact' "
+                "AND stage IN ('mql', 'sql')").fetchall()]
+        )  # fmt: skip
+        assert built[LEADS] == set(leads) & still_open and set(leads[:3]) <= built[LEADS]
+        assert set(incremental.execute(DECISIONS).fetchall()) == set(
+            full.execute(DECISIONS).fetchall()
+        )
+        retitled = incremental.execute(
+            "SELECT count(DISTINCT entity_id) FROM agents.decisions WHERE agent = ? "
+            "AND (input->>'job_title') = 'Chief Incremental Officer'",
+            [LEADS],
+        ).fetchone()[0]
+        assert retitled == 3
+        incremental.close()
+        full.close()
 
 
 def test_a_run_that_dies_before_recording_leaves_the_changes_for_the_next(home):
@@ -202,10 +201,9 @@ def test_the_assets_run_incrementally_and_a_full_rebuild_rebuilds_every_input(ho
         assert set(conn.execute(DECISIONS).fetchall()) == before
 
 
-@pytest.mark.file_only(
-    "compares with a second state store copied from the file mid-test; a test gets one lake"
-)
-def test_a_clock_move_rebuilds_only_the_renewals_and_onboardings_it_touched(home, tmp_path):
+def test_a_clock_move_rebuilds_only_the_renewals_and_onboardings_it_touched(
+    home, tmp_path, state_copy
+):
     """Their stage tables are kept by key: a move of the clock rebuilds the items whose rows
     or windows it moved over, and decides as a full recompute does."""
     agents = ("renewal_risk", "onboarding_plan")
@@ -216,27 +214,28 @@ def test_a_clock_move_rebuilds_only_the_renewals_and_onboardings_it_touched(home
     # Two days later, nothing new: the stages run at the new clock, then the agents.
     later = NOW + timedelta(days=2)
     ingest_and_stage(home.database, home.landing, clock_setting=later.isoformat())
-    copy = CrmHome(tmp_path / "full")
-    copy.root.mkdir()
-    shutil.copy(home.database, copy.database)
-    incremental, full = home.connect(), copy.connect()
-    for each in (incremental, full):
-        clock.bind(each, later.isoformat())
+    incremental = home.connect()  # on DuckLake this test's lake, before the copy's is named
+    with state_copy(home.database, tmp_path / "full" / "revorch.duckdb") as copy:
+        full = CrmHome(copy.parent).connect()
+        for each in (incremental, full):
+            clock.bind(each, later.isoformat())
 
-    for name in agents:
-        items, scope, _ = decide(incremental, name)
-        everything, _, _ = decide(full, name, full=True)
-        assert everything or name == "onboarding_plan"  # this CRM has renewals to decide
-        # Onboarding inputs count days to the week: a new week rebuilds them all.
-        new_week = name == "onboarding_plan" and later.isocalendar()[1] != NOW.isocalendar()[1]
-        if not new_week:
-            # Not rebuilt whole because the clock moved: only what it moved over, maybe none.
-            assert scope.why in ("changed", "unchanged"), name
-            assert len(items) < len(everything) or not everything, name
-    decisions = f"{DECISIONS} WHERE agent IN {agents}"
-    assert set(incremental.execute(decisions).fetchall()) == set(full.execute(decisions).fetchall())
-    incremental.close()
-    full.close()
+        for name in agents:
+            items, scope, _ = decide(incremental, name)
+            everything, _, _ = decide(full, name, full=True)
+            assert everything or name == "onboarding_plan"  # this CRM has renewals to decide
+            # Onboarding inputs count days to the week: a new week rebuilds them all.
+            new_week = name == "onboarding_plan" and later.isocalendar()[1] != NOW.isocalendar()[1]
+            if not new_week:
+                # Not rebuilt whole because the clock moved: only what it moved over, maybe none.
+                assert scope.why in ("changed", "unchanged"), name
+                assert len(items) < len(everything) or not everything, name
+        decisions = f"{DECISIONS} WHERE agent IN {agents}"
+        assert set(incremental.execute(decisions).fetchall()) == set(
+            full.execute(decisions).fetchall()
+        )
+        incremental.close()
+        full.close()
 
 
 def test_stable_inputs_hash_as_the_full_normalisation_and_decide_alike_in_frames(home, monkeypatch):

@@ -12,6 +12,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from conftest import read_state
+from revorch.state import access
 from test_live import latency
 
 pytestmark = pytest.mark.slow
@@ -60,9 +62,31 @@ def _stop_schedule(port: int, name: str) -> None:
     assert stopped.get("scheduleState", {}).get("status") == "STOPPED", stopped
 
 
+def _published(home: Path, published: Path) -> duckdb.DuckDBPyConnection:
+    """What the analysts (and the approvals sensor) read: the published copy, or on DuckLake
+    (``state_backend``; `dagster dev` gets the environment) this test's lake, live."""
+    if access.is_lake():
+        return read_state(home / "revorch.duckdb")
+    return duckdb.connect(str(published), read_only=True)
+
+
+def _wait_for_batches(home: Path, published: Path, batch_ids: list[str], timeout: float) -> None:
+    """Until every batch is in what the analysts read (:func:`_published`)."""
+    if not access.is_lake():
+        latency.wait_for_batches(published, batch_ids, timeout=timeout)
+        return
+
+    def ingested() -> bool:
+        with _published(home, published) as conn:
+            found = {b for (b,) in conn.execute("SELECT batch_id FROM landing_batches").fetchall()}
+        return set(batch_ids) <= found
+
+    _wait(ingested, timeout, f"{len(batch_ids)} seed batches in the lake")
+
+
 def _sent_by(home: Path, action_id: str) -> list[str]:
     """The runs whose dispatcher recorded sending the action."""
-    with duckdb.connect(str(home / "revorch.duckdb"), read_only=True) as conn:
+    with read_state(home / "revorch.duckdb") as conn:
         rows = conn.execute(
             "SELECT run_id FROM governance.audit_log "
             "WHERE action_id = ? AND event = 'dispatched' ORDER BY seq",
@@ -124,10 +148,10 @@ def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path)
         # The hourly approval check (approve_and_dispatch, at :30) also sends what is approved:
         # off, so that the run which sends the approval is the sensor's, whatever the hour.
         _stop_schedule(dev.port, "approval_sla_check_schedule")
-        latency.wait_for_batches(published, seed_ids, timeout=300)
+        _wait_for_batches(home, published, seed_ids, timeout=300)
 
         def two_waiting() -> list[str] | None:
-            with duckdb.connect(str(published), read_only=True) as conn:
+            with _published(home, published) as conn:
                 ids = [
                     r[0]
                     for r in conn.execute(
@@ -174,7 +198,7 @@ def test_an_approval_in_the_launchpad_is_dispatched_by_the_sensor_once(tmp_path)
     sent = _outbox_ids(home)
     assert sent.count(approved) == 1
     assert rejected not in sent
-    with duckdb.connect(str(home / "revorch.duckdb"), read_only=True) as conn:
+    with read_state(home / "revorch.duckdb") as conn:
         statuses = dict(
             conn.execute(
                 "SELECT action_id, status FROM governance.actions WHERE list_contains(?, action_id)",

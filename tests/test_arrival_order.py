@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import dagster as dg
@@ -24,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import CrmHome, StateCopy, copied_state, read_state
 from orch_assets.agents.assets import OFFLINE_MODELS
 from orch_assets.agents.backtest import MODEL_BACKTEST
 from orch_assets.governance.assets import PROPOSED_ACTIONS
@@ -125,14 +125,14 @@ class Revorch:
         return result
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-        conn = duckdb.connect(str(self.database), read_only=read_only)
-        conn.execute("SET TimeZone = 'UTC'")
-        return conn
+        """Its DuckDB file, or on DuckLake the lake the environment names."""
+        return read_state(self.database) if read_only else CrmHome(self.home).connect()
 
 
-def derived(revorch: Revorch, tmp: Path) -> dict[str, object]:
+def derived(revorch: Revorch, tmp: Path, state_copy: StateCopy) -> dict[str, object]:
     """Every table Revorch derives, each as a sorted list of rows, plus every agent's inputs
-    and the actions Revorch proposes from what it knows (on a copy: proposing writes)."""
+    and the actions Revorch proposes from what it knows (on a copy, ``state_copy``:
+    proposing writes)."""
     tables = {}
     with revorch.connect() as conn:
         for table in DERIVED_TABLES:
@@ -142,10 +142,10 @@ def derived(revorch: Revorch, tmp: Path) -> dict[str, object]:
         tables["inputs/ticket_triage"] = inputs.ticket_inputs(conn)
         tables["inputs/renewal_risk"] = inputs.renewal_inputs(conn, config=load_lifecycle_config())
         tables["inputs/onboarding_plan"] = inputs.onboarding_inputs(conn)
-    copy = tmp / "proposals.duckdb"
-    shutil.copyfile(revorch.database, copy)
-    with duckdb.connect(str(copy)) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
+    with (
+        state_copy(revorch.database, tmp / "proposals" / "revorch.duckdb") as copy,
+        CrmHome(copy.parent).connect() as conn,
+    ):
         conn.execute("DELETE FROM governance.actions")
         propose(conn, run_id="compare", anchor_path=tmp / "anchor")
         tables["governance.actions"] = conn.execute(
@@ -154,19 +154,22 @@ def derived(revorch: Revorch, tmp: Path) -> dict[str, object]:
             "ORDER BY action_id"
         ).fetchall()
     (tmp / "anchor").unlink(missing_ok=True)
-    copy.unlink()
     return tables
 
 
 @pytest.fixture(scope="module")
-def in_order(tmp_path_factory) -> dict[str, object]:
-    """The CRM delivered once, in order, in one run."""
+def in_order(tmp_path_factory, request) -> dict[str, object]:
+    """The CRM delivered once, in order, in one run. Into a DuckDB file also with
+    ``--state-backend ducklake``, on purpose (a module fixture, it starts before
+    ``state_backend`` names a lake): there the deliveries out of order, each into a lake of
+    its own, must derive what the file derived in order."""
     home = tmp_path_factory.mktemp("in_order")
     with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
+        monkeypatch.delenv("REVORCH_STATE_BACKEND", raising=False)
         revorch = Revorch(home, monkeypatch)
         revorch.deliver(crm_events())
         revorch.run(instance)
-        tables = derived(revorch, home)
+        tables = derived(revorch, home, partial(copied_state, request))
     # The comparison is only as strong as what it compares: every table has rows but these
     # (nothing waits once all is in; no move is refused; every ticket is closed and every
     # onboarding activated by the end of this history).
@@ -191,7 +194,7 @@ def in_order(tmp_path_factory) -> dict[str, object]:
     runs=st.integers(2, 3),
 )
 def test_any_order_and_redelivery_derive_the_same_tables(
-    in_order, tmp_path_factory, seed, batches, runs
+    in_order, tmp_path_factory, own_lake, state_copy, seed, batches, runs
 ):
     rng = random.Random(seed)
     events = [e for e in crm_events() for _ in range(rng.randint(1, 3))]
@@ -199,13 +202,17 @@ def test_any_order_and_redelivery_derive_the_same_tables(
     cuts = sorted(rng.sample(range(1, len(events)), batches - 1))
     parts = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
     home = tmp_path_factory.mktemp("shuffled")
-    with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
+    with (
+        own_lake(home / "lake"),  # each delivery its own store, as its own file (home)
+        pytest.MonkeyPatch.context() as monkeypatch,
+        dg.instance_for_test() as instance,
+    ):
         revorch = Revorch(home, monkeypatch)
         for run in range(runs):
             for part in parts[run::runs]:
                 revorch.deliver(part)
             revorch.run(instance)
-        shuffled = derived(revorch, home)
+        shuffled = derived(revorch, home, state_copy)
     for name, rows in in_order.items():
         assert shuffled[name] == rows, name
 
@@ -216,7 +223,7 @@ def metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict[str, o
 
 
 def test_records_wait_visibly_for_what_has_not_arrived_and_complete_when_it_does(
-    in_order, tmp_path, monkeypatch
+    in_order, tmp_path, monkeypatch, state_copy
 ):
     """A CRM without companies or owners (B2C, an export without owners) runs green on every
     run; contacts and deals wait for their company and owner, visibly, and no action goes to
@@ -264,7 +271,7 @@ def test_records_wait_visibly_for_what_has_not_arrived_and_complete_when_it_does
         revorch.deliver(crm_events("owner"))
         done = revorch.run(instance)
         assert metadata(done, WAITING)["records_waiting"] == 0
-        completed = derived(revorch, tmp_path)
+        completed = derived(revorch, tmp_path, state_copy)
     for name, rows in in_order.items():
         assert completed[name] == rows, name
 

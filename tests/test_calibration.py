@@ -163,7 +163,14 @@ def test_the_backtest_command_compares_every_model_with_its_baselines(scoring_cr
     home.landing.write_events("simulator", renewal_history())
     ingestion = dg.AssetSelection.groups("ingestion", "crm_state").without_checks()
     materialize(ingestion, database=home.database, landing=home.landing.root, clock=clock.DATA)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REVORCH_", "DAGSTER_"))}
+    # Nothing of the suite's environment but its state backend (``state_backend``): on
+    # DuckLake the run above wrote the renewals to this test's lake, which the command reads.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REVORCH_", "DAGSTER_"))
+        or k.startswith(("REVORCH_STATE_BACKEND", "REVORCH_DUCKLAKE_"))
+    }
     backtest = subprocess.run(
         [sys.executable, "-m", "revorch.cli", "backtest", "--progress"],
         cwd=tmp_path,

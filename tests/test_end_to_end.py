@@ -3,13 +3,13 @@
 import shutil
 
 import dagster as dg
-import duckdb
 import polars as pl
 import pytest
 
-from conftest import STATE_STORE_CONNECTION, ingest_and_stage
+from conftest import CrmHome, copy_into_lake, ingest_and_stage
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, history_frame, simulate_history
+from revorch.state import access
 
 CONFIG = SimulationConfig(
     contacts=1_000, seed=7, malformed_share=0.02, duplicate_share=0.05, batch_size=5_000
@@ -28,7 +28,8 @@ def ingest(database, zone) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The simulation ingested once for the module; each test gets a copy (``conn``)."""
+    """The simulation ingested once for the module, into a file (module fixtures start
+    before ``state_backend``); each test gets a copy (``conn``)."""
     root = tmp_path_factory.mktemp("end_to_end")
     zone = LandingZone(root / "landing").ensure()
     summary = simulate_history(zone, CONFIG)
@@ -37,12 +38,15 @@ def built(tmp_path_factory):
 
 @pytest.fixture
 def conn(built, db_path, tmp_path):
-    """This test's copy of the ingested state store and its landing zone."""
+    """This test's copy of the ingested state store and its landing zone; on DuckLake
+    (``state_backend``) the copy is this test's lake, where the test's runs write."""
     root = built[0]
     shutil.copyfile(root / "revorch.duckdb", db_path)
     shutil.copytree(root / "landing", tmp_path / "landing", dirs_exist_ok=True)
-    connection = duckdb.connect(str(db_path), config=STATE_STORE_CONNECTION)
-    connection.execute("SET TimeZone = 'UTC'")
+    if access.is_lake():
+        with access.lake_writing() as lake:
+            copy_into_lake(lake, db_path)
+    connection = CrmHome(db_path.parent).connect()  # the file db_path, or this test's lake
     yield connection
     connection.close()
 

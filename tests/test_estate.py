@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
+from conftest import read_state
+from resources import StateStore
 from revorch import cli
 
 # Imported with the test session's environment: the definitions read the config paths when
@@ -19,7 +20,6 @@ from revorch.estate.inventory import import_inventory
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 from revorch.simulator.estate import CONFLICTING, HELPFUL, USELESS, simulate_estate
-from revorch.state.migrate import migrate
 
 HUBSPOT_EXPORT = {
     "results": [
@@ -98,13 +98,6 @@ def inventories(tmp_path: Path) -> dict[str, Path]:
         out[fmt] = tmp_path / name
         out[fmt].write_text(text)
     return out
-
-
-@pytest.fixture
-def conn(tmp_path: Path):
-    with duckdb.connect(str(tmp_path / "state.duckdb")) as connection:
-        migrate(connection)
-        yield connection
 
 
 def _loaded(conn) -> dict[str, tuple]:
@@ -231,12 +224,21 @@ def test_a_file_that_is_not_the_format_is_one_clear_error(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "2 automations loaded, 2 refused" in out
     assert "unknown_platform" in out
+    # Into the state the audit reads: the home's file, or on DuckLake the lake.
+    with read_state(tmp_path / "home" / "revorch.duckdb") as conn:
+        assert conn.execute("SELECT count(*) FROM estate.automations").fetchone()[0] == 2
 
 
 # --- the audit on the simulator's estate -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+def _per_lake(fixture_name: str, config: pytest.Config) -> str:
+    """Once per module on the file; on DuckLake once per test, as each test has its own lake
+    (``state_backend``, which then runs first, so the build writes to that lake)."""
+    return "function" if config.getoption("--state-backend") == "ducklake" else "module"
+
+
+@pytest.fixture(scope=_per_lake)
 def audited(tmp_path_factory):
     """A simulated CRM with its estate, the inventory imported, the audit materialized."""
     home = tmp_path_factory.mktemp("estate")
@@ -245,8 +247,7 @@ def audited(tmp_path_factory):
     simulate_history(zone, config)
     estate = simulate_estate(zone, config, home / "inventory")
     database = home / "revorch.duckdb"
-    with duckdb.connect(str(database)) as conn:
-        migrate(conn)
+    with StateStore.configured(database).get_connection() as conn:
         for path, fmt in zip(estate.inventory, ["hubspot", "salesforce", "zapier"], strict=True):
             import_inventory(conn, path, fmt)
     selection = THROUGH_HANDOFFS | dg.AssetSelection.assets(["metrics", "automation_estate"])
@@ -260,7 +261,7 @@ def audited(tmp_path_factory):
 
 
 def _ranking(database: Path) -> list[tuple]:
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         return conn.execute(
             "SELECT automation_id, recommendation, changes, lift_low, conflicts_with, flip_flops "
             "FROM metrics.automation_estate ORDER BY rank"
@@ -288,7 +289,7 @@ def test_the_audit_ranks_the_useless_automation_last_and_flags_the_conflict(audi
 
 def test_changes_of_a_source_no_automation_claims_are_not_attributed(audited):
     _, database, estate, _ = audited
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         per_source = dict(
             conn.execute(
                 "SELECT source, count(*) FROM change_log WHERE source <> 'simulator' GROUP BY ALL"

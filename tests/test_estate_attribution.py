@@ -9,16 +9,22 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
-from conftest import ingest_and_stage
+from conftest import ingest_and_stage, read_state
+from resources import StateStore
 from revorch.estate.inventory import import_inventory
 from revorch.estate.report import estate_report
 from revorch.landing import LandingZone
 from revorch.sources.hubspot.mapping import change_source as hubspot_source
 from revorch.sources.salesforce.mapping import change_source as salesforce_source
 from salesforce_fakes import change_event
-from test_salesforce import at, contact, org, pubsub, subscriber  # noqa: F401 (fixtures)
+from test_salesforce import (  # noqa: F401 (fixtures)
+    at,
+    contact,
+    org,
+    pubsub,
+    subscriber,
+)
 from test_webhooks import hubspot_event, now_ms, post_hubspot, serving
 
 AUDITED = (
@@ -42,7 +48,7 @@ HUBSPOT_FLOWS = {
 
 
 def _estate(database: Path) -> dict[str, tuple[int, int]]:
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         rows = conn.execute(
             "SELECT automation_id, changes, records_touched FROM metrics.automation_estate"
         ).fetchall()
@@ -92,10 +98,10 @@ def test_a_hubspot_workflows_change_pushed_by_webhook_is_credited_to_that_workfl
     ingest_and_stage(database, zone, selection=AUDITED)
     inventory = tmp_path / "flows.json"
     inventory.write_text(json.dumps(HUBSPOT_FLOWS))
-    with duckdb.connect(str(database)) as conn:
+    with StateStore.configured(database).get_connection() as conn:
         import_inventory(conn, inventory, "hubspot")  # the audit's views read it at once
 
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         sources = conn.execute(
             "SELECT properties->>'lifecycle_stage', source FROM change_log "
             "WHERE properties->>'lifecycle_stage' IS NOT NULL ORDER BY occurred_at"
@@ -148,7 +154,7 @@ def test_salesforce_changes_are_credited_to_the_integration_and_the_flow_user(
         f"f1,Title fixer,salesforce,scheduled,contact,job_title,true,salesforce:user:{flow_user}\n"
     )
     ingest_and_stage(database, zone, selection=AUDITED)
-    with duckdb.connect(str(database)) as conn:
+    with StateStore.configured(database).get_connection() as conn:
         import_inventory(conn, inventory, "csv")
 
     estate = _estate(database)
@@ -187,7 +193,7 @@ def test_a_hubspot_workflows_change_read_by_the_poller_is_credited_to_that_workf
     ingest_and_stage(database, zone, selection=AUDITED)
     inventory = tmp_path / "flows.json"
     inventory.write_text(json.dumps(HUBSPOT_FLOWS))
-    with duckdb.connect(str(database)) as conn:
+    with StateStore.configured(database).get_connection() as conn:
         import_inventory(conn, inventory, "hubspot")
         sources = dict(conn.execute("SELECT object_id, source FROM change_log").fetchall())
     assert sources == {"101": f"hubspot:{WORKFLOW}", "102": "hubspot:CRM_UI:userId:7"}

@@ -17,9 +17,11 @@ from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
 from revorch.governance.targets import OutboxFile
 from revorch.governance.verdicts import judge_proposed
-from revorch.state import access
 
-pytestmark = pytest.mark.skipif(access.is_lake(), reason="compares two copies of one file")
+pytestmark = pytest.mark.file_only(
+    "governs two copies of the shared CRM's file side by side and compares them; a test gets "
+    "one lake"
+)
 
 POLICY = load_policy()
 ACTION_COLUMNS = (

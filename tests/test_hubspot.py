@@ -17,7 +17,7 @@ import duckdb
 import pytest
 from hubspot.crm.objects import ApiException
 
-from conftest import ingest_and_stage
+from conftest import ingest_and_stage, read_state
 from fake_hubspot import FakeHubSpot, Portal, iso
 from resources import DispatcherResource, LandingZoneResource, StateStore
 from resources.hubspot import HubSpotResource
@@ -55,7 +55,7 @@ def landed(zone: LandingZone) -> list[dict]:
 def ingest(tmp_path: Path, zone: LandingZone) -> duckdb.DuckDBPyConnection:
     database = tmp_path / "revorch.duckdb"
     materialize(INGEST, database=database, landing=zone.root)
-    return duckdb.connect(str(database), read_only=True)
+    return read_state(database)
 
 
 def small_portal() -> Portal:
@@ -301,7 +301,7 @@ def test_a_write_back_happens_once_and_is_not_read_back_in(tmp_path):
     portal = small_portal()
     zone = LandingZone(tmp_path / "landing")
     own = OwnWrites(tmp_path / "hubspot" / "own-writes.sqlite3")
-    store = StateStore(database=str(tmp_path / "revorch.duckdb"))
+    store = StateStore.configured(tmp_path / "revorch.duckdb")
     policy = load_policy()
     with FakeHubSpot(portal) as hubspot:
         api = api_for(hubspot)
@@ -429,7 +429,7 @@ def _won_deal_stages(tmp_path: Path, name: str, *, pushed: bool) -> dict:
         zone.write_events("hubspot", to_landing_events([change]).events)
     database = tmp_path / name / "revorch.duckdb"
     ingest_and_stage(database, zone)
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         return {
             "closed_at": conn.execute("SELECT closed_at FROM deals").fetchall(),
             "onboarding": conn.execute(
@@ -442,11 +442,12 @@ def _won_deal_stages(tmp_path: Path, name: str, *, pushed: bool) -> dict:
 
 
 def test_a_polled_won_deal_reaches_the_customer_and_onboarding_stages_as_a_pushed_one_does(
-    tmp_path,
+    tmp_path, own_lake
 ):
     closed = datetime.fromtimestamp((BASE + 86_400_000) / 1000, UTC)
     polled = _won_deal_stages(tmp_path, "polled", pushed=False)
-    pushed = _won_deal_stages(tmp_path, "pushed", pushed=True)
+    with own_lake(tmp_path / "pushed-lake"):  # not the polled deal's state
+        pushed = _won_deal_stages(tmp_path, "pushed", pushed=True)
     assert pushed["closed_at"] == [(closed,)]
     assert polled == pushed
     assert polled["onboarding"] == [("7001", "5001", closed)]

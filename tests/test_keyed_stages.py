@@ -6,14 +6,12 @@ forward again). Views whose SQL did not change are not created again."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime, timedelta
 
 import dagster as dg
-import duckdb
 import pytest
 
-from conftest import event, ingest_and_stage
+from conftest import CrmHome, event, ingest_and_stage, read_state
 from revorch.definitions import materialize
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
@@ -33,29 +31,27 @@ def instant(day: datetime) -> str:
 
 
 def tables(database) -> dict[str, list[tuple]]:
-    with duckdb.connect(str(database), read_only=True) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
+    with read_state(database) as conn:
         return {
             t: conn.execute(f"SELECT * FROM {t} ORDER BY {key}").fetchall()
             for t, key in COMPARED.items()
         }
 
 
-def assert_equals_full_recompute(database, zone, clock_setting, tmp_path) -> None:
+def assert_equals_full_recompute(database, zone, clock_setting, state_copy) -> None:
     """The incremental tables equal a full recompute, made on a copy at the same clock."""
-    copy = tmp_path / "full.duckdb"
-    shutil.copyfile(database, copy)
-    materialize(
-        KEYED | dg.AssetSelection.assets(["stages", "renewals"]),
-        database=copy,
-        landing=zone.root,
-        clock=clock_setting,
-        full_rebuild=True,
-    )
-    incremental, full = tables(database), tables(copy)
+    with state_copy(database, database.with_name("full.duckdb")) as copy:
+        materialize(
+            KEYED | dg.AssetSelection.assets(["stages", "renewals"]),
+            database=copy,
+            landing=zone.root,
+            clock=clock_setting,
+            full_rebuild=True,
+        )
+        full = tables(copy)
+    incremental = tables(database)
     for table in COMPARED:
         assert incremental[table] == full[table], table
-    copy.unlink()
 
 
 def recomputed(metadata) -> dict[str, tuple[int, str]]:
@@ -73,13 +69,13 @@ def crm(tmp_path):
 
 
 def test_incremental_keyed_stages_equal_a_full_recompute_through_changes_and_clock_moves(
-    crm, tmp_path
+    crm, state_copy
 ):
     database, zone = crm
     start = datetime.fromisoformat("2026-05-01T09:00:00+00:00")
     first = recomputed(ingest_and_stage(database, zone, clock_setting=instant(start)))
     assert {why for _, why in first.values()} == {"first_run"}
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         deals = conn.execute("SELECT count(*) FROM deals").fetchone()[0]
         subscriptions = conn.execute("SELECT count(*) FROM subscriptions").fetchone()[0]
         won, company = conn.execute(
@@ -131,7 +127,7 @@ def test_incremental_keyed_stages_equal_a_full_recompute_through_changes_and_clo
     assert changed["stages/onboarding"][0] < deals  # only what the changes touched
     assert changed["stages/adoption_health"][0] < subscriptions
     assert changed["stages/adoption_health"][0] >= 2  # the changed and the deleted one
-    assert_equals_full_recompute(database, zone, instant(later), tmp_path)
+    assert_equals_full_recompute(database, zone, instant(later), state_copy)
     after = tables(database)
     assert won not in {row[0] for row in after["stages.onboarding"]}
     assert other not in {row[0] for row in after["stages.adoption_health"]}
@@ -140,26 +136,26 @@ def test_incremental_keyed_stages_equal_a_full_recompute_through_changes_and_clo
     back = start + timedelta(days=3)
     went_back = recomputed(ingest_and_stage(database, zone, clock_setting=instant(back)))
     assert went_back["stages/onboarding"] == (0, "changed")
-    assert_equals_full_recompute(database, zone, instant(back), tmp_path)
+    assert_equals_full_recompute(database, zone, instant(back), state_copy)
 
     # An owner changes (every CSM assignment may move) and the clock jumps past the window.
     zone.write_events("test", [event("k-6", "owner", owner, day, is_active=False)])
     jump = start + timedelta(days=120)
     jumped = recomputed(ingest_and_stage(database, zone, clock_setting=instant(jump)))
     assert jumped["stages/onboarding"][0] == deals  # every deal (the deleted one is kept)
-    assert_equals_full_recompute(database, zone, instant(jump), tmp_path)
+    assert_equals_full_recompute(database, zone, instant(jump), state_copy)
 
 
 def test_views_are_not_created_again_when_their_sql_did_not_change(crm):
     database, zone = crm
     ingest_and_stage(database, zone, clock_setting="2026-05-01T09:00:00Z")
-    with duckdb.connect(str(database)) as conn:
+    with CrmHome(database.parent).connect() as conn:  # the file database, or this test's lake
         made = dict(conn.execute("SELECT name, updated_at FROM stages.sql_versions").fetchall())
         assert "stages.leads" in made and "stages.renewals" in made
         # A view changed by hand (its hash no longer matches) is made again.
         conn.execute("UPDATE stages.sql_versions SET sql_hash = 'x' WHERE name = 'stages.leads'")
     ingest_and_stage(database, zone, clock_setting="2026-05-02T09:00:00Z")
-    with duckdb.connect(str(database)) as conn:
+    with read_state(database) as conn:
         again = dict(conn.execute("SELECT name, updated_at FROM stages.sql_versions").fetchall())
     assert again["stages.renewals"] == made["stages.renewals"]
     assert again["stages.leads"] > made["stages.leads"]
@@ -169,22 +165,21 @@ WAITING = dg.AssetSelection.assets(["stages", "waiting_references"])
 
 
 def waiting(database) -> list[tuple]:
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         return conn.execute("SELECT * FROM stages.waiting_references ORDER BY ALL").fetchall()
 
 
-def test_waiting_references_follow_the_change_and_equal_a_full_recompute(tmp_path):
+def test_waiting_references_follow_the_change_and_equal_a_full_recompute(tmp_path, state_copy):
     zone = LandingZone(tmp_path / "landing").ensure()
     database = tmp_path / "revorch.duckdb"
     state = dg.AssetSelection.groups("ingestion", "crm_state").without_checks() | WAITING
 
     def run() -> tuple[int, set[tuple[str, str, str]]]:
         metadata = ingest_and_stage(database, zone, selection=state)["stages/waiting_references"]
-        full = tmp_path / "full.duckdb"
-        shutil.copyfile(database, full)
-        materialize(WAITING, database=full, landing=zone.root, full_rebuild=True)
-        assert waiting(database) == waiting(full)
-        full.unlink()
+        with state_copy(database, tmp_path / "full.duckdb") as full:
+            materialize(WAITING, database=full, landing=zone.root, full_rebuild=True)
+            recomputed = waiting(full)
+        assert waiting(database) == recomputed
         return metadata["keys_recomputed"], {(r[0], r[1], r[4]) for r in waiting(database)}
 
     day, later = "2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z"
@@ -233,7 +228,7 @@ def test_an_onboarding_gets_the_csm_its_account_hashes_to_among_those_who_had_jo
         ],
     )
     ingest_and_stage(database, zone)
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         csms = conn.execute(
             "SELECT id, coalesce(created_at, _first_seen_at) FROM owners "
             "WHERE role = 'csm' AND coalesce(is_active, true) AND NOT _deleted ORDER BY id"

@@ -102,6 +102,10 @@ def _log_tail(dev, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
+@pytest.mark.file_only(
+    "the file's one writer (crm_change_log in the duckdb_writer pool) and the published copy "
+    "analysts read; on DuckLake ingestions leave the pool and analysts read the catalog live"
+)
 def test_live_stream_keeps_one_writer_and_readers_unblocked(tmp_path):
     env = latency.prepare_home(tmp_path / "revorch")
     published = latency.published_path(env)

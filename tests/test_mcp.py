@@ -19,14 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
-import duckdb
 import httpx
 import httpx2
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import CrmHome
+from conftest import CrmHome, read_state
 from orch_assets.governance.checks import SENT_WITHOUT_VERDICT_SQL
 from revorch.agents.runtime import keep_open
 from revorch.governance.audit import verify
@@ -34,6 +33,7 @@ from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
 from revorch.governance.targets import OutboxFile
 from revorch.mcp.server import DESCRIPTIONS
+from revorch.state import access
 
 REVORCH = str(Path(sys.executable).with_name("revorch"))
 PROPOSER_TOKEN = "proposer-token-0123456789abcdef"
@@ -55,8 +55,14 @@ def home(copy_crm, tmp_path: Path) -> CrmHome:
     return crm
 
 
+# On DuckLake (``state_backend``) the server reads and writes this test's lake, where
+# ``copy_crm`` put the home's state.
+BACKEND_VARIABLES = ("REVORCH_STATE_BACKEND", "REVORCH_DUCKLAKE_CATALOG", "REVORCH_DUCKLAKE_DATA")
+
+
 def server_env(home: CrmHome) -> dict[str, str]:
     return {
+        **{name: os.environ[name] for name in BACKEND_VARIABLES if name in os.environ},
         **home.env(),
         "REVORCH_MCP_CONFIG": str(home.root.parent / "mcp.yaml"),
         "TEST_MCP_PROPOSER_TOKEN": PROPOSER_TOKEN,
@@ -67,7 +73,7 @@ def server_env(home: CrmHome) -> dict[str, str]:
 
 def facts(home: CrmHome) -> dict:
     """What the reads should return, from the state store itself, before the server starts."""
-    with duckdb.connect(str(home.database), read_only=True) as conn:
+    with read_state(home.database) as conn:
         company_id, stage = conn.execute(
             "SELECT s.entity_id, s.stage FROM stages.entity_stages AS s "
             "JOIN subscriptions AS sub ON sub.company_id = s.entity_id "
@@ -81,6 +87,8 @@ def facts(home: CrmHome) -> dict:
             "ON a.entity_id = d.id WHERE d.stage NOT IN ('closedwon', 'closedlost') "
             "ORDER BY d.id LIMIT 1"
         ).fetchone()
+        deal_company = conn.execute("SELECT company_id FROM deals WHERE id = ?", [deal_id])
+        deal_company = deal_company.fetchone()[0]
         decision_id, agent, next_action = conn.execute(
             "SELECT d.decision_id, d.agent, d.output->>'next_action' FROM agents.decisions AS d "
             "JOIN governance.actions AS a USING (decision_id) ORDER BY d.decision_id LIMIT 1"
@@ -201,7 +209,13 @@ def test_stdio_reads_return_the_state_and_proposals_are_judged(home: CrmHome) ->
     assert decision["actions"] and all(a["verdict"] for a in decision["actions"])
     # The policy's verdict, or its withholding for a held-out entity (a holdout), is on the trail.
     assert any(event["event"] in ("verdict", "withheld") for event in decision["trail"])
-    assert len(seen["history"].structured_content["events"]) == min(expected["history"], 1000)
+    # On the file the server reads the published copy, made before it started; on DuckLake it
+    # reads the lake live, where its own earlier calls about the company are already audited.
+    events = seen["history"].structured_content["events"]
+    own = [event["detail"]["tool"] for event in events if event["kind"] == "mcp_call"]
+    about_it = ["get_account"] + ["get_deal"] * (expected["deal_company"] == expected["company_id"])
+    assert own == (about_it if access.is_lake() else [])
+    assert len(events) == min(expected["history"] + len(own), 1000)
     assert "Funnel" in text_of(seen["funnel"])
     assert json.loads(seen["resource"].contents[0].text)["company"]["id"] == expected["company_id"]
     assert seen["unknown"].is_error and "no deal 'no-such-deal'" in text_of(seen["unknown"])
@@ -364,7 +378,7 @@ def test_http_needs_a_token_and_scopes_decide_who_proposes(home: CrmHome) -> Non
     action = proposer["proposal"].structured_content
     assert action["status"] == "pending_approval"  # customer-facing: a person decides
 
-    with duckdb.connect(str(home.database), read_only=True) as conn:
+    with read_state(home.database) as conn:
         proposals = conn.execute(
             "SELECT action_id, status FROM governance.actions WHERE source = 'mcp'"
         ).fetchall()
@@ -403,7 +417,7 @@ def test_stdio_client_is_read_only_by_default(home: CrmHome) -> None:
     result = anyio.run(session)
     assert result.is_error and "mcp:" not in text_of(result)
     assert "does not hold the propose scope" in text_of(result)
-    with duckdb.connect(str(home.database), read_only=True) as conn:
+    with read_state(home.database) as conn:
         assert (
             conn.execute("SELECT count(*) FROM governance.actions WHERE source = 'mcp'").fetchone()[
                 0

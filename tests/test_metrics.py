@@ -405,7 +405,8 @@ def test_grr_nets_an_accounts_contraction_against_its_own_expansion(conn):
 
 def _materialize(db_path):
     resources = {
-        "state_store": StateStore(database=str(db_path), clock="data"),
+        # On --state-backend ducklake, this test's lake (where ``conn`` wrote).
+        "state_store": StateStore.configured(db_path, clock="data"),
         "lifecycle": LifecycleConfigResource(path=str(DEFAULT_PATH)),
     }
     with dg.instance_for_test() as instance:

@@ -7,13 +7,10 @@ equal a full recompute; and a run recomputes only the contacts and accounts touc
 
 from __future__ import annotations
 
-import shutil
-
 import dagster as dg
-import duckdb
 import pytest
 
-from conftest import event
+from conftest import event, read_state
 from revorch.definitions import materialize
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
@@ -54,8 +51,7 @@ def exact(rows: list[tuple]) -> list[tuple]:
 
 
 def contents(database) -> dict[str, list[tuple]]:
-    with duckdb.connect(str(database), read_only=True) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
+    with read_state(database) as conn:
         conn.execute(f"SET VARIABLE revorch_clock = '{CLOCK}'")
         found = {
             t: conn.execute(f"SELECT * FROM {t} ORDER BY {k}").fetchall() for t, k in TABLES.items()
@@ -66,18 +62,17 @@ def contents(database) -> dict[str, list[tuple]]:
         return found
 
 
-def run(database, zone, tmp_path) -> dict[str, dict]:
+def run(database, zone, state_copy) -> dict[str, dict]:
     """One incremental run; asserts it equals a full recompute made on a copy."""
     result = materialize(RUN, database=database, landing=zone.root, clock=CLOCK)
     metadata = {
         "/".join(e.asset_key.path): {k: v.value for k, v in e.materialization.metadata.items()}
         for e in result.get_asset_materialization_events()
     }
-    copy = tmp_path / "full.duckdb"
-    shutil.copyfile(database, copy)
-    materialize(METRICS, database=copy, landing=zone.root, clock=CLOCK, full_rebuild=True)
-    incremental, full = contents(database), contents(copy)
-    copy.unlink()
+    with state_copy(database, database.with_name("full.duckdb")) as copy:
+        materialize(METRICS, database=copy, landing=zone.root, clock=CLOCK, full_rebuild=True)
+        full = contents(copy)
+    incremental = contents(database)
     for name in [*TABLES, *VIEWS]:
         assert incremental[name] == full[name], name
     return metadata
@@ -90,10 +85,10 @@ def crm(tmp_path):
     return tmp_path / "revorch.duckdb", zone
 
 
-def test_metric_tables_follow_the_change_and_equal_a_full_recompute(crm, tmp_path):
+def test_metric_tables_follow_the_change_and_equal_a_full_recompute(crm, state_copy):
     database, zone = crm
-    first = run(database, zone, tmp_path)
-    with duckdb.connect(str(database), read_only=True) as conn:
+    first = run(database, zone, state_copy)
+    with read_state(database) as conn:
         contacts = conn.execute("SELECT count(*) FROM metrics.funnel_progress").fetchone()[0]
         [kept, moved_from, moved_to, gone] = [
             r[0]
@@ -159,13 +154,13 @@ def test_metric_tables_follow_the_change_and_equal_a_full_recompute(crm, tmp_pat
             ),
         ],
     )
-    changed = run(database, zone, tmp_path)
+    changed = run(database, zone, state_copy)
     recomputed = changed["metrics/funnel_conversion"]["contacts_recomputed"]
     assert 0 < recomputed < contacts  # only what the changes touched
     assert changed["metrics/sla_compliance"]["contacts_recomputed"] == recomputed
     assert 0 < changed["metrics/stage_velocity"]["entities_recomputed"] < contacts
     assert changed["metrics/revenue_retention"]["arr_changes_added"] == 1
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         assert conn.execute(
             "SELECT lead_source FROM metrics.funnel_progress WHERE contact_id = ?", [kept]
         ).fetchone() == ("partner",)
@@ -191,14 +186,14 @@ def test_metric_tables_follow_the_change_and_equal_a_full_recompute(crm, tmp_pat
             )
         ],
     )
-    arrived = run(database, zone, tmp_path)
+    arrived = run(database, zone, state_copy)
     assert arrived["metrics/funnel_conversion"]["contacts_recomputed"] >= 1
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         assert conn.execute(
             "SELECT first_touch_at IS NOT NULL FROM metrics.sla_first_touches "
             "WHERE contact_id = 'c-late' AND stage = 'mql'"
         ).fetchone() == (True,)
-    quiet = run(database, zone, tmp_path)
+    quiet = run(database, zone, state_copy)
     assert quiet["metrics/funnel_conversion"]["contacts_recomputed"] == 0
     assert quiet["metrics/stage_velocity"]["entities_recomputed"] == 0
     assert quiet["metrics/revenue_retention"]["arr_changes_added"] == 0

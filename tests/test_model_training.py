@@ -7,6 +7,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from conftest import read_state
 from revorch import clock
 from revorch.agents import models as stored
 from revorch.agents.features import ModelsConfig
@@ -90,7 +91,7 @@ def test_a_replay_reads_the_stored_models_of_a_read_only_copy(no_renewals, train
         clock.bind(conn, TODAY)
         lead = offline_tier(conn).lead_model.version
     trained.clear()
-    with duckdb.connect(str(no_renewals.database), read_only=True) as copy:
+    with read_state(no_renewals.database) as copy:  # read-only: the file, or this test's lake
         tier = stored_tier(copy)
     assert trained == {}
     assert tier.model_version("lead_qualification") == lead

@@ -5,9 +5,17 @@ onboarding plans; every output fits its schema."""
 import json
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import pytest
 
-from conftest import SCORING_CRM, STEPS, build_crm, event, ingest_and_stage
+from conftest import (
+    SCORING_CRM,
+    STATE_STORE_CONNECTION,
+    STEPS,
+    build_crm,
+    event,
+    ingest_and_stage,
+)
 from revorch import clock
 from revorch.agents.offline import (
     LeadModel,
@@ -68,7 +76,9 @@ def test_the_lead_model_is_repeatable_on_the_same_history(crm, tmp_path):
     # The same simulation built again through the graph, into a separate file.
     stages = {"stages": STEPS["stages"].without_checks()}
     again = build_crm(SCORING_CRM, tmp_path, stages, clock_setting=clock.DATA)
-    again = again.homes["stages"].connect()
+    # build_crm builds on the file whatever the backend (as ``crm``'s was): read that file.
+    again = duckdb.connect(str(again.homes["stages"].database), config=STATE_STORE_CONNECTION)
+    again.execute("SET TimeZone = 'UTC'")
     clock.bind(again, clock.DATA)
     first, second = LeadModel.train(crm), LeadModel.train(again)
     assert first.version == second.version

@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 import yaml
 
-from conftest import SHARED_CRM, STEPS
+from conftest import SHARED_CRM, STEPS, CrmHome
 from orch_assets.governance.assets import PROPOSED_ACTIONS
 from resources import AgentsConfigResource
 from revorch.agents.config import DEFAULT_PATH
@@ -40,7 +40,7 @@ def _open_items(conn: duckdb.DuckDBPyConnection) -> list[tuple]:
     return conn.execute("SELECT * FROM governance.open_items ORDER BY ALL").fetchall()
 
 
-def test_an_incremental_proposal_finds_what_one_from_scratch_finds(copy_crm, tmp_path):
+def test_an_incremental_proposal_finds_what_one_from_scratch_finds(copy_crm, tmp_path, state_copy):
     home = copy_crm("governed")  # proposed once already: the watermarks are set
     # New and changed records of every kind, through the stages and the agents.
     for _ in stream_live(
@@ -50,29 +50,29 @@ def test_an_incremental_proposal_finds_what_one_from_scratch_finds(copy_crm, tmp
     materialize(
         STEPS["stages"] | STEPS["decided"], database=home.database, landing=home.landing.root
     )
-    scratch = tmp_path / "scratch.duckdb"
-    shutil.copyfile(home.database, scratch)
-    planned = tmp_path / "planned.duckdb"
-    shutil.copyfile(home.database, planned)
-
+    # Each on its own copy of the home's state (state_copy: on DuckLake, a second lake).
     # The incremental one reads again only the items touched since the last proposal.
-    with duckdb.connect(str(planned)) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
+    with (
+        state_copy(home.database, tmp_path / "planned" / "revorch.duckdb") as planned,
+        CrmHome(planned.parent).connect() as conn,
+    ):
         total = conn.execute("SELECT count(*) FROM governance.open_items").fetchone()[0]
         refreshed = open_items.refresh(conn)
         assert refreshed.everything == frozenset()
         assert 0 < refreshed.items.height < total
         assert refreshed.decided_after is not None
+    with (
+        state_copy(home.database, tmp_path / "scratch" / "revorch.duckdb") as scratch,
+        CrmHome(scratch.parent).connect() as conn,
+    ):
+        full = propose(conn, run_id="full", anchor_path=None, full=True)
+        proposed_from_scratch = _actions(conn, "full")
+        items_from_scratch = _open_items(conn)
 
     with home.connect() as conn:
         incremental = propose(conn, run_id="incremental", anchor_path=None)
         proposed_incrementally = _actions(conn, "incremental")
         items_incrementally = _open_items(conn)
-    with duckdb.connect(str(scratch)) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        full = propose(conn, run_id="full", anchor_path=None, full=True)
-        proposed_from_scratch = _actions(conn, "full")
-        items_from_scratch = _open_items(conn)
 
     assert incremental > 0  # the changes called for new actions
     assert incremental == full

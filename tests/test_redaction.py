@@ -473,7 +473,8 @@ def _values(planted: dict[str, str]) -> set[str]:
 
 
 def _check(path: Path) -> dict[str, dg.AssetCheckResult]:
-    store = StateStore(database=str(path))
+    # The state store as the runs pick it: on DuckLake (``state_backend``) this test's lake.
+    store = StateStore.configured(path)
     return {r.asset_key.path[-1]: r for r in prompts_hold_no_personal_data(state_store=store)}
 
 
@@ -518,7 +519,7 @@ def test_no_planted_personal_data_reaches_the_model_and_the_check_agrees(planted
 
     # Redaction bypassed: the same records go out whole, and the check finds every kind in
     # every planted record.
-    conn = duckdb.connect(str(home.database))
+    conn = home.connect()
     conn.execute("DELETE FROM agents.decisions")
     monkeypatch.setattr(runtime, "redact", lambda record, known=None: record)
     bodies = _run_agents(conn, ids, "bypassed")

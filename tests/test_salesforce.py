@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 from simple_salesforce import Salesforce
 
-from conftest import ingest_and_stage
+from conftest import ingest_and_stage, read_state
+from resources import StateStore
 from revorch.landing import LandingZone
 from revorch.sources.salesforce import (
     ChangeEventSubscriber,
@@ -141,7 +141,7 @@ def poller(org: FakeRestOrg, home: Path, now: list[dt.datetime]) -> SalesforcePo
 
 
 def state(database: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         return conn.execute(sql).fetchall()
 
 
@@ -482,7 +482,7 @@ def test_the_dispatcher_writes_each_allowed_action_to_salesforce_once(
     its target: what the policy allows (or a person approved) is written, once; what waits for
     approval is not."""
     from orch_assets.governance.assets import dispatched_actions, governance_assets
-    from resources import AgentsConfigResource, DispatcherResource, GovernanceResource, StateStore
+    from resources import AgentsConfigResource, DispatcherResource, GovernanceResource
     from revorch.agents import config as agents_config
     from revorch.governance.policy import DEFAULT_PATH
 
@@ -491,7 +491,7 @@ def test_the_dispatcher_writes_each_allowed_action_to_salesforce_once(
     monkeypatch.setenv("SALESFORCE_ACCESS_TOKEN", TOKEN)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(org.cert))
     resources = {
-        "state_store": StateStore(database=str(home.database)),
+        "state_store": StateStore.configured(home.database),
         "governance": GovernanceResource(
             policy_path=str(DEFAULT_PATH), audit_anchor_path=str(home.anchor)
         ),

@@ -20,11 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import httpx
 import pytest
 
-from conftest import ingest_and_stage, serving_app
+from conftest import ingest_and_stage, read_state, serving_app
 from fake_hubspot import FakeHubSpot, Portal
 from revorch.landing import LandingZone
 from revorch.server.app import create_app
@@ -204,7 +203,7 @@ def test_a_signed_hubspot_batch_lands_and_moves_a_contacts_stage(
     assert post_hubspot(base_url, moved).status_code == 200
     ingest_and_stage(database, zone, selection=THROUGH_LIFECYCLE)
 
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         contact = conn.execute(
             "SELECT lifecycle_stage, company_id FROM contacts WHERE id = '101'"
         ).fetchone()
@@ -275,7 +274,7 @@ def test_the_same_event_delivered_three_times_has_one_effect(
     assert len(landed_lines(zone)) == 3
 
     ingest_and_stage(database, zone, selection=THROUGH_LIFECYCLE)
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with read_state(database) as conn:
         changes = conn.execute(
             "SELECT count(*) FROM change_log WHERE object_id = '7001'"
         ).fetchone()[0]

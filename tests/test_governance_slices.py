@@ -3,13 +3,14 @@ action held at once cost gigabytes at a million contacts). Sliced with tiny slic
 propose, judge and send exactly what they do in one piece: no row dropped, none doubled."""
 
 import json
-import shutil
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from conftest import CrmHome, StateCopy
 from revorch.governance import actions, open_items, verdicts
 from revorch.governance.actions import propose
 from revorch.governance.audit import verify
@@ -17,11 +18,6 @@ from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
 from revorch.governance.targets import OutboxFile
 from revorch.governance.verdicts import judge_proposed
-
-pytestmark = pytest.mark.file_only(
-    "governs two copies of the shared CRM's file side by side and compares them; a test gets "
-    "one lake"
-)
 
 POLICY = load_policy()
 ACTION_COLUMNS = (
@@ -31,13 +27,23 @@ ACTION_COLUMNS = (
 )
 
 
-def copied(source: Path, folder: Path) -> duckdb.DuckDBPyConnection:
-    """A connection to a copy of ``source`` in the new ``folder``."""
-    folder.mkdir()
-    shutil.copyfile(source, folder / "revorch.duckdb")
-    conn = duckdb.connect(str(folder / "revorch.duckdb"))
-    conn.execute("SET TimeZone = 'UTC'")
-    return conn
+@pytest.fixture
+def source(copy_crm) -> Path:
+    """The shared CRM's state once its agents have decided, in this test's state store."""
+    return copy_crm("decided").database
+
+
+@contextmanager
+def copied(
+    state_copy: StateCopy, source: Path, folder: Path
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to a copy of the state ``source`` in the new ``folder`` (on DuckLake, a
+    lake of its own: two copies are governed side by side and compared)."""
+    with (
+        state_copy(source, folder / "revorch.duckdb"),
+        closing(CrmHome(folder).connect()) as conn,
+    ):
+        yield conn
 
 
 def dies_in_the_fourth_slice(work):
@@ -55,10 +61,25 @@ def dies_in_the_fourth_slice(work):
 
 
 def governed(
-    source: Path, folder: Path, *, slice_rows: int | None, per_transaction: int | None = None
+    state_copy: StateCopy,
+    source: Path,
+    folder: Path,
+    *,
+    slice_rows: int | None,
+    per_transaction: int | None = None,
 ) -> dict:
     """Propose, judge and dispatch on a copy of ``source``; what it ended with."""
-    conn = copied(source, folder)
+    with copied(state_copy, source, folder) as conn:
+        return _governed(conn, folder, slice_rows=slice_rows, per_transaction=per_transaction)
+
+
+def _governed(
+    conn: duckdb.DuckDBPyConnection,
+    folder: Path,
+    *,
+    slice_rows: int | None,
+    per_transaction: int | None,
+) -> dict:
     anchor, outbox = folder / "anchors.jsonl", folder / "outbox.jsonl"
     sliced = {} if slice_rows is None else {"slice_rows": slice_rows}
     committed = {} if per_transaction is None else {"slices_per_transaction": per_transaction}
@@ -103,20 +124,18 @@ def governed(
         "intact": trail.intact,
         "problems": trail.problems,
     }
-    conn.close()
     return found
 
 
 def test_sliced_governance_proposes_judges_and_sends_what_one_piece_does(
-    simulated_crm, tmp_path, monkeypatch
+    source, state_copy, tmp_path, monkeypatch
 ):
-    source = simulated_crm.homes["decided"].database
-    whole = governed(source, tmp_path / "whole", slice_rows=None)
+    whole = governed(state_copy, source, tmp_path / "whole", slice_rows=None)
     # Slices of 97 actions and 400 contacts: several slices each, with boundaries everywhere.
     monkeypatch.setattr(open_items, "SLICE_IDS", 400)
     # The proposals and verdicts commit every two slices: the same actions, trail and marks as
     # one piece.
-    sliced = governed(source, tmp_path / "sliced", slice_rows=97, per_transaction=2)
+    sliced = governed(state_copy, source, tmp_path / "sliced", slice_rows=97, per_transaction=2)
     assert whole["proposed"] > 5 * 97, "too few actions to cross several slices"
     assert len(whole["open_items"]) > 2 * 400, "too few open leads to cross slices"
     assert whole["proposed"] < actions.SLICE_ROWS, "the whole run must be one slice"
@@ -128,84 +147,86 @@ def test_sliced_governance_proposes_judges_and_sends_what_one_piece_does(
 
 
 def test_proposals_that_die_after_a_commit_are_finished_by_the_next_run(
-    simulated_crm, tmp_path, monkeypatch
+    source, state_copy, tmp_path, monkeypatch
 ):
     """Committed two slices at a time, a proposal run that dies in its fourth slice has kept
     the first two slices' actions but not the proposals' watermarks: the next run proposes
     the rest, and the actions and the chain are those of one uninterrupted run."""
-    source = simulated_crm.homes["decided"].database
-    whole = governed(source, tmp_path / "whole", slice_rows=None)
+    whole = governed(state_copy, source, tmp_path / "whole", slice_rows=None)
     folder = tmp_path / "died"
-    conn = copied(source, folder)
-    anchor = folder / "anchors.jsonl"
-    action_row = actions._action_row
-    monkeypatch.setattr(actions, "_action_row", dies_in_the_fourth_slice(action_row))
-    with pytest.raises(RuntimeError, match="died"):
-        propose(conn, run_id="run-1", anchor_path=anchor, slice_rows=97, slices_per_transaction=2)
-    kept = conn.execute("SELECT count(*) FROM governance.actions").fetchone()[0]
-    assert kept == 2 * 97, "the first transaction's two slices are committed, no more"
-    marks = conn.execute(
-        "SELECT count(*) FROM agents.watermarks WHERE starts_with(agent, 'proposals/')"
-    ).fetchone()[0]
-    assert marks == 0, "no proposal watermark may claim the rest was proposed"
-    monkeypatch.setattr(actions, "_action_row", action_row)
-    rest = propose(conn, run_id="run-2", anchor_path=anchor, slice_rows=97)
-    assert kept + rest == whole["proposed"]
-    found = conn.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
-    # Judged and sent in the whole run: compare what a proposal decides.
-    columns = slice(0, 10)
-    assert [row[columns] for row in found.fetchall()] == [row[columns] for row in whole["actions"]]
-    assert (
-        conn.execute(
+    with copied(state_copy, source, folder) as conn:
+        anchor = folder / "anchors.jsonl"
+        action_row = actions._action_row
+        monkeypatch.setattr(actions, "_action_row", dies_in_the_fourth_slice(action_row))
+        with pytest.raises(RuntimeError, match="died"):
+            propose(
+                conn, run_id="run-1", anchor_path=anchor, slice_rows=97, slices_per_transaction=2
+            )
+        kept = conn.execute("SELECT count(*) FROM governance.actions").fetchone()[0]
+        assert kept == 2 * 97, "the first transaction's two slices are committed, no more"
+        marks = conn.execute(
             "SELECT count(*) FROM agents.watermarks WHERE starts_with(agent, 'proposals/')"
         ).fetchone()[0]
-        > 0
-    )
-    trail = verify(conn, anchor)
-    assert trail.intact and not trail.problems
-    conn.close()
+        assert marks == 0, "no proposal watermark may claim the rest was proposed"
+        monkeypatch.setattr(actions, "_action_row", action_row)
+        rest = propose(conn, run_id="run-2", anchor_path=anchor, slice_rows=97)
+        assert kept + rest == whole["proposed"]
+        found = conn.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
+        # Judged and sent in the whole run: compare what a proposal decides.
+        columns = slice(0, 10)
+        assert [row[columns] for row in found.fetchall()] == [
+            row[columns] for row in whole["actions"]
+        ]
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM agents.watermarks WHERE starts_with(agent, 'proposals/')"
+            ).fetchone()[0]
+            > 0
+        )
+        trail = verify(conn, anchor)
+        assert trail.intact and not trail.problems
 
 
 def test_verdicts_that_die_after_a_commit_are_finished_by_the_next_run(
-    simulated_crm, tmp_path, monkeypatch
+    source, state_copy, tmp_path, monkeypatch
 ):
     """Committed two slices at a time, a verdict run that dies in its fourth slice has kept
     the first two slices' verdicts: the next run judges the rest (an action judged is no
     longer ``proposed``), and the actions and the chain are those of one uninterrupted run."""
-    source = simulated_crm.homes["decided"].database
-    one_piece = copied(source, tmp_path / "whole")
-    propose(one_piece, run_id="run-1", anchor_path=tmp_path / "whole" / "anchors.jsonl")
-    judge_proposed(
-        one_piece, POLICY, run_id="run-1", anchor_path=tmp_path / "whole" / "anchors.jsonl"
-    )
-    whole = one_piece.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
-    whole = whole.fetchall()
-    one_piece.close()
-    folder = tmp_path / "died"
-    conn = copied(source, folder)
-    anchor = folder / "anchors.jsonl"
-    proposed = propose(conn, run_id="run-1", anchor_path=anchor)
-    assert proposed > 4 * 97, "too few actions to cross four slices"
-    judge = verdicts.judge
-    monkeypatch.setattr(verdicts, "judge", dies_in_the_fourth_slice(judge))
-    with pytest.raises(RuntimeError, match="died"):
+    with copied(state_copy, source, tmp_path / "whole") as one_piece:
+        propose(one_piece, run_id="run-1", anchor_path=tmp_path / "whole" / "anchors.jsonl")
         judge_proposed(
-            conn,
-            POLICY,
-            run_id="run-1",
-            anchor_path=anchor,
-            slice_rows=97,
-            slices_per_transaction=2,
+            one_piece, POLICY, run_id="run-1", anchor_path=tmp_path / "whole" / "anchors.jsonl"
         )
-    left = conn.execute(
-        "SELECT count(*) FROM governance.actions WHERE status = 'proposed'"
-    ).fetchone()[0]
-    assert left == proposed - 2 * 97, "the first transaction's two slices are committed, no more"
-    monkeypatch.setattr(verdicts, "judge", judge)
-    rest = judge_proposed(conn, POLICY, run_id="run-2", anchor_path=anchor, slice_rows=97)
-    assert sum(rest.values()) == left
-    found = conn.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
-    assert found.fetchall() == whole
-    trail = verify(conn, anchor)
-    assert trail.intact and not trail.problems
-    conn.close()
+        whole = one_piece.execute(
+            f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL"
+        ).fetchall()
+    folder = tmp_path / "died"
+    with copied(state_copy, source, folder) as conn:
+        anchor = folder / "anchors.jsonl"
+        proposed = propose(conn, run_id="run-1", anchor_path=anchor)
+        assert proposed > 4 * 97, "too few actions to cross four slices"
+        judge = verdicts.judge
+        monkeypatch.setattr(verdicts, "judge", dies_in_the_fourth_slice(judge))
+        with pytest.raises(RuntimeError, match="died"):
+            judge_proposed(
+                conn,
+                POLICY,
+                run_id="run-1",
+                anchor_path=anchor,
+                slice_rows=97,
+                slices_per_transaction=2,
+            )
+        left = conn.execute(
+            "SELECT count(*) FROM governance.actions WHERE status = 'proposed'"
+        ).fetchone()[0]
+        assert left == proposed - 2 * 97, (
+            "the first transaction's two slices are committed, no more"
+        )
+        monkeypatch.setattr(verdicts, "judge", judge)
+        rest = judge_proposed(conn, POLICY, run_id="run-2", anchor_path=anchor, slice_rows=97)
+        assert sum(rest.values()) == left
+        found = conn.execute(f"SELECT {ACTION_COLUMNS} FROM governance.actions ORDER BY ALL")
+        assert found.fetchall() == whole
+        trail = verify(conn, anchor)
+        assert trail.intact and not trail.problems

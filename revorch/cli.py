@@ -231,6 +231,20 @@ def _parser() -> argparse.ArgumentParser:
 
     _estate_parser(commands)
 
+    lake = commands.add_parser(
+        "lake",
+        help="move the state from the embedded file onto DuckLake (docs/deployment.md)",
+        description="`revorch lake import [FILE]` copies every table and view of a state file "
+        "(default: the working file, $REVORCH_HOME/revorch.duckdb) into the DuckLake the "
+        "environment names (REVORCH_STATE_BACKEND=ducklake), in one transaction, then verifies "
+        "the audit chain there. Only an empty lake takes it.",
+    )
+    lake.add_argument("verb", choices=["import"])
+    lake.add_argument(
+        "file", nargs="?", type=Path, help="the state file (default: the working file)"
+    )
+    lake.set_defaults(handler=_lake_import)
+
     approvals = commands.add_parser("approvals", help="list, approve or reject waiting actions")
     approvals.add_argument("verb", nargs="?", default="list", choices=["list", "approve", "reject"])
     approvals.add_argument("action_ids", nargs="*", metavar="ACTION_ID")
@@ -344,6 +358,40 @@ def _estate_import(args: argparse.Namespace) -> int:
     )
     for refusal in result.refusals:
         print(f"  row {refusal.row_number}: {refusal.reason} ({refusal.detail})")
+    return 0
+
+
+def _lake_import(args: argparse.Namespace) -> int:
+    from revorch.governance.audit import verify
+    from revorch.state import access
+    from revorch.state.move import MoveError, import_file
+
+    if not access.is_lake():
+        raise RevorchError(
+            "the state is on the embedded file: set REVORCH_STATE_BACKEND=ducklake and "
+            "REVORCH_DUCKLAKE_CATALOG (docs/deployment.md) to name the lake to import into"
+        )
+    source = args.file or settings.database_path()
+    if not source.is_file():
+        raise RevorchError(f"no state file {source}")
+    try:
+        with access.lake_writing() as conn:
+            moved = import_file(conn, source)
+            trail = verify(conn, settings.audit_anchor_path())
+    except MoveError as error:
+        raise RevorchError(f"{source}: {error}; nothing was copied") from error
+    except duckdb.IOException as error:
+        raise RevorchError(f"{source}: cannot open it ({str(error).splitlines()[0]})") from error
+    print(
+        f"{source}: {len(moved.tables)} tables, {moved.rows:,} rows and {len(moved.views)} "
+        f"views copied into {access.source()}."
+    )
+    for view, why in moved.views_left.items():
+        print(f"  view {view} not created ({why}); the next run creates it again")
+    if not trail.intact:
+        print("The audit trail copied is not intact:", *trail.summary(), sep="\n  ")
+        return 2
+    print(f"The audit trail is intact in the lake ({trail.rows:,} rows, head {trail.head_seq}).")
     return 0
 
 

@@ -26,8 +26,9 @@ from revorch.governance.audit import DIGEST_SQL, chain_hash
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, simulate_history
 from revorch.state import access
-from revorch.state.backend import LAKE, OFFLINE_CONFIG, attach_lake, lake_connection
+from revorch.state.backend import OFFLINE_CONFIG, attach_lake, lake_connection
 from revorch.state.migrate import migrate
+from revorch.state.move import attached, copy_state
 
 # The state backend the suite's stores use: `pytest --state-backend ducklake` (or this variable)
 # puts every store a test builds from the environment on a fresh DuckLake (see `state_backend`).
@@ -672,60 +673,10 @@ def lake_store(migrated_lake: Lake):
 
 def copy_into_lake(conn: duckdb.DuckDBPyConnection, source: Path | str) -> None:
     """Every table and view of the state store ``source`` into the (migrated) lake: a file,
-    or what ATTACH takes (another lake: ``ducklake:postgres:<catalog>``)."""
-    conn.execute(f"ATTACH '{source}' AS seed (READ_ONLY)")
-    try:
-        in_lake = {
-            (s, t)
-            for s, t in conn.execute(
-                "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? "
-                "UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
-                "WHERE database_name = ?",
-                [LAKE, LAKE],
-            ).fetchall()
-        }
-        tables = conn.execute(
-            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'seed' "
-            "AND table_name <> 'schema_migrations' AND NOT starts_with(table_name, 'write_claims_')"
-        ).fetchall()
-        # One commit for all the tables (each commit is a round trip to the catalog); the
-        # rows a migration seeded (object types) are replaced by the file's.
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            for schema, table in tables:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                source, target = f'seed."{schema}"."{table}"', f'"{schema}"."{table}"'
-                if (schema, table) in in_lake:
-                    conn.execute(f"DELETE FROM {target}")
-                    conn.execute(f"INSERT INTO {target} SELECT * FROM {source}")
-                else:
-                    conn.execute(f"CREATE TABLE {target} AS SELECT * FROM {source}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        views = [
-            (schema, sql)
-            for schema, view, sql in conn.execute(
-                "SELECT schema_name, view_name, sql FROM duckdb_views() "
-                "WHERE database_name = 'seed' AND NOT internal"
-            ).fetchall()
-            if (schema, view) not in in_lake
-        ]
-        while views:  # a view over a view waits for it
-            waiting = []
-            for schema, sql in views:
-                conn.execute(f"SET schema = '{schema}'")
-                try:
-                    conn.execute(sql)
-                except (duckdb.CatalogException, duckdb.BinderException):
-                    waiting.append((schema, sql))
-            conn.execute("SET schema = 'main'")
-            if len(waiting) == len(views):
-                break  # views the readers here do not use (analytics built by the runs)
-            views = waiting
-    finally:
-        conn.execute("DETACH seed")
+    or what ATTACH takes (another lake: ``ducklake:postgres:<catalog>``). What
+    ``revorch lake import`` does without its checks (a template's lake may hold state)."""
+    with attached(conn, str(source)):
+        copy_state(conn)
 
 
 @pytest.fixture

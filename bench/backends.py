@@ -20,7 +20,9 @@ and peak resident memory come from its own rusage (bench/pipeline.py's `measured
   `--state-shard-changes` changes;
 - pipeline (for the backends named by --pipeline): `revorch ingest` on a fresh copy, every
   asset, check, agent and governance step of revorch_main, as bench/pipeline.py's first run,
-  followed by every step's wall and CPU seconds and peak memory (bench/pipeline.py's `steps`).
+  followed by every step's wall and CPU seconds and peak memory (bench/pipeline.py's `steps`);
+- lake import (--lake-import, after the pipeline on the file): `revorch lake import` of the
+  file it wrote into a new lake, the audit chain's check there included.
 
 Store size: the DuckDB file, or DuckLake's data folder plus its catalog database
 (pg_database_size). Prints Markdown rows as they finish; bench/README.md keeps the measured ones.
@@ -162,6 +164,21 @@ def _row(contacts: int, events: int, backend: str, what: str, figures: dict, sto
     )
 
 
+def _lake_import(home: Path, contacts: int, events: int, dsn: str) -> None:
+    """`revorch lake import`: the file the pipeline wrote into a new lake."""
+    name = f"revorch_bench_{uuid.uuid4().hex[:8]}"
+    _admin(dsn, f"CREATE DATABASE {name}")
+    try:
+        env = _environment(home, "ducklake", _with_dbname(dsn, name))
+        figures = measured([str(REVORCH), "lake", "import"], env)
+        assert "audit trail is intact" in figures["output"], figures["output"]
+        store = _store_mb(home, "ducklake", dsn, name)
+        print(_row(contacts, events, "file to DuckLake", "lake import", figures, store))
+        print(f"<!-- {figures['output'].strip().splitlines()[0]} -->", flush=True)
+    finally:
+        _admin(dsn, f"DROP DATABASE {name}")
+
+
 def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"revorch-backends-{contacts}-", dir=args.workdir))
     try:
@@ -204,6 +221,8 @@ def run_size(contacts: int, args: argparse.Namespace, dsn: str) -> None:
             store = _store_mb(home, backend, dsn, name)
             print(_row(contacts, events, backend, "whole pipeline", figures, store), flush=True)
             print_steps(steps(home / "dagster", figures["samples"]), top=40)
+            if backend == "duckdb" and args.lake_import:
+                _lake_import(home, contacts, events, dsn)
             shutil.rmtree(home)
             if catalog:
                 _admin(dsn, f"DROP DATABASE {name}")
@@ -234,6 +253,11 @@ def main() -> None:
     parser.add_argument(
         "--copies", type=int, default=1, help="land the simulated history this many times"
     )
+    parser.add_argument(
+        "--lake-import",
+        action="store_true",
+        help="after the pipeline on the file: `revorch lake import` of its file into a new lake",
+    )
     parser.add_argument("--workdir", help="where the homes go (default: the temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the homes when a step fails")
     parser.add_argument("--step", nargs=5, help=argparse.SUPPRESS)
@@ -243,7 +267,7 @@ def main() -> None:
         print(json.dumps(_step(backend, kind, Path(home), catalog, int(shard))))
         return
     dsn = os.environ.get("REVORCH_BENCH_POSTGRES_DSN", "")
-    if not dsn and "ducklake" in args.backends + args.pipeline:
+    if not dsn and ("ducklake" in args.backends + args.pipeline or args.lake_import):
         parser.error("DuckLake needs REVORCH_BENCH_POSTGRES_DSN (a PostgreSQL to make catalogs in)")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"Machine: {machine()}; uptime before: {uptime}\n")

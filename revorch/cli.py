@@ -381,7 +381,8 @@ def _lake_import(args: argparse.Namespace) -> int:
     except MoveError as error:
         raise RevorchError(f"{source}: {error}; nothing was copied") from error
     except duckdb.IOException as error:
-        raise RevorchError(f"{source}: cannot open it ({str(error).splitlines()[0]})") from error
+        first_line = str(error).splitlines()[0]
+        raise RevorchError(f"cannot reach the DuckLake catalog: {first_line}") from error
     print(
         f"{source}: {len(moved.tables)} tables, {moved.rows:,} rows and {len(moved.views)} "
         f"views copied into {access.source()}."

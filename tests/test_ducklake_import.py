@@ -143,6 +143,11 @@ def test_a_file_it_cannot_take_is_refused_and_nothing_is_copied(
     refused = _revorch("lake", "import", str(older))
     assert refused.returncode == 2
     assert "migrat" in refused.stderr and "nothing was copied" in refused.stderr
+    # Not a DuckDB file.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    refused = _revorch("lake", "import", str(notes))
+    assert refused.returncode == 2 and "cannot open it" in refused.stderr
     # No such file; the state still on the file.
     assert "no state file" in _revorch("lake", "import", str(tmp_path / "none.duckdb")).stderr
     wrong = _revorch("lake", "import", backend="duckdb")

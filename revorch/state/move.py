@@ -71,7 +71,10 @@ def attached(conn: duckdb.DuckDBPyConnection, source: str) -> Iterator[None]:
     """``with attached(conn, source):`` the state store ``source`` (a file, or what ATTACH
     takes: ``ducklake:postgres:<catalog>``) read-only as ``seed`` beside the lake."""
     escaped = source.replace("'", "''")
-    conn.execute(f"ATTACH '{escaped}' AS seed (READ_ONLY)")
+    try:
+        conn.execute(f"ATTACH '{escaped}' AS seed (READ_ONLY)")
+    except duckdb.Error as error:  # not a DuckDB file, or a run holds it
+        raise MoveError(f"cannot open it ({str(error).splitlines()[0]})") from error
     try:
         yield
     finally:

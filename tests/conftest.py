@@ -262,9 +262,8 @@ class SimulatedCrm:
             raise ValueError(f"unknown step {step!r}; one of {sorted(self.homes)}")
         shutil.copytree(self.homes[step].root, destination)
         home = CrmHome(destination)
-        if into_lake and access.is_lake():  # this test's lake: the step's state goes in
-            with access.lake_writing() as conn:
-                copy_into_lake(conn, home.database)
+        if into_lake:  # this test's lake: the step's state goes in
+            into_this_lake(home.database)
         return home
 
 
@@ -368,8 +367,7 @@ def copy_crm(
             assert settings.ducklake_catalog_dsn() == lake.catalog, "not this test's lake"
             templates: LakeTemplates = request.getfixturevalue("lake_templates")
             if not templates.crm(simulated_crm, step).restore(lake):
-                with access.lake_writing() as conn:
-                    copy_into_lake(conn, home.database)
+                into_this_lake(home.database)
         return home
 
     return copy
@@ -677,6 +675,14 @@ def copy_into_lake(conn: duckdb.DuckDBPyConnection, source: Path | str) -> None:
     ``revorch lake import`` does without its checks (a template's lake may hold state)."""
     with attached(conn, str(source)):
         copy_state(conn)
+
+
+def into_this_lake(database: Path) -> None:
+    """On DuckLake (``state_backend``): the state file ``database`` into this test's lake,
+    where the test's runs then read and write it. On the file: nothing to do."""
+    if access.is_lake():
+        with access.lake_writing() as conn:
+            copy_into_lake(conn, database)
 
 
 @pytest.fixture

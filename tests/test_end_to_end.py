@@ -6,10 +6,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from conftest import CrmHome, copy_into_lake, ingest_and_stage
+from conftest import CrmHome, ingest_and_stage, into_this_lake
 from revorch.landing import LandingZone
 from revorch.simulator import SimulationConfig, history_frame, simulate_history
-from revorch.state import access
 
 CONFIG = SimulationConfig(
     contacts=1_000, seed=7, malformed_share=0.02, duplicate_share=0.05, batch_size=5_000
@@ -43,9 +42,7 @@ def conn(built, db_path, tmp_path):
     root = built[0]
     shutil.copyfile(root / "revorch.duckdb", db_path)
     shutil.copytree(root / "landing", tmp_path / "landing", dirs_exist_ok=True)
-    if access.is_lake():
-        with access.lake_writing() as lake:
-            copy_into_lake(lake, db_path)
+    into_this_lake(db_path)
     connection = CrmHome(db_path.parent).connect()  # the file db_path, or this test's lake
     yield connection
     connection.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import CrmHome, copy_into_lake, ingest_and_stage
+from conftest import CrmHome, ingest_and_stage, into_this_lake
 from fake_openai import FakeOpenAI
 from injection.obedient_model import (
     CHANNELS,
@@ -54,7 +54,6 @@ from revorch.governance.dispatch import dispatch
 from revorch.governance.policy import load_policy
 from revorch.governance.targets import OutboxFile
 from revorch.governance.verdicts import judge_proposed
-from revorch.state import access
 
 CORPUS = load_corpus()
 # A company's name reaches the model only as a placeholder (<COMPANY_1>), so an attack
@@ -360,9 +359,7 @@ def attacked_crm(attack, tmp_path) -> Iterator[AttackedCrm]:
     # ``attack``, a module fixture, is built before a test's own lake is set: on the file. On
     # DuckLake (``state_backend``) the attacked state goes into this test's lake, where
     # ``home.connect()`` carries it through governance.
-    if access.is_lake():
-        with access.lake_writing() as conn:
-            copy_into_lake(conn, home.database)
+    into_this_lake(home.database)
     attacked = dataclasses.replace(attack, conn=home.connect())
     yield attacked
     attacked.conn.close()

@@ -112,7 +112,7 @@ def copy_state(conn: duckdb.DuckDBPyConnection) -> Moved:
         if (schema, view) not in in_lake
     ]
     while views:  # a view over a view waits for it
-        waiting = []
+        waiting, errors = [], {}
         for schema, view, sql in views:
             conn.execute(f"SET schema = '{schema}'")
             try:
@@ -120,13 +120,11 @@ def copy_state(conn: duckdb.DuckDBPyConnection) -> Moved:
                 moved.views.append(f"{schema}.{view}")
             except (duckdb.CatalogException, duckdb.BinderException) as error:
                 waiting.append((schema, view, sql))
-                moved.views_left[f"{schema}.{view}"] = str(error).splitlines()[0]
+                errors[f"{schema}.{view}"] = str(error).splitlines()[0]
         conn.execute("SET schema = 'main'")
         if len(waiting) == len(views):
+            moved.views_left = errors
             break
-        for schema, view, _ in views:
-            if (schema, view, _) not in waiting:
-                moved.views_left.pop(f"{schema}.{view}", None)
         views = waiting
     return moved
 
